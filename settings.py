@@ -1,0 +1,105 @@
+"""Every setting the service reads, read and validated in one place at start-up.
+
+The service's own settings are ``GATEWAY_*`` environment variables. Dask Gateway
+is configured the way dask-gateway itself is (``DASK_GATEWAY__ADDRESS`` and the
+rest of the ``gateway.*`` dask config), and S3 through the standard ``AWS_*``
+variables that botocore reads on the gateway and on every worker alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.config
+
+DEFAULT_RESULTS_URL = "s3://gateway-results"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot start with; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    results_url: str = DEFAULT_RESULTS_URL
+    n_workers: int = 3
+    zarr_format: int = 3
+    dask_gateway_address: str | None = None
+    cluster_options: dict[str, Any] = field(default_factory=dict)
+    cluster_start_timeout: float = 120.0
+    job_timeout: float = 600.0
+
+    @property
+    def uses_dask_gateway(self) -> bool:
+        return self.dask_gateway_address is not None
+
+
+def _positive_number(environ: Mapping[str, str], name: str, default: float, kind: type) -> Any:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"{name}={raw!r} is not {what}; unset it for the default {default}") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+def _results_url(environ: Mapping[str, str]) -> str:
+    url = environ.get("GATEWAY_RESULTS_URL", "").strip() or DEFAULT_RESULTS_URL
+    if "://" in url and not url.startswith(("s3://", "file://")):
+        raise SettingsError(
+            f"GATEWAY_RESULTS_URL={url!r}: use s3://bucket[/prefix], file:///path or a plain directory"
+        )
+    if url.startswith("s3://") and not url[len("s3://"):].strip("/"):
+        raise SettingsError(f"GATEWAY_RESULTS_URL={url!r} names no bucket; use s3://bucket[/prefix]")
+    return url.rstrip("/")
+
+
+def _zarr_format(environ: Mapping[str, str]) -> int:
+    raw = environ.get("GATEWAY_ZARR_FORMAT", "").strip() or "3"
+    if raw not in ("2", "3"):
+        raise SettingsError(f"GATEWAY_ZARR_FORMAT={raw!r} must be 2 or 3")
+    return int(raw)
+
+
+def _cluster_options(environ: Mapping[str, str]) -> dict[str, Any]:
+    raw = environ.get("GATEWAY_CLUSTER_OPTIONS", "").strip()
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"GATEWAY_CLUSTER_OPTIONS is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise SettingsError('GATEWAY_CLUSTER_OPTIONS must be a JSON object, such as {"image": "..."}')
+    return options
+
+
+def _dask_gateway_address(environ: Mapping[str, str]) -> str | None:
+    # dask-gateway's own configuration (DASK_GATEWAY__ADDRESS or a gateway.yaml),
+    # so that the settings JupyterHub deployments already make keep working.
+    config = dask.config.collect(env=environ)
+    address = str(dask.config.get("gateway.address", default=None, config=config) or "").strip()
+    return address or None
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the service's settings; raise :class:`SettingsError` naming the first bad one."""
+    environ = os.environ if environ is None else environ
+    return Settings(
+        results_url=_results_url(environ),
+        n_workers=_positive_number(environ, "GATEWAY_N_WORKERS", 3, int),
+        zarr_format=_zarr_format(environ),
+        dask_gateway_address=_dask_gateway_address(environ),
+        cluster_options=_cluster_options(environ),
+        cluster_start_timeout=_positive_number(environ, "GATEWAY_CLUSTER_START_TIMEOUT", 120.0, float),
+        job_timeout=_positive_number(environ, "GATEWAY_JOB_TIMEOUT", 600.0, float),
+    )

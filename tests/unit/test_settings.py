@@ -1,0 +1,54 @@
+import pytest
+
+from settings import DEFAULT_RESULTS_URL, Settings, SettingsError, load_settings
+
+
+def test_defaults_are_the_embedded_local_service() -> None:
+    settings = load_settings({})
+    assert settings == Settings()
+    assert settings.results_url == DEFAULT_RESULTS_URL == "s3://gateway-results"
+    assert settings.n_workers == 3 and settings.zarr_format == 3
+    assert not settings.uses_dask_gateway
+
+
+def test_dask_gateway_is_used_when_its_own_address_variable_is_set() -> None:
+    settings = load_settings({"DASK_GATEWAY__ADDRESS": "http://traefik-dask-gateway"})
+    assert settings.uses_dask_gateway
+    assert settings.dask_gateway_address == "http://traefik-dask-gateway"
+
+
+def test_values_are_read_from_the_environment() -> None:
+    settings = load_settings(
+        {
+            "GATEWAY_RESULTS_URL": "s3://bucket/prefix/",
+            "GATEWAY_N_WORKERS": "5",
+            "GATEWAY_ZARR_FORMAT": "2",
+            "GATEWAY_CLUSTER_OPTIONS": '{"image": "registry/gateway:1.0", "worker_memory": 4}',
+            "GATEWAY_JOB_TIMEOUT": "30.5",
+        }
+    )
+    assert settings.results_url == "s3://bucket/prefix"
+    assert settings.n_workers == 5
+    assert settings.zarr_format == 2
+    assert settings.cluster_options == {"image": "registry/gateway:1.0", "worker_memory": 4}
+    assert settings.job_timeout == 30.5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GATEWAY_N_WORKERS", "three"),
+        ("GATEWAY_N_WORKERS", "0"),
+        ("GATEWAY_N_WORKERS", "2.5"),
+        ("GATEWAY_ZARR_FORMAT", "4"),
+        ("GATEWAY_CLUSTER_OPTIONS", "{not json"),
+        ("GATEWAY_CLUSTER_OPTIONS", '["a list"]'),
+        ("GATEWAY_RESULTS_URL", "gs://bucket"),
+        ("GATEWAY_RESULTS_URL", "s3://"),
+        ("GATEWAY_JOB_TIMEOUT", "-1"),
+        ("GATEWAY_CLUSTER_START_TIMEOUT", "soon"),
+    ],
+)
+def test_a_bad_value_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_settings({variable: value})
