@@ -1,0 +1,128 @@
+"""Where job results live: one Zarr group per job under the results URL.
+
+Layout of a job's result at ``<results_url>/<job_id>``: a Zarr group holding one
+array, ``data``, with dimension names ``("y", "x")``, so that both
+``zarr.open_group(url)["data"]`` and ``xarray.open_zarr(url)`` open it. The
+group's consolidated metadata is written after the last chunk: a result that has
+it is complete.
+
+S3 credentials and endpoint are never passed in code: botocore reads the
+standard ``AWS_*`` variables, on the gateway and on each worker, so no secret
+travels inside a task graph.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+import fsspec
+import zarr
+import zarr.storage
+from fsspec.implementations.local import LocalFileSystem
+
+# Consolidated metadata is what lets xarray.open_zarr open a result with one read
+# and without a warning; zarr-python reads it in format 3 too, so its caveat that
+# the format 3 specification does not define it is known and accepted here.
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+
+ARRAY_NAME = "data"
+DIMENSION_NAMES = ("y", "x")
+
+
+class StorageError(RuntimeError):
+    """The results store failed or cannot be reached; the message names the cause."""
+
+
+def describe_storage_failure(action: str, exc: BaseException) -> str:
+    """A message naming what failed and why, with any secret key taken out."""
+    message = f"{action}: {type(exc).__name__}: {exc}"
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    return message.replace(secret, "***") if secret else message
+
+
+class ResultsStore:
+    """The job results under one S3 prefix or local directory."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme == "s3":
+            self.url = url.rstrip("/")
+            # Listings are not cached: an existence check must see the store as it is now.
+            self._fs: fsspec.AbstractFileSystem = fsspec.filesystem(
+                "s3", skip_instance_cache=True, use_listings_cache=False
+            )
+            self._root = self.url[len("s3://"):]
+            self._zarr_store: zarr.abc.store.Store = zarr.storage.FsspecStore.from_url(self.url)
+        else:
+            local = Path(parsed.path if parsed.scheme == "file" else url).resolve()
+            self.url = local.as_uri()
+            self._fs = LocalFileSystem()
+            self._root = str(local)
+            self._zarr_store = zarr.storage.LocalStore(local)
+
+    def url_for(self, job_id: str) -> str:
+        return f"{self.url}/{job_id}"
+
+    def _path(self, job_id: str) -> str:
+        return f"{self._root}/{job_id}"
+
+    def check(self) -> None:
+        """Raise :class:`StorageError` unless the results location exists and answers."""
+        try:
+            found = self._fs.exists(self._root) or self._fs.isdir(self._root)
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"results store {self.url} did not answer", exc)) from exc
+        if not found:
+            raise StorageError(
+                f"results location {self.url} does not exist; create the bucket or directory first"
+            )
+
+    def exists(self, job_id: str) -> bool:
+        """True when anything, complete or not, is stored under the job's prefix."""
+        try:
+            return bool(self._fs.exists(self._path(job_id)))
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"checking {self.url_for(job_id)} failed", exc)) from exc
+
+    def create_result(
+        self, job_id: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, zarr_format: int
+    ) -> zarr.Array:
+        """Write the metadata of a new job's group and array; no chunk is written."""
+        url = self.url_for(job_id)
+        try:
+            group = zarr.create_group(self._zarr_store, path=job_id, zarr_format=zarr_format, overwrite=False)
+            if zarr_format == 3:
+                return group.create_array(
+                    ARRAY_NAME, shape=shape, chunks=chunks, dtype=dtype, dimension_names=DIMENSION_NAMES
+                )
+            # Zarr 2 has no dimension names; xarray reads them from this attribute instead.
+            return group.create_array(
+                ARRAY_NAME,
+                shape=shape,
+                chunks=chunks,
+                dtype=dtype,
+                attributes={"_ARRAY_DIMENSIONS": list(DIMENSION_NAMES)},
+            )
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"creating {url} failed", exc)) from exc
+
+    def mark_complete(self, job_id: str) -> None:
+        """Write the group's consolidated metadata, the sign that every chunk is stored."""
+        url = self.url_for(job_id)
+        try:
+            zarr.consolidate_metadata(self._zarr_store, path=job_id)
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"finishing {url} failed", exc)) from exc
+
+    def delete(self, job_id: str) -> None:
+        """Remove everything stored for the job."""
+        path = self._path(job_id)
+        try:
+            if self._fs.exists(path):
+                self._fs.rm(path, recursive=True)
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"deleting {self.url_for(job_id)} failed", exc)) from exc
