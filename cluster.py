@@ -1,0 +1,199 @@
+"""The one Dask cluster the service keeps for every job.
+
+It comes from Dask Gateway when dask-gateway is configured (``DASK_GATEWAY__ADDRESS``
+and the rest of dask-gateway's own settings), and is a ``distributed.LocalCluster``
+otherwise. It is obtained in the background so that the web process starts, and
+answers its health and readiness checks, even while the gateway is unreachable or
+refuses the login; failed attempts are retried with backoff and their reason is
+what readiness reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from dask_gateway import Gateway
+from distributed import Client, LocalCluster
+
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+FIRST_RETRY_SECONDS = 2.0
+MAX_RETRY_SECONDS = 60.0
+# A readiness check must answer even when the scheduler does not.
+SCHEDULER_QUERY_TIMEOUT = "5s"
+
+
+class ClusterNotReady(RuntimeError):
+    """The service has no working Dask cluster at the moment; the message says why."""
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    ready: bool
+    kind: str
+    workers: int
+    wanted_workers: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "kind": self.kind,
+            "workers": self.workers,
+            "wanted_workers": self.wanted_workers,
+            "reason": self.reason,
+        }
+
+
+class ClusterConnection:
+    """Obtains the cluster in a background thread, hands out its client, shuts it down."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.kind = "dask-gateway" if settings.uses_dask_gateway else "local"
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._connected = threading.Event()
+        self._cluster: Any = None
+        self._client: Client | None = None
+        self._reason = f"starting a {self.kind} cluster"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Begin obtaining the cluster; returns at once."""
+        self._thread = threading.Thread(target=self._connect_until_done, name="cluster-connect", daemon=True)
+        self._thread.start()
+
+    def wait_until_ready(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def client(self) -> Client:
+        """The client of the cluster; :class:`ClusterNotReady` if there is none yet."""
+        with self._lock:
+            if self._client is None:
+                raise ClusterNotReady(f"Dask cluster not ready: {self._reason}")
+            return self._client
+
+    def status(self) -> ClusterStatus:
+        wanted = self._settings.n_workers
+        try:
+            client = self.client()
+        except ClusterNotReady as exc:
+            return ClusterStatus(False, self.kind, 0, wanted, str(exc))
+        try:
+            identity = client.sync(
+                client.scheduler.identity, n_workers=-1, callback_timeout=SCHEDULER_QUERY_TIMEOUT
+            )
+        except Exception as exc:
+            reason = f"Dask scheduler does not answer: {type(exc).__name__}: {exc}"
+            return ClusterStatus(False, self.kind, 0, wanted, reason)
+        workers = len(identity.get("workers", {}))
+        if workers < wanted:
+            return ClusterStatus(False, self.kind, workers, wanted, f"{workers} of {wanted} Dask workers running")
+        return ClusterStatus(True, self.kind, workers, wanted, "")
+
+    def close(self) -> None:
+        """Shut down the cluster this service created, and stop trying to create one."""
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._settings.cluster_start_timeout + 30)
+        with self._lock:
+            cluster, client = self._cluster, self._client
+            self._cluster = self._client = None
+            self._reason = "shut down"
+        self._shut_down(cluster, client)
+
+    def _connect_until_done(self) -> None:
+        delay = FIRST_RETRY_SECONDS
+        attempt = 1
+        while not self._closing.is_set():
+            try:
+                cluster, client = self._connect()
+            except Exception as exc:
+                with self._lock:
+                    self._reason = (
+                        f"attempt {attempt} to start a {self.kind} cluster failed "
+                        f"({self._describe_failure(exc)}); retrying in {delay:.0f} s"
+                    )
+                logger.error("%s", self._reason)
+                self._closing.wait(delay)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+                attempt += 1
+                continue
+            with self._lock:
+                if not self._closing.is_set():
+                    self._cluster, self._client = cluster, client
+                    self._reason = ""
+                    self._connected.set()
+                    logger.info("Dask cluster ready: %s with %d workers", self.kind, self._settings.n_workers)
+                    return
+            self._shut_down(cluster, client)
+
+    def _connect(self) -> tuple[Any, Client]:
+        if self._settings.uses_dask_gateway:
+            return self._connect_dask_gateway()
+        return self._start_local_cluster()
+
+    def _start_local_cluster(self) -> tuple[LocalCluster, Client]:
+        # Loopback only: the workers need no one but this process, and an
+        # all-interfaces scheduler would accept tasks from anywhere.
+        cluster = LocalCluster(
+            n_workers=self._settings.n_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+        return cluster, self._wait_for_workers(cluster, lambda: Client(cluster, set_as_default=False))
+
+    def _connect_dask_gateway(self) -> tuple[Any, Client]:
+        # This client only creates the cluster, which keeps a gateway client of its
+        # own. It is left to close itself when collected: dask-gateway's Gateway
+        # closes in __del__ and fails there if it was closed before.
+        gateway = Gateway(address=self._settings.dask_gateway_address)
+        options = gateway.cluster_options()
+        for name, value in self._settings.cluster_options.items():
+            options[name] = value
+        cluster = gateway.new_cluster(options, shutdown_on_close=True)
+        cluster.scale(self._settings.n_workers)
+        return cluster, self._wait_for_workers(cluster, lambda: cluster.get_client(set_as_default=False))
+
+    def _wait_for_workers(self, cluster: Any, make_client: Callable[[], Client]) -> Client:
+        try:
+            client = make_client()
+            client.wait_for_workers(self._settings.n_workers, timeout=self._settings.cluster_start_timeout)
+        except BaseException:
+            self._shut_down(cluster, None)
+            raise
+        return client
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        if not self._settings.uses_dask_gateway:
+            return text
+        address = self._settings.dask_gateway_address
+        if isinstance(exc, aiohttp.ClientResponseError) and exc.status in (401, 403):
+            return (
+                f"Dask Gateway at {address} refused the login ({exc.status}); check DASK_GATEWAY__AUTH__TYPE "
+                "and its credentials, such as JUPYTERHUB_API_TOKEN"
+            )
+        if isinstance(exc, aiohttp.ClientConnectionError):
+            return f"cannot reach Dask Gateway at {address}; check DASK_GATEWAY__ADDRESS ({text})"
+        return f"Dask Gateway at {address}: {text}"
+
+    @staticmethod
+    def _shut_down(cluster: Any, client: Client | None) -> None:
+        for closable in (client, cluster):
+            if closable is None:
+                continue
+            try:
+                closable.close()
+            except Exception:
+                logger.exception("shutting down %s failed", type(closable).__name__)
