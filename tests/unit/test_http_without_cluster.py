@@ -1,0 +1,74 @@
+"""The HTTP layer while no Dask cluster can be had: Dask Gateway configured but unreachable."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from devtools.processes import free_port
+from gateway import create_app, services
+from helpers import wait_for
+from settings import load_settings
+
+
+@pytest.fixture(scope="module")
+def unready_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    results = tmp_path_factory.mktemp("results")
+    environ = {"DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}", "GATEWAY_RESULTS_URL": str(results)}
+    app = create_app(load_settings(environ))
+    yield app
+    services(app).close()
+
+
+@pytest.fixture
+def http(unready_app: Flask) -> FlaskClient:
+    return unready_app.test_client()
+
+
+def test_index_answers_in_plain_text(http: FlaskClient) -> None:
+    response = http.get("/")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    assert response.get_data(as_text=True) == "Gateway up and running!"
+
+
+def test_healthz_never_depends_on_the_cluster(http: FlaskClient) -> None:
+    response = http.get("/healthz")
+    assert response.status_code == 200 and response.json == {"status": "ok"}
+
+
+def test_readyz_names_the_unreachable_gateway(http: FlaskClient, unready_app: Flask) -> None:
+    address = services(unready_app).settings.dask_gateway_address
+    wait_for(lambda: "cannot reach" in services(unready_app).cluster.status().reason, 30, "a failed attempt")
+    response = http.get("/readyz")
+    assert response.status_code == 503
+    error = response.json["error"]
+    assert error["code"] == "not_ready"
+    assert f"cannot reach Dask Gateway at {address}" in error["message"]
+    assert "DASK_GATEWAY__ADDRESS" in error["message"]
+    assert error["cluster"]["ready"] is False and error["results_store"]["ready"] is True
+
+
+def test_a_job_without_a_cluster_is_a_json_503_and_writes_nothing(http: FlaskClient, unready_app: Flask) -> None:
+    response = http.get("/submit_job/run-1")
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "cluster_not_ready"
+    assert not any(Path(services(unready_app).store.url.removeprefix("file://")).iterdir())
+
+
+@pytest.mark.parametrize("path", ["/submit_job/..", "/submit_job/.hidden", "/submit_job/a/b", "/submit_job/", "/submit_job/" + "x" * 129])
+def test_bad_job_ids_are_rejected_before_the_cluster_is_asked(http: FlaskClient, path: str) -> None:
+    response = http.get(path)
+    assert response.status_code == 400
+    assert response.json["error"]["code"] == "invalid_job_id"
+    assert "1 to 128 characters" in response.json["error"]["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("get", "/no/such/page", 404), ("post", "/submit_job/x", 405), ("delete", "/", 405)])
+def test_http_errors_are_json_not_html(http: FlaskClient, method: str, path: str, status: int) -> None:
+    response = getattr(http, method)(path)
+    assert response.status_code == status
+    assert response.is_json
+    assert set(response.json["error"]) == {"code", "message"}
