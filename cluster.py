@@ -150,6 +150,9 @@ class ClusterConnection:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            # Without a dashboard the scheduler still serves its health and metrics
+            # routes; a free port keeps two clusters on one machine off 8787.
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         )
         return cluster, self._wait_for_workers(cluster, lambda: Client(cluster, set_as_default=False))
 
