@@ -1,0 +1,1 @@
+"""Tools to run the service and its dependencies on one machine: never imported by the service."""

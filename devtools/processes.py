@@ -1,0 +1,76 @@
+"""Starting and stopping the local servers that ``make run`` and the tests use."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # A server left behind by a killed test run would hold its port and burn CPU.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_process(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    log_file: Path | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen:
+    """Start a server that is sent SIGTERM if this process dies.
+
+    Its output goes to ``log_file``, or to this process's own output without one.
+    """
+    output = open(log_file, "ab") if log_file else None
+    try:
+        return subprocess.Popen(
+            list(command),
+            stdout=output,
+            stderr=subprocess.STDOUT if log_file else None,
+            env=dict(os.environ if env is None else env),
+            cwd=cwd,
+            preexec_fn=_die_with_parent,
+        )
+    finally:
+        if output:
+            output.close()
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
+    """Return once something listens on 127.0.0.1:port; fail if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:
+    """SIGTERM, then SIGKILL after ``timeout`` s; return the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait(timeout)
