@@ -1,0 +1,64 @@
+"""Fixtures that start real servers on 127.0.0.1 and stop them by PID at teardown."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+
+import fsspec
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from devtools.local_s3 import LocalS3, start_local_s3
+from gateway import create_app, services
+from settings import load_settings
+
+BUCKET = "gateway-results"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """A real S3 server (rclone) with the results bucket, its credentials in os.environ.
+
+    The environment is what the gateway and its LocalCluster workers read, as in production.
+    """
+    base = tmp_path_factory.mktemp("s3")
+    server = start_local_s3(
+        base / "data",
+        (BUCKET,),
+        access_key=f"test-access-{secrets.token_hex(4)}",
+        secret_key=f"test-secret-{secrets.token_hex(12)}",
+        log_file=base / "server.log",
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in server.environ().items():
+            patch.setenv(name, value)
+        yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def results_fs(s3: LocalS3) -> fsspec.AbstractFileSystem:
+    return fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False)
+
+
+@pytest.fixture(scope="session")
+def app(s3: LocalS3) -> Iterator[Flask]:
+    """The gateway with a 3-worker LocalCluster, shared by the tests that need a ready service."""
+    app = create_app(load_settings({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}))
+    assert services(app).cluster.wait_until_ready(120), services(app).cluster.status().reason
+    yield app
+    services(app).close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def job_id() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,72 @@
+"""Shared test helpers: waiting on conditions and checking stored results."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import fsspec
+import numpy as np
+import psutil
+import xarray as xr
+import zarr
+
+SHAPE = (1000, 1000)
+CHUNKS = (100, 100)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll until ``condition()`` is truthy and return it; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def listing(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, int]:
+    """Every object under ``root`` with its size: compare two to see that nothing was written."""
+    return {path: info["size"] for path, info in fs.find(root, detail=True).items()}
+
+
+def chunk_objects(fs: fsspec.AbstractFileSystem, array_path: str) -> list[str]:
+    return [path for path in fs.find(array_path) if not path.rsplit("/", 1)[-1].startswith((".z", "zarr.json"))]
+
+
+def assert_complete_result(fs: fsspec.AbstractFileSystem, body: dict[str, Any], root_path: str) -> np.ndarray:
+    """Check a finished job's stored array as a scientist would read it; return its values."""
+    url = body["url"]
+    assert body["status"] == "done"
+    assert body["shape"] == list(SHAPE) and body["chunks"] == list(CHUNKS) and body["dtype"] == "float32"
+    group = zarr.open_group(url, mode="r")
+    array = group["data"]
+    assert array.shape == SHAPE
+    assert array.chunks == CHUNKS
+    assert array.dtype == np.float32
+    assert len(chunk_objects(fs, f"{root_path}/{body['job_id']}/data")) == 100
+    values = array[:]
+    assert values.min() >= 0.0 and values.max() < 1.0
+    assert values.std() > 0.2, "values should spread over [0, 1)"
+    dataset = xr.open_zarr(url)
+    assert dataset["data"].dims == ("y", "x")
+    assert dataset["data"].shape == SHAPE
+    return values
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def assert_all_gone(processes: list[psutil.Process], timeout: float) -> None:
+    wait_for(
+        lambda: not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+        timeout,
+        f"processes {[p.pid for p in processes]} to exit",
+    )

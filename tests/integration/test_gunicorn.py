@@ -1,0 +1,71 @@
+"""The gateway as the container runs it: gunicorn with gunicorn.conf.py, called with curl."""
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import BUCKET
+from devtools.local_s3 import LocalS3
+from devtools.processes import stop_process
+from helpers import assert_all_gone, assert_complete_result, descendants, listing
+from servers import RunningGateway, start_gunicorn_gateway
+
+
+def curl(url: str, *options: str) -> tuple[int, dict]:
+    """GET with curl as a notebook user would; return the HTTP status and the JSON body."""
+    done = subprocess.run(
+        ["curl", "--silent", "--show-error", "--max-time", "120", "--write-out", "\n%{http_code}", *options, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    body, status = done.stdout.rsplit("\n", 1)
+    return int(status), json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def served(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}
+    gateway = start_gunicorn_gateway(environ, tmp_path_factory.mktemp("gunicorn") / "gateway.log")
+    yield gateway
+    stop_process(gateway.process, timeout=60)
+
+
+def test_curl_submits_a_job_that_reads_back(served: RunningGateway, results_fs) -> None:
+    status, body = curl(f"{served.url}/submit_job/curl-job-1")
+    assert status == 200, body
+    assert body["url"] == f"s3://{BUCKET}/curl-job-1"
+    assert_complete_result(results_fs, body, BUCKET)
+
+
+@pytest.mark.parametrize("path", ["..", "%2e%2e", "%2E%2E/%2E%2E/escape", "a%2Fb", "a/../../b", "z" * 129, ".zarray", ""])
+def test_curl_bad_ids_get_json_errors_and_write_nothing(served: RunningGateway, results_fs, path: str) -> None:
+    before = listing(results_fs, BUCKET)
+    status, body = curl(f"{served.url}/submit_job/{path}", "--path-as-is")
+    assert status in (400, 404)
+    assert body["error"]["code"] in ("invalid_job_id", "not_found") and body["error"]["message"]
+    assert listing(results_fs, BUCKET) == before
+
+
+def test_curl_duplicate_id_is_409(served: RunningGateway) -> None:
+    assert curl(f"{served.url}/submit_job/curl-dup")[0] == 200
+    status, body = curl(f"{served.url}/submit_job/curl-dup")
+    assert status == 409
+    assert body["error"]["url"] == f"s3://{BUCKET}/curl-dup"
+
+
+def test_sigterm_stops_gunicorn_and_every_cluster_process(s3: LocalS3, tmp_path: Path) -> None:
+    gateway = start_gunicorn_gateway({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}, tmp_path / "gateway.log")
+    processes = descendants(gateway.process.pid)
+    assert len(processes) >= 4, "a gunicorn worker and three Dask worker processes"
+
+    gateway.process.send_signal(signal.SIGTERM)
+
+    assert gateway.process.wait(timeout=90) == 0, gateway.log()
+    assert_all_gone(processes, timeout=30)
+    assert "Dask cluster ready: local with 3 workers" in gateway.log()

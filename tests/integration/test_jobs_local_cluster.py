@@ -1,0 +1,127 @@
+"""Jobs on a real 3-worker LocalCluster writing to a real S3 server, through Flask's test client."""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from flask import Flask
+from flask.testing import FlaskClient
+
+from conftest import BUCKET
+from devtools.local_s3 import LocalS3
+from gateway import create_app, services
+from helpers import assert_all_gone, assert_complete_result, descendants, listing
+from random_array_job import RandomArrayJobs
+from results_store import ResultsStore
+from settings import load_settings
+
+
+def test_a_job_writes_a_complete_array_that_zarr_and_xarray_open(client: FlaskClient, results_fs, job_id: str) -> None:
+    response = client.get(f"/submit_job/{job_id}")
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert set(body) >= {"job_id", "status", "url", "shape", "chunks", "dtype", "seconds"}
+    assert body["job_id"] == job_id
+    assert body["url"] == f"s3://{BUCKET}/{job_id}"
+    assert body["array_url"] == f"s3://{BUCKET}/{job_id}/data"
+    assert body["seconds"] > 0
+    assert_complete_result(results_fs, body, BUCKET)
+    assert zarr.open_group(body["url"], mode="r").metadata.consolidated_metadata is not None
+
+
+def test_two_jobs_give_different_arrays(client: FlaskClient, results_fs) -> None:
+    first = client.get("/submit_job/different-a").json
+    second = client.get("/submit_job/different-b").json
+    values_a = assert_complete_result(results_fs, first, BUCKET)
+    values_b = assert_complete_result(results_fs, second, BUCKET)
+    assert not np.array_equal(values_a, values_b)
+
+
+def test_a_duplicate_id_is_409_and_leaves_the_first_array_intact(client: FlaskClient, results_fs, job_id: str) -> None:
+    first = client.get(f"/submit_job/{job_id}")
+    assert first.status_code == 200
+    before = listing(results_fs, f"{BUCKET}/{job_id}")
+    values = zarr.open_group(first.json["url"], mode="r")["data"][:]
+
+    again = client.get(f"/submit_job/{job_id}")
+    assert again.status_code == 409
+    assert again.json["error"]["code"] == "job_exists"
+    assert again.json["error"]["url"] == first.json["url"]
+    assert listing(results_fs, f"{BUCKET}/{job_id}") == before
+    assert np.array_equal(zarr.open_group(first.json["url"], mode="r")["data"][:], values)
+
+
+def test_concurrent_submissions_of_one_id_run_one_job(app: Flask, results_fs, job_id: str) -> None:
+    def submit(_: int) -> int:
+        return app.test_client().get(f"/submit_job/{job_id}").status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = sorted(pool.map(submit, range(4)))
+    assert statuses == [200, 409, 409, 409]
+    assert len([p for p in results_fs.find(f"{BUCKET}/{job_id}/data") if "/c/" in p]) == 100
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/submit_job/..", "/submit_job/%2e%2e", "/submit_job/a%2Fb", "/submit_job/.zarray", "/submit_job/" + "y" * 129, "/submit_job/a%20b"],
+)
+def test_bad_ids_leave_the_bucket_unchanged(client: FlaskClient, results_fs, path: str) -> None:
+    before = listing(results_fs, BUCKET)
+    response = client.get(path)
+    assert response.status_code in (400, 404)
+    assert response.is_json and response.json["error"]["message"]
+    assert listing(results_fs, BUCKET) == before
+
+
+def test_readyz_reports_workers_and_store(client: FlaskClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json["cluster"]["workers"] == 3
+    assert response.json["results_store"] == {"ready": True, "url": f"s3://{BUCKET}", "reason": ""}
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_plain_directory_store_in_either_zarr_format(app: Flask, tmp_path: Path, zarr_format: int) -> None:
+    jobs = RandomArrayJobs(services(app).cluster, ResultsStore(str(tmp_path)), zarr_format, timeout=120)
+    result = jobs.run("on-disk")
+    assert result.url == f"{tmp_path.as_uri()}/on-disk"
+    array = zarr.open_group(result.url, mode="r")["data"]
+    assert array.metadata.zarr_format == zarr_format
+    assert array.shape == (1000, 1000) and array.dtype == np.float32
+    chunk_files = [p for p in (tmp_path / "on-disk" / "data").rglob("*") if p.is_file() and not p.name.startswith((".z", "zarr.json"))]
+    assert len(chunk_files) == 100
+
+
+def test_a_missing_bucket_is_a_storage_error_without_credentials(s3: LocalS3) -> None:
+    app = create_app(load_settings({"GATEWAY_RESULTS_URL": "s3://no-such-bucket", "GATEWAY_N_WORKERS": "1"}))
+    try:
+        assert services(app).cluster.wait_until_ready(60)
+        http = app.test_client()
+        ready = http.get("/readyz")
+        assert ready.status_code == 503
+        assert "s3://no-such-bucket does not exist" in ready.json["error"]["message"]
+
+        response = http.get("/submit_job/nowhere")
+        assert response.status_code == 502
+        assert response.json["error"]["code"] == "storage_error"
+        assert "s3://no-such-bucket/nowhere" in response.json["error"]["message"]
+        assert s3.secret_key not in response.get_data(as_text=True)
+    finally:
+        services(app).close()
+    assert not (s3.data_dir / "no-such-bucket").exists(), "the service must never create buckets"
+
+
+def test_closing_the_app_shuts_its_local_cluster_down(s3: LocalS3) -> None:
+    already_running = {process.pid for process in descendants(os.getpid())}
+    app = create_app(load_settings({"GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}))
+    assert services(app).cluster.wait_until_ready(60)
+    started = [process for process in descendants(os.getpid()) if process.pid not in already_running]
+    assert len(started) >= 3, "three worker processes should have started"
+
+    services(app).close()
+
+    assert_all_gone(started, timeout=30)
+    assert app.test_client().get("/readyz").status_code == 503

@@ -1,0 +1,82 @@
+"""The gateway under gunicorn and a real dask-gateway-server, started as separate processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from devtools.processes import free_port, start_process, wait_for_port
+from helpers import wait_for
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunningGateway:
+    process: subprocess.Popen
+    url: str
+    log_file: Path
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+def start_gunicorn_gateway(environ: dict[str, str], log_file: Path, ready_timeout: float = 120) -> RunningGateway:
+    """gunicorn with the project's gunicorn.conf.py, as the container runs it, on a free loopback port."""
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "gateway:app"]
+    process = start_process(command, env=environ, log_file=log_file, cwd=PROJECT)
+    gateway = RunningGateway(process, f"http://127.0.0.1:{port}", log_file)
+    wait_for_port(port, process, timeout=60)
+    if ready_timeout:
+        wait_for(lambda: requests.get(f"{gateway.url}/readyz", timeout=10).ok, ready_timeout, "the gateway to be ready")
+    return gateway
+
+
+@dataclass
+class DaskGatewayServer:
+    process: subprocess.Popen
+    address: str
+    proxy_address: str
+    password: str
+
+
+def start_dask_gateway_server(
+    workdir: Path, cluster_environment: dict[str, str], password: str, timeout: float = 60
+) -> DaskGatewayServer:
+    """dask-gateway-server with its local backend and simple (password) auth, on loopback.
+
+    Workers get only ``cluster_environment`` (and PYTHONPATH), the way the
+    Helm chart's worker pods get only the Secret that is mounted into them.
+    """
+    api_port, proxy_port = free_port(), free_port()
+    bin_dir = Path(sys.executable).parent
+    environment = {**cluster_environment, "PYTHONPATH": str(PROJECT)}
+    config = workdir / "dask_gateway_config.py"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            c.DaskGateway.backend_class = "dask_gateway_server.backends.local.UnsafeLocalBackend"
+            c.DaskGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
+            c.SimpleAuthenticator.password = {password!r}
+            c.Proxy.address = "127.0.0.1:{api_port}"
+            c.Proxy.tcp_address = "127.0.0.1:{proxy_port}"
+            c.LocalBackend.clusters_directory = {str(workdir / 'clusters')!r}
+            c.ClusterConfig.scheduler_cmd = [{str(bin_dir / 'dask')!r}, "scheduler"]
+            c.ClusterConfig.worker_cmd = [{str(bin_dir / 'dask')!r}, "worker", "--host", "127.0.0.1"]
+            c.ClusterConfig.worker_threads = 1
+            c.ClusterConfig.environment = {environment!r}
+            """
+        )
+    )
+    server_env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    command = [str(bin_dir / "dask-gateway-server"), "-f", str(config)]
+    process = start_process(command, env=server_env, log_file=workdir / "dask-gateway-server.log", cwd=workdir)
+    wait_for_port(api_port, process, timeout)
+    return DaskGatewayServer(process, f"http://127.0.0.1:{api_port}", f"gateway://127.0.0.1:{proxy_port}", password)
