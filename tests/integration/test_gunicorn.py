@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import pytest
 
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
-from devtools.processes import stop_process
+from devtools.processes import start_process, stop_process
 from helpers import assert_all_gone, assert_complete_result, descendants, listing
-from servers import RunningGateway, start_gunicorn_gateway
+from servers import PROJECT, RunningGateway, start_gunicorn_gateway
 
 
 def curl(url: str, *options: str) -> tuple[int, dict]:
@@ -69,3 +70,15 @@ def test_sigterm_stops_gunicorn_and_every_cluster_process(s3: LocalS3, tmp_path:
     assert gateway.process.wait(timeout=90) == 0, gateway.log()
     assert_all_gone(processes, timeout=30)
     assert "Dask cluster ready: local with 3 workers" in gateway.log()
+
+
+def test_a_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", "127.0.0.1:0", "gateway:app"]
+    environ = {**os.environ, "GATEWAY_N_WORKERS": "three"}
+    process = start_process(command, env=environ, log_file=log, cwd=PROJECT)
+    try:
+        assert process.wait(timeout=60) != 0
+    finally:
+        stop_process(process)
+    assert "GATEWAY_N_WORKERS='three' is not a whole number" in log.read_text()

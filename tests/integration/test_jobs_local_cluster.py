@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 from flask import Flask
 from flask.testing import FlaskClient
@@ -14,7 +15,7 @@ from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import create_app, services
 from helpers import assert_all_gone, assert_complete_result, descendants, listing
-from random_array_job import RandomArrayJobs
+from random_array_job import JobTimedOut, RandomArrayJobs
 from results_store import ResultsStore
 from settings import load_settings
 
@@ -93,6 +94,14 @@ def test_a_plain_directory_store_in_either_zarr_format(app: Flask, tmp_path: Pat
     assert array.shape == (1000, 1000) and array.dtype == np.float32
     chunk_files = [p for p in (tmp_path / "on-disk" / "data").rglob("*") if p.is_file() and not p.name.startswith((".z", "zarr.json"))]
     assert len(chunk_files) == 100
+    assert xr.open_zarr(result.url)["data"].dims == ("y", "x")
+
+
+def test_a_job_over_its_timeout_is_cancelled_and_leaves_nothing(app: Flask, tmp_path: Path) -> None:
+    jobs = RandomArrayJobs(services(app).cluster, ResultsStore(str(tmp_path)), 3, timeout=0.001)
+    with pytest.raises(JobTimedOut, match="GATEWAY_JOB_TIMEOUT"):
+        jobs.run("too-slow")
+    assert not (tmp_path / "too-slow").exists()
 
 
 def test_a_missing_bucket_is_a_storage_error_without_credentials(s3: LocalS3) -> None:
