@@ -15,15 +15,30 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cluster import ClusterConnection, ClusterNotReady
-from random_array_job import InvalidJobId, JobAlreadyExists, JobFailed, JobTimedOut, RandomArrayJobs
+from jobs import DONE, MAX_PAGE, STATUSES, JobManager, JobRecord
+from openapi import openapi_document
+from random_array_job import (
+    InvalidJobId,
+    InvalidParameters,
+    JobAlreadyExists,
+    JobFailed,
+    JobNotFound,
+    JobTimedOut,
+    JobTooLarge,
+    RandomArraySpec,
+    parse_spec,
+    validate_job_id,
+)
 from results_store import ResultsStore, StorageError
 from settings import Settings, load_settings
 
 logger = logging.getLogger("gateway")
+
+DEFAULT_PAGE = 50
 
 
 @dataclass(frozen=True)
@@ -33,9 +48,10 @@ class GatewayServices:
     settings: Settings
     cluster: ClusterConnection
     store: ResultsStore
-    jobs: RandomArrayJobs
+    jobs: JobManager
 
     def close(self) -> None:
+        self.jobs.close()
         self.cluster.close()
 
 
@@ -49,20 +65,20 @@ def services(app: Flask) -> GatewayServices:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the app and start obtaining its Dask cluster in the background."""
+    """Build the app and start obtaining its Dask cluster and its job records in the background."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or load_settings()
     cluster = ClusterConnection(settings)
     store = ResultsStore(settings.results_url)
-    gateway = GatewayServices(
-        settings, cluster, store, RandomArrayJobs(cluster, store, settings.zarr_format, settings.job_timeout)
-    )
+    gateway = GatewayServices(settings, cluster, store, JobManager(cluster, store, settings))
     app = Flask(__name__)
+    app.json.sort_keys = False
     app.extensions["science_gateway"] = gateway
     _register_routes(app, gateway)
     _register_error_handlers(app)
     cluster.start()
+    gateway.jobs.start()
     # SIGTERM under gunicorn ends the worker through a normal interpreter exit,
     # so this is also what stops the cluster when Kubernetes stops the pod.
     atexit.register(gateway.close)
@@ -70,7 +86,35 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
+def _job_spec(gateway: GatewayServices, parameters: dict[str, Any]) -> RandomArraySpec:
+    return parse_spec(parameters, gateway.settings.max_elements, gateway.settings.max_chunks)
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise InvalidParameters(f"{name} must be true or false, got {value!r}")
+
+
+def _query(allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query parameters, each given once and each one of ``allowed``."""
+    for name in request.args:
+        if name not in allowed:
+            raise InvalidParameters(f"unknown query parameter {name!r}; allowed: {', '.join(allowed)}")
+        if len(request.args.getlist(name)) > 1:
+            raise InvalidParameters(f"query parameter {name!r} is given more than once")
+    return request.args.to_dict()
+
+
+def _accepted(record: JobRecord) -> tuple[Response, int, dict[str, str]]:
+    return jsonify(record.to_json()), 202, {"Location": f"/jobs/{record.job_id}"}
+
+
 def _register_routes(app: Flask, gateway: GatewayServices) -> None:
+    jobs = gateway.jobs
+
     @app.get("/")
     def index() -> Response:
         return Response("Gateway up and running!", mimetype="text/plain")
@@ -81,32 +125,93 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
 
     @app.get("/readyz")
     def readyz() -> Any:
-        cluster = gateway.cluster.status()
+        cluster = gateway.cluster.status().to_json()
         try:
             gateway.store.check()
             store = {"ready": True, "url": gateway.store.url, "reason": ""}
         except StorageError as exc:
             store = {"ready": False, "url": gateway.store.url, "reason": str(exc)}
-        details = {"cluster": cluster.to_json(), "results_store": store}
-        if cluster.ready and store["ready"]:
+        records_ready, records_reason = jobs.readiness()
+        details = {"cluster": cluster, "results_store": store, "job_records": {"ready": records_ready, "reason": records_reason}}
+        if all(part["ready"] for part in details.values()):
             return jsonify({"status": "ready", **details})
         reasons = "; ".join(part["reason"] for part in details.values() if not part["ready"])
         return error_response(503, "not_ready", reasons, **details)
 
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(openapi_document())
+
     @app.get("/submit_job/", defaults={"job_id": ""})
     @app.get("/submit_job/<path:job_id>")
-    def submit_job(job_id: str) -> Response:
-        return jsonify(gateway.jobs.run(job_id).to_json())
+    def submit_job(job_id: str) -> Any:
+        validate_job_id(job_id)
+        parameters: dict[str, Any] = _query(("wait", "seed", "shape", "chunks", "dtype"))
+        wait = _flag("wait", parameters.pop("wait", "true"))
+        spec = _job_spec(gateway, parameters)
+        if not wait:
+            return _accepted(jobs.submit(job_id, spec))
+        # A caller who waits learns at once that there is no cluster, rather than after a long wait.
+        gateway.cluster.client()
+        finished = jobs.wait(jobs.submit(job_id, spec).job_id)
+        if finished.status == DONE:
+            return jsonify(finished.to_json())
+        error = finished.error or {"code": "job_cancelled", "message": f"job {job_id!r} was cancelled"}
+        return error_response(STATUS_OF_JOB_ERROR.get(error["code"], 500), error["code"], error["message"], job=finished.to_json())
+
+    @app.post("/jobs")
+    def post_job() -> Any:
+        _query(())
+        if request.content_length and request.mimetype != "application/json":
+            return error_response(415, "unsupported_media_type", "send the job as a JSON object with Content-Type: application/json")
+        body = request.get_json(silent=True) if request.content_length else {}
+        if not isinstance(body, dict):
+            raise InvalidParameters("the request body must be a JSON object, such as {\"seed\": 7}")
+        job_id = body.pop("job_id", None)
+        if job_id is not None and not isinstance(job_id, str):
+            raise InvalidJobId(f"job_id must be a string, got {type(job_id).__name__}")
+        return _accepted(jobs.submit(job_id, _job_spec(gateway, body)))
+
+    @app.get("/jobs")
+    def list_jobs() -> Any:
+        query = _query(("status", "limit", "cursor"))
+        status = query.get("status")
+        if status is not None and status not in STATUSES:
+            raise InvalidParameters(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        try:
+            limit = int(query.get("limit", DEFAULT_PAGE))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidParameters(f"limit must be an integer from 1 to {MAX_PAGE}, got {query.get('limit')!r}")
+        page, next_cursor = jobs.list(status, limit, query.get("cursor"))
+        return jsonify({"jobs": [record.to_json() for record in page], "next_cursor": next_cursor})
+
+    @app.get("/jobs/<path:job_id>")
+    def get_job(job_id: str) -> Any:
+        _query(())
+        return jsonify(jobs.get(validate_job_id(job_id)).to_json())
+
+    @app.delete("/jobs/<path:job_id>")
+    def delete_job(job_id: str) -> Any:
+        _query(())
+        cancelled = jobs.cancel_or_delete(validate_job_id(job_id))
+        return jsonify(cancelled.to_json()) if cancelled else Response(status=204)
 
 
 # Each failure the service knows: its HTTP status and its error code.
 KNOWN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     InvalidJobId: (400, "invalid_job_id"),
+    InvalidParameters: (400, "invalid_parameters"),
+    JobNotFound: (404, "job_not_found"),
+    JobTooLarge: (413, "job_too_large"),
     ClusterNotReady: (503, "cluster_not_ready"),
     StorageError: (502, "storage_error"),
     JobTimedOut: (504, "job_timeout"),
     JobFailed: (500, "job_failed"),
 }
+# The HTTP status of a job that failed while a caller waited for it.
+STATUS_OF_JOB_ERROR = {code: status for status, code in KNOWN_ERRORS.values()} | {"interrupted": 503, "job_cancelled": 409}
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -1,45 +1,66 @@
-"""The job: the Dask workers build a random array and write it, chunk by chunk, as Zarr.
+"""The job: its parameters and their limits, and running it on the Dask cluster.
 
-The gateway process only writes the result's metadata and sends a task graph;
-every chunk is generated and stored by a worker, so no array data passes through
-the web process.
+The gateway process writes only the result's metadata and sends one task per
+chunk; every chunk is generated and stored by a worker (``random_chunks``), so
+no array data passes through the web process.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import secrets
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import dask.array as da
-from distributed import Future
+import zarr
+from distributed import CancelledError, Client, as_completed
 from distributed.comm import CommClosedError
 from distributed.scheduler import KilledWorker
 
-from cluster import ClusterConnection
-from results_store import ARRAY_NAME, ResultsStore, StorageError, describe_storage_failure
+from random_chunks import chunk_selections, stop_run, write_random_chunk
+from results_store import StorageError, describe_storage_failure
 
 logger = logging.getLogger(__name__)
 
+# How long a stopped job waits for its running chunk tasks to end before it removes what they wrote.
+STOP_TIMEOUT = 60
+
 JOB_ID_RULE = "1 to 128 characters of letters, digits, '.', '_' and '-', not starting with '.'"
 _JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", re.ASCII)
+DTYPES = ("float32", "float64")
+PARAMETERS = ("seed", "shape", "chunks", "dtype")
+MAX_SEED = 2**63 - 1
 
 
 class InvalidJobId(ValueError):
     """The job id is not one the service accepts; the message says what is allowed."""
 
 
-class JobAlreadyExists(RuntimeError):
-    """A result is stored, or a job is running, under this id."""
+class InvalidParameters(ValueError):
+    """A job parameter is malformed or out of range; the message names it."""
 
-    def __init__(self, job_id: str, url: str) -> None:
-        super().__init__(f"job {job_id!r} already exists at {url}; results are never overwritten, choose another id")
+
+class JobTooLarge(ValueError):
+    """The job is over a size limit; the message names the limit and its setting."""
+
+
+class JobAlreadyExists(RuntimeError):
+    """A result is stored, or a job is queued or running, under this id."""
+
+    def __init__(self, job_id: str, url: str, status: str | None = None) -> None:
+        state = f" and is {status}" if status else ""
+        super().__init__(
+            f"job {job_id!r} already exists at {url}{state}; results are never overwritten, choose another id"
+        )
         self.url = url
+
+
+class JobNotFound(LookupError):
+    """No job has this id."""
 
 
 class JobTimedOut(RuntimeError):
@@ -50,32 +71,25 @@ class JobFailed(RuntimeError):
     """The Dask work of the job failed; the message says why."""
 
 
+class JobCancelled(RuntimeError):
+    """The job was cancelled before it finished."""
+
+
 @dataclass(frozen=True)
 class RandomArraySpec:
+    """What to generate; the defaults are the tutorial's job."""
+
+    seed: int
     shape: tuple[int, ...] = (1000, 1000)
     chunks: tuple[int, ...] = (100, 100)
     dtype: str = "float32"
 
-
-@dataclass(frozen=True)
-class JobResult:
-    job_id: str
-    url: str
-    array_url: str
-    spec: RandomArraySpec
-    seconds: float
+    @property
+    def n_chunks(self) -> int:
+        return math.prod(math.ceil(size / step) for size, step in zip(self.shape, self.chunks))
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "status": "done",
-            "url": self.url,
-            "array_url": self.array_url,
-            "shape": list(self.spec.shape),
-            "chunks": list(self.spec.chunks),
-            "dtype": self.spec.dtype,
-            "seconds": round(self.seconds, 3),
-        }
+        return {"seed": self.seed, "shape": list(self.shape), "chunks": list(self.chunks), "dtype": self.dtype}
 
 
 def validate_job_id(job_id: str) -> str:
@@ -86,71 +100,124 @@ def validate_job_id(job_id: str) -> str:
     return job_id
 
 
-class RandomArrayJobs:
-    """Runs random-array jobs on the service's cluster and stores them in its results store."""
+def new_job_id() -> str:
+    return f"job-{secrets.token_hex(8)}"
 
-    def __init__(self, cluster: ClusterConnection, store: ResultsStore, zarr_format: int, timeout: float) -> None:
-        self._cluster = cluster
-        self._store = store
-        self._zarr_format = zarr_format
-        self._timeout = timeout
-        self._running: set[str] = set()
-        self._running_lock = threading.Lock()
 
-    def run(self, job_id: str, spec: RandomArraySpec = RandomArraySpec()) -> JobResult:
-        """Write a new random array under ``job_id`` and return once every chunk is stored."""
-        validate_job_id(job_id)
-        client = self._cluster.client()
-        started = time.monotonic()
-        with self._reserved(job_id):
-            if self._store.exists(job_id):
-                raise JobAlreadyExists(job_id, self._store.url_for(job_id))
-            target = self._store.create_result(job_id, spec.shape, spec.chunks, spec.dtype, self._zarr_format)
-            values = da.random.default_rng().random(spec.shape, chunks=spec.chunks, dtype=spec.dtype)
-            # Chunks and zarr chunks coincide, so no two tasks write one object and no lock is needed.
-            future: Future = client.compute(da.store(values, target, lock=False, compute=False))
-            try:
-                future.result(timeout=self._timeout)
-                self._store.mark_complete(job_id)
-            except Exception as exc:
-                future.cancel()
-                self._discard(job_id)
-                raise self._explain(job_id, exc) from exc
-        seconds = time.monotonic() - started
-        logger.info("job %s done in %.3f s", job_id, seconds)
-        url = self._store.url_for(job_id)
-        return JobResult(job_id, url, f"{url}/{ARRAY_NAME}", spec, seconds)
+def _integers(name: str, value: Any) -> tuple[int, ...]:
+    # Query strings give "1000,1000"; JSON bodies give [1000, 1000].
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or len(items) != 2:
+        raise InvalidParameters(f"{name} must be two integers, as {name}=1000,1000 or [1000, 1000]")
+    try:
+        numbers = tuple(int(item) if isinstance(item, str) else item for item in items)
+    except ValueError:
+        raise InvalidParameters(f"{name} must be two integers, as {name}=1000,1000 or [1000, 1000]") from None
+    if not all(isinstance(number, int) and not isinstance(number, bool) for number in numbers):
+        raise InvalidParameters(f"{name} must be two integers, as {name}=1000,1000 or [1000, 1000]")
+    if any(number <= 0 for number in numbers):
+        raise InvalidParameters(f"{name} must be positive, got {list(numbers)}")
+    return numbers
 
-    @contextmanager
-    def _reserved(self, job_id: str) -> Iterator[None]:
-        # Two requests for one id at once: the second must not see "no result yet" and write too.
-        with self._running_lock:
-            if job_id in self._running:
-                raise JobAlreadyExists(job_id, self._store.url_for(job_id))
-            self._running.add(job_id)
+
+def _seed(value: Any) -> int:
+    if value is None:
+        return secrets.randbelow(MAX_SEED + 1)
+    if isinstance(value, str):
         try:
-            yield
-        finally:
-            with self._running_lock:
-                self._running.discard(job_id)
+            value = int(value)
+        except ValueError:
+            raise InvalidParameters(f"seed must be an integer from 0 to {MAX_SEED}, got {value!r}") from None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise InvalidParameters(f"seed must be an integer from 0 to {MAX_SEED}, got {value!r}")
+    return value
 
-    def _discard(self, job_id: str) -> None:
-        # A half-written array must not stand where a result is expected.
+
+def parse_spec(parameters: Mapping[str, Any], max_elements: int, max_chunks: int) -> RandomArraySpec:
+    """The job's parameters, from query strings or JSON values, checked against the limits.
+
+    Without a seed one is drawn and recorded, so that every result can be made again.
+    """
+    unknown = sorted(set(parameters) - set(PARAMETERS))
+    if unknown:
+        raise InvalidParameters(f"unknown parameter {unknown[0]!r}; the parameters are {', '.join(PARAMETERS)}")
+    defaults = RandomArraySpec(seed=0)
+    shape = _integers("shape", parameters["shape"]) if "shape" in parameters else defaults.shape
+    chunks = _integers("chunks", parameters["chunks"]) if "chunks" in parameters else defaults.chunks
+    dtype = parameters.get("dtype", defaults.dtype)
+    if dtype not in DTYPES:
+        raise InvalidParameters(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if any(step > size for step, size in zip(chunks, shape)):
+        raise InvalidParameters(f"chunks {list(chunks)} must be no larger than shape {list(shape)}")
+    spec = RandomArraySpec(seed=_seed(parameters.get("seed")), shape=shape, chunks=chunks, dtype=dtype)
+    elements = math.prod(shape)
+    if elements > max_elements:
+        raise JobTooLarge(f"shape {list(shape)} has {elements} elements, over the limit of {max_elements} (GATEWAY_MAX_ELEMENTS)")
+    if spec.n_chunks > max_chunks:
+        raise JobTooLarge(f"{spec.n_chunks} chunks is over the limit of {max_chunks} (GATEWAY_MAX_CHUNKS); use larger chunks")
+    return spec
+
+
+class ChunkWrites:
+    """The chunk tasks of one job on the cluster: started on creation, then waited on or cancelled."""
+
+    def __init__(self, client: Client, target: zarr.Array, spec: RandomArraySpec, job_id: str) -> None:
+        self._client = client
+        self._job_id = job_id
+        # Unique to this run: an id submitted again after a cancel must not inherit the stop.
+        self._run_id = f"{job_id}/{uuid.uuid4().hex}"
+        selections = chunk_selections(spec.shape, spec.chunks)
+        self._futures = client.map(
+            write_random_chunk,
+            range(len(selections)),
+            selections,
+            run_id=self._run_id,
+            target=target,
+            seed=spec.seed,
+            dtype=spec.dtype,
+            pure=False,
+        )
+        self._cancelled = False
+
+    def wait(self, timeout: float, on_chunk_written: Callable[[], None]) -> None:
+        """Return once every chunk is stored; raise a job error naming the cause otherwise.
+
+        When it raises, no task of the job is running any more: what was written
+        stays written, and can be removed without a late chunk coming back.
+        """
         try:
-            self._store.delete(job_id)
-        except StorageError:
-            logger.exception("job %s failed and its partial result could not be removed", job_id)
+            for future in as_completed(self._futures, loop=self._client.loop, timeout=timeout):
+                if future.result():
+                    on_chunk_written()
+        except Exception as exc:
+            self._stop()
+            raise (JobCancelled(f"job {self._job_id!r} was cancelled") if self._cancelled else self._explain(exc, timeout)) from exc
+        if self._cancelled:
+            raise JobCancelled(f"job {self._job_id!r} was cancelled")
 
-    def _explain(self, job_id: str, exc: BaseException) -> BaseException:
-        url = self._store.url_for(job_id)
-        if isinstance(exc, StorageError):
-            return exc
+    def cancel(self) -> None:
+        """Skip every chunk not yet begun; :meth:`wait` then raises :class:`JobCancelled`."""
+        self._cancelled = True
+        self._client.run(stop_run, self._run_id, on_error="ignore")
+
+    def _stop(self) -> None:
+        self._client.run(stop_run, self._run_id, on_error="ignore")
+        try:
+            for _ in as_completed(self._futures, loop=self._client.loop, timeout=STOP_TIMEOUT):
+                pass
+        except TimeoutError:
+            logger.warning("job %s: chunk tasks still running %d s after the stop", self._job_id, STOP_TIMEOUT)
+        self._client.cancel(self._futures)
+
+    def _explain(self, exc: BaseException, timeout: float) -> BaseException:
         if isinstance(exc, TimeoutError):
-            return JobTimedOut(f"job {job_id!r} did not finish within {self._timeout:g} s (GATEWAY_JOB_TIMEOUT)")
+            return JobTimedOut(f"job {self._job_id!r} did not finish within {timeout:g} s (GATEWAY_JOB_TIMEOUT)")
+        if isinstance(exc, CancelledError):
+            return JobFailed(f"job {self._job_id!r} lost its Dask tasks; the cluster may have restarted")
         if isinstance(exc, CommClosedError):
-            return JobFailed(f"job {job_id!r} lost contact with the Dask cluster: {exc}")
+            return JobFailed(f"job {self._job_id!r} lost contact with the Dask cluster: {exc}")
         if isinstance(exc, KilledWorker):
-            return JobFailed(f"job {job_id!r} failed: a Dask worker died while running it")
+            return JobFailed(f"job {self._job_id!r} failed: a Dask worker died while running it")
         if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):
-            return StorageError(describe_storage_failure(f"writing chunks of {url} failed", exc))
-        return JobFailed(f"job {job_id!r} failed: {type(exc).__name__}: {exc}")
+            return StorageError(describe_storage_failure(f"writing chunks of job {self._job_id!r} failed", exc))
+        return JobFailed(f"job {self._job_id!r} failed: {type(exc).__name__}: {exc}")

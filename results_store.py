@@ -6,6 +6,9 @@ array, ``data``, with dimension names ``("y", "x")``, so that both
 group's consolidated metadata is written after the last chunk: a result that has
 it is complete.
 
+Each job's record (its status and parameters, as JSON) is kept at
+``<results_url>/.jobs/<job_id>.json``, so that the jobs outlive the process.
+
 S3 credentials and endpoint are never passed in code: botocore reads the
 standard ``AWS_*`` variables, on the gateway and on each worker, so no secret
 travels inside a task graph.
@@ -13,10 +16,12 @@ travels inside a task graph.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import fsspec
@@ -31,6 +36,8 @@ warnings.filterwarnings("ignore", message="Consolidated metadata is currently no
 
 ARRAY_NAME = "data"
 DIMENSION_NAMES = ("y", "x")
+# Job records sit beside the results, under a prefix no job id can take (ids never start with ".").
+RECORDS_PREFIX = ".jobs"
 
 
 class StorageError(RuntimeError):
@@ -60,7 +67,7 @@ class ResultsStore:
         else:
             local = Path(parsed.path if parsed.scheme == "file" else url).resolve()
             self.url = local.as_uri()
-            self._fs = LocalFileSystem()
+            self._fs = LocalFileSystem(auto_mkdir=True)
             self._root = str(local)
             self._zarr_store = zarr.storage.LocalStore(local)
 
@@ -126,3 +133,30 @@ class ResultsStore:
                 self._fs.rm(path, recursive=True)
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"deleting {self.url_for(job_id)} failed", exc)) from exc
+
+    def _record_path(self, job_id: str) -> str:
+        return f"{self._root}/{RECORDS_PREFIX}/{job_id}.json"
+
+    def write_record(self, job_id: str, record: dict[str, Any]) -> None:
+        try:
+            self._fs.pipe(self._record_path(job_id), json.dumps(record, sort_keys=True).encode())
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"saving the record of job {job_id!r} failed", exc)) from exc
+
+    def read_records(self) -> list[dict[str, Any]]:
+        """Every stored job record."""
+        prefix = f"{self._root}/{RECORDS_PREFIX}"
+        try:
+            paths = [path for path in self._fs.find(prefix) if path.endswith(".json")]
+            contents = self._fs.cat(paths) if paths else {}
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"reading the job records in {self.url} failed", exc)) from exc
+        return [json.loads(content) for content in contents.values()]
+
+    def delete_record(self, job_id: str) -> None:
+        try:
+            self._fs.rm(self._record_path(job_id))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"deleting the record of job {job_id!r} failed", exc)) from exc

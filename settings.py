@@ -32,6 +32,9 @@ class Settings:
     cluster_options: dict[str, Any] = field(default_factory=dict)
     cluster_start_timeout: float = 120.0
     job_timeout: float = 600.0
+    max_elements: int = 10**8
+    max_chunks: int = 10_000
+    max_running_jobs: int = 4
 
     @property
     def uses_dask_gateway(self) -> bool:
@@ -102,4 +105,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cluster_options=_cluster_options(environ),
         cluster_start_timeout=_positive_number(environ, "GATEWAY_CLUSTER_START_TIMEOUT", 120.0, float),
         job_timeout=_positive_number(environ, "GATEWAY_JOB_TIMEOUT", 600.0, float),
+        max_elements=_positive_number(environ, "GATEWAY_MAX_ELEMENTS", 10**8, int),
+        max_chunks=_positive_number(environ, "GATEWAY_MAX_CHUNKS", 10_000, int),
+        max_running_jobs=_positive_number(environ, "GATEWAY_MAX_RUNNING_JOBS", 4, int),
     )

@@ -2,6 +2,7 @@
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import create_app, services
 from helpers import assert_all_gone, assert_complete_result, descendants, listing
-from random_array_job import JobTimedOut, RandomArrayJobs
+from jobs import JobManager, JobRecord
+from random_array_job import RandomArraySpec
 from results_store import ResultsStore
 from settings import load_settings
 
@@ -84,24 +86,35 @@ def test_readyz_reports_workers_and_store(client: FlaskClient) -> None:
     assert response.json["results_store"] == {"ready": True, "url": f"s3://{BUCKET}", "reason": ""}
 
 
+def run_with_store(app: Flask, directory: Path, **settings_changes) -> JobRecord:
+    """One job on the shared cluster with another results store and settings."""
+    settings = replace(services(app).settings, results_url=str(directory), **settings_changes)
+    manager = JobManager(services(app).cluster, ResultsStore(str(directory)), settings)
+    manager.start()
+    try:
+        return manager.wait(manager.submit("on-disk", RandomArraySpec(seed=1)).job_id)
+    finally:
+        manager.close()
+
+
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_a_plain_directory_store_in_either_zarr_format(app: Flask, tmp_path: Path, zarr_format: int) -> None:
-    jobs = RandomArrayJobs(services(app).cluster, ResultsStore(str(tmp_path)), zarr_format, timeout=120)
-    result = jobs.run("on-disk")
-    assert result.url == f"{tmp_path.as_uri()}/on-disk"
-    array = zarr.open_group(result.url, mode="r")["data"]
+    record = run_with_store(app, tmp_path, zarr_format=zarr_format)
+    assert record.status == "done", record.error
+    assert record.url == f"{tmp_path.as_uri()}/on-disk"
+    array = zarr.open_group(record.url, mode="r")["data"]
     assert array.metadata.zarr_format == zarr_format
     assert array.shape == (1000, 1000) and array.dtype == np.float32
     chunk_files = [p for p in (tmp_path / "on-disk" / "data").rglob("*") if p.is_file() and not p.name.startswith((".z", "zarr.json"))]
     assert len(chunk_files) == 100
-    assert xr.open_zarr(result.url)["data"].dims == ("y", "x")
+    assert xr.open_zarr(record.url)["data"].dims == ("y", "x")
 
 
 def test_a_job_over_its_timeout_is_cancelled_and_leaves_nothing(app: Flask, tmp_path: Path) -> None:
-    jobs = RandomArrayJobs(services(app).cluster, ResultsStore(str(tmp_path)), 3, timeout=0.001)
-    with pytest.raises(JobTimedOut, match="GATEWAY_JOB_TIMEOUT"):
-        jobs.run("too-slow")
-    assert not (tmp_path / "too-slow").exists()
+    record = run_with_store(app, tmp_path, job_timeout=0.001)
+    assert record.status == "failed"
+    assert record.error["code"] == "job_timeout" and "GATEWAY_JOB_TIMEOUT" in record.error["message"]
+    assert not (tmp_path / "on-disk").exists()
 
 
 def test_a_missing_bucket_is_a_storage_error_without_credentials(s3: LocalS3) -> None:
@@ -116,7 +129,8 @@ def test_a_missing_bucket_is_a_storage_error_without_credentials(s3: LocalS3) ->
         response = http.get("/submit_job/nowhere")
         assert response.status_code == 502
         assert response.json["error"]["code"] == "storage_error"
-        assert "s3://no-such-bucket/nowhere" in response.json["error"]["message"]
+        assert "s3://no-such-bucket" in response.json["error"]["message"]
+        assert "does not exist" in response.json["error"]["message"]
         assert s3.secret_key not in response.get_data(as_text=True)
     finally:
         services(app).close()

@@ -1,0 +1,375 @@
+"""The job lifecycle: submit, queue, run, watch, cancel, delete, and records that outlive the process.
+
+A job is ``queued``, then ``running``, then ``done``, ``failed`` or ``cancelled``.
+Its record is written to the results store at every change of status, so that a
+new gateway process lists every job: what was running when the old process
+died is marked ``failed`` (the work stopped with it), what was queued runs.
+Progress (chunks written) is kept in memory while the job runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from cluster import ClusterConnection, ClusterNotReady
+from random_array_job import (
+    ChunkWrites,
+    InvalidParameters,
+    JobAlreadyExists,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    JobTimedOut,
+    RandomArraySpec,
+    new_job_id,
+    validate_job_id,
+)
+from results_store import ARRAY_NAME, ResultsStore, StorageError
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+FINISHED = (DONE, FAILED, CANCELLED)
+# A finished job of these may be submitted again under the same id.
+RESUBMITTABLE = (FAILED, CANCELLED)
+MAX_PAGE = 1000
+INTERRUPTED = {"code": "interrupted", "message": "the gateway stopped while this job was running; submit it again"}
+# The error code recorded for each way a job can fail.
+ERROR_CODES: dict[type[Exception], str] = {
+    StorageError: "storage_error",
+    JobTimedOut: "job_timeout",
+    JobFailed: "job_failed",
+    ClusterNotReady: "cluster_not_ready",
+}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    spec: RandomArraySpec
+    url: str
+    status: str = QUEUED
+    submitted_at: str = field(default_factory=_now)
+    started_at: str | None = None
+    finished_at: str | None = None
+    chunks_written: int = 0
+    seconds: float | None = None
+    error: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "url": self.url,
+            "array_url": f"{self.url}/{ARRAY_NAME}",
+            **self.spec.to_json(),
+            "progress": {"chunks_written": self.chunks_written, "chunks_total": self.spec.n_chunks},
+            "submitted_at": self.submitted_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "seconds": self.seconds,
+            "error": self.error,
+        }
+
+    def to_stored(self) -> dict[str, Any]:
+        stored = asdict(self)
+        stored["spec"] = self.spec.to_json()
+        return stored
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> JobRecord:
+        spec = stored["spec"]
+        return cls(
+            **{**stored, "spec": RandomArraySpec(spec["seed"], tuple(spec["shape"]), tuple(spec["chunks"]), spec["dtype"])}
+        )
+
+
+def _sort_key(record: JobRecord) -> tuple[str, str]:
+    return (record.submitted_at, record.job_id)
+
+
+def encode_cursor(record: JobRecord) -> str:
+    return base64.urlsafe_b64encode(json.dumps(_sort_key(record)).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        submitted_at, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return str(submitted_at), str(job_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidParameters("cursor is not one this service gave out; use next_cursor from a listing") from None
+
+
+class JobManager:
+    """Owns every job of one gateway process and runs them on its cluster."""
+
+    def __init__(self, cluster: ClusterConnection, store: ResultsStore, settings: Settings) -> None:
+        self._cluster = cluster
+        self._store = store
+        self._settings = settings
+        # One condition guards all in-memory state and is notified at every change.
+        self._lock = threading.Condition()
+        self._records: dict[str, JobRecord] = {}
+        self._queue: deque[str] = deque()
+        self._submitting: set[str] = set()
+        self._running: dict[str, ChunkWrites] = {}
+        self._cancel_requested: set[str] = set()
+        # Cancelling and deleting touch the store; one at a time keeps it consistent.
+        self._delete_lock = threading.Lock()
+        self._stop_requested = threading.Event()
+        self._loaded = threading.Event()
+        self._load_error = "job records not read yet"
+        self._load_failed = False
+        self._threads: list[threading.Thread] = []
+
+    # -- start and stop ---------------------------------------------------
+
+    def start(self) -> None:
+        """Read the stored records, then start the runners; returns at once."""
+        loader = threading.Thread(target=self._load_then_run, name="job-records", daemon=True)
+        loader.start()
+        self._threads.append(loader)
+
+    def wait_until_loaded(self, timeout: float) -> bool:
+        return self._loaded.wait(timeout)
+
+    def readiness(self) -> tuple[bool, str]:
+        return (True, "") if self._loaded.is_set() else (False, self._load_error)
+
+    def close(self) -> None:
+        """Stop taking jobs; running jobs are cancelled and recorded as interrupted."""
+        with self._lock:
+            self._stop_requested.set()
+            running = list(self._running.items())
+            self._lock.notify_all()
+        for job_id, writes in running:
+            logger.warning("job %s interrupted: the gateway is stopping", job_id)
+            writes.cancel()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _load_then_run(self) -> None:
+        delay = 1.0
+        while not self._stop_requested.is_set():
+            try:
+                self._load_records()
+                break
+            except StorageError as exc:
+                self._load_failed = True
+                self._load_error = f"job records could not be read ({exc}); retrying in {delay:.0f} s"
+                logger.error("%s", self._load_error)
+                self._stop_requested.wait(delay)
+                delay = min(delay * 2, 60.0)
+        for index in range(self._settings.max_running_jobs):
+            runner = threading.Thread(target=self._run_queued_jobs, name=f"job-runner-{index}", daemon=True)
+            runner.start()
+            self._threads.append(runner)
+
+    def _load_records(self) -> None:
+        records = sorted((JobRecord.from_stored(stored) for stored in self._store.read_records()), key=_sort_key)
+        interrupted = []
+        with self._lock:
+            for record in records:
+                if record.status == RUNNING:
+                    record = replace(record, status=FAILED, finished_at=_now(), error=INTERRUPTED)
+                    interrupted.append(record)
+                elif record.status == QUEUED:
+                    self._queue.append(record.job_id)
+                self._records[record.job_id] = record
+        for record in interrupted:
+            self._discard_result(record.job_id)
+            self._save(record)
+        logger.info("read %d job records (%d interrupted, %d queued)", len(records), len(interrupted), len(self._queue))
+        self._loaded.set()
+
+    # -- the API ----------------------------------------------------------
+
+    def _require_loaded(self) -> None:
+        # Right after start-up the records are still being read; once a read has failed, say so at once.
+        if not self._loaded.wait(0 if self._load_failed else 10):
+            raise StorageError(self._load_error)
+
+    def submit(self, job_id: str | None, spec: RandomArraySpec) -> JobRecord:
+        """Queue a new job and return its record; :class:`JobAlreadyExists` if the id is taken."""
+        job_id = validate_job_id(job_id) if job_id is not None else new_job_id()
+        self._require_loaded()
+        url = self._store.url_for(job_id)
+        with self._lock:
+            previous = self._records.get(job_id)
+            if job_id in self._submitting or (previous is not None and previous.status not in RESUBMITTABLE):
+                raise JobAlreadyExists(job_id, url, QUEUED if previous is None else previous.status)
+            # Reserved until its record is saved: a concurrent submission of this id gets 409.
+            self._submitting.add(job_id)
+        try:
+            if previous is not None:
+                self._store.delete(job_id)
+            elif self._store.exists(job_id):
+                raise JobAlreadyExists(job_id, url)
+            record = JobRecord(job_id, spec, url)
+            self._store.write_record(job_id, record.to_stored())
+            with self._lock:
+                self._records[job_id] = record
+                self._queue.append(job_id)
+                self._lock.notify_all()
+                queued = replace(record)
+        finally:
+            with self._lock:
+                self._submitting.discard(job_id)
+        logger.info("job %s queued: %s", job_id, spec.to_json())
+        return queued
+
+    def get(self, job_id: str) -> JobRecord:
+        self._require_loaded()
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            return replace(record)
+
+    def wait(self, job_id: str) -> JobRecord:
+        """Block until the job is finished and return its record."""
+        def finished() -> bool:
+            record = self._records.get(job_id)
+            return record is None or record.status in FINISHED or self._stop_requested.is_set()
+
+        with self._lock:
+            self._lock.wait_for(finished)
+            if job_id not in self._records:
+                raise JobNotFound(f"job {job_id!r} was deleted")
+            return replace(self._records[job_id])
+
+    def list(self, status: str | None, limit: int, cursor: str | None) -> tuple[list[JobRecord], str | None]:
+        """Newest first; the cursor, when not None, fetches the next page."""
+        self._require_loaded()
+        after = decode_cursor(cursor) if cursor else None
+        with self._lock:
+            records = sorted(self._records.values(), key=_sort_key, reverse=True)
+        if status is not None:
+            records = [record for record in records if record.status == status]
+        if after is not None:
+            records = [record for record in records if _sort_key(record) < after]
+        page = [replace(record) for record in records[:limit]]
+        return page, (encode_cursor(page[-1]) if len(records) > limit else None)
+
+    def cancel_or_delete(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued or running job and return its record; delete a finished one and return None."""
+        self._require_loaded()
+        with self._delete_lock:
+            with self._lock:
+                record = self._records.get(job_id)
+                if record is None:
+                    raise JobNotFound(f"no job {job_id!r}")
+                if record.status == RUNNING:
+                    self._cancel_requested.add(job_id)
+                    if job_id in self._running:
+                        self._running[job_id].cancel()
+                    self._lock.wait_for(lambda: self._records[job_id].status in FINISHED)
+                    return replace(self._records[job_id])
+                if record.status == QUEUED:
+                    self._queue.remove(job_id)
+                    cancelled = replace(record, status=CANCELLED, finished_at=_now())
+                    self._records[job_id] = cancelled
+            if record.status == QUEUED:
+                self._save_quietly(cancelled)
+                return replace(cancelled)
+            self._store.delete(job_id)
+            self._store.delete_record(job_id)
+            with self._lock:
+                del self._records[job_id]
+        logger.info("job %s deleted", job_id)
+        return None
+
+    # -- running ----------------------------------------------------------
+
+    def _next_job(self) -> JobRecord | None:
+        with self._lock:
+            self._lock.wait_for(lambda: self._queue or self._stop_requested.is_set())
+            if self._stop_requested.is_set():
+                return None
+            record = self._records[self._queue.popleft()]
+            record.status, record.started_at = RUNNING, _now()
+            return record
+
+    def _run_queued_jobs(self) -> None:
+        while True:
+            # Jobs wait in the queue, not half-started, while there is no cluster.
+            while not self._cluster.wait_until_ready(1.0):
+                if self._stop_requested.is_set():
+                    return
+            record = self._next_job()
+            if record is None:
+                return
+            self._run(record)
+
+    def _run(self, record: JobRecord) -> None:
+        started = time.monotonic()
+        status, error = DONE, None
+        try:
+            self._save(record)
+            client = self._cluster.client()
+            spec = record.spec
+            target = self._store.create_result(record.job_id, spec.shape, spec.chunks, spec.dtype, self._settings.zarr_format)
+            writes = ChunkWrites(client, target, spec, record.job_id)
+            with self._lock:
+                self._running[record.job_id] = writes
+                if self._stop_requested.is_set() or record.job_id in self._cancel_requested:
+                    writes.cancel()
+            writes.wait(self._settings.job_timeout, lambda: self._count_chunk(record))
+            self._store.mark_complete(record.job_id)
+        except JobCancelled:
+            status = FAILED if self._stop_requested.is_set() else CANCELLED
+            error = INTERRUPTED if self._stop_requested.is_set() else None
+        except Exception as exc:
+            code = next((code for kind, code in ERROR_CODES.items() if isinstance(exc, kind)), None)
+            if code is None:
+                logger.exception("job %s failed unexpectedly", record.job_id)
+            status, error = FAILED, {"code": code or "job_failed", "message": str(exc)}
+        if status != DONE:
+            self._discard_result(record.job_id)
+        with self._lock:
+            final = replace(record, status=status, error=error, finished_at=_now(), seconds=round(time.monotonic() - started, 3))
+        # Saved before it shows as finished, so that a DELETE of the finished job cannot race the save.
+        self._save_quietly(final)
+        with self._lock:
+            self._records[record.job_id] = final
+            self._running.pop(record.job_id, None)
+            self._cancel_requested.discard(record.job_id)
+            self._lock.notify_all()
+        logger.info("job %s %s in %.3f s%s", record.job_id, status, final.seconds, f": {error['message']}" if error else "")
+
+    def _count_chunk(self, record: JobRecord) -> None:
+        with self._lock:
+            record.chunks_written += 1
+
+    def _save(self, record: JobRecord) -> None:
+        with self._lock:
+            stored = record.to_stored()
+        self._store.write_record(record.job_id, stored)
+
+    def _save_quietly(self, record: JobRecord) -> None:
+        try:
+            self._save(record)
+        except StorageError:
+            logger.exception("the final record of job %s could not be saved", record.job_id)
+
+    def _discard_result(self, job_id: str) -> None:
+        # A half-written array must not stand where a result is expected.
+        try:
+            self._store.delete(job_id)
+        except StorageError:
+            logger.exception("the partial result of job %s could not be removed", job_id)

@@ -1,0 +1,177 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs import MAX_PAGE, STATUSES
+from random_array_job import DTYPES, JOB_ID_RULE, MAX_SEED
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    meaning = {
+        400: "Malformed job id or parameter; the message says what is allowed",
+        404: "No such job or route",
+        405: "Method not allowed",
+        409: "The job id is taken (the message and error.url name it), or the job was cancelled",
+        413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS)",
+        415: "The body is not JSON",
+        500: "The job failed on the cluster",
+        502: "The results store failed; the message names the cause",
+        503: "No working Dask cluster, or not ready",
+        504: "The job ran over GATEWAY_JOB_TIMEOUT and was cancelled",
+    }
+    return {str(status): _json(meaning[status], "Error") for status in statuses}
+
+
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "description": f"A job id: {JOB_ID_RULE}.",
+    "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
+}
+_PAIR = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
+_PAIR_QUERY = {"type": "string", "pattern": r"^\d+,\d+$"}
+_LOCATION = {"Location": {"description": "The job's record", "schema": {"type": "string"}}}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "url": {"type": "string", "description": "With job_exists: the existing result"},
+                    "job": _ref("Job"),
+                },
+            }
+        },
+    },
+    "JobRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "job_id": {"type": "string", "pattern": JOB_ID_PATTERN, "description": "Picked by the service when absent"},
+            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+            "shape": {**_PAIR, "default": [1000, 1000]},
+            "chunks": {**_PAIR, "default": [100, 100]},
+            "dtype": {"type": "string", "enum": list(DTYPES), "default": "float32"},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["job_id", "status", "url", "array_url", "seed", "shape", "chunks", "dtype", "progress", "submitted_at"],
+        "properties": {
+            "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "url": {"type": "string", "description": "The result: a Zarr group holding the array 'data'"},
+            "array_url": {"type": "string", "description": "The Zarr array itself"},
+            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+            "shape": _PAIR,
+            "chunks": _PAIR,
+            "dtype": {"type": "string", "enum": list(DTYPES)},
+            "progress": {
+                "type": "object",
+                "required": ["chunks_written", "chunks_total"],
+                "properties": {"chunks_written": {"type": "integer", "minimum": 0}, "chunks_total": {"type": "integer", "minimum": 1}},
+            },
+            "submitted_at": {"type": "string", "format": "date-time"},
+            "started_at": {"type": ["string", "null"], "format": "date-time"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "seconds": {"type": ["number", "null"], "description": "Running time, once finished"},
+            "error": {
+                "oneOf": [
+                    {"type": "null"},
+                    {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+                ]
+            },
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["jobs", "next_cursor"],
+        "properties": {
+            "jobs": {"type": "array", "items": _ref("Job")},
+            "next_cursor": {"type": ["string", "null"], "description": "Pass as ?cursor= for the next page; null on the last"},
+        },
+    },
+    "Ready": {
+        "type": "object",
+        "required": ["status", "cluster", "results_store", "job_records"],
+        "properties": {"status": {"const": "ready"}, "cluster": {"type": "object"}, "results_store": {"type": "object"}, "job_records": {"type": "object"}},
+    },
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    job_parameters = [
+        {"name": "seed", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEED}, "description": "Same seed, shape and chunks: a bit-identical array"},
+        {"name": "shape", "in": "query", "schema": _PAIR_QUERY, "description": "Rows,columns; default 1000,1000"},
+        {"name": "chunks", "in": "query", "schema": _PAIR_QUERY, "description": "Chunk rows,columns; default 100,100"},
+        {"name": "dtype", "in": "query", "schema": {"type": "string", "enum": list(DTYPES)}, "description": "Default float32"},
+    ]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Science gateway",
+            "version": "1.0.0",
+            "description": "Runs random-array jobs on a Dask cluster and stores each result in object storage as Zarr.",
+        },
+        "paths": {
+            "/": {"get": {"summary": "Liveness in words", "responses": {"200": {"description": "Gateway up and running!", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": _json("Alive", "Health")}}},
+            "/readyz": {"get": {"summary": "The cluster has its workers, the store answers, the records are read", "responses": {"200": _json("Ready", "Ready"), **_errors(503)}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/submit_job/{job_id}": {
+                "get": {
+                    "summary": "Submit a job; by default answer once its array is completely written",
+                    "parameters": [_JOB_ID, {"name": "wait", "in": "query", "schema": {"type": "boolean", "default": True}, "description": "false: answer 202 at once"}, *job_parameters],
+                    "responses": {"200": _json("Done", "Job"), "202": _json("Queued (wait=false)", "Job", _LOCATION), **_errors(400, 409, 413, 500, 502, 503, 504)},
+                }
+            },
+            "/jobs": {
+                "get": {
+                    "summary": "Jobs, newest first",
+                    "parameters": [
+                        {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "next_cursor of the previous page"},
+                    ],
+                    "responses": {"200": _json("A page of jobs", "JobList"), **_errors(400, 502)},
+                },
+                "post": {
+                    "summary": "Submit a job without waiting",
+                    "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("JobRequest")}}},
+                    "responses": {"202": _json("Queued", "Job", _LOCATION), **_errors(400, 409, 413, 415, 502)},
+                },
+            },
+            "/jobs/{job_id}": {
+                "get": {"summary": "A job's record", "parameters": [_JOB_ID], "responses": {"200": _json("The record", "Job"), **_errors(400, 404, 502)}},
+                "delete": {
+                    "summary": "Cancel a queued or running job; delete a finished job's array and record",
+                    "parameters": [_JOB_ID],
+                    "responses": {"200": _json("Cancelled", "Job"), "204": {"description": "Deleted"}, **_errors(400, 404, 502)},
+                },
+            },
+        },
+        "components": {"schemas": _SCHEMAS},
+    }
