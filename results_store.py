@@ -63,12 +63,15 @@ class ResultsStore:
                 "s3", skip_instance_cache=True, use_listings_cache=False
             )
             self._root = self.url[len("s3://"):]
+            # A prefix under the bucket exists only once something is written there.
+            self._location = self._root.split("/", 1)[0]
             self._zarr_store: zarr.abc.store.Store = zarr.storage.FsspecStore.from_url(self.url)
         else:
             local = Path(parsed.path if parsed.scheme == "file" else url).resolve()
             self.url = local.as_uri()
             self._fs = LocalFileSystem(auto_mkdir=True)
             self._root = str(local)
+            self._location = self._root
             self._zarr_store = zarr.storage.LocalStore(local)
 
     def url_for(self, job_id: str) -> str:
@@ -80,7 +83,7 @@ class ResultsStore:
     def check(self) -> None:
         """Raise :class:`StorageError` unless the results location exists and answers."""
         try:
-            found = self._fs.exists(self._root) or self._fs.isdir(self._root)
+            found = self._fs.exists(self._location) or self._fs.isdir(self._location)
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"results store {self.url} did not answer", exc)) from exc
         if not found:

@@ -1,0 +1,239 @@
+"""The job lifecycle API on the real stack, every response checked against /openapi.json."""
+
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import zarr
+from flask import Flask
+
+from conftest import BUCKET
+from devtools.local_s3 import LocalS3
+from gateway import create_app, services
+from helpers import wait_for
+from openapi_check import CheckedClient
+from random_chunks import chunk_selections, random_chunk
+from settings import load_settings
+
+PREFIX = f"{BUCKET}/lifecycle"
+# 1600 chunks: long enough to be seen running and to be cancelled on the way.
+BIG_JOB = {"shape": [4000, 4000], "chunks": [100, 100]}
+SMALL_JOB = {"shape": [10, 10], "chunks": [10, 10]}
+
+
+@pytest.fixture(scope="module")
+def lifecycle_app(s3: LocalS3) -> Iterator[Flask]:
+    """One job at a time, so that a second job is seen queued; results under their own prefix."""
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_MAX_RUNNING_JOBS": "1"}
+    app = create_app(load_settings(environ))
+    assert services(app).cluster.wait_until_ready(120)
+    yield app
+    services(app).close()
+
+
+@pytest.fixture
+def api(lifecycle_app: Flask) -> CheckedClient:
+    return CheckedClient(lifecycle_app.test_client())
+
+
+def job(api: CheckedClient, job_id: str) -> dict:
+    return api.get(f"/jobs/{job_id}").json
+
+
+def wait_for_status(api: CheckedClient, job_id: str, *statuses: str, timeout: float = 120) -> dict:
+    return wait_for(lambda: (record := job(api, job_id))["status"] in statuses and record, timeout, f"{job_id} to be {statuses}")
+
+
+def wait_until_writing(api: CheckedClient, job_id: str) -> dict:
+    return wait_for(lambda: (record := job(api, job_id))["progress"]["chunks_written"] > 0 and record, 60, f"{job_id} to write")
+
+
+def test_a_submitted_job_is_watched_to_done(api: CheckedClient, results_fs) -> None:
+    response = api.post("/jobs", json={"job_id": "watched", "seed": 11})
+    assert response.status_code == 202
+    assert response.headers["Location"] == "/jobs/watched"
+    assert response.json["status"] in ("queued", "running")
+    assert response.json["progress"] == {"chunks_written": 0, "chunks_total": 100} or response.json["status"] == "running"
+
+    seen = set()
+    record = wait_for(lambda: seen.add((r := job(api, "watched"))["status"]) or (r["status"] == "done" and r), 120, "done")
+    assert seen <= {"queued", "running", "done"}
+    assert record["progress"] == {"chunks_written": 100, "chunks_total": 100}
+    assert record["submitted_at"] <= record["started_at"] <= record["finished_at"]
+    assert record["error"] is None and record["seconds"] > 0
+    assert (record["seed"], record["shape"], record["chunks"], record["dtype"]) == (11, [1000, 1000], [100, 100], "float32")
+    group = zarr.open_group(record["url"], mode="r")
+    assert group.metadata.consolidated_metadata is not None, "a done job's result is marked complete"
+    assert len([p for p in results_fs.find(f"{PREFIX}/watched/data") if "/c/" in p]) == 100
+
+
+def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: CheckedClient, results_fs) -> None:
+    assert api.post("/jobs", json={"job_id": "big", **BIG_JOB}).status_code == 202
+    wait_until_writing(api, "big")
+    assert api.post("/jobs", json={"job_id": "waits", **SMALL_JOB}).status_code == 202
+    assert api.post("/jobs", json={"job_id": "dropped", **SMALL_JOB}).status_code == 202
+    assert job(api, "waits")["status"] == "queued", "one job runs at a time here"
+
+    dropped = api.delete("/jobs/dropped")
+    assert dropped.status_code == 200 and dropped.json["status"] == "cancelled"
+    cancelled = api.delete("/jobs/big")
+    assert cancelled.status_code == 200
+    assert cancelled.json["status"] == "cancelled"
+    assert 0 < cancelled.json["progress"]["chunks_written"] < 1600
+
+    assert wait_for_status(api, "waits", "done")["progress"]["chunks_written"] == 1
+    assert job(api, "big")["status"] == "cancelled" and job(api, "dropped")["status"] == "cancelled"
+    assert not results_fs.exists(f"{PREFIX}/big"), "a cancelled job's chunks are removed"
+    assert not results_fs.exists(f"{PREFIX}/dropped")
+
+
+def test_a_cancelled_id_can_be_submitted_again_and_a_finished_job_deleted(api: CheckedClient, results_fs) -> None:
+    api.post("/jobs", json={"job_id": "again", **BIG_JOB})
+    wait_until_writing(api, "again")
+    assert api.delete("/jobs/again").json["status"] == "cancelled"
+
+    assert api.post("/jobs", json={"job_id": "again", "seed": 3, **SMALL_JOB}).status_code == 202
+    assert wait_for_status(api, "again", "done")["progress"]["chunks_written"] == 1
+
+    assert api.delete("/jobs/again").status_code == 204
+    assert api.get("/jobs/again").status_code == 404
+    assert not results_fs.exists(f"{PREFIX}/again")
+    assert not results_fs.exists(f"{PREFIX}/.jobs/again.json")
+    assert api.delete("/jobs/again").status_code == 404
+
+
+def test_twenty_concurrent_submissions_of_one_id_run_one_job(lifecycle_app: Flask) -> None:
+    def submit(_: int) -> int:
+        return CheckedClient(lifecycle_app.test_client()).post("/jobs", json={"job_id": "contended", **SMALL_JOB}).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(submit, range(20)))
+    assert sorted(statuses) == [202] + [409] * 19
+
+
+def test_a_seed_makes_the_array_bit_identical(api: CheckedClient) -> None:
+    parameters = {"shape": [500, 300], "chunks": [100, 100], "dtype": "float64"}
+    for job_id, seed in (("seed-a", 42), ("seed-b", 42), ("seed-c", 43)):
+        assert api.post("/jobs", json={"job_id": job_id, "seed": seed, **parameters}).status_code == 202
+    values = {job_id: zarr.open_group(wait_for_status(api, job_id, "done")["url"], mode="r")["data"][:] for job_id in ("seed-a", "seed-b", "seed-c")}
+    assert values["seed-a"].dtype == np.float64
+    assert np.array_equal(values["seed-a"], values["seed-b"])
+    assert not np.array_equal(values["seed-a"], values["seed-c"])
+    # The values follow from the seed and each chunk's index alone, not from which worker wrote it.
+    expected = np.empty((500, 300))
+    for index, selection in enumerate(chunk_selections((500, 300), (100, 100))):
+        expected[selection] = random_chunk(42, index, selection, "float64")
+    assert np.array_equal(values["seed-a"], expected)
+
+
+def test_listing_is_newest_first_with_pages_and_filters(api: CheckedClient) -> None:
+    submitted = [f"page-{index:02d}" for index in range(55)]
+    for job_id in submitted:
+        assert api.post("/jobs", json={"job_id": job_id, **SMALL_JOB}).status_code == 202
+    wait_for(lambda: all(job(api, job_id)["status"] == "done" for job_id in submitted[-3:]), 120, "the last jobs to finish")
+    wait_for(lambda: all(job(api, job_id)["status"] == "done" for job_id in submitted), 60, "every job to finish")
+
+    pages, cursor = [], None
+    while True:
+        page = api.get("/jobs?limit=20" + (f"&cursor={cursor}" if cursor else "")).json
+        pages.append(page["jobs"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    listed = [record["job_id"] for page in pages for record in page]
+    assert all(len(page) == 20 for page in pages[:-1]) and 1 <= len(pages[-1]) <= 20
+    assert len(listed) == len(set(listed))
+    assert listed == [record["job_id"] for record in api.get("/jobs?limit=1000").json["jobs"]]
+    assert [job_id for job_id in listed if job_id.startswith("page-")] == submitted[::-1]
+    times = [record["submitted_at"] for page in pages for record in page]
+    assert times == sorted(times, reverse=True)
+
+    done = api.get("/jobs?status=done&limit=1000").json["jobs"]
+    assert set(submitted) <= {record["job_id"] for record in done}
+    assert all(record["status"] == "done" for record in done)
+    assert not set(submitted) & {record["job_id"] for record in api.get("/jobs?status=cancelled&limit=1000").json["jobs"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/jobs?limit=0", 400, "invalid_parameters"),
+        ("/jobs?limit=lots", 400, "invalid_parameters"),
+        ("/jobs?status=finished", 400, "invalid_parameters"),
+        ("/jobs?cursor=not-a-cursor", 400, "invalid_parameters"),
+        ("/jobs?colour=blue", 400, "invalid_parameters"),
+        ("/jobs/no-such-job", 404, "job_not_found"),
+        ("/jobs/..", 400, "invalid_job_id"),
+        ("/submit_job/x?shape=20000,20000&chunks=1000,1000", 413, "job_too_large"),
+        ("/submit_job/x?dtype=int8", 400, "invalid_parameters"),
+        ("/submit_job/x?wait=perhaps", 400, "invalid_parameters"),
+        ("/submit_job/x?seed=1&seed=2", 400, "invalid_parameters"),
+    ],
+)
+def test_bad_requests_name_the_problem(api: CheckedClient, path: str, status: int, code: str) -> None:
+    response = api.get(path)
+    assert response.status_code == status
+    assert response.json["error"]["code"] == code
+
+
+def test_submit_job_takes_parameters_and_can_return_at_once(api: CheckedClient) -> None:
+    done = api.get("/submit_job/by-get?seed=5&shape=200,300&chunks=100,100&dtype=float64")
+    assert done.status_code == 200
+    assert (done.json["status"], done.json["seed"], done.json["shape"], done.json["dtype"]) == ("done", 5, [200, 300], "float64")
+    assert done.json["progress"] == {"chunks_written": 6, "chunks_total": 6}
+
+    queued = api.get("/submit_job/by-get-later?wait=false&shape=10,10&chunks=10,10")
+    assert queued.status_code == 202 and queued.headers["Location"] == "/jobs/by-get-later"
+    assert wait_for_status(api, "by-get-later", "done")["shape"] == [10, 10]
+
+
+def test_post_without_an_id_gets_a_unique_one(api: CheckedClient) -> None:
+    first = api.post("/jobs", json=SMALL_JOB).json["job_id"]
+    second = api.post("/jobs").json["job_id"]
+    assert first != second
+    assert job(api, second)["shape"] == [1000, 1000]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"data": "seed=1", "content_type": "application/x-www-form-urlencoded"}, 415),
+        ({"data": "{not json", "content_type": "application/json"}, 400),
+        ({"json": [1, 2]}, 400),
+        ({"json": {"job_id": 7}}, 400),
+        ({"json": {"shape": [10, 10], "chunks": [20, 20]}}, 400),
+        ({"json": {"size": 3}}, 400),
+    ],
+)
+def test_malformed_bodies_are_rejected(api: CheckedClient, kwargs: dict, status: int) -> None:
+    response = api.post("/jobs", **kwargs)
+    assert response.status_code == status
+    assert response.json["error"]["message"]
+
+
+def test_a_job_fails_with_a_storage_message_when_its_bucket_is_removed(s3: LocalS3, results_fs) -> None:
+    results_fs.mkdir("doomed-bucket")
+    app = create_app(load_settings({**os.environ, "GATEWAY_RESULTS_URL": "s3://doomed-bucket", "GATEWAY_N_WORKERS": "1"}))
+    try:
+        api = CheckedClient(app.test_client())
+        assert api.post("/jobs", json={"job_id": "doomed", **BIG_JOB}).status_code == 202
+        wait_until_writing(api, "doomed")
+
+        def remove_bucket() -> bool:
+            try:
+                results_fs.rm("doomed-bucket", recursive=True)  # its objects, then the bucket
+            except OSError:
+                return False  # a chunk landed in between; try again
+            return not results_fs.exists("doomed-bucket")
+
+        wait_for(remove_bucket, 60, "the bucket to be removed")
+        record = wait_for_status(api, "doomed", "failed", "done")
+        assert record["status"] == "failed"
+        assert record["error"]["code"] == "storage_error"
+        assert "doomed" in record["error"]["message"]
+        assert s3.secret_key not in str(record)
+    finally:
+        services(app).close()
