@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -51,18 +51,29 @@ def start_process(
             output.close()
 
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
-    """Return once something listens on 127.0.0.1:port; fail if the process exits first."""
+def wait_while_running(answers: Callable[[], bool], process: subprocess.Popen, timeout: float, what: str) -> None:
+    """Return once ``answers()`` is true; fail if ``process`` exits first or ``timeout`` s pass."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode} before listening")
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode} before {what}")
+        if answers():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"no {what} within {timeout} s")
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
+    """Return once something listens on 127.0.0.1:port; fail if the process exits first."""
+
+    def listening() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+            return False
+
+    wait_while_running(listening, process, timeout, f"listening on 127.0.0.1:{port}")
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:

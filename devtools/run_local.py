@@ -10,13 +10,12 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from devtools.local_s3 import start_local_s3
-from devtools.processes import start_process, stop_process, wait_for_port
+from devtools.processes import start_process, stop_process, wait_for_port, wait_while_running
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Loopback-only development credentials for the embedded S3 server.
@@ -26,16 +25,14 @@ BUCKET = "gateway-results"
 
 
 def wait_until_ready(url: str, server: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the gateway exited with code {server.returncode}; its log is above")
+    def ready() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=5):
-                return
+                return True
         except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    raise TimeoutError(f"the gateway was not ready within {timeout} s; see {url}")
+            return False
+
+    wait_while_running(ready, server, timeout, f"readiness at {url}")
 
 
 def main() -> int:
