@@ -14,3 +14,7 @@ timeout = 120
 graceful_timeout = 630
 accesslog = "-"
 errorlog = "-"
+# gunicorn's control socket manages workers at run time, which a one-worker
+# service does not need; every instance on a host would share its one path, and
+# a container's read-only home could not hold it.
+control_socket_disable = True
