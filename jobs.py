@@ -184,6 +184,9 @@ class JobManager:
         records = sorted((JobRecord.from_stored(stored) for stored in self._store.read_records()), key=_sort_key)
         interrupted = []
         with self._lock:
+            # A failed attempt may have filled these in part.
+            self._records.clear()
+            self._queue.clear()
             for record in records:
                 if record.status == RUNNING:
                     record = replace(record, status=FAILED, finished_at=_now(), error=INTERRUPTED)
