@@ -34,6 +34,9 @@ def start_process(
 ) -> subprocess.Popen:
     """Start a server that is sent SIGTERM if this process dies.
 
+    It runs in a session of its own, so that a Ctrl-C at the terminal reaches
+    only this process, which then stops its servers in order: a SIGINT to every
+    process at once would kill Dask workers under a gateway still shutting down.
     Its output goes to ``log_file``, or to this process's own output without one.
     """
     output = open(log_file, "ab") if log_file else None
@@ -45,6 +48,7 @@ def start_process(
             env=dict(os.environ if env is None else env),
             cwd=cwd,
             preexec_fn=_die_with_parent,
+            start_new_session=True,
         )
     finally:
         if output:
