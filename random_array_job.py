@@ -198,10 +198,18 @@ class ChunkWrites:
     def cancel(self) -> None:
         """Skip every chunk not yet begun; :meth:`wait` then raises :class:`JobCancelled`."""
         self._cancelled = True
-        self._client.run(stop_run, self._run_id, on_error="ignore")
+        self._skip_chunks_not_begun()
+
+    def _skip_chunks_not_begun(self) -> None:
+        try:
+            self._client.run(stop_run, self._run_id, on_error="ignore")
+        except Exception as exc:
+            # No word reaches the workers: cancelling the futures is what is left.
+            logger.warning("job %s: could not tell the workers to stop (%s)", self._job_id, exc)
+            self._client.cancel(self._futures)
 
     def _stop(self) -> None:
-        self._client.run(stop_run, self._run_id, on_error="ignore")
+        self._skip_chunks_not_begun()
         try:
             for _ in as_completed(self._futures, loop=self._client.loop, timeout=STOP_TIMEOUT):
                 pass
