@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Creates or updates the Kubernetes Secret `awsconfig` that the gateway and its
+# Dask workers read: S3 credentials and the JupyterHub token.
+#
+#   ./create_secret.sh [-n NAMESPACE] [--dry-run] [CONFIG_FILE]
+#
+# CONFIG_FILE (default: my_aws_config) holds KEY=VALUE lines; see
+# my_aws_config.example. --dry-run prints the Secret it would apply, every value
+# redacted, and applies nothing. No secret value is ever printed: values go to
+# kubectl through a private temporary file, never on a command line.
+set -euo pipefail
+
+SECRET_NAME=awsconfig
+REQUIRED_KEYS=(AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY jhub_token)
+OPTIONAL_KEYS=(AWS_ENDPOINT_URL AWS_DEFAULT_REGION)
+
+usage() {
+    echo "usage: $0 [-n NAMESPACE] [--dry-run] [CONFIG_FILE]" >&2
+    exit 2
+}
+
+fail() {
+    echo "create_secret.sh: $*" >&2
+    exit 1
+}
+
+namespace=""
+dry_run=false
+config_file=my_aws_config
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -n | --namespace)
+            [ $# -ge 2 ] || usage
+            namespace=$2
+            shift 2
+            ;;
+        --dry-run)
+            dry_run=true
+            shift
+            ;;
+        -h | --help) usage ;;
+        -*) usage ;;
+        *)
+            config_file=$1
+            shift
+            ;;
+    esac
+done
+
+[ -f "$config_file" ] || fail "config file '$config_file' not found; copy my_aws_config.example to it and fill it in"
+
+known_key() {
+    local key
+    for key in "${REQUIRED_KEYS[@]}" "${OPTIONAL_KEYS[@]}"; do
+        [ "$key" = "$1" ] && return 0
+    done
+    return 1
+}
+
+env_file=$(mktemp)
+chmod 600 "$env_file"
+trap 'rm -f "$env_file"' EXIT
+
+declare -A seen=()
+line_number=0
+while IFS= read -r line || [ -n "$line" ]; do
+    line_number=$((line_number + 1))
+    line=${line%$'\r'}
+    case "$line" in
+        '' | '#'*) continue ;;
+    esac
+    if [[ ! "$line" =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]]; then
+        fail "$config_file line $line_number is not KEY=VALUE"
+    fi
+    key=${BASH_REMATCH[1]}
+    value=${BASH_REMATCH[2]}
+    known_key "$key" || fail "$config_file line $line_number: unknown key $key (expected ${REQUIRED_KEYS[*]} ${OPTIONAL_KEYS[*]})"
+    [ -z "${seen[$key]:-}" ] || fail "$config_file line $line_number: $key is given twice"
+    if [ -z "$value" ]; then
+        # An empty optional key is as good as an absent one.
+        [[ " ${OPTIONAL_KEYS[*]} " == *" $key "* ]] && continue
+        fail "$config_file: $key is empty"
+    fi
+    seen[$key]=1
+    printf '%s=%s\n' "$key" "$value" >>"$env_file"
+done <"$config_file"
+
+for key in "${REQUIRED_KEYS[@]}"; do
+    [ -n "${seen[$key]:-}" ] || fail "$config_file: $key is missing"
+done
+
+create=(kubectl create secret generic "$SECRET_NAME" --from-env-file="$env_file" --dry-run=client -o yaml)
+[ -n "$namespace" ] && create+=(--namespace "$namespace")
+
+if $dry_run; then
+    echo "# dry run: would apply this Secret (values redacted)"
+    "${create[@]}" | sed -E '/^data:/,/^[^ ]/ s/^(  [A-Za-z0-9_]+): .*/\1: <redacted>/'
+    exit 0
+fi
+
+apply=(kubectl apply -f -)
+[ -n "$namespace" ] && apply+=(--namespace "$namespace")
+"${create[@]}" | "${apply[@]}"
