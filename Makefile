@@ -3,26 +3,34 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
 
 .PHONY: install run test test-unit clean
 
-install: $(STAMP)
+install: $(STAMP) $(TOOLS_STAMP)
 
 $(STAMP): requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $(STAMP)
 
+$(TOOLS_STAMP): requirements-tools.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check -r requirements-tools.txt
+	touch $(TOOLS_STAMP)
+
 # The service on its embedded defaults: S3 server and gateway on 127.0.0.1.
 run: $(STAMP)
 	$(BIN)/python -m devtools.run_local
 
-# The whole suite: unit tests, then the real stack (S3 server, Dask, gunicorn, Dask Gateway).
-test: $(STAMP)
+# The whole suite: unit tests, the real stack (S3 server, Dask, gunicorn, Dask
+# Gateway) and the offline checks of the Kubernetes and image artifacts.
+test: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache

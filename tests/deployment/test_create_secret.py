@@ -1,0 +1,86 @@
+"""create_secret.sh --dry-run on good and bad files: exit codes, messages, and no secret shown."""
+
+import base64
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from servers import PROJECT
+
+VALUES = {
+    "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY123456",
+    "AWS_SECRET_ACCESS_KEY": "s3cr3t/Value+With=Signs",
+    "AWS_ENDPOINT_URL": "https://s3.example.org",
+    "AWS_DEFAULT_REGION": "eu-west-1",
+    "jhub_token": "0123456789abcdef0123456789abcdef",
+}
+
+
+def write_config(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def create_secret(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(PROJECT / "create_secret.sh"), *arguments], capture_output=True, text=True, cwd=PROJECT, timeout=60)
+
+
+def assert_no_secret_shown(done: subprocess.CompletedProcess) -> None:
+    shown = done.stdout + done.stderr
+    for value in VALUES.values():
+        assert value not in shown
+        assert base64.b64encode(value.encode()).decode() not in shown
+
+
+def test_a_good_file_gives_the_secret_with_every_value_redacted(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "my_aws_config", ["# comment", "", *(f"{key}={value}" for key, value in VALUES.items())])
+    done = create_secret("--dry-run", "-n", "science", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "kind: Secret" in done.stdout and "name: awsconfig" in done.stdout and "namespace: science" in done.stdout
+    for key in VALUES:
+        assert f"  {key}: <redacted>" in done.stdout
+    assert_no_secret_shown(done)
+
+
+def test_optional_keys_may_be_left_out(tmp_path: Path) -> None:
+    required = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "jhub_token"]
+    config = write_config(tmp_path / "config", [f"{key}={VALUES[key]}" for key in required] + ["AWS_DEFAULT_REGION="])
+    done = create_secret("--dry-run", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "AWS_ENDPOINT_URL" not in done.stdout and "AWS_DEFAULT_REGION" not in done.stdout
+    assert_no_secret_shown(done)
+
+
+def lines_without(key: str) -> list[str]:
+    return [f"{name}={value}" for name, value in VALUES.items() if name != key]
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (lines_without("AWS_SECRET_ACCESS_KEY"), "AWS_SECRET_ACCESS_KEY is missing"),
+        (lines_without("jhub_token"), "jhub_token is missing"),
+        (lines_without("AWS_ACCESS_KEY_ID") + ["AWS_ACCESS_KEY_ID="], "AWS_ACCESS_KEY_ID is empty"),
+        (lines_without("") + [f"this line has {VALUES['jhub_token']} but no equals sign"], "is not KEY=VALUE"),
+        (lines_without("") + ["AWS_SESSION_TOKEN=abc"], "unknown key AWS_SESSION_TOKEN"),
+        (lines_without("") + [f"jhub_token={VALUES['jhub_token']}"], "jhub_token is given twice"),
+    ],
+)
+def test_a_bad_file_is_refused_naming_the_key_not_the_value(tmp_path: Path, lines: list[str], message: str) -> None:
+    done = create_secret("--dry-run", str(write_config(tmp_path / "config", lines)))
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert done.stdout == ""
+    assert_no_secret_shown(done)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    done = create_secret("--dry-run", str(tmp_path / "absent"))
+    assert done.returncode == 1
+    assert "not found" in done.stderr and "my_aws_config.example" in done.stderr
+
+
+def test_bad_arguments_print_the_usage() -> None:
+    done = create_secret("--namespace")
+    assert done.returncode == 2 and "usage:" in done.stderr

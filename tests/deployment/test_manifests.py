@@ -1,0 +1,119 @@
+"""deploy_gateway.yaml, read through the kubernetes client's typed models, agrees with the rest."""
+
+import re
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from artifacts import dockerfile_cmd, gunicorn_settings, helm_values, manifests
+from devtools.processes import free_port
+from gateway import create_app, services
+from servers import PROJECT
+from settings import load_settings
+
+SECRET = "awsconfig"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
+    environ = {"DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}", "GATEWAY_RESULTS_URL": str(tmp_path_factory.mktemp("r"))}
+    app = create_app(load_settings(environ))
+    yield app
+    services(app).close()
+
+
+def container():
+    deployment, _ = manifests()
+    (gateway,) = deployment.spec.template.spec.containers
+    return gateway
+
+
+def test_one_replica_replaced_not_rolled() -> None:
+    deployment, _ = manifests()
+    assert deployment.spec.replicas == 1
+    assert deployment.spec.strategy.type == "Recreate"
+
+
+def test_the_service_selects_the_pods_and_ports_agree() -> None:
+    deployment, service = manifests()
+    assert service.metadata.name == "gateway-svc"
+    labels = deployment.spec.template.metadata.labels
+    assert service.spec.selector and service.spec.selector.items() <= labels.items()
+    assert deployment.spec.selector.match_labels.items() <= labels.items()
+    (port,) = service.spec.ports
+    (container_port,) = container().ports
+    assert port.port == 80
+    assert port.target_port in (container_port.name, container_port.container_port)
+    bind_port = int(gunicorn_settings()["bind"].rsplit(":", 1)[1])
+    exposed = re.search(r"^EXPOSE (\d+)$", (PROJECT / "Dockerfile").read_text(), flags=re.MULTILINE).group(1)
+    assert container_port.container_port == bind_port == int(exposed) == 8000
+
+
+def test_probes_are_routes_of_the_app(app: Flask) -> None:
+    gateway = container()
+    probes = {"startup": gateway.startup_probe, "readiness": gateway.readiness_probe, "liveness": gateway.liveness_probe}
+    assert all(probes.values())
+    assert probes["readiness"].http_get.path == "/readyz"
+    assert probes["liveness"].http_get.path == "/healthz"
+    routes = {rule.rule for rule in app.url_map.iter_rules()}
+    for probe in probes.values():
+        assert probe.http_get.path in routes
+        assert probe.http_get.port == "http"
+        assert app.test_client().get(probe.http_get.path).status_code in (200, 503)
+
+
+def test_security_context_and_resources() -> None:
+    deployment, _ = manifests()
+    pod = deployment.spec.template.spec
+    gateway = container()
+    assert pod.security_context.run_as_non_root and pod.security_context.seccomp_profile.type == "RuntimeDefault"
+    context = gateway.security_context
+    assert context.read_only_root_filesystem and context.allow_privilege_escalation is False
+    assert context.capabilities.drop == ["ALL"]
+    assert {mount.mount_path for mount in gateway.volume_mounts} == {"/tmp"}
+    assert {volume.name: volume.empty_dir is not None for volume in pod.volumes} == {"tmp": True}
+    assert gateway.resources.requests and gateway.resources.limits
+    assert re.search(r"^USER 10001$", (PROJECT / "Dockerfile").read_text(), flags=re.MULTILINE)
+    assert pod.security_context.run_as_user == 10001
+
+
+def test_termination_grace_outlasts_gunicorns_graceful_timeout() -> None:
+    deployment, _ = manifests()
+    assert deployment.spec.template.spec.termination_grace_period_seconds >= gunicorn_settings()["graceful_timeout"] + 60
+
+
+def test_one_secret_name_everywhere() -> None:
+    gateway = container()
+    assert [source.secret_ref.name for source in gateway.env_from] == [SECRET]
+    env = {variable.name: variable for variable in gateway.env}
+    token = env["JUPYTERHUB_API_TOKEN"].value_from.secret_key_ref
+    assert (token.name, token.key) == (SECRET, "jhub_token")
+    worker = helm_values()["gateway"]["backend"]["worker"]["extraContainerConfig"]
+    assert worker["envFrom"] == [{"secretRef": {"name": SECRET}}]
+    assert re.search(rf"^SECRET_NAME={SECRET}$", (PROJECT / "create_secret.sh").read_text(), flags=re.MULTILINE)
+
+
+def test_dask_gateway_settings_point_at_the_charts_service() -> None:
+    env = {variable.name: variable.value for variable in container().env}
+    assert env["DASK_GATEWAY__ADDRESS"] == "http://traefik-dask-gateway"
+    assert env["DASK_GATEWAY__PROXY_ADDRESS"] == "gateway://traefik-dask-gateway:80"
+    assert env["DASK_GATEWAY__AUTH__TYPE"] == "jupyterhub" == helm_values()["gateway"]["auth"]["type"]
+    assert load_settings({name: value for name, value in env.items() if value}).uses_dask_gateway
+
+
+def test_one_image_for_the_gateway_and_the_dask_cluster() -> None:
+    image = helm_values()["gateway"]["backend"]["image"]
+    assert container().image == f"{image['name']}:{image['tag']}"
+    assert image["tag"] not in ("", "latest")
+    base = re.search(r"^FROM (\S+)$", (PROJECT / "Dockerfile").read_text(), flags=re.MULTILINE).group(1)
+    assert ":" in base and not base.endswith(":latest")
+    assert dockerfile_cmd()[:1] == ["gunicorn"]
+
+
+def test_the_image_copies_every_module_the_service_imports() -> None:
+    copied = set(re.findall(r"([\w.]+\.py)\b", (PROJECT / "Dockerfile").read_text()))
+    service_modules = {path.name for path in Path(PROJECT).glob("*.py")}
+    assert service_modules <= copied, f"missing from the image: {service_modules - copied}"
+    admitted = {line[1:] for line in (PROJECT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    assert service_modules | {"requirements.txt"} <= admitted, "the build context must hold what the Dockerfile copies"
