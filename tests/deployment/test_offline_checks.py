@@ -46,10 +46,11 @@ def test_checkov_with_every_skip_explained() -> None:
         assert lines[index - 1].strip().startswith("# "), f"{lines[index].strip()} needs a one-line reason above it"
 
 
-@pytest.mark.parametrize("path", ["my_aws_config", ".venv", ".data"])
+# Folders with their slash: git matches a folder pattern to a path that need not exist yet.
+@pytest.mark.parametrize("path", ["my_aws_config", ".venv/", ".venv-tools/", ".data/"])
 def test_secrets_and_local_state_stay_out_of_git_and_the_image(path: str) -> None:
     ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=PROJECT)
     assert ignored.returncode == 0, f"{path} should be git-ignored"
     dockerignore = (PROJECT / ".dockerignore").read_text().splitlines()
     assert "*" in dockerignore, "the build context admits only what is listed"
-    assert f"!{path}" not in dockerignore
+    assert f"!{path.rstrip('/')}" not in dockerignore
