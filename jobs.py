@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from cluster import ClusterConnection, ClusterNotReady
@@ -55,7 +55,7 @@ ERROR_CODES: dict[type[Exception], str] = {
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 @dataclass
@@ -144,9 +144,6 @@ class JobManager:
         loader = threading.Thread(target=self._load_then_run, name="job-records", daemon=True)
         loader.start()
         self._threads.append(loader)
-
-    def wait_until_loaded(self, timeout: float) -> bool:
-        return self._loaded.wait(timeout)
 
     def readiness(self) -> tuple[bool, str]:
         return (True, "") if self._loaded.is_set() else (False, self._load_error)

@@ -86,7 +86,7 @@ class RandomArraySpec:
 
     @property
     def n_chunks(self) -> int:
-        return math.prod(math.ceil(size / step) for size, step in zip(self.shape, self.chunks))
+        return math.prod(math.ceil(size / step) for size, step in zip(self.shape, self.chunks, strict=True))
 
     def to_json(self) -> dict[str, Any]:
         return {"seed": self.seed, "shape": list(self.shape), "chunks": list(self.chunks), "dtype": self.dtype}
@@ -147,7 +147,7 @@ def parse_spec(parameters: Mapping[str, Any], max_elements: int, max_chunks: int
     dtype = parameters.get("dtype", defaults.dtype)
     if dtype not in DTYPES:
         raise InvalidParameters(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if any(step > size for step, size in zip(chunks, shape)):
+    if any(step > size for step, size in zip(chunks, shape, strict=True)):
         raise InvalidParameters(f"chunks {list(chunks)} must be no larger than shape {list(shape)}")
     spec = RandomArraySpec(seed=_seed(parameters.get("seed")), shape=shape, chunks=chunks, dtype=dtype)
     elements = math.prod(shape)

@@ -29,9 +29,9 @@ def stop_run(run_id: str) -> None:
 
 def chunk_selections(shape: Sequence[int], chunks: Sequence[int]) -> list[Selection]:
     """The region of every chunk, in C order (the chunk index is the position in this list)."""
-    ranges = [range(0, size, step) for size, step in zip(shape, chunks)]
+    ranges = [range(0, size, step) for size, step in zip(shape, chunks, strict=True)]
     return [
-        tuple(slice(start, min(start + step, size)) for start, step, size in zip(starts, chunks, shape))
+        tuple(slice(start, min(start + step, size)) for start, step, size in zip(starts, chunks, shape, strict=True))
         for starts in itertools.product(*ranges)
     ]
 

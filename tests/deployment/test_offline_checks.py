@@ -1,7 +1,6 @@
 """The image and Kubernetes artifacts pass the ecosystem's own linters, offline."""
 
 import subprocess
-from pathlib import Path
 
 import pytest
 

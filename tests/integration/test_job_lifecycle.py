@@ -1,7 +1,6 @@
 """The job lifecycle API on the real stack, every response checked against /openapi.json."""
 
 import os
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
