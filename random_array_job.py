@@ -106,15 +106,16 @@ def new_job_id() -> str:
 
 def _integers(name: str, value: Any) -> tuple[int, ...]:
     # Query strings give "1000,1000"; JSON bodies give [1000, 1000].
+    malformed = InvalidParameters(f"{name} must be two integers, as {name}=1000,1000 or [1000, 1000]")
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or len(items) != 2:
-        raise InvalidParameters(f"{name} must be two integers, as {name}=1000,1000 or [1000, 1000]")
+        raise malformed
     try:
         numbers = tuple(int(item) if isinstance(item, str) else item for item in items)
     except ValueError:
-        raise InvalidParameters(f"{name} must be two integers, as {name}=1000,1000 or [1000, 1000]") from None
+        raise malformed from None
     if not all(isinstance(number, int) and not isinstance(number, bool) for number in numbers):
-        raise InvalidParameters(f"{name} must be two integers, as {name}=1000,1000 or [1000, 1000]")
+        raise malformed
     if any(number <= 0 for number in numbers):
         raise InvalidParameters(f"{name} must be positive, got {list(numbers)}")
     return numbers

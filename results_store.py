@@ -105,18 +105,13 @@ class ResultsStore:
         url = self.url_for(job_id)
         try:
             group = zarr.create_group(self._zarr_store, path=job_id, zarr_format=zarr_format, overwrite=False)
-            if zarr_format == 3:
-                return group.create_array(
-                    ARRAY_NAME, shape=shape, chunks=chunks, dtype=dtype, dimension_names=DIMENSION_NAMES
-                )
-            # Zarr 2 has no dimension names; xarray reads them from this attribute instead.
-            return group.create_array(
-                ARRAY_NAME,
-                shape=shape,
-                chunks=chunks,
-                dtype=dtype,
-                attributes={"_ARRAY_DIMENSIONS": list(DIMENSION_NAMES)},
+            # Zarr 2 has no dimension names; xarray reads them from an attribute instead.
+            names: dict[str, Any] = (
+                {"dimension_names": DIMENSION_NAMES}
+                if zarr_format == 3
+                else {"attributes": {"_ARRAY_DIMENSIONS": list(DIMENSION_NAMES)}}
             )
+            return group.create_array(ARRAY_NAME, shape=shape, chunks=chunks, dtype=dtype, **names)
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"creating {url} failed", exc)) from exc
 
