@@ -323,14 +323,14 @@ class JobManager:
             self._save(record)
             client = self._cluster.client()
             spec = record.spec
-            target = self._store.create_result(record.job_id, spec.shape, spec.chunks, spec.dtype, self._settings.zarr_format)
-            writes = ChunkWrites(client, target, spec, record.job_id)
+            result = self._store.pending_result(record.job_id, spec.shape, spec.chunks, spec.dtype, self._settings.zarr_format)
+            writes = ChunkWrites(client, result.array, spec, record.job_id, min_tasks=self._settings.n_workers)
             with self._lock:
                 self._running[record.job_id] = writes
                 if self._stop_requested.is_set() or record.job_id in self._cancel_requested:
                     writes.cancel()
-            writes.wait(self._settings.job_timeout, lambda: self._count_chunk(record))
-            self._store.mark_complete(record.job_id)
+            writes.wait(self._settings.job_timeout, lambda written: self._count_chunks(record, written))
+            self._store.mark_complete(result)
         except JobCancelled:
             status = FAILED if self._stop_requested.is_set() else CANCELLED
             error = INTERRUPTED if self._stop_requested.is_set() else None
@@ -352,9 +352,9 @@ class JobManager:
             self._lock.notify_all()
         logger.info("job %s %s in %.3f s%s", record.job_id, status, final.seconds, f": {error['message']}" if error else "")
 
-    def _count_chunk(self, record: JobRecord) -> None:
+    def _count_chunks(self, record: JobRecord, written: int) -> None:
         with self._lock:
-            record.chunks_written += 1
+            record.chunks_written += written
 
     def _save(self, record: JobRecord) -> None:
         with self._lock:

@@ -1,8 +1,8 @@
 """The job: its parameters and their limits, and running it on the Dask cluster.
 
-The gateway process writes only the result's metadata and sends one task per
-chunk; every chunk is generated and stored by a worker (``random_chunks``), so
-no array data passes through the web process.
+The gateway process writes only the result's metadata and sends a few tasks,
+each a region of whole chunks; every chunk is generated and stored by a worker
+(``random_chunks``), so no array data passes through the web process.
 """
 
 from __future__ import annotations
@@ -16,18 +16,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import zarr
 from distributed import CancelledError, Client, as_completed
 from distributed.comm import CommClosedError
 from distributed.scheduler import KilledWorker
 
-from random_chunks import chunk_selections, stop_run, write_random_chunk
+from random_chunks import stop_run, task_regions, write_random_region
 from results_store import StorageError, describe_storage_failure
 
 logger = logging.getLogger(__name__)
 
-# How long a stopped job waits for its running chunk tasks to end before it removes what they wrote.
+# How long a stopped job waits for its running tasks to end before it removes what they wrote.
 STOP_TIMEOUT = 60
+# A task's region is at most this large, so that a worker's memory, a cancel's
+# wait and the steps of progress stay small whatever the job's size.
+MAX_TASK_BYTES = 8 * 2**20
 
 JOB_ID_RULE = "1 to 128 characters of letters, digits, '.', '_' and '-', not starting with '.'"
 _JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", re.ASCII)
@@ -83,6 +87,10 @@ class RandomArraySpec:
     shape: tuple[int, ...] = (1000, 1000)
     chunks: tuple[int, ...] = (100, 100)
     dtype: str = "float32"
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
     @property
     def n_chunks(self) -> int:
@@ -160,18 +168,21 @@ def parse_spec(parameters: Mapping[str, Any], max_elements: int, max_chunks: int
 
 
 class ChunkWrites:
-    """The chunk tasks of one job on the cluster: started on creation, then waited on or cancelled."""
+    """The tasks of one job on the cluster: started on creation, then waited on or cancelled.
 
-    def __init__(self, client: Client, target: zarr.Array, spec: RandomArraySpec, job_id: str) -> None:
+    There are at least ``min_tasks`` of them (one per worker spreads a small
+    job over the cluster), and more when the job is over ``MAX_TASK_BYTES`` a task.
+    """
+
+    def __init__(self, client: Client, target: zarr.Array, spec: RandomArraySpec, job_id: str, min_tasks: int) -> None:
         self._client = client
         self._job_id = job_id
         # Unique to this run: an id submitted again after a cancel must not inherit the stop.
         self._run_id = f"{job_id}/{uuid.uuid4().hex}"
-        selections = chunk_selections(spec.shape, spec.chunks)
+        regions = task_regions(spec.shape, spec.chunks, max(min_tasks, math.ceil(spec.nbytes / MAX_TASK_BYTES)))
         self._futures = client.map(
-            write_random_chunk,
-            range(len(selections)),
-            selections,
+            write_random_region,
+            regions,
             run_id=self._run_id,
             target=target,
             seed=spec.seed,
@@ -180,7 +191,7 @@ class ChunkWrites:
         )
         self._cancelled = False
 
-    def wait(self, timeout: float, on_chunk_written: Callable[[], None]) -> None:
+    def wait(self, timeout: float, on_chunks_written: Callable[[int], None]) -> None:
         """Return once every chunk is stored; raise a job error naming the cause otherwise.
 
         When it raises, no task of the job is running any more: what was written
@@ -188,8 +199,7 @@ class ChunkWrites:
         """
         try:
             for future in as_completed(self._futures, loop=self._client.loop, timeout=timeout):
-                if future.result():
-                    on_chunk_written()
+                on_chunks_written(future.result())
         except Exception as exc:
             self._stop()
             raise (JobCancelled(f"job {self._job_id!r} was cancelled") if self._cancelled else self._explain(exc, timeout)) from exc
@@ -197,11 +207,11 @@ class ChunkWrites:
             raise JobCancelled(f"job {self._job_id!r} was cancelled")
 
     def cancel(self) -> None:
-        """Skip every chunk not yet begun; :meth:`wait` then raises :class:`JobCancelled`."""
+        """Skip every region not yet begun; :meth:`wait` then raises :class:`JobCancelled`."""
         self._cancelled = True
-        self._skip_chunks_not_begun()
+        self._skip_regions_not_begun()
 
-    def _skip_chunks_not_begun(self) -> None:
+    def _skip_regions_not_begun(self) -> None:
         try:
             self._client.run(stop_run, self._run_id, on_error="ignore")
         except Exception as exc:
@@ -210,12 +220,12 @@ class ChunkWrites:
             self._client.cancel(self._futures)
 
     def _stop(self) -> None:
-        self._skip_chunks_not_begun()
+        self._skip_regions_not_begun()
         try:
             for _ in as_completed(self._futures, loop=self._client.loop, timeout=STOP_TIMEOUT):
                 pass
         except TimeoutError:
-            logger.warning("job %s: chunk tasks still running %d s after the stop", self._job_id, STOP_TIMEOUT)
+            logger.warning("job %s: tasks still running %d s after the stop", self._job_id, STOP_TIMEOUT)
         self._client.cancel(self._futures)
 
     def _explain(self, exc: BaseException, timeout: float) -> BaseException:

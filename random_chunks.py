@@ -1,39 +1,66 @@
-"""What a Dask worker runs for one chunk: generate it from its own seed and store it.
+"""What a Dask worker runs for a job: generate a region of chunks from their seeds and store it.
 
 Kept apart, with nothing but numpy, because workers import it: chunk ``i`` of a
-job with seed ``s`` is ``numpy.random.default_rng([s, i]).random(...)``, so the
-same seed, shape and chunks give a bit-identical array however many workers
-share the work and in whatever order they write.
+job with seed ``s`` is ``numpy.random.default_rng([s, i]).random(...)``, where
+``i`` is the chunk's position in C order, so the same seed, shape and chunks
+give a bit-identical array however the chunks are grouped into tasks, however
+many workers share them and in whatever order they write.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 Selection = tuple[slice, ...]
 
-# Runs whose remaining chunks must not be written, in this worker process. A
+# Runs whose remaining regions must not be written, in this worker process. A
 # running task cannot be interrupted, so a stopped job waits for its tasks to
 # end, and those that had not begun end at once through this set.
 _stopped_runs: set[str] = set()
 
 
 def stop_run(run_id: str) -> None:
-    """Run on every worker: the run's chunks that have not begun are skipped."""
+    """Run on every worker: the run's regions that have not begun are skipped."""
     _stopped_runs.add(run_id)
+
+
+def _chunks_in(region: Selection, shape: Sequence[int], chunks: Sequence[int]) -> Iterator[tuple[int, Selection]]:
+    """Index and selection of every chunk in a region made of whole chunks, in C order."""
+    grid = tuple(math.ceil(size / step) for size, step in zip(shape, chunks, strict=True))
+    positions = [range(part.start // step, math.ceil(part.stop / step)) for part, step in zip(region, chunks, strict=True)]
+    for position in itertools.product(*positions):
+        selection = tuple(
+            slice(at * step, min((at + 1) * step, size)) for at, step, size in zip(position, chunks, shape, strict=True)
+        )
+        yield int(np.ravel_multi_index(position, grid)), selection
 
 
 def chunk_selections(shape: Sequence[int], chunks: Sequence[int]) -> list[Selection]:
     """The region of every chunk, in C order (the chunk index is the position in this list)."""
-    ranges = [range(0, size, step) for size, step in zip(shape, chunks, strict=True)]
-    return [
-        tuple(slice(start, min(start + step, size)) for start, step, size in zip(starts, chunks, shape, strict=True))
-        for starts in itertools.product(*ranges)
-    ]
+    whole = tuple(slice(0, size) for size in shape)
+    return [selection for _, selection in _chunks_in(whole, shape, chunks)]
+
+
+def task_regions(shape: Sequence[int], chunks: Sequence[int], n_tasks: int) -> list[Selection]:
+    """Split the array into about ``n_tasks`` regions of whole chunks, cutting the first axis first.
+
+    Fewer, larger tasks keep Dask's per-task cost out of the job's time, and
+    zarr writes the chunks of one region concurrently.
+    """
+    cuts_per_axis = []
+    remaining = n_tasks
+    for size, step in zip(shape, chunks, strict=True):
+        count = math.ceil(size / step)
+        parts = max(1, min(count, remaining))
+        bounds = [round(count * part / parts) for part in range(parts + 1)]
+        cuts_per_axis.append([slice(start * step, min(stop * step, size)) for start, stop in itertools.pairwise(bounds)])
+        remaining = math.ceil(remaining / parts)
+    return list(itertools.product(*cuts_per_axis))
 
 
 def random_chunk(seed: int, chunk_index: int, selection: Selection, dtype: str) -> np.ndarray:
@@ -41,13 +68,18 @@ def random_chunk(seed: int, chunk_index: int, selection: Selection, dtype: str) 
     return np.random.default_rng([seed, chunk_index]).random(block_shape, dtype=np.dtype(dtype))
 
 
-def write_random_chunk(chunk_index: int, selection: Selection, *, run_id: str, target: Any, seed: int, dtype: str) -> int:
-    """Generate chunk ``chunk_index`` and write it into the zarr array ``target``.
+def write_random_region(region: Selection, *, run_id: str, target: Any, seed: int, dtype: str) -> int:
+    """Generate every chunk of ``region`` and write them into the zarr array ``target`` in one call.
 
-    Return its size in bytes, or 0 when the run was stopped and nothing was written.
+    Return the number of chunks written, or 0 when the run was stopped and nothing was written.
     """
     if run_id in _stopped_runs:
         return 0
-    block = random_chunk(seed, chunk_index, selection, dtype)
-    target[selection] = block
-    return block.nbytes
+    block = np.empty(tuple(part.stop - part.start for part in region), dtype=dtype)
+    written = 0
+    for chunk_index, selection in _chunks_in(region, target.shape, target.chunks):
+        inside = tuple(slice(part.start - outer.start, part.stop - outer.start) for part, outer in zip(selection, region, strict=True))
+        block[inside] = random_chunk(seed, chunk_index, selection, dtype)
+        written += 1
+    target[region] = block
+    return written

@@ -2,9 +2,9 @@
 
 Layout of a job's result at ``<results_url>/<job_id>``: a Zarr group holding one
 array, ``data``, with dimension names ``("y", "x")``, so that both
-``zarr.open_group(url)["data"]`` and ``xarray.open_zarr(url)`` open it. The
-group's consolidated metadata is written after the last chunk: a result that has
-it is complete.
+``zarr.open_group(url)["data"]`` and ``xarray.open_zarr(url)`` open it. All of
+the metadata, the group's consolidated metadata included, is written after the
+last chunk: a result that has it is complete, and an unfinished one has none.
 
 Each job's record (its status and parameters, as JSON) is kept at
 ``<results_url>/.jobs/<job_id>.json``, so that the jobs outlive the process.
@@ -20,6 +20,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -38,6 +39,15 @@ ARRAY_NAME = "data"
 DIMENSION_NAMES = ("y", "x")
 # Job records sit beside the results, under a prefix no job id can take (ids never start with ".").
 RECORDS_PREFIX = ".jobs"
+
+
+@dataclass(frozen=True)
+class PendingResult:
+    """A job's array, bound to its place in the store, and the metadata documents that will complete it."""
+
+    job_id: str
+    array: zarr.Array
+    metadata: dict[str, bytes]
 
 
 class StorageError(RuntimeError):
@@ -98,30 +108,40 @@ class ResultsStore:
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"checking {self.url_for(job_id)} failed", exc)) from exc
 
-    def create_result(
+    def pending_result(
         self, job_id: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, zarr_format: int
-    ) -> zarr.Array:
-        """Write the metadata of a new job's group and array; no chunk is written."""
-        url = self.url_for(job_id)
-        try:
-            group = zarr.create_group(self._zarr_store, path=job_id, zarr_format=zarr_format, overwrite=False)
-            # Zarr 2 has no dimension names; xarray reads them from an attribute instead.
-            names: dict[str, Any] = (
-                {"dimension_names": DIMENSION_NAMES}
-                if zarr_format == 3
-                else {"attributes": {"_ARRAY_DIMENSIONS": list(DIMENSION_NAMES)}}
-            )
-            return group.create_array(ARRAY_NAME, shape=shape, chunks=chunks, dtype=dtype, **names)
-        except Exception as exc:
-            raise StorageError(describe_storage_failure(f"creating {url} failed", exc)) from exc
+    ) -> PendingResult:
+        """A new job's array, bound to its place in the store; nothing is written here.
 
-    def mark_complete(self, job_id: str) -> None:
-        """Write the group's consolidated metadata, the sign that every chunk is stored."""
-        url = self.url_for(job_id)
+        The metadata is made by zarr in memory and written only by
+        :meth:`mark_complete`, so the store is never asked whether a document
+        exists and an unfinished result has no metadata at all.
+        """
+        documents: dict[str, Any] = {}
+        group = zarr.create_group(zarr.storage.MemoryStore(documents), zarr_format=zarr_format)
+        # Zarr 2 has no dimension names; xarray reads them from an attribute instead.
+        names: dict[str, Any] = (
+            {"dimension_names": DIMENSION_NAMES}
+            if zarr_format == 3
+            else {"attributes": {"_ARRAY_DIMENSIONS": list(DIMENSION_NAMES)}}
+        )
+        in_memory = group.create_array(ARRAY_NAME, shape=shape, chunks=chunks, dtype=dtype, **names)
+        zarr.consolidate_metadata(group.store)
+        place = zarr.storage.StorePath(self._zarr_store, f"{job_id}/{ARRAY_NAME}")
+        return PendingResult(
+            job_id=job_id,
+            array=zarr.Array(zarr.AsyncArray(in_memory.metadata, place)),
+            metadata={key: buffer.to_bytes() for key, buffer in documents.items()},
+        )
+
+    def mark_complete(self, result: PendingResult) -> None:
+        """Write the metadata of the group and its array, the group's consolidated: the sign that every chunk is stored."""
+        path = self._path(result.job_id)
         try:
-            zarr.consolidate_metadata(self._zarr_store, path=job_id)
+            # One round of concurrent writes: nothing reads a result before its job is reported done.
+            self._fs.pipe({f"{path}/{key}": document for key, document in result.metadata.items()})
         except Exception as exc:
-            raise StorageError(describe_storage_failure(f"finishing {url} failed", exc)) from exc
+            raise StorageError(describe_storage_failure(f"finishing {self.url_for(result.job_id)} failed", exc)) from exc
 
     def delete(self, job_id: str) -> None:
         """Remove everything stored for the job."""

@@ -10,7 +10,7 @@ from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from devtools.processes import stop_process
 from helpers import assert_all_gone, wait_for
-from servers import start_gunicorn_gateway
+from devtools.gunicorn_gateway import start_gunicorn_gateway
 
 PREFIX = f"{BUCKET}/restart"
 
@@ -21,10 +21,10 @@ def record(url: str, job_id: str) -> dict:
 
 def test_records_survive_a_crash_and_the_running_job_is_marked_failed(s3: LocalS3, results_fs, tmp_path: Path) -> None:
     environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_MAX_RUNNING_JOBS": "1"}
-    first = start_gunicorn_gateway(environ, tmp_path / "first.log")
+    first = start_gunicorn_gateway(environ, log_file=tmp_path / "first.log")
     try:
         assert requests.get(f"{first.url}/submit_job/finished-before?shape=10,10&chunks=10,10", timeout=60).status_code == 200
-        requests.post(f"{first.url}/jobs", json={"job_id": "cut-short", "shape": [4000, 4000]}, timeout=10)
+        requests.post(f"{first.url}/jobs", json={"job_id": "cut-short", "shape": [10000, 10000]}, timeout=10)
         wait_for(lambda: record(first.url, "cut-short")["progress"]["chunks_written"] > 0, 60, "the long job to write")
         requests.post(f"{first.url}/jobs", json={"job_id": "still-queued", "shape": [10, 10], "chunks": [10, 10]}, timeout=10)
         assert record(first.url, "still-queued")["status"] == "queued"
@@ -35,7 +35,7 @@ def test_records_survive_a_crash_and_the_running_job_is_marked_failed(s3: LocalS
             process.kill()
         assert_all_gone(processes, timeout=30)
 
-    second = start_gunicorn_gateway(environ, tmp_path / "second.log")
+    second = start_gunicorn_gateway(environ, log_file=tmp_path / "second.log")
     try:
         listed = {job["job_id"]: job for job in requests.get(f"{second.url}/jobs", timeout=10).json()["jobs"]}
         assert set(listed) == {"finished-before", "cut-short", "still-queued"}
