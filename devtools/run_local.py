@@ -8,31 +8,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from devtools.gunicorn_gateway import PROJECT, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
-from devtools.processes import start_process, stop_process, wait_for_port, wait_while_running
-
-PROJECT = Path(__file__).resolve().parent.parent
+from devtools.processes import stop_process
 # Loopback-only development credentials for the embedded S3 server.
 DEV_ACCESS_KEY = "gateway-dev-access-key"
 DEV_SECRET_KEY = "gateway-dev-secret-key"
 BUCKET = "gateway-results"
-
-
-def wait_until_ready(url: str, server: subprocess.Popen, timeout: float) -> None:
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return True
-        except (urllib.error.URLError, OSError):
-            return False
-
-    wait_while_running(ready, server, timeout, f"readiness at {url}")
 
 
 def main() -> int:
@@ -52,12 +37,10 @@ def main() -> int:
         log_file=args.data_dir / "s3-server.log",
     )
     environ = {**os.environ, **s3.environ(), "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}
-    gunicorn = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{args.port}", "gateway:app"]
-    server = start_process(gunicorn, cwd=PROJECT, env=environ)
+    gateway = None
     try:
-        wait_for_port(args.port, server, timeout=60)
-        # The curl line printed below should work the moment it is read.
-        wait_until_ready(f"http://127.0.0.1:{args.port}/readyz", server, timeout=180)
+        # Ready before it returns: the curl line printed below should work the moment it is read.
+        gateway = start_gunicorn_gateway(environ, port=args.port)
         s3_exports = " ".join(f"{name}={value}" for name, value in s3.environ().items())
         print(
             f"\nS3 server:  {s3.endpoint_url}  bucket {BUCKET}, data in {args.data_dir}\n"
@@ -67,11 +50,12 @@ def main() -> int:
             "Ctrl-C stops the gateway, its Dask cluster and the S3 server.\n",
             flush=True,
         )
-        return server.wait()
+        return gateway.process.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        stop_process(server, timeout=60)
+        if gateway is not None:
+            stop_process(gateway.process, timeout=60)
         s3.stop()
 
 

@@ -1,4 +1,4 @@
-"""The gateway under gunicorn and a real dask-gateway-server, started as separate processes."""
+"""A real dask-gateway-server, started as a separate process with its local backend."""
 
 from __future__ import annotations
 
@@ -9,34 +9,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
+from devtools.gunicorn_gateway import PROJECT
 from devtools.processes import free_port, start_process, wait_for_port
-from helpers import wait_for
-
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class RunningGateway:
-    process: subprocess.Popen
-    url: str
-    log_file: Path
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-
-def start_gunicorn_gateway(environ: dict[str, str], log_file: Path, ready_timeout: float = 120) -> RunningGateway:
-    """gunicorn with the project's gunicorn.conf.py, as the container runs it, on a free loopback port."""
-    port = free_port()
-    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "gateway:app"]
-    process = start_process(command, env=environ, log_file=log_file, cwd=PROJECT)
-    gateway = RunningGateway(process, f"http://127.0.0.1:{port}", log_file)
-    wait_for_port(port, process, timeout=60)
-    if ready_timeout:
-        wait_for(lambda: requests.get(f"{gateway.url}/readyz", timeout=10).ok, ready_timeout, "the gateway to be ready")
-    return gateway
 
 
 @dataclass

@@ -18,7 +18,8 @@ from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from devtools.processes import stop_process
 from helpers import assert_all_gone, assert_complete_result, descendants, wait_for
-from servers import DaskGatewayServer, RunningGateway, start_dask_gateway_server, start_gunicorn_gateway
+from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
+from servers import DaskGatewayServer, start_dask_gateway_server
 
 USER = "scientist"
 
@@ -56,7 +57,7 @@ def test_jobs_run_on_a_dask_gateway_cluster_that_is_shut_down_with_the_service(
     dask_gateway_server: DaskGatewayServer, results_fs, tmp_path: Path
 ) -> None:
     served: RunningGateway = start_gunicorn_gateway(
-        gateway_environ(dask_gateway_server, dask_gateway_server.password), tmp_path / "gateway.log"
+        gateway_environ(dask_gateway_server, dask_gateway_server.password), log_file=tmp_path / "gateway.log"
     )
     try:
         ready = requests.get(f"{served.url}/readyz", timeout=10).json()
@@ -78,7 +79,7 @@ def test_jobs_run_on_a_dask_gateway_cluster_that_is_shut_down_with_the_service(
 
 
 def test_a_refused_login_is_reported_by_readiness(dask_gateway_server: DaskGatewayServer, tmp_path: Path) -> None:
-    served = start_gunicorn_gateway(gateway_environ(dask_gateway_server, "wrong-password"), tmp_path / "gateway.log", ready_timeout=0)
+    served = start_gunicorn_gateway(gateway_environ(dask_gateway_server, "wrong-password"), log_file=tmp_path / "gateway.log", ready_timeout=0)
     try:
         def refused() -> dict | None:
             response = requests.get(f"{served.url}/readyz", timeout=10)

@@ -14,7 +14,7 @@ from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from devtools.processes import start_process, stop_process
 from helpers import assert_all_gone, assert_complete_result, descendants, listing
-from servers import PROJECT, RunningGateway, start_gunicorn_gateway
+from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 
 
 def curl(url: str, *options: str) -> tuple[int, dict]:
@@ -32,7 +32,7 @@ def curl(url: str, *options: str) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def served(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}
-    gateway = start_gunicorn_gateway(environ, tmp_path_factory.mktemp("gunicorn") / "gateway.log")
+    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("gunicorn") / "gateway.log")
     yield gateway
     stop_process(gateway.process, timeout=60)
 
@@ -61,7 +61,7 @@ def test_curl_duplicate_id_is_409(served: RunningGateway) -> None:
 
 
 def test_sigterm_stops_gunicorn_and_every_cluster_process(s3: LocalS3, tmp_path: Path) -> None:
-    gateway = start_gunicorn_gateway({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}, tmp_path / "gateway.log")
+    gateway = start_gunicorn_gateway({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}, log_file=tmp_path / "gateway.log")
     processes = descendants(gateway.process.pid)
     assert len(processes) >= 4, "a gunicorn worker and three Dask worker processes"
 

@@ -1,0 +1,55 @@
+"""The gateway under gunicorn with the project's ``gunicorn.conf.py``, as the container runs it, on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from devtools.processes import free_port, start_process, stop_process, wait_for_port, wait_while_running
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunningGateway:
+    process: subprocess.Popen
+    url: str
+    log_file: Path | None
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file else ""
+
+    def wait_until_ready(self, timeout: float) -> None:
+        """Return once ``/readyz`` answers 200; fail if gunicorn exits first."""
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=5):
+                    return True
+            except (urllib.error.URLError, OSError):
+                return False
+
+        wait_while_running(ready, self.process, timeout, f"readiness at {self.url}/readyz")
+
+
+def start_gunicorn_gateway(
+    environ: dict[str, str], *, port: int | None = None, log_file: Path | None = None, ready_timeout: float = 180
+) -> RunningGateway:
+    """Start gunicorn and return once it listens and, unless ``ready_timeout`` is 0, is ready."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "gateway:app"]
+    process = start_process(command, env=environ, log_file=log_file, cwd=PROJECT)
+    gateway = RunningGateway(process, f"http://127.0.0.1:{port}", log_file)
+    try:
+        wait_for_port(port, process, timeout=60)
+        if ready_timeout:
+            gateway.wait_until_ready(ready_timeout)
+    except BaseException:
+        # Stopped, not killed: gunicorn then stops its worker and the worker's Dask cluster.
+        stop_process(process, timeout=60)
+        raise
+    return gateway
