@@ -320,10 +320,12 @@ class JobManager:
         started = time.monotonic()
         status, error = DONE, None
         try:
-            self._save(record)
-            client = self._cluster.client()
             spec = record.spec
             result = self._store.pending_result(record.job_id, spec.shape, spec.chunks, spec.dtype, self._settings.zarr_format)
+            with self._lock:
+                running = record.to_stored()
+            self._store.begin_result(result, running)
+            client = self._cluster.client()
             writes = ChunkWrites(client, result.array, spec, record.job_id, min_tasks=self._settings.n_workers)
             with self._lock:
                 self._running[record.job_id] = writes

@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 # How long a stopped job waits for its running tasks to end before it removes what they wrote.
 STOP_TIMEOUT = 60
-# A task's region is at most this large, so that a worker's memory, a cancel's
-# wait and the steps of progress stay small whatever the job's size.
+# A task's region is about this large (under twice as large, as tasks are cut in
+# whole rows of chunks), so that a worker's memory, a cancel's wait and the steps
+# of progress stay small whatever the job's size.
 MAX_TASK_BYTES = 8 * 2**20
 
 JOB_ID_RULE = "1 to 128 characters of letters, digits, '.', '_' and '-', not starting with '.'"
@@ -171,7 +172,7 @@ class ChunkWrites:
     """The tasks of one job on the cluster: started on creation, then waited on or cancelled.
 
     There are at least ``min_tasks`` of them (one per worker spreads a small
-    job over the cluster), and more when the job is over ``MAX_TASK_BYTES`` a task.
+    job over the cluster), and more for a job of more than ``MAX_TASK_BYTES`` a task.
     """
 
     def __init__(self, client: Client, target: zarr.Array, spec: RandomArraySpec, job_id: str, min_tasks: int) -> None:

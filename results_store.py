@@ -2,9 +2,9 @@
 
 Layout of a job's result at ``<results_url>/<job_id>``: a Zarr group holding one
 array, ``data``, with dimension names ``("y", "x")``, so that both
-``zarr.open_group(url)["data"]`` and ``xarray.open_zarr(url)`` open it. All of
-the metadata, the group's consolidated metadata included, is written after the
-last chunk: a result that has it is complete, and an unfinished one has none.
+``zarr.open_group(url)["data"]`` and ``xarray.open_zarr(url)`` open it. The
+group's metadata, consolidated, is written after the last chunk: a result that
+has it is complete, and an unfinished one has none.
 
 Each job's record (its status and parameters, as JSON) is kept at
 ``<results_url>/.jobs/<job_id>.json``, so that the jobs outlive the process.
@@ -43,11 +43,12 @@ RECORDS_PREFIX = ".jobs"
 
 @dataclass(frozen=True)
 class PendingResult:
-    """A job's array, bound to its place in the store, and the metadata documents that will complete it."""
+    """A job's array, bound to its place in the store, and the metadata documents of the array and its group."""
 
     job_id: str
     array: zarr.Array
-    metadata: dict[str, bytes]
+    array_metadata: dict[str, bytes]
+    group_metadata: dict[str, bytes]
 
 
 class StorageError(RuntimeError):
@@ -59,6 +60,10 @@ def describe_storage_failure(action: str, exc: BaseException) -> str:
     message = f"{action}: {type(exc).__name__}: {exc}"
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
     return message.replace(secret, "***") if secret else message
+
+
+def _json(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True).encode()
 
 
 class ResultsStore:
@@ -103,8 +108,14 @@ class ResultsStore:
 
     def exists(self, job_id: str) -> bool:
         """True when anything, complete or not, is stored under the job's prefix."""
+        path = self._path(job_id)
         try:
-            return bool(self._fs.exists(self._path(job_id)))
+            if isinstance(self._fs, LocalFileSystem):
+                return bool(self._fs.exists(path))
+            # One listing request: s3fs's exists() asks for an object of that name first.
+            bucket, _, key = path.partition("/")
+            listing = self._fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=f"{key}/", MaxKeys=1)
+            return listing.get("KeyCount", 0) > 0
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"checking {self.url_for(job_id)} failed", exc)) from exc
 
@@ -113,35 +124,61 @@ class ResultsStore:
     ) -> PendingResult:
         """A new job's array, bound to its place in the store; nothing is written here.
 
-        The metadata is made by zarr in memory and written only by
-        :meth:`mark_complete`, so the store is never asked whether a document
-        exists and an unfinished result has no metadata at all.
+        The metadata is made by zarr in memory and written by :meth:`begin_result`
+        and :meth:`mark_complete`, so the store is never asked whether a document
+        exists, and an unfinished result has no group metadata.
         """
         documents: dict[str, Any] = {}
         group = zarr.create_group(zarr.storage.MemoryStore(documents), zarr_format=zarr_format)
         # Zarr 2 has no dimension names; xarray reads them from an attribute instead.
-        names: dict[str, Any] = (
-            {"dimension_names": DIMENSION_NAMES}
+        # Its chunk keys are "0.0" already; zarr 3's would be "c/0/0" (see begin_result).
+        by_format: dict[str, Any] = (
+            {"dimension_names": DIMENSION_NAMES, "chunk_key_encoding": {"name": "default", "separator": "."}}
             if zarr_format == 3
             else {"attributes": {"_ARRAY_DIMENSIONS": list(DIMENSION_NAMES)}}
         )
-        in_memory = group.create_array(ARRAY_NAME, shape=shape, chunks=chunks, dtype=dtype, **names)
+        # Uncompressed: random numbers barely compress (zstd saved 11 % of a chunk's
+        # bytes), and compressing them took about a quarter of the workers' CPU per job.
+        in_memory = group.create_array(
+            ARRAY_NAME, shape=shape, chunks=chunks, dtype=dtype, compressors=None, **by_format
+        )
         zarr.consolidate_metadata(group.store)
         place = zarr.storage.StorePath(self._zarr_store, f"{job_id}/{ARRAY_NAME}")
+        in_array = {key: buffer.to_bytes() for key, buffer in documents.items() if key.startswith(f"{ARRAY_NAME}/")}
         return PendingResult(
             job_id=job_id,
             array=zarr.Array(zarr.AsyncArray(in_memory.metadata, place)),
-            metadata={key: buffer.to_bytes() for key, buffer in documents.items()},
+            array_metadata=in_array,
+            group_metadata={key: buffer.to_bytes() for key, buffer in documents.items() if key not in in_array},
         )
 
+    def begin_result(self, result: PendingResult, record: dict[str, Any]) -> None:
+        """Save the job's record and its array's metadata, before any chunk is written.
+
+        S3 servers that keep objects as files (rclone's, for one) sometimes fail,
+        or hang on, concurrent writes that create the same new directory. So the
+        array's prefix is made by one write, here, and every chunk then goes into
+        it (the chunk keys have no "/" of their own). The record is saved alongside,
+        and Zarr 2's second array document after the first.
+        """
+        failure = f"starting {self.url_for(result.job_id)} failed"
+        (first_key, first_document), *rest = self._documents(result, result.array_metadata).items()
+        self._write({self._record_path(result.job_id): _json(record), first_key: first_document}, failure)
+        if rest:
+            self._write(dict(rest), failure)
+
     def mark_complete(self, result: PendingResult) -> None:
-        """Write the metadata of the group and its array, the group's consolidated: the sign that every chunk is stored."""
-        path = self._path(result.job_id)
+        """Write the group's metadata, consolidated: the sign that every chunk is stored."""
+        self._write(self._documents(result, result.group_metadata), f"finishing {self.url_for(result.job_id)} failed")
+
+    def _documents(self, result: PendingResult, documents: dict[str, bytes]) -> dict[str, bytes]:
+        return {f"{self._path(result.job_id)}/{key}": document for key, document in documents.items()}
+
+    def _write(self, objects: dict[str, bytes], failure: str) -> None:
         try:
-            # One round of concurrent writes: nothing reads a result before its job is reported done.
-            self._fs.pipe({f"{path}/{key}": document for key, document in result.metadata.items()})
+            self._fs.pipe(objects)
         except Exception as exc:
-            raise StorageError(describe_storage_failure(f"finishing {self.url_for(result.job_id)} failed", exc)) from exc
+            raise StorageError(describe_storage_failure(failure, exc)) from exc
 
     def delete(self, job_id: str) -> None:
         """Remove everything stored for the job."""
@@ -156,10 +193,7 @@ class ResultsStore:
         return f"{self._root}/{RECORDS_PREFIX}/{job_id}.json"
 
     def write_record(self, job_id: str, record: dict[str, Any]) -> None:
-        try:
-            self._fs.pipe(self._record_path(job_id), json.dumps(record, sort_keys=True).encode())
-        except Exception as exc:
-            raise StorageError(describe_storage_failure(f"saving the record of job {job_id!r} failed", exc)) from exc
+        self._write({self._record_path(job_id): _json(record)}, f"saving the record of job {job_id!r} failed")
 
     def read_records(self) -> list[dict[str, Any]]:
         """Every stored job record."""

@@ -64,7 +64,7 @@ def test_concurrent_submissions_of_one_id_run_one_job(app: Flask, results_fs, jo
     with ThreadPoolExecutor(4) as pool:
         statuses = sorted(pool.map(submit, range(4)))
     assert statuses == [200, 409, 409, 409]
-    assert len([p for p in results_fs.find(f"{BUCKET}/{job_id}/data") if "/c/" in p]) == 100
+    assert len([p for p in results_fs.find(f"{BUCKET}/{job_id}/data") if "/c." in p]) == 100
 
 
 @pytest.mark.parametrize(
