@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install run test test-unit clean
+.PHONY: install run test test-unit bench clean
 
 install: $(STAMP) $(TOOLS_STAMP)
 
@@ -31,6 +31,11 @@ test: $(STAMP) $(TOOLS_STAMP)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
+
+# Speed and memory against the S3 floor and the plain Dask approach: prints the
+# table and targets, writes bench/results/latest.{json,png}, updates the README.
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache

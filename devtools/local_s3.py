@@ -6,10 +6,12 @@ plain files under it, so what the service wrote survives a restart.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ class LocalS3:
     secret_key: str
     data_dir: Path
     process: subprocess.Popen
+    control_url: str | None = None
 
     def environ(self, region: str = "us-east-1") -> dict[str, str]:
         """The standard AWS variables that point botocore, and so s3fs, at this server."""
@@ -43,6 +46,20 @@ class LocalS3:
             # rclone's ranged GETs fail botocore's response checksum check.
             "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
         }
+
+    def set_log_level(self, level: str) -> None:
+        """DEBUG logs one line per S3 request (and much else); NOTICE is the quiet default.
+
+        Needs the server started with ``remote_control=True``.
+        """
+        if self.control_url is None:
+            raise RuntimeError("the S3 server was started without remote_control=True")
+        body = json.dumps({"main": {"LogLevel": level}}).encode()
+        request = urllib.request.Request(
+            f"{self.control_url}/options/set", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
 
     def stop(self) -> None:
         stop_process(self.process, timeout=10)
@@ -56,19 +73,26 @@ def start_local_s3(
     secret_key: str,
     port: int | None = None,
     log_file: Path | None = None,
+    remote_control: bool = False,
     timeout: float = 20,
 ) -> LocalS3:
-    """Start the server on 127.0.0.1 with the given buckets and return once it listens."""
+    """Start the server on 127.0.0.1 with the given buckets and return once it listens.
+
+    With ``remote_control``, rclone's control API also listens on loopback, without
+    authentication, so that :meth:`LocalS3.set_log_level` can turn request logging on.
+    """
     data_dir = Path(data_dir)
     for bucket in buckets:
         (data_dir / bucket).mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    control_port = free_port() if remote_control else None
     command = [
-        rclone_executable(), "serve", "s3",
+        rclone_executable(), "serve", "s3", str(data_dir),
         "--auth-key", f"{access_key},{secret_key}",
         "--addr", f"127.0.0.1:{port}",
-        str(data_dir),
     ]  # fmt: skip
+    if control_port:
+        command += ["--rc", f"--rc-addr=127.0.0.1:{control_port}", "--rc-no-auth"]
     process = start_process(command, env={**os.environ, "RCLONE_CONFIG": "/dev/null"}, log_file=log_file)
     try:
         wait_for_port(port, process, timeout)
@@ -76,4 +100,5 @@ def start_local_s3(
         process.kill()
         process.wait()
         raise
-    return LocalS3(f"http://127.0.0.1:{port}", access_key, secret_key, data_dir, process)
+    control_url = f"http://127.0.0.1:{control_port}" if control_port else None
+    return LocalS3(f"http://127.0.0.1:{port}", access_key, secret_key, data_dir, process, control_url)

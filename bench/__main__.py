@@ -1,0 +1,164 @@
+"""``make bench``: start the local stack, measure floor, baseline and gateway side by side, report.
+
+Everything runs in one go on this machine: an rclone S3 server, a 3-worker
+LocalCluster for the baseline, and the gateway under gunicorn with its own
+3-worker LocalCluster, as ``make run`` starts it. Ratios between the three,
+measured in interleaved rounds, are what the targets are about; the machine is
+shared, so absolute times are only context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+from distributed import Client, LocalCluster
+
+from bench.measure import Run, count_requests, rss_megabytes, run_jobs
+from bench.report import write_report
+from bench.workloads import Baseline, Floor, Gateway
+from devtools.gunicorn_gateway import PROJECT, start_gunicorn_gateway
+from devtools.local_s3 import start_local_s3
+from devtools.processes import stop_process
+
+WORKLOADS = ("floor", "baseline", "gateway")
+BATCH_SIZES = (8, 16, 32, 64, 128)
+LARGE_JOBS = [((4000, 4000), (100, 100)), ((4000, 4000), (1000, 1000)), ((10000, 10000), (100, 100)), ((10000, 10000), (1000, 1000))]
+
+
+def job_ids(prefix: str, count: int) -> list[str]:
+    run = uuid.uuid4().hex[:8]
+    return [f"{prefix}-{run}-{index}" for index in range(count)]
+
+
+def best_batch_size(floor: Floor, jobs: int) -> tuple[int, dict[int, float]]:
+    """The floor's concurrency (requests in flight) with the lowest median job time."""
+    medians = {}
+    for size in BATCH_SIZES:
+        floor.batch_size = size
+        medians[size] = run_jobs("floor", floor.run, job_ids(f"batch{size}", jobs), 1).percentile(50)
+    best = min(medians, key=medians.get)
+    floor.batch_size = best
+    return best, medians
+
+
+def interleaved(
+    workloads: dict[str, Callable[[str], None]], concurrency: int, jobs: int, rounds: int, server_log: Path
+) -> dict[str, Run]:
+    """``jobs`` jobs of each workload in each of ``rounds`` rounds, the workloads taking turns."""
+    runs = {name: Run(name, concurrency) for name in workloads}
+    for round_index in range(rounds):
+        for name, run_job in workloads.items():
+            runs[name].add(run_jobs(name, run_job, job_ids(f"c{concurrency}r{round_index}", jobs), concurrency, server_log))
+            print(f"  {name:8} concurrency {concurrency} round {round_index + 1}/{rounds}: p50 {runs[name].percentile(50):.3f} s", flush=True)
+    return runs
+
+
+def machine() -> dict:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        "unknown CPU",
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="few jobs, no large jobs: a smoke run, not a measurement")
+    parser.add_argument("--output-dir", type=Path, default=PROJECT / "bench" / "results")
+    parser.add_argument("--readme", type=Path, default=PROJECT / "README.md", help="whose performance section to update")
+    args = parser.parse_args()
+    jobs_c1, jobs_c8, rounds, memory_jobs = (4, 8, 1, 40) if args.quick else (10, 16, 3, 500)
+
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    s3_log = workdir / "s3.log"
+    s3 = start_local_s3(
+        workdir / "s3", WORKLOADS, access_key="bench-access-key", secret_key="bench-secret-key",
+        log_file=s3_log, remote_control=True,
+    )  # fmt: skip
+    os.environ.update(s3.environ())
+    cluster = LocalCluster(n_workers=3, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
+    client = Client(cluster)
+    served = start_gunicorn_gateway({**os.environ, "GATEWAY_RESULTS_URL": "s3://gateway"}, log_file=workdir / "gateway.log")
+    try:
+        gateway_pid = psutil.Process(served.process.pid).children()[0].pid
+        floor, baseline, gateway = Floor("floor", BATCH_SIZES[0]), Baseline(client, "baseline"), Gateway(served.url)
+        workloads = {"floor": floor.run, "baseline": baseline.run, "gateway": gateway.run}
+        results: dict = {"machine": machine()}
+
+        print("warming up", flush=True)
+        for name, run_job in workloads.items():
+            run_jobs(name, run_job, job_ids("warm", 5), 1)
+        batch_size, batch_medians = best_batch_size(floor, 3 if args.quick else 7)
+        results["floor_batch_size"] = {"chosen": batch_size, "p50_seconds": batch_medians}
+        print(f"floor: {batch_size} requests in flight ({batch_medians})", flush=True)
+
+        memory_start = rss_megabytes(gateway_pid)
+        runs = [
+            *interleaved(workloads, 1, jobs_c1, rounds, s3_log).values(),
+            *interleaved(workloads, 8, jobs_c8, rounds, s3_log).values(),
+        ]
+        results["runs"] = [run.to_json() for run in runs]
+        results["gateway_memory_mb"] = {"before": memory_start, "after": rss_megabytes(gateway_pid)}
+
+        print("counting S3 requests", flush=True)
+        results["requests_per_job"] = {
+            name: count_requests(s3, s3_log, run_job, job_ids(f"count-{name}", 5)) for name, run_job in workloads.items()
+        }
+
+        results["large_jobs"] = [] if args.quick else large_jobs(floor, gateway, workdir / "s3")
+
+        print(f"memory: {memory_jobs} gateway jobs at concurrency 8", flush=True)
+        before = rss_megabytes(gateway_pid)
+        soak = run_jobs("gateway", gateway.run, job_ids("memory", memory_jobs), 8)
+        results["memory_run"] = {
+            "jobs": soak.jobs,
+            "failures": soak.failures,
+            "rss_mb_before": before,
+            "rss_mb_after": rss_megabytes(gateway_pid),
+        }
+    finally:
+        stop_process(served.process, timeout=120)
+        client.close()
+        cluster.close()
+        s3.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    met = write_report(results, args.output_dir, None if args.quick else args.readme, quick=args.quick)
+    return 0 if met else 1
+
+
+def large_jobs(floor: Floor, gateway: Gateway, data_dir: Path) -> list[dict]:
+    """Each large job twice by the floor and by the gateway; the objects are removed after each."""
+    measured = []
+    for (shape, chunks), name in itertools.product(LARGE_JOBS, ("floor", "gateway")):
+        workload = floor if name == "floor" else gateway
+        run = Run(name, 1)
+        for job_id in job_ids(f"large-{shape[0]}-{chunks[0]}", 2):
+            run.add(run_jobs(name, lambda job_id: workload.run(job_id, shape, chunks), [job_id], 1))
+            # Straight from the server's disk: deleting thousands of objects over S3 would take longer than writing them.
+            shutil.rmtree(data_dir / name / job_id, ignore_errors=True)
+        megabytes = shape[0] * shape[1] * 4 / 1e6
+        measured.append({
+            "workload": name, "shape": list(shape), "chunks": list(chunks), "megabytes": megabytes,
+            "seconds": run.latencies, "failures": run.failures,
+            "megabytes_per_second": megabytes / run.percentile(50) if run.latencies else 0.0,
+        })  # fmt: skip
+        print(f"  {name:8} {shape} chunks {chunks}: {measured[-1]['megabytes_per_second']:.0f} MB/s", flush=True)
+    return measured
+
+
+if __name__ == "__main__":
+    sys.exit(main())

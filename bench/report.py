@@ -1,0 +1,169 @@
+"""The benchmark's table, its targets, the raw numbers as JSON, a chart, and the README's performance section."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, UTC
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend is chosen first
+
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: str
+    met: bool
+
+    def line(self) -> str:
+        return f"- [{'x' if self.met else ' '}] {self.name}: {self.measured} ({'met' if self.met else 'MISSED'})"
+
+
+def _run(results: dict, workload: str, concurrency: int) -> dict:
+    return next(run for run in results["runs"] if run["workload"] == workload and run["concurrency"] == concurrency)
+
+
+def targets(results: dict) -> list[Target]:
+    floor_1, gateway_1 = _run(results, "floor", 1), _run(results, "gateway", 1)
+    floor_8, baseline_8, gateway_8 = (_run(results, name, 8) for name in ("floor", "baseline", "gateway"))
+    latency_ratio = gateway_1["p50_seconds"] / floor_1["p50_seconds"]
+    # The server's PUT capacity in jobs: the floor's best rate at either concurrency.
+    floor_capacity = max(floor_1["jobs_per_second"], floor_8["jobs_per_second"])
+    requests = results["requests_per_job"]["gateway"]
+    memory = results["memory_run"]
+    growth = memory["rss_mb_after"] - memory["rss_mb_before"]
+    failures = sum(len(run["failures"]) for run in results["runs"]) + len(memory["failures"])
+    failures += sum(len(large["failures"]) for large in results["large_jobs"])
+    found = [
+        Target("single-job p50 latency <= 1.3x the floor", f"{latency_ratio:.2f}x", latency_ratio <= 1.3),
+        Target(
+            "throughput at concurrency 8 >= 3x the baseline",
+            f"{gateway_8['jobs_per_second'] / baseline_8['jobs_per_second']:.2f}x",
+            gateway_8["jobs_per_second"] >= 3 * baseline_8["jobs_per_second"],
+        ),
+        Target(
+            "throughput at concurrency 8 >= 70 % of the floor's jobs/s",
+            f"{100 * gateway_8['jobs_per_second'] / floor_capacity:.0f} %",
+            gateway_8["jobs_per_second"] >= 0.7 * floor_capacity,
+        ),
+        Target("S3 requests per job <= 110", f"{requests:.1f}", requests <= 110),
+    ]
+    for large in _large_pairs(results):
+        if large["shape"][0] == 10000:
+            ratio = large["gateway"] / large["floor"]
+            found.append(Target(f"MB/s >= 70 % of the floor's at {_size(large)}", f"{100 * ratio:.0f} %", ratio >= 0.7))
+    found += [
+        Target(f"gateway memory growth < 30 MB over {memory['jobs']} jobs", f"{growth:+.1f} MB", growth < 30 and memory["jobs"] >= 500),
+        Target("no failed job in any run", f"{failures} failed", failures == 0),
+    ]
+    return found
+
+
+def _size(large: dict) -> str:
+    return f"{large['shape'][0]}x{large['shape'][1]} in {large['chunks'][0]}x{large['chunks'][1]} chunks"
+
+
+def _large_pairs(results: dict) -> list[dict]:
+    pairs: dict[tuple, dict] = {}
+    for large in results["large_jobs"]:
+        key = (tuple(large["shape"]), tuple(large["chunks"]))
+        pairs.setdefault(key, {"shape": large["shape"], "chunks": large["chunks"]})[large["workload"]] = large["megabytes_per_second"]
+    return list(pairs.values())
+
+
+def table(results: dict) -> str:
+    requests = results["requests_per_job"]
+    lines = [
+        "| workload | concurrency | jobs | p50 s | p95 s | jobs/s | p50 / floor | jobs/s / floor | S3 requests/job | S3 errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in results["runs"]:
+        floor = _run(results, "floor", run["concurrency"])
+        lines.append(
+            f"| {run['workload']} | {run['concurrency']} | {run['jobs']} | {run['p50_seconds']:.3f} | {run['p95_seconds']:.3f} "
+            f"| {run['jobs_per_second']:.2f} | {run['p50_seconds'] / floor['p50_seconds']:.2f} "
+            f"| {run['jobs_per_second'] / floor['jobs_per_second']:.2f} | {requests[run['workload']]:.1f} | {run['server_errors']} |"
+        )
+    if results["large_jobs"]:
+        lines += ["", "| large job | floor MB/s | gateway MB/s | gateway / floor |", "|---|---:|---:|---:|"]
+        lines += [
+            f"| {_size(large)} | {large['floor']:.0f} | {large['gateway']:.0f} | {large['gateway'] / large['floor']:.2f} |"
+            for large in _large_pairs(results)
+        ]
+    memory = results["memory_run"]
+    lines += [
+        "",
+        f"Gateway process memory: {memory['rss_mb_before']:.0f} MB before and {memory['rss_mb_after']:.0f} MB after "
+        f"{memory['jobs']} jobs at concurrency 8. Floor: {results['floor_batch_size']['chosen']} requests in flight.",
+    ]
+    return "\n".join(lines)
+
+
+def chart(results: dict, path: Path) -> None:
+    figure, (latency, throughput, bandwidth) = plt.subplots(1, 3, figsize=(15, 4.5))
+    workloads = ["floor", "baseline", "gateway"]
+    colours = {"floor": "tab:grey", "baseline": "tab:orange", "gateway": "tab:blue"}
+    for offset, concurrency in enumerate((1, 8)):
+        runs = [_run(results, name, concurrency) for name in workloads]
+        positions = [index * 3 + offset for index in range(len(workloads))]
+        latency.bar(positions, [run["p50_seconds"] for run in runs], color=[colours[name] for name in workloads], alpha=0.5 + 0.5 * offset)
+        throughput.bar(positions, [run["jobs_per_second"] for run in runs], color=[colours[name] for name in workloads], alpha=0.5 + 0.5 * offset)
+    for axis, title in ((latency, "p50 latency per job (s)"), (throughput, "jobs per second")):
+        axis.set_xticks([index * 3 + 0.5 for index in range(len(workloads))], workloads)
+        axis.set_title(f"{title}\nlight: concurrency 1, dark: concurrency 8")
+    pairs = _large_pairs(results)
+    if pairs:
+        labels = [_size(large).replace(" in ", "\n") for large in pairs]
+        for offset, name in enumerate(("floor", "gateway")):
+            bandwidth.bar([index * 3 + offset for index in range(len(pairs))], [large[name] for large in pairs], color=colours[name], label=name)
+        bandwidth.set_xticks([index * 3 + 0.5 for index in range(len(pairs))], labels, fontsize=8)
+        bandwidth.legend()
+    bandwidth.set_title("large jobs: MB/s")
+    figure.suptitle(f"science gateway benchmark, {results['machine']['cores']} cores, {results['finished_at'][:10]}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(results: dict, output_dir: Path, readme: Path | None, quick: bool = False) -> bool:
+    """Print the table and the targets, write JSON and PNG, update the README; True when every target is met.
+
+    A quick run is too short to judge the targets by: it passes when no job failed.
+    """
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    found = targets(results)
+    if quick:
+        found = [Target("quick run, too short to judge the other targets", found[-1].measured, found[-1].met)]
+    results["targets"] = [{"name": target.name, "measured": target.measured, "met": target.met} for target in found]
+    machine = results["machine"]
+    about = f"{machine['cores']} cores ({machine['cpu']}), {machine['memory_gib']} GiB, Python {machine['python']}, {results['finished_at']}"
+    section = f"Measured by `make bench` on {about}:\n\n{table(results)}\n\nTargets:\n\n" + "\n".join(t.line() for t in found)
+    print(f"\n{section}\n", flush=True)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "latest.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+    chart(results, output_dir / "latest.png")
+    print(f"raw numbers: {output_dir / 'latest.json'}\nchart: {output_dir / 'latest.png'}")
+    if readme is not None:
+        text = readme.read_text()
+        pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.DOTALL)
+        if pattern.search(text):
+            readme.write_text(pattern.sub(lambda _: f"{README_START}\n{section}\n{README_END}", text))
+            print(f"updated the performance section of {readme}")
+    return all(target.met for target in found)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)

@@ -1,0 +1,92 @@
+"""The three ways of making one job's result that the benchmark compares.
+
+- floor: the job's objects (the array metadata, then the chunks as bytes,
+  concurrently) written straight to S3 from this process, with no Dask and no
+  HTTP: what the S3 server and its client library allow.
+- baseline: the straightforward Dask approach, ``da.random.random`` then
+  ``da.store`` into a zarr array, on a 3-worker LocalCluster like the gateway's.
+- gateway: ``GET /submit_job/<id>`` over HTTP, end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import dask.array as da
+import numpy as np
+import requests
+import s3fs
+import zarr
+import zarr.storage
+from distributed import Client
+
+Shape = tuple[int, int]
+
+
+class JobFailed(RuntimeError):
+    """One job of a workload did not produce its result."""
+
+
+# The gateway's chunk keys (zarr 3's default encoding with "." separators), in the array's prefix.
+CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
+
+
+def chunk_keys(shape: Sequence[int], chunks: Sequence[int]) -> list[str]:
+    grid = [math.ceil(size / step) for size, step in zip(shape, chunks, strict=True)]
+    return [f"c.{row}.{column}" for row in range(grid[0]) for column in range(grid[1])]
+
+
+class Floor:
+    """Writes a job's objects with one concurrent s3fs call: ``batch_size`` requests in flight."""
+
+    def __init__(self, bucket: str, batch_size: int) -> None:
+        self._fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        self._bucket = bucket
+        self.batch_size = batch_size
+        self._blocks: dict[tuple[int, int], bytes] = {}
+
+    def _block(self, chunks: Shape) -> bytes:
+        # Random bytes, made once per chunk shape: the floor measures storage, not generation.
+        if chunks not in self._blocks:
+            self._blocks[chunks] = np.random.default_rng(0).random(chunks, dtype=np.float32).tobytes()
+        return self._blocks[chunks]
+
+    def run(self, job_id: str, shape: Shape = (1000, 1000), chunks: Shape = (100, 100)) -> None:
+        block = self._block(chunks)
+        prefix = f"{self._bucket}/{job_id}/data"
+        metadata = json.dumps({"zarr_format": 3, "node_type": "array", "shape": list(shape)}).encode()
+        # In the gateway's order: the metadata, then the chunks into the prefix it made.
+        self._fs.pipe(f"{prefix}/zarr.json", metadata)
+        self._fs.pipe({f"{prefix}/{key}": block for key in chunk_keys(shape, chunks)}, batch_size=self.batch_size)
+
+
+class Baseline:
+    """``da.random.random`` then ``da.store`` into a zarr array created on S3, on the given cluster."""
+
+    def __init__(self, client: Client, bucket: str) -> None:
+        self._client = client
+        self._store = zarr.storage.FsspecStore.from_url(f"s3://{bucket}")
+
+    def run(self, job_id: str, shape: Shape = (1000, 1000), chunks: Shape = (100, 100)) -> None:
+        # The gateway's chunk keys: with zarr's default "/" the server's directory race hung this baseline.
+        target = zarr.create_array(
+            self._store, name=job_id, shape=shape, chunks=chunks, dtype="float32", chunk_key_encoding=CHUNK_KEY_ENCODING
+        )
+        data = da.random.random(shape, chunks=chunks).astype("float32")
+        da.store(data, target, lock=False, scheduler=self._client)
+
+
+class Gateway:
+    """``GET /submit_job/<id>`` against the gateway under gunicorn; a job that is not done is a failure."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+
+    def run(self, job_id: str, shape: Shape = (1000, 1000), chunks: Shape = (100, 100)) -> None:
+        params = {"shape": f"{shape[0]},{shape[1]}", "chunks": f"{chunks[0]},{chunks[1]}"}
+        # A new connection per job, as a notebook's requests.get makes.
+        response = requests.get(f"{self._url}/submit_job/{job_id}", params=params, timeout=900)
+        if response.status_code != 200 or response.json().get("status") != "done":
+            raise JobFailed(f"{job_id}: HTTP {response.status_code}: {response.text[:300]}")

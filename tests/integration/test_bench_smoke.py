@@ -1,0 +1,28 @@
+"""`make bench` in its quick form: the stack starts, every workload runs, and the gateway's S3 requests are counted.
+
+Timings are the benchmark's business, never a test's: this checks what it does,
+and the one target that is a count, not a time.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from devtools.gunicorn_gateway import PROJECT
+
+
+def test_a_quick_benchmark_runs_every_workload_without_a_failed_job(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output-dir", str(tmp_path)],
+        cwd=PROJECT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((tmp_path / "latest.json").read_text())
+    ran = {(run["workload"], run["concurrency"]) for run in results["runs"] if run["jobs"] > 0}
+    assert ran == {(name, concurrency) for name in ("floor", "baseline", "gateway") for concurrency in (1, 8)}
+    assert all(not run["failures"] for run in results["runs"])
+    assert results["requests_per_job"]["floor"] >= 101, "the floor writes 100 chunks and the array metadata"
+    assert results["requests_per_job"]["gateway"] <= 110
+    assert (tmp_path / "latest.png").read_bytes().startswith(b"\x89PNG")
+    assert "| gateway | 8 |" in completed.stdout
