@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import dask.config
 from dask_gateway import Gateway
 from distributed import Client, LocalCluster
 
@@ -28,6 +29,14 @@ FIRST_RETRY_SECONDS = 2.0
 MAX_RETRY_SECONDS = 60.0
 # A readiness check must answer even when the scheduler does not.
 SCHEDULER_QUERY_TIMEOUT = "5s"
+
+
+# glibc settings for the worker processes, in place of distributed's default of
+# returning freed memory to the system past 64 KiB: with that default every
+# chunk-sized buffer was a fresh mapping, and a 400 MB job cost the workers
+# 640,000 page faults and more CPU time than writing to S3 did. Buffers up to
+# 64 MiB now come from the heap and are reused; at most 128 MiB is kept idle.
+WORKER_MALLOC_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(128 * 2**20)}
 
 
 class ClusterNotReady(RuntimeError):
@@ -144,16 +153,17 @@ class ClusterConnection:
     def _start_local_cluster(self) -> tuple[LocalCluster, Client]:
         # Loopback only: the workers need no one but this process, and an
         # all-interfaces scheduler would accept tasks from anywhere.
-        cluster = LocalCluster(
-            n_workers=self._settings.n_workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            # Without a dashboard the scheduler still serves its health and metrics
-            # routes; a free port keeps two clusters on one machine off 8787.
-            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        )
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_MALLOC_ENVIRON}):
+            cluster = LocalCluster(
+                n_workers=self._settings.n_workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                # Without a dashboard the scheduler still serves its health and metrics
+                # routes; a free port keeps two clusters on one machine off 8787.
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            )
         return cluster, self._wait_for_workers(cluster, lambda: Client(cluster, set_as_default=False))
 
     def _connect_dask_gateway(self) -> tuple[Any, Client]:

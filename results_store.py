@@ -147,7 +147,9 @@ class ResultsStore:
         in_array = {key: buffer.to_bytes() for key, buffer in documents.items() if key.startswith(f"{ARRAY_NAME}/")}
         return PendingResult(
             job_id=job_id,
-            array=zarr.Array(zarr.AsyncArray(in_memory.metadata, place)),
+            # A random chunk is never all fill value: zarr's check for empty chunks would
+            # only cost the workers a pass over every chunk.
+            array=zarr.Array(zarr.AsyncArray(in_memory.metadata, place, config={"write_empty_chunks": True})),
             array_metadata=in_array,
             group_metadata={key: buffer.to_bytes() for key, buffer in documents.items() if key not in in_array},
         )

@@ -2,11 +2,13 @@
 
 from typing import Any
 
+import dask.config
 import jsonschema
 import pytest
 import yaml
 
 from artifacts import helm_values
+from cluster import WORKER_MALLOC_ENVIRON
 from servers import PROJECT
 
 CHART = PROJECT.parent / "shared" / "reference" / "dask-gateway-chart"
@@ -52,3 +54,10 @@ def test_values_set_what_the_service_needs() -> None:
     assert "idle_timeout" in snippet
     assert 'scheduler_cmd = ["dask", "scheduler"]' in snippet and 'worker_cmd = ["dask", "worker"]' in snippet
     assert "envFrom" not in snippet, "the Secret goes through extraContainerConfig, which the schema checks"
+
+
+def test_workers_on_kubernetes_get_the_malloc_settings_of_the_local_workers() -> None:
+    environment = helm_values()["gateway"]["backend"]["worker"]["extraContainerConfig"]["env"]
+    value = next(item["value"] for item in environment if item["name"] == "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON")
+    collected = dask.config.collect_env({"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": value})
+    assert collected["distributed"]["nanny"]["pre_spawn_environ"] == WORKER_MALLOC_ENVIRON
