@@ -45,21 +45,28 @@ class Floor:
         self._fs = s3fs.S3FileSystem(skip_instance_cache=True)
         self._bucket = bucket
         self.batch_size = batch_size
-        self._blocks: dict[tuple[int, int], bytes] = {}
+        self._chunks_of: tuple[Shape, Shape] | None = None
+        self._chunks: dict[str, bytes] = {}
 
-    def _block(self, chunks: Shape) -> bytes:
-        # Random bytes, made once per chunk shape: the floor measures storage, not generation.
-        if chunks not in self._blocks:
-            self._blocks[chunks] = np.random.default_rng(0).random(chunks, dtype=np.float32).tobytes()
-        return self._blocks[chunks]
+    def _chunk_bytes(self, shape: Shape, chunks: Shape) -> dict[str, bytes]:
+        """Random bytes for every chunk, made before the clock starts: the floor measures storage, not generation.
+
+        Each chunk has bytes of its own, as in a real job: one buffer sent again and
+        again would stay in the CPU's cache and make copying and hashing it cheaper.
+        """
+        if self._chunks_of != (shape, chunks):
+            rng = np.random.default_rng(0)
+            self._chunks = {key: rng.random(chunks, dtype=np.float32).tobytes() for key in chunk_keys(shape, chunks)}
+            self._chunks_of = (shape, chunks)
+        return self._chunks
 
     def run(self, job_id: str, shape: Shape = (1000, 1000), chunks: Shape = (100, 100)) -> None:
-        block = self._block(chunks)
+        objects = self._chunk_bytes(shape, chunks)
         prefix = f"{self._bucket}/{job_id}/data"
         metadata = json.dumps({"zarr_format": 3, "node_type": "array", "shape": list(shape)}).encode()
         # In the gateway's order: the metadata, then the chunks into the prefix it made.
         self._fs.pipe(f"{prefix}/zarr.json", metadata)
-        self._fs.pipe({f"{prefix}/{key}": block for key in chunk_keys(shape, chunks)}, batch_size=self.batch_size)
+        self._fs.pipe({f"{prefix}/{key}": data for key, data in objects.items()}, batch_size=self.batch_size)
 
 
 class Baseline:
