@@ -322,9 +322,7 @@ class JobManager:
         try:
             spec = record.spec
             result = self._store.pending_result(record.job_id, spec.shape, spec.chunks, spec.dtype, self._settings.zarr_format)
-            with self._lock:
-                running = record.to_stored()
-            self._store.begin_result(result, running)
+            self._store.begin_result(result, self._stored(record))
             client = self._cluster.client()
             writes = ChunkWrites(client, result.array, spec, record.job_id, min_tasks=self._settings.n_workers)
             with self._lock:
@@ -358,10 +356,13 @@ class JobManager:
         with self._lock:
             record.chunks_written += written
 
-    def _save(self, record: JobRecord) -> None:
+    def _stored(self, record: JobRecord) -> dict[str, Any]:
+        # Runner threads count chunks into the record while it is being copied.
         with self._lock:
-            stored = record.to_stored()
-        self._store.write_record(record.job_id, stored)
+            return record.to_stored()
+
+    def _save(self, record: JobRecord) -> None:
+        self._store.write_record(record.job_id, self._stored(record))
 
     def _save_quietly(self, record: JobRecord) -> None:
         try:

@@ -19,12 +19,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import dask.config
 import psutil
 from distributed import Client, LocalCluster
 
 from bench.measure import Run, count_requests, rss_megabytes, run_jobs
 from bench.report import write_report
 from bench.workloads import Baseline, Floor, Gateway
+from cluster import WORKER_MALLOC_ENVIRON
 from devtools.gunicorn_gateway import PROJECT, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
@@ -90,7 +92,9 @@ def main() -> int:
         log_file=s3_log, remote_control=True,
     )  # fmt: skip
     os.environ.update(s3.environ())
-    cluster = LocalCluster(n_workers=3, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
+    # The gateway's LocalCluster, but for the job code: same workers, threads and allocator settings.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_MALLOC_ENVIRON}):
+        cluster = LocalCluster(n_workers=3, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
     client = Client(cluster)
     served = start_gunicorn_gateway({**os.environ, "GATEWAY_RESULTS_URL": "s3://gateway"}, log_file=workdir / "gateway.log")
     try:
