@@ -73,6 +73,7 @@ class ClusterConnection:
         self._cluster: Any = None
         self._client: Client | None = None
         self._reason = f"starting a {self.kind} cluster"
+        self._failed_attempts = 0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -81,14 +82,28 @@ class ClusterConnection:
         self._thread.start()
 
     def wait_until_ready(self, timeout: float) -> bool:
+        """True once there is a working cluster; a lost one is replaced first."""
+        self._replace_if_lost()
         return self._connected.wait(timeout)
 
     def client(self) -> Client:
         """The client of the cluster; :class:`ClusterNotReady` if there is none yet."""
+        self._replace_if_lost()
         with self._lock:
             if self._client is None:
                 raise ClusterNotReady(f"Dask cluster not ready: {self._reason}")
             return self._client
+
+    def raise_if_failing(self) -> None:
+        """:class:`ClusterNotReady` when the last attempt to obtain a cluster failed.
+
+        While a first attempt is still under way a job may wait for it; once
+        one has failed, a caller should hear at once why there is no cluster.
+        """
+        self._replace_if_lost()
+        with self._lock:
+            if self._client is None and self._failed_attempts:
+                raise ClusterNotReady(f"Dask cluster not ready: {self._reason}")
 
     def status(self) -> ClusterStatus:
         wanted = self._settings.n_workers
@@ -111,13 +126,39 @@ class ClusterConnection:
     def close(self) -> None:
         """Shut down the cluster this service created, and stop trying to create one."""
         self._closing.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._settings.cluster_start_timeout + 30)
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=self._settings.cluster_start_timeout + 30)
         with self._lock:
             cluster, client = self._cluster, self._client
             self._cluster = self._client = None
             self._reason = "shut down"
         self._shut_down(cluster, client)
+
+    def _replace_if_lost(self) -> None:
+        """Start obtaining a new cluster if the client has lost its scheduler.
+
+        A client whose scheduler connection broke has already cancelled every
+        future it held, so nothing is saved by waiting for it to reconnect:
+        the scheduler was killed, or Dask Gateway stopped the cluster (culled
+        it when idle), and the next job wants a cluster that works.
+        """
+        with self._lock:
+            client = self._client
+            if client is None or client.status == "running" or self._closing.is_set():
+                return
+            lost = self._cluster
+            self._cluster = self._client = None
+            self._connected.clear()
+            self._reason = f"the Dask cluster was lost (its client is {client.status}); starting a new one"
+            logger.error("%s", self._reason)
+            self._thread = threading.Thread(target=self._replace, args=(lost, client), name="cluster-replace", daemon=True)
+            self._thread.start()
+
+    def _replace(self, lost: Any, client: Client) -> None:
+        self._shut_down(lost, client)
+        self._connect_until_done()
 
     def _connect_until_done(self) -> None:
         delay = FIRST_RETRY_SECONDS
@@ -127,6 +168,7 @@ class ClusterConnection:
                 cluster, client = self._connect()
             except Exception as exc:
                 with self._lock:
+                    self._failed_attempts += 1
                     self._reason = (
                         f"attempt {attempt} to start a {self.kind} cluster failed "
                         f"({self._describe_failure(exc)}); retrying in {delay:.0f} s"
@@ -140,6 +182,7 @@ class ClusterConnection:
                 if not self._closing.is_set():
                     self._cluster, self._client = cluster, client
                     self._reason = ""
+                    self._failed_attempts = 0
                     self._connected.set()
                     logger.info("Dask cluster ready: %s with %d workers", self.kind, self._settings.n_workers)
                     return

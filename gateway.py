@@ -19,7 +19,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cluster import ClusterConnection, ClusterNotReady
-from jobs import DONE, MAX_PAGE, STATUSES, JobManager, JobRecord
+from jobs import DONE, MAX_PAGE, QUEUED, STATUSES, GatewayStopping, JobManager, JobRecord
 from openapi import openapi_document
 from random_array_job import (
     InvalidJobId,
@@ -152,10 +152,13 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         if not wait:
             return _accepted(jobs.submit(job_id, spec))
         # A caller who waits learns at once that there is no cluster, rather than after a long wait.
-        gateway.cluster.client()
+        gateway.cluster.raise_if_failing()
         finished = jobs.wait(jobs.submit(job_id, spec).job_id)
         if finished.status == DONE:
             return jsonify(finished.to_json())
+        if finished.status == QUEUED:
+            message = f"the gateway is stopping; job {job_id!r} stays queued and runs when the gateway is back"
+            return error_response(503, "gateway_stopping", message, job=finished.to_json())
         error = finished.error or {"code": "job_cancelled", "message": f"job {job_id!r} was cancelled"}
         return error_response(STATUS_OF_JOB_ERROR.get(error["code"], 500), error["code"], error["message"], job=finished.to_json())
 
@@ -206,6 +209,7 @@ KNOWN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     JobNotFound: (404, "job_not_found"),
     JobTooLarge: (413, "job_too_large"),
     ClusterNotReady: (503, "cluster_not_ready"),
+    GatewayStopping: (503, "gateway_stopping"),
     StorageError: (502, "storage_error"),
     JobTimedOut: (504, "job_timeout"),
     JobFailed: (500, "job_failed"),

@@ -1,5 +1,7 @@
 """gunicorn settings, the same in the container and in ``make run``."""
 
+import signal
+
 # One worker process: the Dask cluster belongs to the process that created it,
 # and several processes would each start a cluster of their own. Threads let
 # that one process serve many requests while jobs wait on the cluster.
@@ -10,7 +12,9 @@ bind = "0.0.0.0:8000"
 # With threads, this is the worker's heartbeat, not a limit on a request: a job
 # may run up to GATEWAY_JOB_TIMEOUT (600 s by default).
 timeout = 120
-# On SIGTERM a running job gets this long to finish before the worker is killed.
+# On SIGTERM the worker is killed after this long. Running jobs get
+# GATEWAY_SHUTDOWN_TIMEOUT (540 s by default) of it to finish; the rest is for
+# cancelling the unfinished ones, recording them and stopping the cluster.
 graceful_timeout = 630
 accesslog = "-"
 errorlog = "-"
@@ -18,3 +22,22 @@ errorlog = "-"
 # service does not need; every instance on a host would share its one path, and
 # a container's read-only home could not hold it.
 control_socket_disable = True
+
+
+def post_worker_init(worker):
+    """Tell the jobs of a SIGTERM when it arrives, not once the last request is answered.
+
+    gunicorn's own handler stops taking connections and lets the requests in
+    flight finish; queued jobs must not start meanwhile, and the time running
+    jobs get to finish counts from the signal.
+    """
+    from gateway import services
+
+    jobs = services(worker.wsgi).jobs
+    gunicorn_handler = signal.getsignal(signal.SIGTERM)
+
+    def stop(signum, frame):
+        jobs.stop_starting_jobs()
+        gunicorn_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, stop)

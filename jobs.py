@@ -115,6 +115,10 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         raise InvalidParameters("cursor is not one this service gave out; use next_cursor from a listing") from None
 
 
+class GatewayStopping(RuntimeError):
+    """The gateway is shutting down and starts no more jobs."""
+
+
 class JobManager:
     """Owns every job of one gateway process and runs them on its cluster."""
 
@@ -132,6 +136,8 @@ class JobManager:
         # Cancelling and deleting touch the store; one at a time keeps it consistent.
         self._delete_lock = threading.Lock()
         self._stop_requested = threading.Event()
+        # Set when a graceful stop begins: the time by which running jobs must end.
+        self._drain_deadline: float | None = None
         self._loaded = threading.Event()
         self._load_error = "job records not read yet"
         self._load_failed = False
@@ -148,9 +154,24 @@ class JobManager:
     def readiness(self) -> tuple[bool, str]:
         return (True, "") if self._loaded.is_set() else (False, self._load_error)
 
-    def close(self) -> None:
-        """Stop taking jobs; running jobs are cancelled and recorded as interrupted."""
+    def stop_starting_jobs(self) -> None:
+        """Begin a graceful stop: no new job and no queued job starts; running jobs go on.
+
+        Called when SIGTERM arrives, so that the time running jobs get to
+        finish (``GATEWAY_SHUTDOWN_TIMEOUT``) counts from then. Queued jobs stay
+        queued in their records, and the next gateway process runs them.
+        """
         with self._lock:
+            if self._drain_deadline is None:
+                self._drain_deadline = time.monotonic() + self._settings.shutdown_timeout
+                logger.info("stopping: %d running jobs get %g s to finish", len(self._running), self._settings.shutdown_timeout)
+            self._lock.notify_all()
+
+    def close(self) -> None:
+        """Let running jobs finish until the shutdown timeout; those still running are recorded as interrupted."""
+        self.stop_starting_jobs()
+        with self._lock:
+            self._lock.wait_for(lambda: not self._running, timeout=max(0.0, self._drain_deadline - time.monotonic()))
             self._stop_requested.set()
             running = list(self._running.items())
             self._lock.notify_all()
@@ -210,6 +231,8 @@ class JobManager:
         self._require_loaded()
         url = self._store.url_for(job_id)
         with self._lock:
+            if self._drain_deadline is not None:
+                raise GatewayStopping("the gateway is stopping and takes no new jobs; submit the job again in a minute")
             previous = self._records.get(job_id)
             if job_id in self._submitting or (previous is not None and previous.status not in RESUBMITTABLE):
                 raise JobAlreadyExists(job_id, url, QUEUED if previous is None else previous.status)
@@ -242,10 +265,12 @@ class JobManager:
             return replace(record)
 
     def wait(self, job_id: str) -> JobRecord:
-        """Block until the job is finished and return its record."""
+        """Block until the job is finished, or will not start before the gateway stops, and return its record."""
         def finished() -> bool:
             record = self._records.get(job_id)
-            return record is None or record.status in FINISHED or self._stop_requested.is_set()
+            if record is None or record.status in FINISHED or self._stop_requested.is_set():
+                return True
+            return record.status == QUEUED and self._drain_deadline is not None
 
         with self._lock:
             self._lock.wait_for(finished)
@@ -298,8 +323,8 @@ class JobManager:
 
     def _next_job(self) -> JobRecord | None:
         with self._lock:
-            self._lock.wait_for(lambda: self._queue or self._stop_requested.is_set())
-            if self._stop_requested.is_set():
+            self._lock.wait_for(lambda: self._queue or self._drain_deadline is not None)
+            if self._drain_deadline is not None:
                 return None
             record = self._records[self._queue.popleft()]
             record.status, record.started_at = RUNNING, _now()
@@ -309,7 +334,7 @@ class JobManager:
         while True:
             # Jobs wait in the queue, not half-started, while there is no cluster.
             while not self._cluster.wait_until_ready(1.0):
-                if self._stop_requested.is_set():
+                if self._drain_deadline is not None:
                     return
             record = self._next_job()
             if record is None:

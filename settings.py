@@ -35,6 +35,7 @@ class Settings:
     max_elements: int = 10**8
     max_chunks: int = 10_000
     max_running_jobs: int = 4
+    shutdown_timeout: float = 540.0
 
     @property
     def uses_dask_gateway(self) -> bool:
@@ -108,4 +109,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_elements=_positive_number(environ, "GATEWAY_MAX_ELEMENTS", 10**8, int),
         max_chunks=_positive_number(environ, "GATEWAY_MAX_CHUNKS", 10_000, int),
         max_running_jobs=_positive_number(environ, "GATEWAY_MAX_RUNNING_JOBS", 4, int),
+        shutdown_timeout=_positive_number(environ, "GATEWAY_SHUTDOWN_TIMEOUT", 540.0, float),
     )
