@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from cluster import ClusterConnection, ClusterNotReady
 from jobs import DONE, MAX_PAGE, QUEUED, STATUSES, GatewayStopping, JobManager, JobRecord
@@ -60,6 +61,18 @@ def error_response(status: int, code: str, message: str, **details: Any) -> tupl
     return jsonify({"error": {"code": code, "message": message, **details}}), status
 
 
+class AnyJobId(PathConverter):
+    """Everything after the route's prefix, slashes and newlines included.
+
+    Werkzeug's ``path`` stops at a newline and a leading slash, which would make
+    such an id a bare 404; this way every malformed id reaches
+    :func:`validate_job_id` and its caller learns what an id may be.
+    """
+
+    regex = r"[\s\S]+?"
+    part_isolating = False
+
+
 def services(app: Flask) -> GatewayServices:
     return app.extensions["science_gateway"]
 
@@ -73,6 +86,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     store = ResultsStore(settings.results_url)
     gateway = GatewayServices(settings, cluster, store, JobManager(cluster, store, settings))
     app = Flask(__name__)
+    app.url_map.converters["job_id"] = AnyJobId
     app.json.sort_keys = False
     app.extensions["science_gateway"] = gateway
     _register_routes(app, gateway)
@@ -143,7 +157,7 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         return jsonify(openapi_document())
 
     @app.get("/submit_job/", defaults={"job_id": ""})
-    @app.get("/submit_job/<path:job_id>")
+    @app.get("/submit_job/<job_id:job_id>")
     def submit_job(job_id: str) -> Any:
         validate_job_id(job_id)
         parameters: dict[str, Any] = _query(("wait", "seed", "shape", "chunks", "dtype"))
@@ -190,12 +204,12 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         page, next_cursor = jobs.list(status, limit, query.get("cursor"))
         return jsonify({"jobs": [record.to_json() for record in page], "next_cursor": next_cursor})
 
-    @app.get("/jobs/<path:job_id>")
+    @app.get("/jobs/<job_id:job_id>")
     def get_job(job_id: str) -> Any:
         _query(())
         return jsonify(jobs.get(validate_job_id(job_id)).to_json())
 
-    @app.delete("/jobs/<path:job_id>")
+    @app.delete("/jobs/<job_id:job_id>")
     def delete_job(job_id: str) -> Any:
         _query(())
         cancelled = jobs.cancel_or_delete(validate_job_id(job_id))
@@ -235,7 +249,10 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        response, status = error_response(exc.code or 500, code, exc.description or exc.name)
+        # Werkzeug's own headers, such as the Allow of a 405, which HTTP requires.
+        response.headers.extend((name, value) for name, value in exc.get_headers() if name.lower() != "content-type")
+        return response, status
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:

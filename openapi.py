@@ -31,7 +31,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         415: "The body is not JSON",
         500: "The job failed on the cluster",
         502: "The results store failed; the message names the cause",
-        503: "No working Dask cluster, or not ready",
+        503: "No working Dask cluster, not ready, or the gateway is stopping",
         504: "The job ran over GATEWAY_JOB_TIMEOUT and was cancelled",
     }
     return {str(status): _json(meaning[status], "Error") for status in statuses}
@@ -45,7 +45,7 @@ _JOB_ID = {
     "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
 }
 _PAIR = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
-_PAIR_QUERY = {"type": "string", "pattern": r"^\d+,\d+$"}
+_PAIR_QUERY = {"type": "string", "pattern": r"^[1-9][0-9]*,[1-9][0-9]*$"}
 _LOCATION = {"Location": {"description": "The job's record", "schema": {"type": "string"}}}
 
 _SCHEMAS: dict[str, Any] = {
@@ -70,7 +70,7 @@ _SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "job_id": {"type": "string", "pattern": JOB_ID_PATTERN, "description": "Picked by the service when absent"},
-            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+            "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED, "description": "Absent or null: drawn by the service and recorded"},
             "shape": {**_PAIR, "default": [1000, 1000]},
             "chunks": {**_PAIR, "default": [100, 100]},
             "dtype": {"type": "string", "enum": list(DTYPES), "default": "float32"},
@@ -161,7 +161,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Submit a job without waiting",
                     "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("JobRequest")}}},
-                    "responses": {"202": _json("Queued", "Job", _LOCATION), **_errors(400, 409, 413, 415, 502)},
+                    "responses": {"202": _json("Queued", "Job", _LOCATION), **_errors(400, 409, 413, 415, 502, 503)},
                 },
             },
             "/jobs/{job_id}": {

@@ -113,6 +113,11 @@ def new_job_id() -> str:
     return f"job-{secrets.token_hex(8)}"
 
 
+def _whole(value: Any) -> Any:
+    """JSON has one number type: 100.0 is the integer 100 (as JSON Schema counts it), 100.5 is not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _integers(name: str, value: Any) -> tuple[int, ...]:
     # Query strings give "1000,1000"; JSON bodies give [1000, 1000].
     malformed = InvalidParameters(f"{name} must be two integers, as {name}=1000,1000 or [1000, 1000]")
@@ -120,7 +125,7 @@ def _integers(name: str, value: Any) -> tuple[int, ...]:
     if not isinstance(items, list | tuple) or len(items) != 2:
         raise malformed
     try:
-        numbers = tuple(int(item) if isinstance(item, str) else item for item in items)
+        numbers = tuple(int(item) if isinstance(item, str) else _whole(item) for item in items)
     except ValueError:
         raise malformed from None
     if not all(isinstance(number, int) and not isinstance(number, bool) for number in numbers):
@@ -138,6 +143,7 @@ def _seed(value: Any) -> int:
             value = int(value)
         except ValueError:
             raise InvalidParameters(f"seed must be an integer from 0 to {MAX_SEED}, got {value!r}") from None
+    value = _whole(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
         raise InvalidParameters(f"seed must be an integer from 0 to {MAX_SEED}, got {value!r}")
     return value
@@ -147,13 +153,17 @@ def parse_spec(parameters: Mapping[str, Any], max_elements: int, max_chunks: int
     """The job's parameters, from query strings or JSON values, checked against the limits.
 
     Without a seed one is drawn and recorded, so that every result can be made again.
+    Without chunks, an array smaller than the default chunks is one chunk.
     """
     unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
         raise InvalidParameters(f"unknown parameter {unknown[0]!r}; the parameters are {', '.join(PARAMETERS)}")
     defaults = RandomArraySpec(seed=0)
     shape = _integers("shape", parameters["shape"]) if "shape" in parameters else defaults.shape
-    chunks = _integers("chunks", parameters["chunks"]) if "chunks" in parameters else defaults.chunks
+    if "chunks" in parameters:
+        chunks = _integers("chunks", parameters["chunks"])
+    else:
+        chunks = tuple(min(step, size) for step, size in zip(defaults.chunks, shape, strict=True))
     dtype = parameters.get("dtype", defaults.dtype)
     if dtype not in DTYPES:
         raise InvalidParameters(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

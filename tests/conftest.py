@@ -9,11 +9,13 @@ from collections.abc import Iterator
 
 import fsspec
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
 from devtools.local_s3 import LocalS3, start_local_s3
 from gateway import create_app, services
+from helpers import keep_responses, responses_log
 from settings import load_settings
 
 BUCKET = "gateway-results"
@@ -36,6 +38,9 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in server.environ().items():
             patch.setenv(name, value)
+        # The Secret gives the gateway a JupyterHub token as well: every gateway
+        # of the tests holds one, and the last test checks that none leaked.
+        patch.setenv("JUPYTERHUB_API_TOKEN", f"test-hub-token-{secrets.token_hex(16)}")
         yield server
     server.stop()
 
@@ -52,6 +57,13 @@ def app(s3: LocalS3) -> Iterator[Flask]:
     assert services(app).cluster.wait_until_ready(120), services(app).cluster.status().reason
     yield app
     services(app).close()
+
+
+@pytest.fixture(scope="session")
+def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[requests.Session]:
+    """HTTP to the gateways under gunicorn; every response is kept for the audit of secrets."""
+    with keep_responses(requests.Session(), responses_log(tmp_path_factory.getbasetemp())) as session:
+        yield session
 
 
 @pytest.fixture

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import fsspec
 import numpy as np
 import psutil
+import requests
 import xarray as xr
 import zarr
 
@@ -70,3 +72,17 @@ def assert_all_gone(processes: list[psutil.Process], timeout: float) -> None:
         timeout,
         f"processes {[p.pid for p in processes]} to exit",
     )
+
+
+def responses_log(base: Path) -> Path:
+    """Where the tests keep every HTTP response they receive, for the audit of secrets at the end."""
+    return base / "responses.log"
+
+
+def keep_responses(session: requests.Session, log: Path) -> requests.Session:
+    def keep(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        with log.open("a", encoding="utf-8") as out:
+            out.write(f"{response.request.method} {response.url} {response.status_code}\n{response.text}\n")
+
+    session.hooks["response"].append(keep)
+    return session

@@ -72,3 +72,9 @@ def test_a_chunk_depends_only_on_seed_and_index() -> None:
 
 def test_the_openapi_document_is_valid() -> None:
     validate(openapi_document())
+
+
+def test_an_array_smaller_than_the_default_chunks_is_one_chunk_and_json_whole_numbers_count() -> None:
+    spec = parse_spec({"shape": [50, 2000], "seed": 7.0}, 10**8, 10_000)
+    assert (spec.chunks, spec.seed) == ((50, 100), 7)
+    assert parse_spec({"shape": [100.0, 100.0]}, 10**8, 10_000).shape == (100, 100)

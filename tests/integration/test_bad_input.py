@@ -1,0 +1,154 @@
+"""Malformed requests to the gateway under gunicorn: each a 4xx JSON error naming the problem, and nothing written.
+
+The requests go out byte for byte as written here (``http.client`` neither
+normalises ``..`` nor re-encodes ``%2F``), as a hostile or careless client
+would send them. Characters a URL cannot hold are sent percent-encoded, as
+every HTTP client sends them.
+"""
+
+import http.client
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import BUCKET
+from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
+from devtools.local_s3 import LocalS3
+from devtools.processes import stop_process
+from helpers import responses_log
+
+PREFIX = f"{BUCKET}/bad-input"
+JSON = {"Content-Type": "application/json"}
+
+# (method, path, body, headers, status, error code, words the message must contain)
+CASES = [
+    # job ids
+    ("GET", "/submit_job/a/b", None, {}, 400, "invalid_job_id", "1 to 128 characters"),
+    ("GET", "/submit_job/a%2Fb", None, {}, 400, "invalid_job_id", "'a/b'"),
+    ("GET", "/submit_job/..", None, {}, 400, "invalid_job_id", "'..'"),
+    ("GET", "/submit_job/%2e%2e", None, {}, 400, "invalid_job_id", "'..'"),
+    ("GET", "/submit_job/%2E%2E/%2E%2E/escape", None, {}, 400, "invalid_job_id", "not starting with '.'"),
+    ("GET", "/submit_job/../../etc/passwd", None, {}, 400, "invalid_job_id", "1 to 128 characters"),
+    ("GET", "/submit_job/.hidden", None, {}, 400, "invalid_job_id", "not starting with '.'"),
+    ("GET", "/submit_job/a%20b", None, {}, 400, "invalid_job_id", "'a b'"),
+    ("GET", "/submit_job/caf%C3%A9", None, {}, 400, "invalid_job_id", "letters, digits"),
+    ("GET", "/submit_job/a%00b", None, {}, 400, "invalid_job_id", "1 to 128 characters"),
+    ("GET", "/submit_job/a%0Ab", None, {}, 400, "invalid_job_id", "1 to 128 characters"),
+    ("GET", "/submit_job/" + "z" * 129, None, {}, 400, "invalid_job_id", "1 to 128 characters"),
+    ("GET", "/submit_job/", None, {}, 400, "invalid_job_id", "1 to 128 characters"),
+    ("GET", "/jobs/a%2F..%2F..%2Fb", None, {}, 400, "invalid_job_id", "1 to 128 characters"),
+    ("DELETE", "/jobs/..", None, {}, 400, "invalid_job_id", "not starting with '.'"),
+    ("POST", "/jobs", json.dumps({"job_id": "../escape"}), JSON, 400, "invalid_job_id", "'../escape'"),
+    ("POST", "/jobs", json.dumps({"job_id": ""}), JSON, 400, "invalid_job_id", "1 to 128 characters"),
+    ("POST", "/jobs", json.dumps({"job_id": 7}), JSON, 400, "invalid_job_id", "job_id must be a string"),
+    # parameters
+    ("GET", "/submit_job/p1?seed=abc", None, {}, 400, "invalid_parameters", "seed must be an integer"),
+    ("GET", "/submit_job/p2?seed=-1", None, {}, 400, "invalid_parameters", "seed must be an integer"),
+    ("GET", "/submit_job/p3?seed=99999999999999999999", None, {}, 400, "invalid_parameters", "seed must be an integer"),
+    ("GET", "/submit_job/p4?shape=0,10", None, {}, 400, "invalid_parameters", "shape must be positive"),
+    ("GET", "/submit_job/p5?shape=-5,5", None, {}, 400, "invalid_parameters", "shape must be positive"),
+    ("GET", "/submit_job/p6?shape=ten,ten", None, {}, 400, "invalid_parameters", "shape must be two integers"),
+    ("GET", "/submit_job/p7?shape=10,10,10", None, {}, 400, "invalid_parameters", "shape must be two integers"),
+    ("GET", "/submit_job/p8?shape=1000000,1000000", None, {}, 413, "job_too_large", "GATEWAY_MAX_ELEMENTS"),
+    ("GET", "/submit_job/p9?shape=100000,100000&chunks=10,10", None, {}, 413, "job_too_large", "GATEWAY_MAX_ELEMENTS"),
+    ("GET", "/submit_job/p10?shape=10000,10000&chunks=10,10", None, {}, 413, "job_too_large", "GATEWAY_MAX_CHUNKS"),
+    ("GET", "/submit_job/p11?shape=100,100&chunks=200,200", None, {}, 400, "invalid_parameters", "no larger than shape"),
+    ("GET", "/submit_job/p12?chunks=0,0", None, {}, 400, "invalid_parameters", "chunks must be positive"),
+    ("GET", "/submit_job/p13?dtype=int8", None, {}, 400, "invalid_parameters", "dtype must be one of"),
+    ("GET", "/submit_job/p14?dtype=", None, {}, 400, "invalid_parameters", "dtype must be one of"),
+    ("GET", "/submit_job/p15?wait=perhaps", None, {}, 400, "invalid_parameters", "wait must be true or false"),
+    ("GET", "/submit_job/p16?seed=1&seed=2", None, {}, 400, "invalid_parameters", "more than once"),
+    ("GET", "/submit_job/p17?colour=red", None, {}, 400, "invalid_parameters", "unknown query parameter 'colour'"),
+    # bodies
+    ("POST", "/jobs", '{"seed": ', JSON, 400, "invalid_parameters", "must be a JSON object"),
+    ("POST", "/jobs", "[1, 2]", JSON, 400, "invalid_parameters", "must be a JSON object"),
+    ("POST", "/jobs", '"a string"', JSON, 400, "invalid_parameters", "must be a JSON object"),
+    ("POST", "/jobs", "seed=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type", "application/json"),
+    ("POST", "/jobs", "{}", {"Content-Type": "text/plain"}, 415, "unsupported_media_type", "application/json"),
+    ("POST", "/jobs", json.dumps({"size": 3}), JSON, 400, "invalid_parameters", "unknown parameter 'size'"),
+    ("POST", "/jobs", json.dumps({"shape": [10.5, 10]}), JSON, 400, "invalid_parameters", "shape must be two integers"),
+    ("POST", "/jobs", json.dumps({"shape": [True, 10]}), JSON, 400, "invalid_parameters", "shape must be two integers"),
+    ("POST", "/jobs", json.dumps({"seed": "7; rm -rf /"}), JSON, 400, "invalid_parameters", "seed must be an integer"),
+    ("POST", "/jobs?wait=true", "{}", JSON, 400, "invalid_parameters", "unknown query parameter 'wait'"),
+    # listing
+    ("GET", "/jobs?limit=0", None, {}, 400, "invalid_parameters", "limit must be an integer"),
+    ("GET", "/jobs?limit=lots", None, {}, 400, "invalid_parameters", "limit must be an integer"),
+    ("GET", "/jobs?status=finished", None, {}, 400, "invalid_parameters", "status must be one of"),
+    ("GET", "/jobs?cursor=not-a-cursor", None, {}, 400, "invalid_parameters", "cursor is not one"),
+    ("GET", "/jobs/no-such-job", None, {}, 404, "job_not_found", "no job 'no-such-job'"),
+    # methods and routes
+    ("POST", "/submit_job/m1", None, {}, 405, "method_not_allowed", "not allowed"),
+    ("DELETE", "/submit_job/m2", None, {}, 405, "method_not_allowed", "not allowed"),
+    ("PUT", "/jobs", "{}", JSON, 405, "method_not_allowed", "not allowed"),
+    ("PATCH", "/jobs/m3", "{}", JSON, 405, "method_not_allowed", "not allowed"),
+    ("DELETE", "/", None, {}, 405, "method_not_allowed", "not allowed"),
+    ("GET", "/no/such/route", None, {}, 404, "not_found", "not found"),
+]
+
+
+def send(url: str, method: str, path: str, body: str | None, headers: dict[str, str], log: Path) -> tuple[int, str, str]:
+    """One request exactly as given; the status, content type and body text."""
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        text = response.read().decode("utf-8", errors="replace")
+    finally:
+        connection.close()
+    with log.open("a", encoding="utf-8") as out:
+        out.write(f"{method} {path} {response.status}\n{text}\n")
+    return response.status, response.getheader("Content-Type", ""), text
+
+
+def on_disk(root: Path) -> dict[str, int]:
+    """Every file the S3 server keeps, with its size."""
+    return {str(path.relative_to(root)): path.stat().st_size for path in root.rglob("*") if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def served(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_MAX_CHUNKS": "1000"}
+    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("bad-input") / "gateway.log")
+    yield gateway
+    stop_process(gateway.process, timeout=60)
+
+
+def test_there_are_at_least_thirty_cases() -> None:
+    assert len(CASES) >= 30
+    assert len({(method, path, body) for method, path, body, *_ in CASES}) == len(CASES), "no case twice"
+
+
+@pytest.mark.parametrize(("method", "path", "body", "headers", "status", "code", "words"), CASES)
+def test_a_malformed_request_gets_a_json_4xx_naming_the_problem_and_writes_nothing(
+    served: RunningGateway, s3: LocalS3, tmp_path_factory: pytest.TempPathFactory,
+    method: str, path: str, body: str | None, headers: dict, status: int, code: str, words: str,
+) -> None:  # fmt: skip
+    before = on_disk(s3.data_dir)
+    got, content_type, text = send(served.url, method, path, body, headers, responses_log(tmp_path_factory.getbasetemp()))
+    assert (got, content_type) == (status, "application/json"), text
+    error = json.loads(text)["error"]
+    assert error["code"] == code
+    assert words.lower() in error["message"].lower(), error["message"]
+    assert on_disk(s3.data_dir) == before
+
+
+def test_a_good_job_writes_only_under_the_results_url(served: RunningGateway, s3: LocalS3, http) -> None:
+    """Jobs, cancels and deletes touch nothing outside GATEWAY_RESULTS_URL, and create no bucket."""
+    outside = {path: size for path, size in on_disk(s3.data_dir).items() if not path.startswith("gateway-results/bad-input/")}
+    buckets = {path.name for path in s3.data_dir.iterdir()}
+
+    assert http.get(f"{served.url}/submit_job/kept?shape=100,100&chunks=10,10", timeout=60).status_code == 200
+    assert http.get(f"{served.url}/submit_job/removed?shape=100,100&chunks=10,10", timeout=60).status_code == 200
+    assert http.delete(f"{served.url}/jobs/removed", timeout=60).status_code == 204
+    assert http.post(f"{served.url}/jobs", json={"job_id": "cancelled", "shape": [1000, 1000], "chunks": [100, 100]}, timeout=60).status_code == 202
+    assert http.delete(f"{served.url}/jobs/cancelled", timeout=60).json()["status"] in ("cancelled", "done")
+
+    after = on_disk(s3.data_dir)
+    assert {path for path in after if path.startswith("gateway-results/bad-input/kept/")}, "the job was written"
+    assert {path: size for path, size in after.items() if not path.startswith("gateway-results/bad-input/")} == outside
+    assert {path.name for path in s3.data_dir.iterdir()} == buckets
