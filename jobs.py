@@ -131,7 +131,8 @@ class JobManager:
         self._records: dict[str, JobRecord] = {}
         self._queue: deque[str] = deque()
         self._submitting: set[str] = set()
-        self._running: dict[str, ChunkWrites] = {}
+        # Every job a runner has taken; its tasks once they are sent to the cluster.
+        self._running: dict[str, ChunkWrites | None] = {}
         self._cancel_requested: set[str] = set()
         # Cancelling and deleting touch the store; one at a time keeps it consistent.
         self._delete_lock = threading.Lock()
@@ -177,7 +178,9 @@ class JobManager:
             self._lock.notify_all()
         for job_id, writes in running:
             logger.warning("job %s interrupted: the gateway is stopping", job_id)
-            writes.cancel()
+            # A job whose tasks are not sent yet sees the stop before it sends them.
+            if writes is not None:
+                writes.cancel()
         for thread in self._threads:
             thread.join(timeout=30)
 
@@ -301,8 +304,9 @@ class JobManager:
                     raise JobNotFound(f"no job {job_id!r}")
                 if record.status == RUNNING:
                     self._cancel_requested.add(job_id)
-                    if job_id in self._running:
-                        self._running[job_id].cancel()
+                    # A job whose tasks are not sent yet sees the request before it sends them.
+                    if (writes := self._running.get(job_id)) is not None:
+                        writes.cancel()
                     self._lock.wait_for(lambda: self._records[job_id].status in FINISHED)
                     return replace(self._records[job_id])
                 if record.status == QUEUED:
@@ -328,6 +332,7 @@ class JobManager:
                 return None
             record = self._records[self._queue.popleft()]
             record.status, record.started_at = RUNNING, _now()
+            self._running[record.job_id] = None
             return record
 
     def _run_queued_jobs(self) -> None:

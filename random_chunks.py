@@ -1,6 +1,6 @@
 """What a Dask worker runs for a job: generate a region of chunks from their seeds and store it.
 
-Kept apart, with nothing but numpy, because workers import it: chunk ``i`` of a
+Kept apart, with nothing but numpy and zarr, because workers import it: chunk ``i`` of a
 job with seed ``s`` is ``numpy.random.default_rng([s, i]).random(...)``, where
 ``i`` is the chunk's position in C order, so the same seed, shape and chunks
 give a bit-identical array however the chunks are grouped into tasks, however
@@ -9,12 +9,15 @@ many workers share them and in whatever order they write.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import zarr
+from zarr.core.sync import sync
 
 Selection = tuple[slice, ...]
 
@@ -22,6 +25,10 @@ Selection = tuple[slice, ...]
 # running task cannot be interrupted, so a stopped job waits for its tasks to
 # end, and those that had not begun end at once through this set.
 _stopped_runs: set[str] = set()
+
+
+class StoreWriteFailed(OSError):
+    """Storing chunks failed; the cause as text, because botocore's errors do not pickle back to the client."""
 
 
 def stop_run(run_id: str) -> None:
@@ -69,17 +76,44 @@ def random_chunk(seed: int, chunk_index: int, selection: Selection, dtype: str) 
 
 
 def write_random_region(region: Selection, *, run_id: str, target: Any, seed: int, dtype: str) -> int:
-    """Generate every chunk of ``region`` and write them into the zarr array ``target`` in one call.
+    """Generate every chunk of ``region`` and write them into the zarr array ``target``.
 
     Return the number of chunks written, or 0 when the run was stopped and nothing was written.
     """
     if run_id in _stopped_runs:
         return 0
-    block = np.empty(tuple(part.stop - part.start for part in region), dtype=dtype)
-    written = 0
-    for chunk_index, selection in _chunks_in(region, target.shape, target.chunks):
-        inside = tuple(slice(part.start - outer.start, part.stop - outer.start) for part, outer in zip(selection, region, strict=True))
-        block[inside] = random_chunk(seed, chunk_index, selection, dtype)
-        written += 1
-    target[region] = block
-    return written
+    chunks = [
+        (selection, random_chunk(seed, chunk_index, selection, dtype))
+        for chunk_index, selection in _chunks_in(region, target.shape, target.chunks)
+    ]
+    try:
+        sync(_store_all_or_none_pending(target.async_array, chunks))
+    except Exception as exc:
+        cause = f"{type(exc).__name__}: {exc}"
+    else:
+        return len(chunks)
+    # Raised outside the except block: Dask pickles an error with its context, and botocore's do not pickle.
+    raise StoreWriteFailed(cause)
+
+
+async def _store_all_or_none_pending(target: zarr.AsyncArray, chunks: list[tuple[Selection, np.ndarray]]) -> None:
+    """Write the chunks concurrently; once one fails, cancel the others and raise its error.
+
+    zarr's own write of a region (``array[region] = block``) gathers its chunk
+    writes, and when one fails the others go on in the background, retrying
+    against the store: a job failed by an S3 outage then had chunks of its old
+    seed land, once S3 was back, in the new job of the same id. A task group
+    cancels them, so that when this returns no write of the region is pending.
+    """
+    slots = asyncio.Semaphore(zarr.config.get("async.concurrency"))
+
+    async def store(selection: Selection, values: np.ndarray) -> None:
+        async with slots:
+            await target.setitem(selection, values)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for selection, values in chunks:
+                group.create_task(store(selection, values))
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None

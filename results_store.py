@@ -56,8 +56,8 @@ class StorageError(RuntimeError):
 
 
 def describe_storage_failure(action: str, exc: BaseException) -> str:
-    """A message naming what failed and why, with any secret key taken out."""
-    message = f"{action}: {type(exc).__name__}: {exc}"
+    """A message naming the results store as the cause, what failed and why, with any secret key taken out."""
+    message = f"results store error: {action}: {type(exc).__name__}: {exc}"
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
     return message.replace(secret, "***") if secret else message
 
@@ -100,7 +100,7 @@ class ResultsStore:
         try:
             found = self._fs.exists(self._location) or self._fs.isdir(self._location)
         except Exception as exc:
-            raise StorageError(describe_storage_failure(f"results store {self.url} did not answer", exc)) from exc
+            raise StorageError(describe_storage_failure(f"{self.url} did not answer", exc)) from exc
         if not found:
             raise StorageError(
                 f"results location {self.url} does not exist; create the bucket or directory first"
