@@ -77,6 +77,15 @@ class ResultsStore:
             self._fs: fsspec.AbstractFileSystem = fsspec.filesystem(
                 "s3", skip_instance_cache=True, use_listings_cache=False
             )
+            # Readiness must answer within a probe's timeout, not after botocore's
+            # and s3fs's retries against a store that is down (28 s, measured).
+            self._probe_fs: fsspec.AbstractFileSystem = fsspec.filesystem(
+                "s3",
+                skip_instance_cache=True,
+                use_listings_cache=False,
+                config_kwargs={"connect_timeout": 2, "read_timeout": 5, "retries": {"max_attempts": 1}},
+            )
+            self._probe_fs.retries = 1  # s3fs's own retries, a class setting
             self._root = self.url[len("s3://"):]
             # A prefix under the bucket exists only once something is written there.
             self._location = self._root.split("/", 1)[0]
@@ -84,7 +93,7 @@ class ResultsStore:
         else:
             local = Path(parsed.path if parsed.scheme == "file" else url).resolve()
             self.url = local.as_uri()
-            self._fs = LocalFileSystem(auto_mkdir=True)
+            self._fs = self._probe_fs = LocalFileSystem(auto_mkdir=True)
             self._root = str(local)
             self._location = self._root
             self._zarr_store = zarr.storage.LocalStore(local)
@@ -98,7 +107,7 @@ class ResultsStore:
     def check(self) -> None:
         """Raise :class:`StorageError` unless the results location exists and answers."""
         try:
-            found = self._fs.exists(self._location) or self._fs.isdir(self._location)
+            found = self._probe_fs.exists(self._location) or self._probe_fs.isdir(self._location)
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"{self.url} did not answer", exc)) from exc
         if not found:
