@@ -326,24 +326,28 @@ class JobManager:
     # -- running ----------------------------------------------------------
 
     def _next_job(self) -> JobRecord | None:
-        with self._lock:
-            self._lock.wait_for(lambda: self._queue or self._drain_deadline is not None)
-            if self._drain_deadline is not None:
-                return None
-            record = self._records[self._queue.popleft()]
-            record.status, record.started_at = RUNNING, _now()
-            self._running[record.job_id] = None
-            return record
+        """The next queued job, once there is a working cluster to run it on; None when stopping.
 
-    def _run_queued_jobs(self) -> None:
+        Jobs wait in the queue, not half-started, while there is no cluster,
+        and one that was lost while a runner waited for a job is replaced first.
+        """
         while True:
-            # Jobs wait in the queue, not half-started, while there is no cluster.
             while not self._cluster.wait_until_ready(1.0):
                 if self._drain_deadline is not None:
-                    return
-            record = self._next_job()
-            if record is None:
-                return
+                    return None
+            with self._lock:
+                self._lock.wait_for(lambda: self._queue or self._drain_deadline is not None)
+                if self._drain_deadline is not None:
+                    return None
+                if not self._cluster.wait_until_ready(0):
+                    continue
+                record = self._records[self._queue.popleft()]
+                record.status, record.started_at = RUNNING, _now()
+                self._running[record.job_id] = None
+                return record
+
+    def _run_queued_jobs(self) -> None:
+        while (record := self._next_job()) is not None:
             self._run(record)
 
     def _run(self, record: JobRecord) -> None:

@@ -22,14 +22,19 @@ class DaskGatewayServer:
 
 
 def start_dask_gateway_server(
-    workdir: Path, cluster_environment: dict[str, str], password: str, timeout: float = 60
+    workdir: Path,
+    cluster_environment: dict[str, str],
+    password: str,
+    timeout: float = 60,
+    ports: tuple[int, int] | None = None,
 ) -> DaskGatewayServer:
     """dask-gateway-server with its local backend and simple (password) auth, on loopback.
 
     Workers get only ``cluster_environment`` (and PYTHONPATH), the way the
     Helm chart's worker pods get only the Secret that is mounted into them.
+    ``ports`` (API, scheduler proxy) are free ones unless given.
     """
-    api_port, proxy_port = free_port(), free_port()
+    api_port, proxy_port = ports or (free_port(), free_port())
     bin_dir = Path(sys.executable).parent
     environment = {**cluster_environment, "PYTHONPATH": str(PROJECT)}
     config = workdir / "dask_gateway_config.py"

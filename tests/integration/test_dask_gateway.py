@@ -16,7 +16,7 @@ from dask_gateway import BasicAuth, Gateway
 
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
-from devtools.processes import stop_process
+from devtools.processes import free_port, stop_process
 from helpers import assert_all_gone, assert_complete_result, descendants, wait_for
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from servers import DaskGatewayServer, start_dask_gateway_server
@@ -32,11 +32,15 @@ def dask_gateway_server(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def gateway_environ(server: DaskGatewayServer, password: str) -> dict[str, str]:
+    return environ_for(server.address, server.proxy_address, password)
+
+
+def environ_for(address: str, proxy_address: str, password: str) -> dict[str, str]:
     return {
         **os.environ,
         "GATEWAY_RESULTS_URL": f"s3://{BUCKET}",
-        "DASK_GATEWAY__ADDRESS": server.address,
-        "DASK_GATEWAY__PROXY_ADDRESS": server.proxy_address,
+        "DASK_GATEWAY__ADDRESS": address,
+        "DASK_GATEWAY__PROXY_ADDRESS": proxy_address,
         "DASK_GATEWAY__AUTH__TYPE": "basic",
         "DASK_GATEWAY__AUTH__KWARGS__USERNAME": USER,
         "DASK_GATEWAY__AUTH__KWARGS__PASSWORD": password,
@@ -48,9 +52,12 @@ def cluster_processes(server: DaskGatewayServer) -> list:
     return [process for process in descendants(server.process.pid) if "proxy" not in " ".join(process.cmdline())]
 
 
+def gateway_client(server: DaskGatewayServer) -> Gateway:
+    return Gateway(server.address, proxy_address=server.proxy_address, auth=BasicAuth(USER, server.password))
+
+
 def running_clusters(server: DaskGatewayServer) -> list:
-    gateway = Gateway(server.address, proxy_address=server.proxy_address, auth=BasicAuth(USER, server.password))
-    return gateway.list_clusters()
+    return gateway_client(server).list_clusters()
 
 
 def test_jobs_run_on_a_dask_gateway_cluster_that_is_shut_down_with_the_service(
@@ -95,3 +102,62 @@ def test_a_refused_login_is_reported_by_readiness(dask_gateway_server: DaskGatew
         stop_process(served.process, timeout=60)
     assert "refused the login" in served.log()
     assert "wrong-password" not in served.log()
+
+
+def lose_the_cluster(server: DaskGatewayServer, name: str, how: str) -> None:
+    if how == "scheduler killed":
+        [scheduler] = [process for process in cluster_processes(server) if "scheduler" in process.cmdline()]
+        scheduler.kill()
+    else:  # as Dask Gateway's idle timeout culls it
+        gateway_client(server).stop_cluster(name)
+
+
+@pytest.mark.parametrize("how", ["scheduler killed", "cluster stopped by Dask Gateway"])
+def test_a_lost_cluster_is_reported_and_the_next_job_gets_a_new_one(
+    dask_gateway_server: DaskGatewayServer, results_fs, tmp_path: Path, http, how: str
+) -> None:
+    served = start_gunicorn_gateway(gateway_environ(dask_gateway_server, dask_gateway_server.password), log_file=tmp_path / "gateway.log")
+    try:
+        [lost] = running_clusters(dask_gateway_server)
+
+        lose_the_cluster(dask_gateway_server, lost.name, how)
+
+        def reported() -> dict | None:
+            response = http.get(f"{served.url}/readyz", timeout=30)
+            return response.json() if response.status_code == 503 and "was lost" in response.text else None
+
+        assert "starting a new one" in wait_for(reported, 60, "readiness to report the lost cluster")["error"]["message"]
+        job_id = f"after-loss-{how.split()[0]}"
+        response = http.get(f"{served.url}/submit_job/{job_id}", timeout=180)
+        assert response.status_code == 200, response.text
+        assert_complete_result(results_fs, response.json(), BUCKET)
+        assert http.get(f"{served.url}/readyz", timeout=30).status_code == 200
+        assert [cluster.name for cluster in running_clusters(dask_gateway_server)] != [lost.name]
+        assert "the Dask cluster was lost" in served.log()
+    finally:
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(timeout=90)
+    wait_for(lambda: not running_clusters(dask_gateway_server), 30, "every cluster of the gateway to be stopped")
+
+
+def test_an_unreachable_dask_gateway_at_start_up_is_retried_with_backoff_until_it_answers(s3: LocalS3, tmp_path: Path, http) -> None:
+    api_port, proxy_port = free_port(), free_port()
+    password = "late-gateway-pw"
+    environ = environ_for(f"http://127.0.0.1:{api_port}", f"gateway://127.0.0.1:{proxy_port}", password)
+    served = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log", ready_timeout=0)
+    server = None
+    try:
+        wait_for(lambda: "attempt 2 to start a dask-gateway cluster failed" in served.log(), 30, "a second attempt")
+        assert "retrying in 2 s" in served.log() and "retrying in 4 s" in served.log()
+        not_ready = http.get(f"{served.url}/readyz", timeout=30)
+        assert not_ready.status_code == 503 and "cannot reach Dask Gateway" in not_ready.json()["error"]["message"]
+        assert served.process.poll() is None, "the service stays up"
+
+        (tmp_path / "late").mkdir()
+        server = start_dask_gateway_server(tmp_path / "late", s3.environ(), password, ports=(api_port, proxy_port))
+        served.wait_until_ready(120)
+        assert http.get(f"{served.url}/submit_job/once-the-gateway-answers?shape=100,100", timeout=120).status_code == 200
+    finally:
+        stop_process(served.process, timeout=90)
+        if server is not None:
+            stop_process(server.process, timeout=60)
