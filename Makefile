@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 
-.PHONY: install run test test-unit bench clean
+.PHONY: install run test test-unit soak bench clean
 
 install: $(STAMP) $(TOOLS_STAMP)
 
@@ -31,6 +31,14 @@ test: $(STAMP) $(TOOLS_STAMP)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
+
+# The slow part of the reliability checks, at scale: 3000 jobs from 16 clients,
+# 1000 fuzzed requests per API operation, the fault tests, then the audit of
+# secrets over everything they left. About an hour on 2 cores.
+soak: $(STAMP)
+	LOAD_JOBS=3000 FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest --timeout 7200 \
+		tests/integration/test_load.py tests/integration/test_api_fuzz.py \
+		tests/integration/test_faults.py tests/integration/test_secrets_audit.py
 
 # Speed and memory against the S3 floor and the plain Dask approach: prints the
 # table and targets, writes bench/results/latest.{json,png}, updates the README.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import fsspec
 import pytest
@@ -19,6 +19,29 @@ from helpers import keep_responses, responses_log
 from settings import load_settings
 
 BUCKET = "gateway-results"
+MEASUREMENTS = pytest.StashKey[list[str]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[MEASUREMENTS] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Audits of what the whole session left behind run after every other test.
+    items.sort(key=lambda item: item.get_closest_marker("audit_after_all") is not None)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if config.stash[MEASUREMENTS]:
+        terminalreporter.section("measured")
+        for line in config.stash[MEASUREMENTS]:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def measured(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Report a measurement (not a timing assertion) in the summary at the end of the run."""
+    return request.config.stash[MEASUREMENTS].append
 
 
 @pytest.fixture(scope="session")

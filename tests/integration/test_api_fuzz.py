@@ -20,6 +20,8 @@ from devtools.local_s3 import LocalS3
 from devtools.processes import stop_process
 from openapi import openapi_document
 
+# Examples per operation: make test runs 40, make soak more.
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 # Small limits keep every job the fuzzer may submit small, so that many run in a short time.
 LIMITS = {"GATEWAY_MAX_ELEMENTS": "40000", "GATEWAY_MAX_CHUNKS": "16"}
 
@@ -51,7 +53,7 @@ def test_the_service_serves_the_document_being_fuzzed(fuzzed: RunningGateway, ht
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_no_5xx_and_every_answer_is_documented(case: schemathesis.Case, fuzzed: RunningGateway, http) -> None:
     rule = rule_beyond_the_document(case)
     if rule is None:

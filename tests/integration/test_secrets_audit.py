@@ -1,0 +1,45 @@
+"""After every other test: no secret in any response, log or record the session produced.
+
+Every gateway of the tests holds the S3 secret key and a JupyterHub token in
+its environment, as the Secret gives them in production, and the fault tests
+ran every error path with them: a storage outage, refused logins, bad input,
+timeouts, cancels, crashes. This reads what they left: each response body
+the tests received, the logs of every gunicorn (with its LocalCluster
+workers), of every S3 server and dask-gateway-server, and every job record
+and metadata document the S3 servers keep.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+# Every secret the tests hand out has one of these forms (see conftest.py and test_faults.py).
+SECRET = re.compile(r"(?:test|fault)-secret-[0-9a-f]{24}|test-hub-token-[0-9a-f]{32}")
+# Text the session wrote; chunk objects are random bytes, and the dask-gateway-server's
+# config file holds the workers' credentials on purpose, as the Helm values' Secret does.
+WRITTEN_TEXT = ("*.log", "*.json")
+
+
+def written_text(base: Path) -> list[Path]:
+    return sorted(path for pattern in WRITTEN_TEXT for path in base.rglob(pattern) if path.is_file())
+
+
+@pytest.mark.audit_after_all
+def test_no_secret_in_any_response_log_or_record(tmp_path_factory: pytest.TempPathFactory, s3, measured) -> None:
+    base = tmp_path_factory.getbasetemp()
+    files = written_text(base)
+    gateway_logs = [path for path in files if path.name in ("gateway.log", "first.log", "second.log")]
+    if not gateway_logs:
+        pytest.skip("no gateway ran in this session, so there is nothing to audit")
+    assert SECRET.search(s3.secret_key) and SECRET.search(os.environ["JUPYTERHUB_API_TOKEN"]), "the pattern finds the secrets"
+
+    leaks = [
+        f"{path.relative_to(base)}: {match.group()[:12]}..."
+        for path in files
+        for match in SECRET.finditer(path.read_text(errors="replace"))
+    ]
+
+    assert not leaks, leaks
+    measured(f"secrets audit: {len(files)} files, {len(gateway_logs)} gateway logs, {sum(p.stat().st_size for p in files) // 2**20} MB read, no secret found")
