@@ -10,7 +10,8 @@ from artifacts import dockerfile_cmd, gunicorn_settings, helm_values, manifests
 from devtools.processes import free_port
 from gateway import create_app, services
 from servers import PROJECT
-from settings import load_settings
+from random_array_job import STOP_TIMEOUT
+from settings import Settings, load_settings
 
 SECRET = "awsconfig"
 
@@ -81,6 +82,13 @@ def test_security_context_and_resources() -> None:
 def test_termination_grace_outlasts_gunicorns_graceful_timeout() -> None:
     deployment, _ = manifests()
     assert deployment.spec.template.spec.termination_grace_period_seconds >= gunicorn_settings()["graceful_timeout"] + 60
+
+
+def test_running_jobs_and_their_cancel_fit_in_gunicorns_graceful_timeout() -> None:
+    """After SIGTERM: the jobs' shutdown timeout, then up to STOP_TIMEOUT for cancelled tasks to end."""
+    names = {variable.name for variable in container().env}
+    assert "GATEWAY_SHUTDOWN_TIMEOUT" not in names, "the default is the one checked here"
+    assert Settings().shutdown_timeout + STOP_TIMEOUT <= gunicorn_settings()["graceful_timeout"]
 
 
 def test_one_secret_name_everywhere() -> None:

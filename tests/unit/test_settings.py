@@ -25,6 +25,7 @@ def test_values_are_read_from_the_environment() -> None:
             "GATEWAY_ZARR_FORMAT": "2",
             "GATEWAY_CLUSTER_OPTIONS": '{"image": "registry/gateway:1.0", "worker_memory": 4}',
             "GATEWAY_JOB_TIMEOUT": "30.5",
+            "GATEWAY_SHUTDOWN_TIMEOUT": "90",
         }
     )
     assert settings.results_url == "s3://bucket/prefix"
@@ -32,6 +33,7 @@ def test_values_are_read_from_the_environment() -> None:
     assert settings.zarr_format == 2
     assert settings.cluster_options == {"image": "registry/gateway:1.0", "worker_memory": 4}
     assert settings.job_timeout == 30.5
+    assert settings.shutdown_timeout == 90.0
 
 
 @pytest.mark.parametrize(
@@ -47,6 +49,7 @@ def test_values_are_read_from_the_environment() -> None:
         ("GATEWAY_RESULTS_URL", "s3://"),
         ("GATEWAY_JOB_TIMEOUT", "-1"),
         ("GATEWAY_CLUSTER_START_TIMEOUT", "soon"),
+        ("GATEWAY_SHUTDOWN_TIMEOUT", "0"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
