@@ -30,6 +30,8 @@ def start_dask_gateway_server(
 ) -> DaskGatewayServer:
     """dask-gateway-server with its local backend and simple (password) auth, on loopback.
 
+    The logs of each cluster's scheduler and workers are kept in ``workdir/cluster-logs``.
+
     Workers get only ``cluster_environment`` (and PYTHONPATH), the way the
     Helm chart's worker pods get only the Secret that is mounted into them.
     ``ports`` (API, scheduler proxy) are free ones unless given.
@@ -41,7 +43,19 @@ def start_dask_gateway_server(
     config.write_text(
         textwrap.dedent(
             f"""
-            c.DaskGateway.backend_class = "dask_gateway_server.backends.local.UnsafeLocalBackend"
+            import os, shutil
+            from dask_gateway_server.backends.local import UnsafeLocalBackend
+
+            class LogKeepingBackend(UnsafeLocalBackend):
+                # A stopped cluster's directory goes, with the logs of its scheduler and
+                # workers; they are kept for the tests' audit of secrets.
+                def cleanup_working_directory(self, workdir):
+                    logs = self.get_logs_directory(workdir)
+                    if os.path.isdir(logs):
+                        shutil.copytree(logs, os.path.join({str(workdir / 'cluster-logs')!r}, os.path.basename(workdir)))
+                    super().cleanup_working_directory(workdir)
+
+            c.DaskGateway.backend_class = LogKeepingBackend
             c.DaskGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
             c.SimpleAuthenticator.password = {password!r}
             c.Proxy.address = "127.0.0.1:{api_port}"

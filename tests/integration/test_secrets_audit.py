@@ -5,8 +5,9 @@ its environment, as the Secret gives them in production, and the fault tests
 ran every error path with them: a storage outage, refused logins, bad input,
 timeouts, cancels, crashes. This reads what they left: each response body
 the tests received, the logs of every gunicorn (with its LocalCluster
-workers), of every S3 server and dask-gateway-server, and every job record
-and metadata document the S3 servers keep.
+workers), of every S3 server and dask-gateway-server and of the schedulers
+and workers of its clusters, and every job record and metadata document the
+S3 servers keep.
 """
 
 import os
