@@ -139,6 +139,7 @@ class JobManager:
         self._stop_requested = threading.Event()
         # Set when a graceful stop begins: the time by which running jobs must end.
         self._drain_deadline: float | None = None
+        self._interrupter: threading.Thread | None = None
         self._loaded = threading.Event()
         self._load_error = "job records not read yet"
         self._load_failed = False
@@ -160,19 +161,32 @@ class JobManager:
 
         Called when SIGTERM arrives, so that the time running jobs get to
         finish (``GATEWAY_SHUTDOWN_TIMEOUT``) counts from then. Queued jobs stay
-        queued in their records, and the next gateway process runs them.
+        queued in their records, and the next gateway process runs them. Jobs
+        still running at the deadline are cancelled then, even while a caller
+        waits for one and so keeps gunicorn from exiting.
         """
         with self._lock:
-            if self._drain_deadline is None:
-                self._drain_deadline = time.monotonic() + self._settings.shutdown_timeout
-                logger.info("stopping: %d running jobs get %g s to finish", len(self._running), self._settings.shutdown_timeout)
+            if self._drain_deadline is not None:
+                return
+            self._drain_deadline = deadline = time.monotonic() + self._settings.shutdown_timeout
+            logger.info("stopping: %d running jobs get %g s to finish", len(self._running), self._settings.shutdown_timeout)
             self._lock.notify_all()
+        self._interrupter = threading.Thread(
+            target=self._interrupt_at_deadline, args=(deadline,), name="job-interrupter", daemon=True
+        )
+        self._interrupter.start()
 
     def close(self) -> None:
         """Let running jobs finish until the shutdown timeout; those still running are recorded as interrupted."""
         self.stop_starting_jobs()
+        if self._interrupter is not None:
+            self._interrupter.join()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def _interrupt_at_deadline(self, deadline: float) -> None:
         with self._lock:
-            self._lock.wait_for(lambda: not self._running, timeout=max(0.0, self._drain_deadline - time.monotonic()))
+            self._lock.wait_for(lambda: not self._running, timeout=max(0.0, deadline - time.monotonic()))
             self._stop_requested.set()
             running = list(self._running.items())
             self._lock.notify_all()
@@ -181,8 +195,6 @@ class JobManager:
             # A job whose tasks are not sent yet sees the stop before it sends them.
             if writes is not None:
                 writes.cancel()
-        for thread in self._threads:
-            thread.join(timeout=30)
 
     def _load_then_run(self) -> None:
         delay = 1.0
@@ -271,7 +283,7 @@ class JobManager:
         """Block until the job is finished, or will not start before the gateway stops, and return its record."""
         def finished() -> bool:
             record = self._records.get(job_id)
-            if record is None or record.status in FINISHED or self._stop_requested.is_set():
+            if record is None or record.status in FINISHED:
                 return True
             return record.status == QUEUED and self._drain_deadline is not None
 

@@ -5,6 +5,7 @@ array never carries the completion marker, and the service stays up.
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 import secrets
 import signal
 import socket
@@ -158,21 +159,27 @@ def test_a_job_over_its_timeout_fails_and_its_dask_work_is_cancelled(app: Flask,
 # -- SIGTERM to gunicorn while a job runs -------------------------------------------
 
 
-def sigterm_while_running(environ: dict, tmp_path: Path, http: requests.Session) -> tuple[RunningGateway, list]:
-    """Start the gateway, start a long job and queue a short one, send SIGTERM; return once it has exited."""
+def sigterm_while_running(environ: dict, tmp_path: Path, http: requests.Session) -> tuple[RunningGateway, requests.Response]:
+    """Start a long job with a caller waiting for it, queue a short one, send SIGTERM.
+
+    Return once the gateway has exited, with the waiting caller's answer.
+    """
     gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "first.log")
     dask_processes = descendants(gateway.process.pid)
-    http.post(f"{gateway.url}/jobs", json={"job_id": "long", "seed": 5, **BIG_JOB}, timeout=30).raise_for_status()
-    http.post(f"{gateway.url}/jobs", json={"job_id": "waiting", **SMALL_JOB}, timeout=30).raise_for_status()
-    wait_until_writing(gateway, "long", http)
-    assert record(gateway, "waiting", http)["status"] == "queued"
+    with ThreadPoolExecutor(1) as caller:
+        shape, chunks = (",".join(map(str, BIG_JOB[name])) for name in ("shape", "chunks"))
+        waiting = caller.submit(http.get, f"{gateway.url}/submit_job/long?seed=5&shape={shape}&chunks={chunks}", timeout=300)
+        wait_for(lambda: http.get(f"{gateway.url}/jobs/long", timeout=30).status_code == 200, 30, "the long job")
+        http.post(f"{gateway.url}/jobs", json={"job_id": "queued", **SMALL_JOB}, timeout=30).raise_for_status()
+        wait_until_writing(gateway, "long", http)
+        assert record(gateway, "queued", http)["status"] == "queued"
 
-    gateway.process.send_signal(signal.SIGTERM)
+        gateway.process.send_signal(signal.SIGTERM)
 
-    wait_for(lambda: not accepts_connections(gateway.url), 10, "gunicorn to stop taking connections")
-    assert gateway.process.wait(timeout=120) == 0, gateway.log()
-    assert_all_gone(dask_processes, timeout=30)
-    return gateway, dask_processes
+        wait_for(lambda: not accepts_connections(gateway.url), 10, "gunicorn to stop taking connections")
+        assert gateway.process.wait(timeout=120) == 0, gateway.log()
+        assert_all_gone(dask_processes, timeout=30)
+        return gateway, waiting.result(timeout=10)
 
 
 @pytest.fixture
@@ -181,8 +188,9 @@ def restart_environ(s3: LocalS3, request: pytest.FixtureRequest) -> dict[str, st
 
 
 def test_sigterm_lets_the_running_job_finish_and_keeps_the_queued_one(restart_environ: dict, results_fs, tmp_path: Path, http) -> None:
-    first, _ = sigterm_while_running(restart_environ, tmp_path, http)
+    first, answer = sigterm_while_running(restart_environ, tmp_path, http)
     assert "running jobs get 540 s to finish" in first.log()
+    assert answer.status_code == 200 and answer.json()["status"] == "done"
 
     second = start_gunicorn_gateway(restart_environ, log_file=tmp_path / "second.log")
     try:
@@ -192,15 +200,16 @@ def test_sigterm_lets_the_running_job_finish_and_keeps_the_queued_one(restart_en
         prefix = restart_environ["GATEWAY_RESULTS_URL"].removeprefix("s3://")
         assert len(chunk_objects(results_fs, f"{prefix}/long/data")) == 100
         assert_values_match_the_seed(zarr.open_group(f"s3://{prefix}/long", mode="r")["data"], seed=5)
-        assert wait_until_finished(second, "waiting", http)["status"] == "done", "the queued job runs after the restart"
+        assert wait_until_finished(second, "queued", http)["status"] == "done", "the queued job runs after the restart"
     finally:
         stop_process(second.process, timeout=60)
 
 
 def test_sigterm_past_the_shutdown_timeout_records_the_job_as_interrupted(restart_environ: dict, results_fs, tmp_path: Path, http) -> None:
     environ = {**restart_environ, "GATEWAY_SHUTDOWN_TIMEOUT": "0.1"}
-    first, _ = sigterm_while_running(environ, tmp_path, http)
+    first, answer = sigterm_while_running(environ, tmp_path, http)
     assert "job long interrupted: the gateway is stopping" in first.log()
+    assert (answer.status_code, answer.json()["error"]["code"]) == (503, "interrupted"), "the waiting caller is told"
 
     second = start_gunicorn_gateway(environ, log_file=tmp_path / "second.log")
     try:
@@ -208,6 +217,6 @@ def test_sigterm_past_the_shutdown_timeout_records_the_job_as_interrupted(restar
         assert (long["status"], long["error"]["code"]) == ("failed", "interrupted")
         prefix = environ["GATEWAY_RESULTS_URL"].removeprefix("s3://")
         assert not results_fs.exists(f"{prefix}/long"), "no partial array is left"
-        assert {job["job_id"] for job in http.get(f"{second.url}/jobs", timeout=30).json()["jobs"]} == {"long", "waiting"}
+        assert {job["job_id"] for job in http.get(f"{second.url}/jobs", timeout=30).json()["jobs"]} == {"long", "queued"}
     finally:
         stop_process(second.process, timeout=60)
