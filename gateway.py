@@ -20,7 +20,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from cluster import ClusterConnection, ClusterNotReady
-from jobs import DONE, MAX_PAGE, QUEUED, STATUSES, GatewayStopping, JobManager, JobRecord
+from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, GatewayStopping, JobManager, JobRecord
+from metrics import GatewayMetrics, JsonFormatter
 from openapi import openapi_document
 from random_array_job import (
     InvalidJobId,
@@ -50,6 +51,7 @@ class GatewayServices:
     cluster: ClusterConnection
     store: ResultsStore
     jobs: JobManager
+    metrics: GatewayMetrics
 
     def close(self) -> None:
         self.jobs.close()
@@ -79,12 +81,16 @@ def services(app: Flask) -> GatewayServices:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app and start obtaining its Dask cluster and its job records in the background."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or load_settings()
+    _configure_logging(settings.log_format)
     cluster = ClusterConnection(settings)
     store = ResultsStore(settings.results_url)
-    gateway = GatewayServices(settings, cluster, store, JobManager(cluster, store, settings))
+    # The gauges read the jobs and the cluster when scraped (``jobs`` is bound below).
+    metrics = GatewayMetrics(
+        running=lambda: jobs.count(RUNNING), queued=lambda: jobs.count(QUEUED), workers=lambda: cluster.status().workers
+    )
+    jobs = JobManager(cluster, store, settings, metrics)
+    gateway = GatewayServices(settings, cluster, store, jobs, metrics)
     app = Flask(__name__)
     app.url_map.converters["job_id"] = AnyJobId
     app.json.sort_keys = False
@@ -98,6 +104,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     atexit.register(gateway.close)
     logger.info("gateway starting: %s cluster, results in %s", cluster.kind, store.url)
     return app
+
+
+def _configure_logging(log_format: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_format == "json":
+        for handler in root.handlers:
+            handler.setFormatter(JsonFormatter())
 
 
 def _job_spec(gateway: GatewayServices, parameters: dict[str, Any]) -> RandomArraySpec:
@@ -144,6 +159,7 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
             gateway.store.check()
             store = {"ready": True, "url": gateway.store.url, "reason": ""}
         except StorageError as exc:
+            gateway.metrics.s3_errors.inc()
             store = {"ready": False, "url": gateway.store.url, "reason": str(exc)}
         records_ready, records_reason = jobs.readiness()
         details = {"cluster": cluster, "results_store": store, "job_records": {"ready": records_ready, "reason": records_reason}}
@@ -151,6 +167,11 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
             return jsonify({"status": "ready", **details})
         reasons = "; ".join(part["reason"] for part in details.values() if not part["ready"])
         return error_response(503, "not_ready", reasons, **details)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body, content_type = gateway.metrics.render()
+        return Response(body, content_type=content_type)
 
     @app.get("/openapi.json")
     def openapi() -> Response:
@@ -235,6 +256,8 @@ STATUS_OF_JOB_ERROR = {code: status for status, code in KNOWN_ERRORS.values()} |
 def _register_error_handlers(app: Flask) -> None:
     def known_error(exc: Exception) -> Any:
         status, code = KNOWN_ERRORS[type(exc)]
+        if isinstance(exc, StorageError):
+            services(app).metrics.s3_errors.inc()
         if status >= 500:
             logger.error("%s", exc)
         return error_response(status, code, str(exc))

@@ -21,6 +21,7 @@ from datetime import datetime, UTC
 from typing import Any
 
 from cluster import ClusterConnection, ClusterNotReady
+from metrics import GatewayMetrics, job_event_fields
 from random_array_job import (
     ChunkWrites,
     InvalidParameters,
@@ -122,10 +123,11 @@ class GatewayStopping(RuntimeError):
 class JobManager:
     """Owns every job of one gateway process and runs them on its cluster."""
 
-    def __init__(self, cluster: ClusterConnection, store: ResultsStore, settings: Settings) -> None:
+    def __init__(self, cluster: ClusterConnection, store: ResultsStore, settings: Settings, metrics: GatewayMetrics) -> None:
         self._cluster = cluster
         self._store = store
         self._settings = settings
+        self._metrics = metrics
         # One condition guards all in-memory state and is notified at every change.
         self._lock = threading.Condition()
         self._records: dict[str, JobRecord] = {}
@@ -152,6 +154,10 @@ class JobManager:
         loader = threading.Thread(target=self._load_then_run, name="job-records", daemon=True)
         loader.start()
         self._threads.append(loader)
+
+    def count(self, status: str) -> int:
+        with self._lock:
+            return sum(record.status == status for record in self._records.values())
 
     def readiness(self) -> tuple[bool, str]:
         return (True, "") if self._loaded.is_set() else (False, self._load_error)
@@ -204,6 +210,7 @@ class JobManager:
                 break
             except StorageError as exc:
                 self._load_failed = True
+                self._metrics.s3_errors.inc()
                 self._load_error = f"job records could not be read ({exc}); retrying in {delay:.0f} s"
                 logger.error("%s", self._load_error)
                 self._stop_requested.wait(delay)
@@ -268,7 +275,8 @@ class JobManager:
         finally:
             with self._lock:
                 self._submitting.discard(job_id)
-        logger.info("job %s queued: %s", job_id, spec.to_json())
+        self._metrics.jobs_submitted.inc()
+        logger.info("job %s submitted: %s", job_id, spec.to_json(), extra=job_event_fields(job_id, "submitted", QUEUED))
         return queued
 
     def get(self, job_id: str) -> JobRecord:
@@ -356,7 +364,8 @@ class JobManager:
                 record = self._records[self._queue.popleft()]
                 record.status, record.started_at = RUNNING, _now()
                 self._running[record.job_id] = None
-                return record
+            logger.info("job %s started", record.job_id, extra=job_event_fields(record.job_id, "started", RUNNING))
+            return record
 
     def _run_queued_jobs(self) -> None:
         while (record := self._next_job()) is not None:
@@ -385,6 +394,8 @@ class JobManager:
             if code is None:
                 logger.exception("job %s failed unexpectedly", record.job_id)
             status, error = FAILED, {"code": code or "job_failed", "message": str(exc)}
+            if isinstance(exc, StorageError):
+                self._metrics.s3_errors.inc()
         if status != DONE:
             self._discard_result(record.job_id)
         with self._lock:
@@ -396,7 +407,11 @@ class JobManager:
             self._running.pop(record.job_id, None)
             self._cancel_requested.discard(record.job_id)
             self._lock.notify_all()
-        logger.info("job %s %s in %.3f s%s", record.job_id, status, final.seconds, f": {error['message']}" if error else "")
+        self._metrics.job_finished(status, final.seconds)
+        logger.info(
+            "job %s %s in %.3f s%s", record.job_id, status, final.seconds, f": {error['message']}" if error else "",
+            extra=job_event_fields(record.job_id, status, status, final.seconds),
+        )  # fmt: skip
 
     def _count_chunks(self, record: JobRecord, written: int) -> None:
         with self._lock:
@@ -414,6 +429,7 @@ class JobManager:
         try:
             self._save(record)
         except StorageError:
+            self._metrics.s3_errors.inc()
             logger.exception("the final record of job %s could not be saved", record.job_id)
 
     def _discard_result(self, job_id: str) -> None:
@@ -421,4 +437,5 @@ class JobManager:
         try:
             self._store.delete(job_id)
         except StorageError:
+            self._metrics.s3_errors.inc()
             logger.exception("the partial result of job %s could not be removed", job_id)

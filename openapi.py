@@ -140,6 +140,7 @@ def openapi_document() -> dict[str, Any]:
             "/": {"get": {"summary": "Liveness in words", "responses": {"200": {"description": "Gateway up and running!", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": _json("Alive", "Health")}}},
             "/readyz": {"get": {"summary": "The cluster has its workers, the store answers, the records are read", "responses": {"200": _json("Ready", "Ready"), **_errors(503)}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics: jobs submitted, ended by outcome, their durations, running and queued jobs, workers, S3 errors", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/submit_job/{job_id}": {
                 "get": {

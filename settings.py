@@ -36,6 +36,7 @@ class Settings:
     max_chunks: int = 10_000
     max_running_jobs: int = 4
     shutdown_timeout: float = 540.0
+    log_format: str = "text"
 
     @property
     def uses_dask_gateway(self) -> bool:
@@ -95,6 +96,13 @@ def _dask_gateway_address(environ: Mapping[str, str]) -> str | None:
     return address or None
 
 
+def _log_format(environ: Mapping[str, str]) -> str:
+    raw = environ.get("GATEWAY_LOG_FORMAT", "").strip() or "text"
+    if raw not in ("text", "json"):
+        raise SettingsError(f"GATEWAY_LOG_FORMAT={raw!r} must be text or json")
+    return raw
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the service's settings; raise :class:`SettingsError` naming the first bad one."""
     environ = os.environ if environ is None else environ
@@ -110,4 +118,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_chunks=_positive_number(environ, "GATEWAY_MAX_CHUNKS", 10_000, int),
         max_running_jobs=_positive_number(environ, "GATEWAY_MAX_RUNNING_JOBS", 4, int),
         shutdown_timeout=_positive_number(environ, "GATEWAY_SHUTDOWN_TIMEOUT", 540.0, float),
+        log_format=_log_format(environ),
     )

@@ -142,7 +142,7 @@ def test_a_worker_killed_mid_job_never_leaves_a_done_job_with_missing_chunks(app
 
 def test_a_job_over_its_timeout_fails_and_its_dask_work_is_cancelled(app: Flask, results_fs) -> None:
     settings = replace(services(app).settings, results_url=f"s3://{BUCKET}/timeout", job_timeout=1.0)
-    manager = JobManager(services(app).cluster, ResultsStore(settings.results_url), settings)
+    manager = JobManager(services(app).cluster, ResultsStore(settings.results_url), settings, services(app).metrics)
     manager.start()
     try:
         job = manager.wait(manager.submit("overrun", RandomArraySpec(seed=1, shape=(10000, 10000))).job_id)

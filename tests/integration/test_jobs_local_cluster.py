@@ -89,7 +89,7 @@ def test_readyz_reports_workers_and_store(client: FlaskClient) -> None:
 def run_with_store(app: Flask, directory: Path, **settings_changes) -> JobRecord:
     """One job on the shared cluster with another results store and settings."""
     settings = replace(services(app).settings, results_url=str(directory), **settings_changes)
-    manager = JobManager(services(app).cluster, ResultsStore(str(directory)), settings)
+    manager = JobManager(services(app).cluster, ResultsStore(str(directory)), settings, services(app).metrics)
     manager.start()
     try:
         return manager.wait(manager.submit("on-disk", RandomArraySpec(seed=1)).job_id)

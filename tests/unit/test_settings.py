@@ -50,6 +50,7 @@ def test_values_are_read_from_the_environment() -> None:
         ("GATEWAY_JOB_TIMEOUT", "-1"),
         ("GATEWAY_CLUSTER_START_TIMEOUT", "soon"),
         ("GATEWAY_SHUTDOWN_TIMEOUT", "0"),
+        ("GATEWAY_LOG_FORMAT", "xml"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(variable: str, value: str) -> None:

@@ -1,0 +1,66 @@
+"""What operators watch: the service's Prometheus metrics (``GET /metrics``) and its job log lines.
+
+Each app has a registry of its own, so that several apps in one process (as in
+the tests) count apart. With ``GATEWAY_LOG_FORMAT=json`` every log line is one
+JSON object, and a job event's line carries ``job_id``, ``event``,
+``status`` and ``seconds`` as fields for log collectors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Job durations span a 10x10 array (milliseconds) to the largest allowed (minutes).
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class GatewayMetrics:
+    """The service's counters, gauges and histogram, in a registry of their own."""
+
+    def __init__(self, running: Callable[[], int], queued: Callable[[], int], workers: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs_submitted = Counter("gateway_jobs_submitted", "Jobs accepted into the queue", registry=self.registry)
+        self.jobs_finished = Counter(
+            "gateway_jobs_finished", "Jobs that ended, by outcome (done, failed, cancelled)", ["outcome"], registry=self.registry
+        )
+        self.job_duration = Histogram(
+            "gateway_job_duration_seconds", "Running time of ended jobs", ["outcome"], buckets=DURATION_BUCKETS, registry=self.registry
+        )
+        self.s3_errors = Counter("gateway_s3_errors", "Failures of the results store seen by the service", registry=self.registry)
+        Gauge("gateway_jobs_running", "Jobs running on the cluster", registry=self.registry).set_function(running)
+        Gauge("gateway_jobs_queued", "Jobs waiting for a runner", registry=self.registry).set_function(queued)
+        Gauge("gateway_cluster_workers", "Dask workers the scheduler reports", registry=self.registry).set_function(workers)
+
+    def job_finished(self, outcome: str, seconds: float) -> None:
+        self.jobs_finished.labels(outcome).inc()
+        self.job_duration.labels(outcome).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and a job event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **getattr(record, "job_event", {}),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def job_event_fields(job_id: str, event: str, status: str, seconds: float | None = None) -> dict[str, Any]:
+    """The ``extra`` of a job event's log line."""
+    return {"job_event": {"job_id": job_id, "event": event, "status": status, "seconds": seconds}}

@@ -1,0 +1,61 @@
+"""/metrics in Prometheus text format, and the job event log lines, with real jobs under gunicorn."""
+
+import json
+import os
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import BUCKET
+from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
+from devtools.local_s3 import LocalS3
+from devtools.processes import stop_process
+
+
+@pytest.fixture(scope="module")
+def observed(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}/metrics", "GATEWAY_LOG_FORMAT": "json"}
+    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("metrics") / "gateway.log")
+    yield gateway
+    stop_process(gateway.process, timeout=60)
+
+
+def samples(gateway: RunningGateway, http) -> dict[tuple[str, tuple], float]:
+    response = http.get(f"{gateway.url}/metrics", timeout=30)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_counters_move_with_real_jobs(observed: RunningGateway, http) -> None:
+    before = samples(observed, http)
+    assert before[("gateway_cluster_workers", ())] == 3
+
+    assert http.get(f"{observed.url}/submit_job/counted?shape=100,100", timeout=60).status_code == 200
+    assert http.get(f"{observed.url}/submit_job/counted", timeout=60).status_code == 409
+    assert http.get(f"{observed.url}/submit_job/too-slow?shape=100,100", timeout=60).status_code == 200
+    after = samples(observed, http)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert moved("gateway_jobs_submitted_total") == 2
+    assert moved("gateway_jobs_finished_total", outcome="done") == 2
+    assert moved("gateway_job_duration_seconds_count", outcome="done") == 2
+    assert moved("gateway_job_duration_seconds_sum", outcome="done") > 0
+    assert after[("gateway_jobs_running", ())] == 0 and after[("gateway_jobs_queued", ())] == 0
+    assert ("gateway_s3_errors_total", ()) in after
+
+
+def test_each_job_event_is_one_json_log_line(observed: RunningGateway, http) -> None:
+    assert http.get(f"{observed.url}/submit_job/logged?shape=100,100", timeout=60).status_code == 200
+    lines = [json.loads(line) for line in observed.log().splitlines() if line.startswith("{")]
+    events = [(line["event"], line["status"]) for line in lines if line.get("job_id") == "logged"]
+    assert events == [("submitted", "queued"), ("started", "running"), ("done", "done")]
+    done = next(line for line in lines if line.get("job_id") == "logged" and line["event"] == "done")
+    assert done["seconds"] > 0 and done["level"] == "INFO" and "job logged done in" in done["message"]
