@@ -1,0 +1,45 @@
+"""examples/gateway_demo.ipynb, run top to bottom on a real Jupyter kernel against a gateway and S3 server of the test's."""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import BUCKET
+from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
+from devtools.local_s3 import LocalS3
+from devtools.processes import stop_process
+
+NOTEBOOK = PROJECT / "examples" / "gateway_demo.ipynb"
+
+
+@pytest.fixture(scope="module")
+def notebook_gateway(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}
+    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("notebook") / "gateway.log")
+    yield gateway
+    stop_process(gateway.process, timeout=60)
+
+
+def outputs(cell: nbformat.NotebookNode) -> str:
+    return "\n".join(output.get("text", "") or output.get("data", {}).get("text/plain", "") for output in cell.outputs)
+
+
+def test_the_notebook_runs_and_plots_the_result(notebook_gateway: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel inherits this environment, as a notebook server's kernels inherit theirs: AWS_* from the s3 fixture.
+    monkeypatch.setenv("GATEWAY_URL", notebook_gateway.url)
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    _, submitted, watched, opened_with_xarray, opened_with_zarr, plotted = (cell for cell in notebook.cells if cell.cell_type == "code")
+    assert "'queued'" in outputs(submitted) or "'running'" in outputs(submitted)
+    assert "'done'" in outputs(watched), outputs(watched)
+    assert "(y: 1000, x: 1000)" in outputs(opened_with_xarray) and "float32" in outputs(opened_with_xarray)
+    assert "(1000, 1000) float32" in outputs(opened_with_zarr)
+    images = [output for output in plotted.outputs if "image/png" in output.get("data", {})]
+    assert len(images) == 1, "the plot cell shows one image"
