@@ -23,6 +23,7 @@ from cluster import ClusterConnection, ClusterNotReady
 from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, GatewayStopping, JobManager, JobRecord
 from metrics import GatewayMetrics, JsonFormatter
 from openapi import openapi_document
+from preview import preview_png
 from random_array_job import (
     InvalidJobId,
     InvalidParameters,
@@ -64,14 +65,16 @@ def error_response(status: int, code: str, message: str, **details: Any) -> tupl
 
 
 class AnyJobId(PathConverter):
-    """Everything after the route's prefix, slashes and newlines included.
+    """Everything after the route's prefix, slashes and newlines included, except a preview's path.
 
     Werkzeug's ``path`` stops at a newline and a leading slash, which would make
     such an id a bare 404; this way every malformed id reaches
-    :func:`validate_job_id` and its caller learns what an id may be.
+    :func:`validate_job_id` and its caller learns what an id may be. A path
+    ending in ``/preview.png`` is left to the preview's route alone, so that
+    its ``Allow`` lists only that route's methods.
     """
 
-    regex = r"[\s\S]+?"
+    regex = r"(?![\s\S]*/preview\.png$)[\s\S]+?"
     part_isolating = False
 
 
@@ -229,6 +232,16 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
     def get_job(job_id: str) -> Any:
         _query(())
         return jsonify(jobs.get(validate_job_id(job_id)).to_json())
+
+    @app.get("/jobs/<job_id>/preview.png")
+    def preview(job_id: str) -> Any:
+        _query(())
+        record = jobs.get(validate_job_id(job_id))
+        if record.status != DONE:
+            message = f"job {job_id!r} is {record.status}; its preview exists once it is done"
+            return error_response(409, "job_not_done", message, job=record.to_json())
+        png = preview_png(gateway.cluster.client(), record.to_json()["array_url"], job_id)
+        return Response(png, mimetype="image/png")
 
     @app.delete("/jobs/<job_id:job_id>")
     def delete_job(job_id: str) -> Any:

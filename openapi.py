@@ -26,7 +26,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "Malformed job id or parameter; the message says what is allowed",
         404: "No such job or route",
         405: "Method not allowed",
-        409: "The job id is taken (the message and error.url name it), or the job was cancelled",
+        409: "The job id is taken (the message and error.url name it), the job was cancelled, or it is not done",
         413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS)",
         415: "The body is not JSON",
         500: "The job failed on the cluster",
@@ -164,6 +164,13 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("JobRequest")}}},
                     "responses": {"202": _json("Queued", "Job", _LOCATION), **_errors(400, 409, 413, 415, 502, 503)},
                 },
+            },
+            "/jobs/{job_id}/preview.png": {
+                "get": {
+                    "summary": "A colour-mapped picture of a finished job's array, averaged down on the workers to at most 500 values a side",
+                    "parameters": [_JOB_ID],
+                    "responses": {"200": {"description": "PNG, 600x500 pixels", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}, **_errors(400, 404, 409, 503)},
+                }
             },
             "/jobs/{job_id}": {
                 "get": {"summary": "A job's record", "parameters": [_JOB_ID], "responses": {"200": _json("The record", "Job"), **_errors(400, 404, 502)}},

@@ -1,0 +1,43 @@
+"""GET /jobs/<id>/preview.png on the real stack: a real PNG, and a large array never loaded whole by the gateway."""
+
+import io
+import tracemalloc
+
+import matplotlib.image
+from flask import Flask
+
+from helpers import wait_for
+
+LARGE = {"shape": [10000, 10000], "chunks": [1000, 1000]}
+
+
+def test_a_finished_job_has_a_png_preview_and_others_a_json_error(app: Flask) -> None:
+    client = app.test_client()
+    assert client.get("/jobs/never-submitted/preview.png").json["error"]["code"] == "job_not_found"
+    assert client.get("/submit_job/previewed?seed=7").status_code == 200
+
+    response = client.get("/jobs/previewed/preview.png")
+
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    pixels = matplotlib.image.imread(io.BytesIO(response.data), format="png")
+    assert pixels.shape[:2] == (500, 600)
+    assert pixels[:, :, :3].std() > 0.1, "a picture, not a blank"
+
+
+def test_a_large_array_is_averaged_down_on_the_workers(app: Flask) -> None:
+    client = app.test_client()
+    assert client.post("/jobs", json={"job_id": "previewed-large", **LARGE}).status_code == 202
+    not_yet = client.get("/jobs/previewed-large/preview.png")
+    assert not_yet.status_code == 409 and not_yet.json["error"]["code"] == "job_not_done"
+    wait_for(lambda: client.get("/jobs/previewed-large").json["status"] == "done", 120, "the large job")
+
+    tracemalloc.start()
+    try:
+        response = client.get("/jobs/previewed-large/preview.png")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert response.status_code == 200
+    assert matplotlib.image.imread(io.BytesIO(response.data), format="png").shape[:2] == (500, 600)
+    assert peak < 50 * 2**20, f"the gateway allocated {peak / 2**20:.0f} MB for a 400 MB array"
