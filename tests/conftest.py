@@ -13,7 +13,9 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
+from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
+from devtools.processes import stop_process
 from gateway import create_app, services
 from helpers import keep_responses, responses_log
 from settings import load_settings
@@ -80,6 +82,17 @@ def app(s3: LocalS3) -> Iterator[Flask]:
     assert services(app).cluster.wait_until_ready(120), services(app).cluster.status().reason
     yield app
     services(app).close()
+
+
+def serve_for_module(tmp_path_factory: pytest.TempPathFactory, name: str, results_url: str, **settings: str) -> Iterator[RunningGateway]:
+    """Body of a module's fixture: the gateway under gunicorn with these settings, stopped at teardown.
+
+    Its log is ``<name>/gateway.log`` under the session's base directory.
+    """
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": results_url, **settings}
+    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp(name) / "gateway.log")
+    yield gateway
+    stop_process(gateway.process, timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,9 @@ from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, settings
 
-from conftest import BUCKET
-from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
+from conftest import BUCKET, serve_for_module
+from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
-from devtools.processes import stop_process
 from openapi import openapi_document
 
 # Examples per operation: make test runs 40, make soak more.
@@ -28,10 +27,7 @@ LIMITS = {"GATEWAY_MAX_ELEMENTS": "40000", "GATEWAY_MAX_CHUNKS": "16"}
 
 @pytest.fixture(scope="module")
 def fuzzed(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}/fuzz", **LIMITS}
-    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("fuzz") / "gateway.log")
-    yield gateway
-    stop_process(gateway.process, timeout=60)
+    yield from serve_for_module(tmp_path_factory, "fuzz", f"s3://{BUCKET}/fuzz", **LIMITS)
 
 
 # What the document cannot say: a request that fits it may still be over the

@@ -8,17 +8,15 @@ every HTTP client sends them.
 
 import http.client
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import BUCKET
-from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
+from conftest import BUCKET, serve_for_module
+from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
-from devtools.processes import stop_process
 from helpers import responses_log
 
 PREFIX = f"{BUCKET}/bad-input"
@@ -112,10 +110,7 @@ def on_disk(root: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def served(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_MAX_CHUNKS": "1000"}
-    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("bad-input") / "gateway.log")
-    yield gateway
-    stop_process(gateway.process, timeout=60)
+    yield from serve_for_module(tmp_path_factory, "bad-input", f"s3://{PREFIX}", GATEWAY_MAX_CHUNKS="1000")
 
 
 def test_there_are_at_least_thirty_cases() -> None:

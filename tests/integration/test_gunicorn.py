@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUCKET
+from conftest import BUCKET, serve_for_module
 from devtools.local_s3 import LocalS3
 from devtools.processes import start_process, stop_process
 from helpers import assert_all_gone, assert_complete_result, descendants, listing
@@ -31,10 +31,7 @@ def curl(url: str, *options: str) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def served(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}
-    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("gunicorn") / "gateway.log")
-    yield gateway
-    stop_process(gateway.process, timeout=60)
+    yield from serve_for_module(tmp_path_factory, "gunicorn", f"s3://{BUCKET}")
 
 
 def test_curl_submits_a_job_that_reads_back(served: RunningGateway, results_fs) -> None:

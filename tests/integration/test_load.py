@@ -14,10 +14,9 @@ import pytest
 import requests
 import zarr
 
-from conftest import BUCKET
-from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
+from conftest import BUCKET, serve_for_module
+from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
-from devtools.processes import stop_process
 from random_chunks import chunk_selections, random_chunk
 
 PREFIX = f"{BUCKET}/load"
@@ -33,10 +32,7 @@ MAX_GROWTH_MB = 50
 
 @pytest.fixture(scope="module")
 def loaded(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}"}
-    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("load") / "gateway.log")
-    yield gateway
-    stop_process(gateway.process, timeout=60)
+    yield from serve_for_module(tmp_path_factory, "load", f"s3://{PREFIX}")
 
 
 def gateway_rss_mb(gateway: RunningGateway) -> float:

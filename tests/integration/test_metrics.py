@@ -1,24 +1,19 @@
 """/metrics in Prometheus text format, and the job event log lines, with real jobs under gunicorn."""
 
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BUCKET
-from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
+from conftest import BUCKET, serve_for_module
+from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
-from devtools.processes import stop_process
 
 
 @pytest.fixture(scope="module")
 def observed(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}/metrics", "GATEWAY_LOG_FORMAT": "json"}
-    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("metrics") / "gateway.log")
-    yield gateway
-    stop_process(gateway.process, timeout=60)
+    yield from serve_for_module(tmp_path_factory, "metrics", f"s3://{BUCKET}/metrics", GATEWAY_LOG_FORMAT="json")
 
 
 def samples(gateway: RunningGateway, http) -> dict[tuple[str, tuple], float]:

@@ -1,6 +1,5 @@
 """examples/gateway_demo.ipynb, run top to bottom on a real Jupyter kernel against a gateway and S3 server of the test's."""
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,20 +7,16 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import BUCKET
-from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
+from conftest import BUCKET, serve_for_module
+from devtools.gunicorn_gateway import PROJECT, RunningGateway
 from devtools.local_s3 import LocalS3
-from devtools.processes import stop_process
 
 NOTEBOOK = PROJECT / "examples" / "gateway_demo.ipynb"
 
 
 @pytest.fixture(scope="module")
 def notebook_gateway(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}
-    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("notebook") / "gateway.log")
-    yield gateway
-    stop_process(gateway.process, timeout=60)
+    yield from serve_for_module(tmp_path_factory, "notebook", f"s3://{BUCKET}")
 
 
 def outputs(cell: nbformat.NotebookNode) -> str:
