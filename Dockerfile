@@ -15,6 +15,9 @@ RUN pip install --no-cache-dir -r requirements.txt
 
 COPY gateway.py settings.py cluster.py jobs.py random_array_job.py random_chunks.py \
      results_store.py metrics.py preview.py openapi.py gunicorn.conf.py ./
+# The jobs page at GET /: its template, script and style.
+COPY templates/ templates/
+COPY static/ static/
 
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
 USER 10001

@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
+# What the attempt to install Debian's chromium said; the browser test skips with it when that failed.
+BROWSER_STAMP := $(VENV)/.browser
 
 .PHONY: install run test test-unit soak bench clean
 
@@ -20,13 +22,16 @@ $(TOOLS_STAMP): requirements-tools.txt
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check -r requirements-tools.txt
 	touch $(TOOLS_STAMP)
 
+$(BROWSER_STAMP): $(STAMP)
+	devtools/install_chromium.sh > $@ 2>&1 || true
+
 # The service on its embedded defaults: S3 server and gateway on 127.0.0.1.
 run: $(STAMP)
 	$(BIN)/python -m devtools.run_local
 
 # The whole suite: unit tests, the real stack (S3 server, Dask, gunicorn, Dask
 # Gateway) and the offline checks of the Kubernetes and image artifacts.
-test: $(STAMP) $(TOOLS_STAMP)
+test: $(STAMP) $(TOOLS_STAMP) $(BROWSER_STAMP)
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)

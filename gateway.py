@@ -15,15 +15,17 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from cluster import ClusterConnection, ClusterNotReady
 from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, GatewayStopping, JobManager, JobRecord
 from metrics import GatewayMetrics, JsonFormatter
-from openapi import openapi_document
+from openapi import PREVIEW_SIZES, openapi_document
 from random_array_job import (
+    DTYPES,
+    JOB_ID_RULE,
     InvalidJobId,
     InvalidParameters,
     JobAlreadyExists,
@@ -41,6 +43,11 @@ from settings import Settings, load_settings
 logger = logging.getLogger("gateway")
 
 DEFAULT_PAGE = 50
+# The jobs page: how many jobs it shows and how often its script asks for their news.
+PAGE_JOBS = 50
+PAGE_REFRESH_SECONDS = 2
+# The page loads its script and style from this service only and runs no inline script.
+PAGE_SECURITY_POLICY = "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,13 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
 
     @app.get("/")
     def index() -> Response:
-        return Response("Gateway up and running!", mimetype="text/plain")
+        # curl and scripts send */* and get the plain line they always had; browsers ask for HTML.
+        if request.accept_mimetypes.best_match(["text/plain", "text/html"]) == "text/html":
+            response = _jobs_page(gateway)
+        else:
+            response = Response("Gateway up and running!", mimetype="text/plain")
+        response.vary.add("Accept")
+        return response
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -234,23 +247,57 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
 
     @app.get("/jobs/<job_id>/preview.png")
     def preview(job_id: str) -> Any:
-        _query(())
+        size = _query(("size",)).get("size", "full")
+        if size not in PREVIEW_SIZES:
+            raise InvalidParameters(f"size must be one of {', '.join(PREVIEW_SIZES)}, got {size!r}")
         record = jobs.get(validate_job_id(job_id))
         if record.status != DONE:
             message = f"job {job_id!r} is {record.status}; its preview exists once it is done"
             return error_response(409, "job_not_done", message, job=record.to_json())
+        # A finished array never changes; an id submitted again finishes at another time.
+        etag = f"{job_id}-{record.finished_at}-{size}"
+        if request.if_none_match.contains(etag):
+            return _preview_response(b"", etag, 304)
         # Imported at the first preview: dask.array and matplotlib add 72 MB to the
         # process (measured), which a gateway that never draws one need not carry.
         from preview import preview_png
 
-        png = preview_png(gateway.cluster.client(), record.to_json()["array_url"], job_id)
-        return Response(png, mimetype="image/png")
+        array_url = record.to_json()["array_url"]
+        png = preview_png(gateway.cluster.client(), array_url, job_id, gateway.settings.n_workers, size)
+        return _preview_response(png, etag, 200)
 
     @app.delete("/jobs/<job_id:job_id>")
     def delete_job(job_id: str) -> Any:
         _query(())
         cancelled = jobs.cancel_or_delete(validate_job_id(job_id))
         return jsonify(cancelled.to_json()) if cancelled else Response(status=204)
+
+
+def _preview_response(png: bytes, etag: str, status: int) -> Response:
+    response = Response(png, status=status, mimetype="image/png")
+    response.set_etag(etag)
+    # Cached, but asked about each time: a browser that has the picture gets a 304 instead of a new drawing.
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def _jobs_page(gateway: GatewayServices) -> Response:
+    recent, _ = gateway.jobs.list(None, PAGE_JOBS, None)
+    placeholder = JobRecord(job_id="", spec=RandomArraySpec(seed=0), url="").to_json()
+    html = render_template(
+        "jobs.html",
+        jobs=[record.to_json() for record in recent],
+        placeholder=placeholder,
+        jobs_url=url_for("list_jobs"),
+        page_size=PAGE_JOBS,
+        refresh_seconds=PAGE_REFRESH_SECONDS,
+        results_url=gateway.store.url,
+        dtypes=DTYPES,
+        job_id_rule=JOB_ID_RULE,
+    )
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = PAGE_SECURITY_POLICY
+    return response
 
 
 # Each failure the service knows: its HTTP status and its error code.

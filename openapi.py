@@ -8,6 +8,7 @@ from jobs import MAX_PAGE, STATUSES
 from random_array_job import DTYPES, JOB_ID_RULE, MAX_SEED
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+PREVIEW_SIZES = ("full", "thumbnail")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -137,7 +138,18 @@ def openapi_document() -> dict[str, Any]:
             "description": "Runs random-array jobs on a Dask cluster and stores each result in object storage as Zarr.",
         },
         "paths": {
-            "/": {"get": {"summary": "Liveness in words", "responses": {"200": {"description": "Gateway up and running!", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+            "/": {
+                "get": {
+                    "summary": "Liveness in words; the jobs page for a browser (Accept: text/html)",
+                    "responses": {
+                        "200": {
+                            "description": "Gateway up and running! in text/plain; in text/html, the recent jobs and a form to submit one",
+                            "content": {"text/plain": {"schema": {"type": "string"}}, "text/html": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(502),
+                    },
+                }
+            },
             "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": _json("Alive", "Health")}}},
             "/readyz": {"get": {"summary": "The cluster has its workers, the store answers, the records are read", "responses": {"200": _json("Ready", "Ready"), **_errors(503)}}},
             "/metrics": {"get": {"summary": "Prometheus metrics: jobs submitted, ended by outcome, their durations, running and queued jobs, workers, S3 errors", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
@@ -168,8 +180,15 @@ def openapi_document() -> dict[str, Any]:
             "/jobs/{job_id}/preview.png": {
                 "get": {
                     "summary": "A colour-mapped picture of a finished job's array, averaged down on the workers to at most 500 values a side",
-                    "parameters": [_JOB_ID],
-                    "responses": {"200": {"description": "PNG, 600x500 pixels", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}, **_errors(400, 404, 409, 503)},
+                    "parameters": [
+                        _JOB_ID,
+                        {"name": "size", "in": "query", "schema": {"type": "string", "enum": list(PREVIEW_SIZES), "default": "full"}, "description": "thumbnail: at most 96 pixels a side, one per averaged value, no title or colour bar"},
+                    ],
+                    "responses": {
+                        "200": {"description": "PNG: 600x500 pixels with title and colour bar, or the thumbnail", "headers": {"ETag": {"schema": {"type": "string"}}}, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+                        "304": {"description": "Unchanged since the ETag given in If-None-Match"},
+                        **_errors(400, 404, 409, 503),
+                    },
                 }
             },
             "/jobs/{job_id}": {

@@ -125,3 +125,10 @@ def test_the_image_copies_every_module_the_service_imports() -> None:
     assert service_modules <= copied, f"missing from the image: {service_modules - copied}"
     admitted = {line[1:] for line in (PROJECT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
     assert service_modules | {"requirements.txt"} <= admitted, "the build context must hold what the Dockerfile copies"
+
+
+@pytest.mark.parametrize("folder", ["templates", "static"])
+def test_the_image_copies_the_jobs_page(folder: str) -> None:
+    assert re.search(rf"^COPY {folder}/ {folder}/$", (PROJECT / "Dockerfile").read_text(), flags=re.MULTILINE)
+    assert f"!{folder}" in (PROJECT / ".dockerignore").read_text().splitlines()
+    assert any((PROJECT / folder).iterdir())

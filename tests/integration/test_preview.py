@@ -41,3 +41,25 @@ def test_a_large_array_is_averaged_down_on_the_workers(app: Flask) -> None:
     assert response.status_code == 200
     assert matplotlib.image.imread(io.BytesIO(response.data), format="png").shape[:2] == (500, 600)
     assert peak < 50 * 2**20, f"the gateway allocated {peak / 2**20:.0f} MB for a 400 MB array"
+
+
+def test_a_thumbnail_is_small_and_a_browser_that_has_it_is_told_so(app: Flask) -> None:
+    client = app.test_client()
+    assert client.get("/submit_job/thumbnailed?seed=7&shape=1000,2000").status_code == 200
+
+    response = client.get("/jobs/thumbnailed/preview.png?size=thumbnail")
+
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    pixels = matplotlib.image.imread(io.BytesIO(response.data), format="png")
+    assert pixels.shape[:2] == (47, 95), "one pixel per averaged value, at most 96 a side, in the array's proportions"
+    assert response.headers["Cache-Control"] == "no-cache" and response.get_etag()[0]
+    again = client.get("/jobs/thumbnailed/preview.png?size=thumbnail", headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
+    full = client.get("/jobs/thumbnailed/preview.png", headers={"If-None-Match": response.headers["ETag"]})
+    assert full.status_code == 200, "the full picture is another picture"
+    assert full.headers["ETag"] != response.headers["ETag"]
+
+
+def test_an_unknown_size_is_refused(app: Flask) -> None:
+    response = app.test_client().get("/jobs/thumbnailed/preview.png?size=huge")
+    assert response.status_code == 400 and "size must be one of full, thumbnail" in response.json["error"]["message"]

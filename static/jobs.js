@@ -1,0 +1,142 @@
+// The jobs page: submits the form as JSON to POST /jobs and keeps the rows of
+// jobs up to date from GET /jobs, without reloading the page.
+"use strict";
+
+function jobsUrl() {
+  return document.body.dataset.jobsUrl;
+}
+
+function formatSeconds(seconds) {
+  return seconds === null || seconds === undefined ? "" : `${seconds.toFixed(1)} s`;
+}
+
+function showPreview(cell, job) {
+  if (job.status !== "done") {
+    cell.replaceChildren();
+    return;
+  }
+  if (cell.querySelector("img")) return;
+  const link = document.createElement("a");
+  link.href = `${jobsUrl()}/${job.job_id}/preview.png`;
+  const image = document.createElement("img");
+  image.src = `${link.href}?size=thumbnail`;
+  image.alt = `preview of ${job.job_id}`;
+  image.loading = "lazy";
+  link.append(image);
+  cell.replaceChildren(link);
+}
+
+// Fills a row (server-rendered, or cloned from the page's template) from a job record.
+function fillRow(row, job) {
+  row.dataset.jobId = job.job_id;
+  row.dataset.status = job.status;
+  const record = row.querySelector("a.record");
+  record.href = `${jobsUrl()}/${job.job_id}`;
+  record.textContent = job.job_id;
+  row.querySelector(".array-url").textContent = job.array_url;
+  row.querySelector(".badge").textContent = job.status;
+  row.querySelector(".error").textContent = job.error ? job.error.message : "";
+  const progress = row.querySelector("progress");
+  progress.max = job.progress.chunks_total;
+  progress.value = job.progress.chunks_written;
+  row.querySelector(".chunks").textContent = `${job.progress.chunks_written}/${job.progress.chunks_total}`;
+  const duration = row.querySelector(".duration");
+  duration.dataset.startedAt = job.started_at || "";
+  duration.textContent = formatSeconds(job.seconds);
+  const submitted = row.querySelector("time");
+  submitted.dateTime = job.submitted_at;
+  submitted.textContent = job.submitted_at.slice(0, 19).replace("T", " ");
+  showPreview(row.querySelector(".preview"), job);
+}
+
+function rowOf(jobId) {
+  return document.querySelector(`#jobs tbody tr[data-job-id="${CSS.escape(jobId)}"]`);
+}
+
+// Updates the row of each listed job, adding rows for jobs not yet shown, newest on top.
+function showJobs(jobs) {
+  const body = document.querySelector("#jobs tbody");
+  for (const job of [...jobs].reverse()) {
+    let row = rowOf(job.job_id);
+    if (!row) {
+      row = document.querySelector("#job-row").content.firstElementChild.cloneNode(true);
+      body.prepend(row);
+    }
+    fillRow(row, job);
+  }
+  document.querySelector("#no-jobs").hidden = body.rows.length > 0;
+}
+
+// A running job's duration so far, counted from its start.
+function tickRunningDurations() {
+  for (const row of document.querySelectorAll('#jobs tbody tr[data-status="running"]')) {
+    const cell = row.querySelector(".duration");
+    if (cell.dataset.startedAt) {
+      cell.textContent = formatSeconds(Math.max(0, Date.now() - Date.parse(cell.dataset.startedAt)) / 1000);
+    }
+  }
+}
+
+async function refresh() {
+  const response = await fetch(`${jobsUrl()}?limit=${document.body.dataset.pageSize}`, {
+    headers: { Accept: "application/json" },
+  });
+  if (response.ok) showJobs((await response.json()).jobs);
+}
+
+function integerPair(value) {
+  return value.split(",").map((item) => Number(item.trim()));
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  const form = event.target;
+  const fields = new FormData(form);
+  const job = { shape: integerPair(fields.get("shape")), dtype: fields.get("dtype") };
+  if (fields.get("job_id")) job.job_id = fields.get("job_id");
+  if (fields.get("seed")) job.seed = Number(fields.get("seed"));
+  if (fields.get("chunks")) job.chunks = integerPair(fields.get("chunks"));
+  const result = document.querySelector("#submit-result");
+  const button = form.querySelector("button");
+  button.disabled = true;
+  try {
+    const response = await fetch(jobsUrl(), {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(job),
+    });
+    const answer = await response.json();
+    if (response.ok) {
+      showJobs([answer]);
+      result.className = "";
+      result.textContent = `Job ${answer.job_id} is ${answer.status}; it will be written to ${answer.array_url}`;
+    } else {
+      result.className = "failed";
+      result.textContent = `Not submitted: ${answer.error.message}`;
+    }
+  } catch (error) {
+    result.className = "failed";
+    result.textContent = `Not submitted: the gateway did not answer (${error.message})`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function refreshForever() {
+  const seconds = Number(document.body.dataset.refreshSeconds);
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+    if (document.hidden) continue; // nobody is looking
+    try {
+      await refresh();
+    } catch (error) {
+      console.warn("refreshing the jobs failed; trying again", error);
+    }
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelector("#submit-job").addEventListener("submit", submitJob);
+  setInterval(tickRunningDurations, 250);
+  refreshForever();
+});
