@@ -7,6 +7,8 @@ TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 # What the attempt to install Debian's chromium said; the browser test skips with it when that failed.
 BROWSER_STAMP := $(VENV)/.browser
+# JupyterHub's proxy, from npm, for the tests on a real hub.
+PROXY := $(VENV)/node/node_modules/.bin/configurable-http-proxy
 
 .PHONY: install run test test-unit soak bench clean
 
@@ -25,13 +27,16 @@ $(TOOLS_STAMP): requirements-tools.txt
 $(BROWSER_STAMP): $(STAMP)
 	devtools/install_chromium.sh > $@ 2>&1 || true
 
+$(PROXY): $(STAMP)
+	npm install --prefix $(VENV)/node --no-audit --no-fund --loglevel=error configurable-http-proxy@5.3.0
+
 # The service on its embedded defaults: S3 server and gateway on 127.0.0.1.
 run: $(STAMP)
 	$(BIN)/python -m devtools.run_local
 
 # The whole suite: unit tests, the real stack (S3 server, Dask, gunicorn, Dask
 # Gateway) and the offline checks of the Kubernetes and image artifacts.
-test: $(STAMP) $(TOOLS_STAMP) $(BROWSER_STAMP)
+test: $(STAMP) $(TOOLS_STAMP) $(BROWSER_STAMP) $(PROXY)
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)

@@ -19,8 +19,10 @@ from typing import Any
 import aiohttp
 import dask.config
 from dask_gateway import Gateway
+from dask_gateway.client import GatewayServerError
 from distributed import Client, LocalCluster
 
+from auth import why_dask_gateway_refused
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -235,9 +237,15 @@ class ClusterConnection:
         if not self._settings.uses_dask_gateway:
             return text
         address = self._settings.dask_gateway_address
-        if isinstance(exc, aiohttp.ClientResponseError) and exc.status in (401, 403):
+        # dask-gateway-server answers 500 to a token the hub refuses with 403 (revoked or
+        # unknown ones, since JupyterHub 2): a refused login all the same.
+        hub_refused = isinstance(exc, GatewayServerError) and "verifying user's JupyterHub API token" in str(exc)
+        if hub_refused or (isinstance(exc, aiohttp.ClientResponseError) and exc.status in (401, 403)):
+            if dask.config.get("gateway.auth.type", None) == "jupyterhub":
+                why = why_dask_gateway_refused(self._settings.jupyterhub_api_url, self._settings.jupyterhub_api_token)
+                return f"Dask Gateway at {address} refused the login: {why}"
             return (
-                f"Dask Gateway at {address} refused the login ({exc.status}); check DASK_GATEWAY__AUTH__TYPE "
+                f"Dask Gateway at {address} refused the login; check DASK_GATEWAY__AUTH__TYPE "
                 "and its credentials, such as JUPYTERHUB_API_TOKEN"
             )
         if isinstance(exc, aiohttp.ClientConnectionError):

@@ -15,10 +15,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, jsonify, render_template, request, url_for
+from flask import Flask, Response, g, jsonify, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
+from auth import ANYONE, AuthUnavailable, Caller, HubCallers, NotAuthenticated, NotAuthorized
 from cluster import ClusterConnection, ClusterNotReady
 from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, GatewayStopping, JobManager, JobRecord
 from metrics import GatewayMetrics, JsonFormatter
@@ -59,6 +60,8 @@ class GatewayServices:
     store: ResultsStore
     jobs: JobManager
     metrics: GatewayMetrics
+    # None: no authentication, every caller is ANYONE.
+    callers: HubCallers | None
 
     def close(self) -> None:
         self.jobs.close()
@@ -99,7 +102,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         running=lambda: jobs.count(RUNNING), queued=lambda: jobs.count(QUEUED), workers=lambda: cluster.status().workers
     )
     jobs = JobManager(cluster, store, settings, metrics)
-    gateway = GatewayServices(settings, cluster, store, jobs, metrics)
+    callers = HubCallers(settings) if settings.auth == "jupyterhub" else None
+    gateway = GatewayServices(settings, cluster, store, jobs, metrics, callers)
     app = Flask(__name__)
     app.url_map.converters["job_id"] = AnyJobId
     app.json.sort_keys = False
@@ -111,7 +115,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # SIGTERM under gunicorn ends the worker through a normal interpreter exit,
     # so this is also what stops the cluster when Kubernetes stops the pod.
     atexit.register(gateway.close)
-    logger.info("gateway starting: %s cluster, results in %s", cluster.kind, store.url)
+    logger.info("gateway starting: %s cluster, results in %s, authentication %s", cluster.kind, store.url, settings.auth)
     return app
 
 
@@ -150,8 +154,30 @@ def _accepted(record: JobRecord) -> tuple[Response, int, dict[str, str]]:
     return jsonify(record.to_json()), 202, {"Location": f"/jobs/{record.job_id}"}
 
 
+# The endpoints of openapi.OPEN_PATHS: what a probe or a Prometheus scrape reaches without a token.
+OPEN_ENDPOINTS = ("healthz", "readyz", "metrics")
+
+
+def _caller() -> Caller:
+    return g.get("caller", ANYONE)
+
+
+def _visible_to() -> str | None:
+    """The owner whose jobs the caller sees, or None for all of them."""
+    caller = _caller()
+    return None if caller.sees_all else caller.name
+
+
 def _register_routes(app: Flask, gateway: GatewayServices) -> None:
     jobs = gateway.jobs
+
+    if gateway.callers is not None:
+        callers = gateway.callers
+
+        @app.before_request
+        def identify_caller() -> None:
+            if request.endpoint not in OPEN_ENDPOINTS:
+                g.caller = callers.caller(request.headers.get("Authorization"))
 
     @app.get("/")
     def index() -> Response:
@@ -200,10 +226,10 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         wait = _flag("wait", parameters.pop("wait", "true"))
         spec = _job_spec(gateway, parameters)
         if not wait:
-            return _accepted(jobs.submit(job_id, spec))
+            return _accepted(jobs.submit(job_id, spec, _caller().name))
         # A caller who waits learns at once that there is no cluster, rather than after a long wait.
         gateway.cluster.raise_if_failing()
-        finished = jobs.wait(jobs.submit(job_id, spec).job_id)
+        finished = jobs.wait(jobs.submit(job_id, spec, _caller().name).job_id)
         if finished.status == DONE:
             return jsonify(finished.to_json())
         if finished.status == QUEUED:
@@ -223,7 +249,7 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         job_id = body.pop("job_id", None)
         if job_id is not None and not isinstance(job_id, str):
             raise InvalidJobId(f"job_id must be a string, got {type(job_id).__name__}")
-        return _accepted(jobs.submit(job_id, _job_spec(gateway, body)))
+        return _accepted(jobs.submit(job_id, _job_spec(gateway, body), _caller().name))
 
     @app.get("/jobs")
     def list_jobs() -> Any:
@@ -237,20 +263,20 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
             limit = 0
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidParameters(f"limit must be an integer from 1 to {MAX_PAGE}, got {query.get('limit')!r}")
-        page, next_cursor = jobs.list(status, limit, query.get("cursor"))
+        page, next_cursor = jobs.list(status, limit, query.get("cursor"), _visible_to())
         return jsonify({"jobs": [record.to_json() for record in page], "next_cursor": next_cursor})
 
     @app.get("/jobs/<job_id:job_id>")
     def get_job(job_id: str) -> Any:
         _query(())
-        return jsonify(jobs.get(validate_job_id(job_id)).to_json())
+        return jsonify(jobs.get(validate_job_id(job_id), _visible_to()).to_json())
 
     @app.get("/jobs/<job_id>/preview.png")
     def preview(job_id: str) -> Any:
         size = _query(("size",)).get("size", "full")
         if size not in PREVIEW_SIZES:
             raise InvalidParameters(f"size must be one of {', '.join(PREVIEW_SIZES)}, got {size!r}")
-        record = jobs.get(validate_job_id(job_id))
+        record = jobs.get(validate_job_id(job_id), _visible_to())
         if record.status != DONE:
             message = f"job {job_id!r} is {record.status}; its preview exists once it is done"
             return error_response(409, "job_not_done", message, job=record.to_json())
@@ -269,7 +295,7 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
     @app.delete("/jobs/<job_id:job_id>")
     def delete_job(job_id: str) -> Any:
         _query(())
-        cancelled = jobs.cancel_or_delete(validate_job_id(job_id))
+        cancelled = jobs.cancel_or_delete(validate_job_id(job_id), _visible_to())
         return jsonify(cancelled.to_json()) if cancelled else Response(status=204)
 
 
@@ -282,7 +308,7 @@ def _preview_response(png: bytes, etag: str, status: int) -> Response:
 
 
 def _jobs_page(gateway: GatewayServices) -> Response:
-    recent, _ = gateway.jobs.list(None, PAGE_JOBS, None)
+    recent, _ = gateway.jobs.list(None, PAGE_JOBS, None, _visible_to())
     placeholder = JobRecord(job_id="", spec=RandomArraySpec(seed=0), url="").to_json()
     html = render_template(
         "jobs.html",
@@ -309,6 +335,9 @@ KNOWN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     ClusterNotReady: (503, "cluster_not_ready"),
     GatewayStopping: (503, "gateway_stopping"),
     StorageError: (502, "storage_error"),
+    NotAuthenticated: (401, "not_authenticated"),
+    NotAuthorized: (403, "forbidden"),
+    AuthUnavailable: (503, "auth_unavailable"),
     JobTimedOut: (504, "job_timeout"),
     JobFailed: (500, "job_failed"),
 }
@@ -323,14 +352,17 @@ def _register_error_handlers(app: Flask) -> None:
             services(app).metrics.s3_errors.inc()
         if status >= 500:
             logger.error("%s", exc)
-        return error_response(status, code, str(exc))
+        response, status = error_response(status, code, str(exc))
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'token realm="JupyterHub"'
+        return response, status
 
     for exc_type in KNOWN_ERRORS:
         app.register_error_handler(exc_type, known_error)
 
     @app.errorhandler(JobAlreadyExists)
     def job_exists(exc: JobAlreadyExists) -> Any:
-        return error_response(409, "job_exists", str(exc), url=exc.url)
+        return error_response(409, "job_exists", str(exc), **({"url": exc.url} if exc.url else {}))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:

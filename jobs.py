@@ -64,6 +64,9 @@ class JobRecord:
     job_id: str
     spec: RandomArraySpec
     url: str
+    # Who submitted it (None without authentication), and where its result is under the results URL.
+    owner: str | None = None
+    place: str = ""
     status: str = QUEUED
     submitted_at: str = field(default_factory=_now)
     started_at: str | None = None
@@ -75,6 +78,7 @@ class JobRecord:
     def to_json(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id,
+            "owner": self.owner,
             "status": self.status,
             "url": self.url,
             "array_url": f"{self.url}/{ARRAY_NAME}",
@@ -95,6 +99,8 @@ class JobRecord:
     @classmethod
     def from_stored(cls, stored: dict[str, Any]) -> JobRecord:
         spec = stored["spec"]
+        # Records written before owners and places: no owner, the result at the job id.
+        stored = {"owner": None, "place": stored["job_id"], **stored}
         return cls(
             **{**stored, "spec": RandomArraySpec(spec["seed"], tuple(spec["shape"]), tuple(spec["chunks"]), spec["dtype"])}
         )
@@ -235,7 +241,7 @@ class JobManager:
                     self._queue.append(record.job_id)
                 self._records[record.job_id] = record
         for record in interrupted:
-            self._discard_result(record.job_id)
+            self._discard_result(record)
             self._save(record)
         logger.info("read %d job records (%d interrupted, %d queued)", len(records), len(interrupted), len(self._queue))
         self._loaded.set()
@@ -247,25 +253,32 @@ class JobManager:
         if not self._loaded.wait(0 if self._load_failed else 10):
             raise StorageError(self._load_error)
 
-    def submit(self, job_id: str | None, spec: RandomArraySpec) -> JobRecord:
-        """Queue a new job and return its record; :class:`JobAlreadyExists` if the id is taken."""
+    def submit(self, job_id: str | None, spec: RandomArraySpec, owner: str | None = None) -> JobRecord:
+        """Queue a new job of ``owner`` and return its record; :class:`JobAlreadyExists` if the id is taken.
+
+        Ids are one namespace for all owners. An id another owner holds is
+        refused without saying whose it is or where its result is.
+        """
         job_id = validate_job_id(job_id) if job_id is not None else new_job_id()
         self._require_loaded()
-        url = self._store.url_for(job_id)
+        place = f"{owner}/{job_id}" if self._settings.results_per_user and owner else job_id
+        url = self._store.url_for(place)
         with self._lock:
             if self._drain_deadline is not None:
                 raise GatewayStopping("the gateway is stopping and takes no new jobs; submit the job again in a minute")
             previous = self._records.get(job_id)
+            if previous is not None and previous.owner != owner and owner is not None:
+                raise JobAlreadyExists(job_id)
             if job_id in self._submitting or (previous is not None and previous.status not in RESUBMITTABLE):
                 raise JobAlreadyExists(job_id, url, QUEUED if previous is None else previous.status)
             # Reserved until its record is saved: a concurrent submission of this id gets 409.
             self._submitting.add(job_id)
         try:
             if previous is not None:
-                self._store.delete(job_id)
-            elif self._store.exists(job_id):
+                self._store.delete(previous.place)
+            elif self._store.exists(place):
                 raise JobAlreadyExists(job_id, url)
-            record = JobRecord(job_id, spec, url)
+            record = JobRecord(job_id, spec, url, owner=owner, place=place)
             self._store.write_record(job_id, record.to_stored())
             with self._lock:
                 self._records[job_id] = record
@@ -279,13 +292,18 @@ class JobManager:
         logger.info("job %s submitted: %s", job_id, spec.to_json(), extra=job_event_fields(job_id, "submitted", QUEUED))
         return queued
 
-    def get(self, job_id: str) -> JobRecord:
+    def get(self, job_id: str, visible_to: str | None = None) -> JobRecord:
+        """The job's record; with ``visible_to``, :class:`JobNotFound` for a job of another owner."""
         self._require_loaded()
         with self._lock:
-            record = self._records.get(job_id)
-            if record is None:
-                raise JobNotFound(f"no job {job_id!r}")
-            return replace(record)
+            return replace(self._visible(job_id, visible_to))
+
+    def _visible(self, job_id: str, visible_to: str | None) -> JobRecord:
+        # Another owner's job is not found, rather than forbidden: ids do not leak.
+        record = self._records.get(job_id)
+        if record is None or (visible_to is not None and record.owner != visible_to):
+            raise JobNotFound(f"no job {job_id!r}")
+        return record
 
     def wait(self, job_id: str) -> JobRecord:
         """Block until the job is finished, or will not start before the gateway stops, and return its record."""
@@ -301,12 +319,16 @@ class JobManager:
                 raise JobNotFound(f"job {job_id!r} was deleted")
             return replace(self._records[job_id])
 
-    def list(self, status: str | None, limit: int, cursor: str | None) -> tuple[list[JobRecord], str | None]:
-        """Newest first; the cursor, when not None, fetches the next page."""
+    def list(
+        self, status: str | None, limit: int, cursor: str | None, visible_to: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        """Newest first, only ``visible_to``'s when given; the cursor, when not None, fetches the next page."""
         self._require_loaded()
         after = decode_cursor(cursor) if cursor else None
         with self._lock:
             records = sorted(self._records.values(), key=_sort_key, reverse=True)
+        if visible_to is not None:
+            records = [record for record in records if record.owner == visible_to]
         if status is not None:
             records = [record for record in records if record.status == status]
         if after is not None:
@@ -314,14 +336,12 @@ class JobManager:
         page = [replace(record) for record in records[:limit]]
         return page, (encode_cursor(page[-1]) if len(records) > limit else None)
 
-    def cancel_or_delete(self, job_id: str) -> JobRecord | None:
+    def cancel_or_delete(self, job_id: str, visible_to: str | None = None) -> JobRecord | None:
         """Cancel a queued or running job and return its record; delete a finished one and return None."""
         self._require_loaded()
         with self._delete_lock:
             with self._lock:
-                record = self._records.get(job_id)
-                if record is None:
-                    raise JobNotFound(f"no job {job_id!r}")
+                record = self._visible(job_id, visible_to)
                 if record.status == RUNNING:
                     self._cancel_requested.add(job_id)
                     # A job whose tasks are not sent yet sees the request before it sends them.
@@ -336,7 +356,7 @@ class JobManager:
             if record.status == QUEUED:
                 self._save_quietly(cancelled)
                 return replace(cancelled)
-            self._store.delete(job_id)
+            self._store.delete(record.place)
             self._store.delete_record(job_id)
             with self._lock:
                 del self._records[job_id]
@@ -376,7 +396,9 @@ class JobManager:
         status, error = DONE, None
         try:
             spec = record.spec
-            result = self._store.pending_result(record.job_id, spec.shape, spec.chunks, spec.dtype, self._settings.zarr_format)
+            result = self._store.pending_result(
+                record.job_id, record.place, spec.shape, spec.chunks, spec.dtype, self._settings.zarr_format
+            )
             self._store.begin_result(result, self._stored(record))
             client = self._cluster.client()
             writes = ChunkWrites(client, result.array, spec, record.job_id, min_tasks=self._settings.n_workers)
@@ -397,7 +419,7 @@ class JobManager:
             if isinstance(exc, StorageError):
                 self._metrics.s3_errors.inc()
         if status != DONE:
-            self._discard_result(record.job_id)
+            self._discard_result(record)
         with self._lock:
             final = replace(record, status=status, error=error, finished_at=_now(), seconds=round(time.monotonic() - started, 3))
         # Saved before it shows as finished, so that a DELETE of the finished job cannot race the save.
@@ -432,10 +454,10 @@ class JobManager:
             self._metrics.s3_errors.inc()
             logger.exception("the final record of job %s could not be saved", record.job_id)
 
-    def _discard_result(self, job_id: str) -> None:
+    def _discard_result(self, record: JobRecord) -> None:
         # A half-written array must not stand where a result is expected.
         try:
-            self._store.delete(job_id)
+            self._store.delete(record.place)
         except StorageError:
             self._metrics.s3_errors.inc()
-            logger.exception("the partial result of job %s could not be removed", job_id)
+            logger.exception("the partial result of job %s could not be removed", record.job_id)

@@ -25,6 +25,8 @@ def _json(description: str, schema: str, headers: dict[str, Any] | None = None) 
 def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
         400: "Malformed job id or parameter; the message says what is allowed",
+        401: "With GATEWAY_AUTH=jupyterhub: no JupyterHub token, or one the hub does not accept",
+        403: "With GATEWAY_AUTH=jupyterhub: the token does not grant access:services!service=<this service>",
         404: "No such job or route",
         405: "Method not allowed",
         409: "The job id is taken (the message and error.url name it), the job was cancelled, or it is not done",
@@ -32,7 +34,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         415: "The body is not JSON",
         500: "The job failed on the cluster",
         502: "The results store failed; the message names the cause",
-        503: "No working Dask cluster, not ready, or the gateway is stopping",
+        503: "No working Dask cluster, not ready, the gateway is stopping, or JupyterHub cannot be asked about a token",
         504: "The job ran over GATEWAY_JOB_TIMEOUT and was cancelled",
     }
     return {str(status): _json(meaning[status], "Error") for status in statuses}
@@ -82,6 +84,7 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["job_id", "status", "url", "array_url", "seed", "shape", "chunks", "dtype", "progress", "submitted_at"],
         "properties": {
             "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
+            "owner": {"type": ["string", "null"], "description": "The JupyterHub user who submitted it; null without authentication"},
             "status": {"type": "string", "enum": list(STATUSES)},
             "url": {"type": "string", "description": "The result: a Zarr group holding the array 'data'"},
             "array_url": {"type": "string", "description": "The Zarr array itself"},
@@ -123,6 +126,21 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+# What a probe or a Prometheus scrape reaches without a token.
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+def _with_authentication(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every other operation takes the JupyterHub token, and may answer 401, 403 or 503 for it."""
+    for path, operations in paths.items():
+        if path in OPEN_PATHS:
+            continue
+        for operation in operations.values():
+            operation["security"] = [{}, {"jupyterhubToken": []}]
+            operation["responses"] = {**operation["responses"], **_errors(401, 403, 503)}
+    return paths
+
+
 def openapi_document() -> dict[str, Any]:
     job_parameters = [
         {"name": "seed", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEED}, "description": "Same seed, shape and chunks: a bit-identical array"},
@@ -137,7 +155,7 @@ def openapi_document() -> dict[str, Any]:
             "version": "1.0.0",
             "description": "Runs random-array jobs on a Dask cluster and stores each result in object storage as Zarr.",
         },
-        "paths": {
+        "paths": _with_authentication({
             "/": {
                 "get": {
                     "summary": "Liveness in words; the jobs page for a browser (Accept: text/html)",
@@ -199,6 +217,16 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json("Cancelled", "Job"), "204": {"description": "Deleted"}, **_errors(400, 404, 502)},
                 },
             },
+        }),
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {
+                "jupyterhubToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "'token <JupyterHub API token>' or 'Bearer <token>'; needed only with GATEWAY_AUTH=jupyterhub",
+                }
+            },
         },
-        "components": {"schemas": _SCHEMAS},
     }

@@ -1,6 +1,7 @@
 """Where job results live: one Zarr group per job under the results URL.
 
-Layout of a job's result at ``<results_url>/<job_id>``: a Zarr group holding one
+Layout of a job's result at ``<results_url>/<place>``, where the place is the job id
+(or ``<owner>/<job_id>`` with ``GATEWAY_RESULTS_PER_USER``): a Zarr group holding one
 array, ``data``, with dimension names ``("y", "x")``, so that both
 ``zarr.open_group(url)["data"]`` and ``xarray.open_zarr(url)`` open it. The
 group's metadata, consolidated, is written after the last chunk: a result that
@@ -46,6 +47,7 @@ class PendingResult:
     """A job's array, bound to its place in the store, and the metadata documents of the array and its group."""
 
     job_id: str
+    place: str
     array: zarr.Array
     array_metadata: dict[str, bytes]
     group_metadata: dict[str, bytes]
@@ -98,11 +100,12 @@ class ResultsStore:
             self._location = self._root
             self._zarr_store = zarr.storage.LocalStore(local)
 
-    def url_for(self, job_id: str) -> str:
-        return f"{self.url}/{job_id}"
+    def url_for(self, place: str) -> str:
+        """The URL of the result at ``place``: a job id, or ``<owner>/<job_id>``."""
+        return f"{self.url}/{place}"
 
-    def _path(self, job_id: str) -> str:
-        return f"{self._root}/{job_id}"
+    def _path(self, place: str) -> str:
+        return f"{self._root}/{place}"
 
     def check(self) -> None:
         """Raise :class:`StorageError` unless the results location exists and answers."""
@@ -115,9 +118,9 @@ class ResultsStore:
                 f"results location {self.url} does not exist; create the bucket or directory first"
             )
 
-    def exists(self, job_id: str) -> bool:
-        """True when anything, complete or not, is stored under the job's prefix."""
-        path = self._path(job_id)
+    def exists(self, place: str) -> bool:
+        """True when anything, complete or not, is stored under the result's prefix."""
+        path = self._path(place)
         try:
             if isinstance(self._fs, LocalFileSystem):
                 return bool(self._fs.exists(path))
@@ -126,10 +129,10 @@ class ResultsStore:
             listing = self._fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=f"{key}/", MaxKeys=1)
             return listing.get("KeyCount", 0) > 0
         except Exception as exc:
-            raise StorageError(describe_storage_failure(f"checking {self.url_for(job_id)} failed", exc)) from exc
+            raise StorageError(describe_storage_failure(f"checking {self.url_for(place)} failed", exc)) from exc
 
     def pending_result(
-        self, job_id: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, zarr_format: int
+        self, job_id: str, place: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, zarr_format: int
     ) -> PendingResult:
         """A new job's array, bound to its place in the store; nothing is written here.
 
@@ -152,13 +155,14 @@ class ResultsStore:
             ARRAY_NAME, shape=shape, chunks=chunks, dtype=dtype, compressors=None, **by_format
         )
         zarr.consolidate_metadata(group.store)
-        place = zarr.storage.StorePath(self._zarr_store, f"{job_id}/{ARRAY_NAME}")
+        array_path = zarr.storage.StorePath(self._zarr_store, f"{place}/{ARRAY_NAME}")
         in_array = {key: buffer.to_bytes() for key, buffer in documents.items() if key.startswith(f"{ARRAY_NAME}/")}
         return PendingResult(
             job_id=job_id,
+            place=place,
             # A random chunk is never all fill value: zarr's check for empty chunks would
             # only cost the workers a pass over every chunk.
-            array=zarr.Array(zarr.AsyncArray(in_memory.metadata, place, config={"write_empty_chunks": True})),
+            array=zarr.Array(zarr.AsyncArray(in_memory.metadata, array_path, config={"write_empty_chunks": True})),
             array_metadata=in_array,
             group_metadata={key: buffer.to_bytes() for key, buffer in documents.items() if key not in in_array},
         )
@@ -172,7 +176,7 @@ class ResultsStore:
         it (the chunk keys have no "/" of their own). The record is saved alongside,
         and Zarr 2's second array document after the first.
         """
-        failure = f"starting {self.url_for(result.job_id)} failed"
+        failure = f"starting {self.url_for(result.place)} failed"
         (first_key, first_document), *rest = self._documents(result, result.array_metadata).items()
         self._write({self._record_path(result.job_id): _json(record), first_key: first_document}, failure)
         if rest:
@@ -180,10 +184,10 @@ class ResultsStore:
 
     def mark_complete(self, result: PendingResult) -> None:
         """Write the group's metadata, consolidated: the sign that every chunk is stored."""
-        self._write(self._documents(result, result.group_metadata), f"finishing {self.url_for(result.job_id)} failed")
+        self._write(self._documents(result, result.group_metadata), f"finishing {self.url_for(result.place)} failed")
 
     def _documents(self, result: PendingResult, documents: dict[str, bytes]) -> dict[str, bytes]:
-        return {f"{self._path(result.job_id)}/{key}": document for key, document in documents.items()}
+        return {f"{self._path(result.place)}/{key}": document for key, document in documents.items()}
 
     def _write(self, objects: dict[str, bytes], failure: str) -> None:
         try:
@@ -191,14 +195,14 @@ class ResultsStore:
         except Exception as exc:
             raise StorageError(describe_storage_failure(failure, exc)) from exc
 
-    def delete(self, job_id: str) -> None:
-        """Remove everything stored for the job."""
-        path = self._path(job_id)
+    def delete(self, place: str) -> None:
+        """Remove everything stored for the result at ``place``."""
+        path = self._path(place)
         try:
             if self._fs.exists(path):
                 self._fs.rm(path, recursive=True)
         except Exception as exc:
-            raise StorageError(describe_storage_failure(f"deleting {self.url_for(job_id)} failed", exc)) from exc
+            raise StorageError(describe_storage_failure(f"deleting {self.url_for(place)} failed", exc)) from exc
 
     def _record_path(self, job_id: str) -> str:
         return f"{self._root}/{RECORDS_PREFIX}/{job_id}.json"

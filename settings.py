@@ -37,6 +37,14 @@ class Settings:
     max_running_jobs: int = 4
     shutdown_timeout: float = 540.0
     log_format: str = "text"
+    auth: str = "none"
+    jupyterhub_api_url: str | None = None
+    # Kept out of repr: a logged Settings must not carry the token.
+    jupyterhub_api_token: str = field(default="", repr=False)
+    jupyterhub_service_name: str = "science-gateway"
+    admin_group: str = "gateway-admins"
+    auth_cache_seconds: float = 60.0
+    results_per_user: bool = False
 
     @property
     def uses_dask_gateway(self) -> bool:
@@ -96,11 +104,25 @@ def _dask_gateway_address(environ: Mapping[str, str]) -> str | None:
     return address or None
 
 
-def _log_format(environ: Mapping[str, str]) -> str:
-    raw = environ.get("GATEWAY_LOG_FORMAT", "").strip() or "text"
-    if raw not in ("text", "json"):
-        raise SettingsError(f"GATEWAY_LOG_FORMAT={raw!r} must be text or json")
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = environ.get(name, "").strip() or choices[0]
+    if raw not in choices:
+        raise SettingsError(f"{name}={raw!r} must be {' or '.join(choices)}")
     return raw
+
+
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    return _choice(environ, name, ("false", "true")) == "true"
+
+
+def _jupyterhub_api_url(environ: Mapping[str, str], auth: str) -> str | None:
+    # JupyterHub sets JUPYTERHUB_API_URL for the services it starts; an external service is given it.
+    url = environ.get("JUPYTERHUB_API_URL", "").strip().rstrip("/") or None
+    if auth == "jupyterhub" and url is None:
+        raise SettingsError("GATEWAY_AUTH=jupyterhub needs JUPYTERHUB_API_URL, the hub's API, such as http://hub:8081/hub/api")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise SettingsError(f"JUPYTERHUB_API_URL={url!r} must be an http:// or https:// URL, such as http://hub:8081/hub/api")
+    return url
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -118,5 +140,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_chunks=_positive_number(environ, "GATEWAY_MAX_CHUNKS", 10_000, int),
         max_running_jobs=_positive_number(environ, "GATEWAY_MAX_RUNNING_JOBS", 4, int),
         shutdown_timeout=_positive_number(environ, "GATEWAY_SHUTDOWN_TIMEOUT", 540.0, float),
-        log_format=_log_format(environ),
+        log_format=_choice(environ, "GATEWAY_LOG_FORMAT", ("text", "json")),
+        **_auth_settings(environ),
     )
+
+
+def _auth_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    auth = _choice(environ, "GATEWAY_AUTH", ("none", "jupyterhub"))
+    results_per_user = _flag(environ, "GATEWAY_RESULTS_PER_USER")
+    if results_per_user and auth == "none":
+        raise SettingsError("GATEWAY_RESULTS_PER_USER=true needs GATEWAY_AUTH=jupyterhub: without it no caller has a name")
+    return {
+        "auth": auth,
+        "jupyterhub_api_url": _jupyterhub_api_url(environ, auth),
+        "jupyterhub_api_token": environ.get("JUPYTERHUB_API_TOKEN", "").strip(),
+        "jupyterhub_service_name": environ.get("JUPYTERHUB_SERVICE_NAME", "").strip() or "science-gateway",
+        "admin_group": environ.get("GATEWAY_ADMIN_GROUP", "").strip() or "gateway-admins",
+        "auth_cache_seconds": _positive_number(environ, "GATEWAY_AUTH_CACHE_SECONDS", 60.0, float),
+        "results_per_user": results_per_user,
+    }

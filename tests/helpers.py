@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import nbformat
 import numpy as np
 import psutil
+import pytest
 import requests
 import xarray as xr
 import zarr
+from nbclient import NotebookClient
 
 SHAPE = (1000, 1000)
 CHUNKS = (100, 100)
@@ -86,3 +89,18 @@ def keep_responses(session: requests.Session, log: Path) -> requests.Session:
 
     session.hooks["response"].append(keep)
     return session
+
+
+EXAMPLE_NOTEBOOK = Path(__file__).parents[1] / "examples" / "gateway_demo.ipynb"
+
+
+def run_example_notebook(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> list[nbformat.NotebookNode]:
+    """Run examples/gateway_demo.ipynb top to bottom on a real kernel, which inherits this process's environment; its code cells."""
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    notebook = nbformat.read(EXAMPLE_NOTEBOOK, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def outputs(cell: nbformat.NotebookNode) -> str:
+    return "\n".join(output.get("text", "") or output.get("data", {}).get("text/plain", "") for output in cell.outputs)

@@ -132,3 +132,14 @@ def test_the_image_copies_the_jobs_page(folder: str) -> None:
     assert re.search(rf"^COPY {folder}/ {folder}/$", (PROJECT / "Dockerfile").read_text(), flags=re.MULTILINE)
     assert f"!{folder}" in (PROJECT / ".dockerignore").read_text().splitlines()
     assert any((PROJECT / folder).iterdir())
+
+
+def test_the_deployment_checks_its_callers_with_the_hub_that_dask_gateway_uses() -> None:
+    env = {variable.name: variable.value for variable in container().env}
+    settings = load_settings({name: value for name, value in env.items() if value})
+    assert (settings.auth, settings.jupyterhub_service_name) == ("jupyterhub", "science-gateway")
+    # zero-to-jupyterhub's hub service, in the namespace that Dask Gateway's chart shares with it.
+    assert settings.jupyterhub_api_url == "http://hub:8081/hub/api"
+    # Dask Gateway checks the scope that the hub configuration grants the gateway's service.
+    assert helm_values()["gateway"]["auth"]["jupyterhub"]["jupyterhubServiceName"] == "dask-gateway"
+    assert not settings.results_per_user, "results stay where notebooks expect them unless asked"

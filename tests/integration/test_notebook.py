@@ -3,35 +3,24 @@
 from collections.abc import Iterator
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from conftest import BUCKET, serve_for_module
-from devtools.gunicorn_gateway import PROJECT, RunningGateway
+from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
-
-NOTEBOOK = PROJECT / "examples" / "gateway_demo.ipynb"
-
+from helpers import outputs, run_example_notebook
 
 @pytest.fixture(scope="module")
 def notebook_gateway(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     yield from serve_for_module(tmp_path_factory, "notebook", f"s3://{BUCKET}")
 
 
-def outputs(cell: nbformat.NotebookNode) -> str:
-    return "\n".join(output.get("text", "") or output.get("data", {}).get("text/plain", "") for output in cell.outputs)
-
-
 def test_the_notebook_runs_and_plots_the_result(notebook_gateway: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The kernel inherits this environment, as a notebook server's kernels inherit theirs: AWS_* from the s3 fixture.
     monkeypatch.setenv("GATEWAY_URL", notebook_gateway.url)
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
 
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    _, submitted, watched, opened_with_xarray, opened_with_zarr, plotted = run_example_notebook(tmp_path, monkeypatch)
 
-    _, submitted, watched, opened_with_xarray, opened_with_zarr, plotted = (cell for cell in notebook.cells if cell.cell_type == "code")
     assert "'queued'" in outputs(submitted) or "'running'" in outputs(submitted)
     assert "'done'" in outputs(watched), outputs(watched)
     assert "(y: 1000, x: 1000)" in outputs(opened_with_xarray) and "float32" in outputs(opened_with_xarray)

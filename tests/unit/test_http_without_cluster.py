@@ -8,8 +8,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from devtools.processes import free_port
-from gateway import create_app, services
+from gateway import OPEN_ENDPOINTS, create_app, services
 from helpers import wait_for
+from openapi import OPEN_PATHS
 from settings import load_settings
 
 
@@ -72,3 +73,29 @@ def test_http_errors_are_json_not_html(http: FlaskClient, method: str, path: str
     assert response.status_code == status
     assert response.is_json
     assert set(response.json["error"]) == {"code", "message"}
+
+
+def test_the_api_document_names_the_same_open_paths_as_the_gate(unready_app: Flask) -> None:
+    open_rules = {rule.rule for rule in unready_app.url_map.iter_rules() if rule.endpoint in OPEN_ENDPOINTS}
+    assert open_rules == set(OPEN_PATHS)
+
+
+def test_with_jupyterhub_authentication_and_no_hub_a_token_cannot_be_checked(tmp_path: Path) -> None:
+    environ = {
+        "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}",
+        "GATEWAY_RESULTS_URL": str(tmp_path),
+        "GATEWAY_AUTH": "jupyterhub",
+        "JUPYTERHUB_API_URL": f"http://127.0.0.1:{free_port()}/hub/api",
+    }
+    app = create_app(load_settings(environ))
+    try:
+        client = app.test_client()
+        assert client.get("/healthz").status_code == 200
+        missing = client.get("/jobs")
+        unchecked = client.get("/jobs", headers={"Authorization": "Bearer some-token"})
+    finally:
+        services(app).close()
+
+    assert missing.status_code == 401 and missing.json["error"]["code"] == "not_authenticated"
+    assert unchecked.status_code == 503 and unchecked.json["error"]["code"] == "auth_unavailable"
+    assert environ["JUPYTERHUB_API_URL"] in unchecked.json["error"]["message"]

@@ -51,8 +51,40 @@ def test_values_are_read_from_the_environment() -> None:
         ("GATEWAY_CLUSTER_START_TIMEOUT", "soon"),
         ("GATEWAY_SHUTDOWN_TIMEOUT", "0"),
         ("GATEWAY_LOG_FORMAT", "xml"),
+        ("GATEWAY_AUTH", "oauth"),
+        ("GATEWAY_AUTH_CACHE_SECONDS", "0"),
+        ("GATEWAY_RESULTS_PER_USER", "yes please"),
+        ("JUPYTERHUB_API_URL", "hub:8081/hub/api"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         load_settings({variable: value})
+
+
+def test_jupyterhub_authentication_reads_the_hubs_own_variables() -> None:
+    settings = load_settings(
+        {
+            "GATEWAY_AUTH": "jupyterhub",
+            "JUPYTERHUB_API_URL": "http://hub:8081/hub/api/",
+            "JUPYTERHUB_API_TOKEN": "a-service-token",
+            "GATEWAY_ADMIN_GROUP": "research-leads",
+            "GATEWAY_RESULTS_PER_USER": "true",
+        }
+    )
+    assert settings.jupyterhub_api_url == "http://hub:8081/hub/api"
+    assert settings.jupyterhub_service_name == "science-gateway" and settings.admin_group == "research-leads"
+    assert settings.results_per_user and settings.auth_cache_seconds == 60
+    assert "a-service-token" not in repr(settings), "a logged Settings must not carry the token"
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"GATEWAY_AUTH": "jupyterhub"}, "JUPYTERHUB_API_URL"),
+        ({"GATEWAY_RESULTS_PER_USER": "true"}, "GATEWAY_AUTH=jupyterhub"),
+    ],
+)
+def test_authentication_settings_that_need_each_other(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        load_settings(environ)

@@ -1,0 +1,129 @@
+"""Who is calling: a JupyterHub API token, checked with the hub by jupyterhub's own service-auth helper.
+
+With ``GATEWAY_AUTH=none`` (the default, for a private cluster) every caller
+is :data:`ANYONE` and sees every job. With ``GATEWAY_AUTH=jupyterhub`` each
+request carries ``Authorization: token <t>`` (or ``Bearer <t>``); the hub says
+whose token it is (``GET /hub/api/user`` with that token, cached for
+``GATEWAY_AUTH_CACHE_SECONDS``), and the token must grant
+``access:services!service=<JUPYTERHUB_SERVICE_NAME>``. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from typing import Any
+
+from settings import Settings
+
+class NotAuthenticated(Exception):
+    """No token, or one the hub does not know (wrong, expired or revoked): 401."""
+
+
+class NotAuthorized(Exception):
+    """A valid token that does not grant access to this service: 403."""
+
+
+class AuthUnavailable(Exception):
+    """The hub could not be asked about a token: 503."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Whose request it is: ``name`` owns the jobs it submits; ``sees_all`` sees everyone's."""
+
+    name: str | None
+    sees_all: bool
+
+    def may_see(self, owner: str | None) -> bool:
+        return self.sees_all or owner == self.name
+
+
+# The caller of a gateway without authentication.
+ANYONE = Caller(name=None, sees_all=True)
+
+
+class HubCallers:
+    """Identifies callers by their JupyterHub API token."""
+
+    def __init__(self, settings: Settings) -> None:
+        # Imported here: jupyterhub's helper takes 1.2 s to import (measured), which
+        # a gateway without authentication need not spend.
+        from jupyterhub.services.auth import HubAuth
+        from tornado.web import HTTPError
+
+        # Importing it sets up alembic, which announces each of its plugins at INFO.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        # The helper warns through tornado's application logger at every refused
+        # token; the caller is told with a 401, and an operator need not be.
+        logging.getLogger("tornado.application").setLevel(logging.ERROR)
+
+        self.service_name = settings.jupyterhub_service_name
+        self.admin_group = settings.admin_group
+        self._token_pattern = HubAuth.auth_header_pat
+        self._hub_error: type[Exception] = HTTPError
+        self._hub: Any = HubAuth(
+            api_url=settings.jupyterhub_api_url,
+            api_token=settings.jupyterhub_api_token,
+            cache_max_age=settings.auth_cache_seconds,
+            access_scopes={f"access:services!service={self.service_name}"},
+        )
+
+    def caller(self, authorization: str | None) -> Caller:
+        """The caller whose token is in this ``Authorization`` header; raise if there is none or the hub refuses it."""
+        match = self._token_pattern.fullmatch((authorization or "").strip())
+        if match is None:
+            raise NotAuthenticated(
+                "send a JupyterHub API token as 'Authorization: token <token>'; "
+                "in a JupyterHub notebook it is in JUPYTERHUB_API_TOKEN"
+            )
+        try:
+            model = self._hub.user_for_token(match.group(1).strip())
+        except self._hub_error as exc:
+            raise AuthUnavailable(f"cannot check the token with JupyterHub at {self._hub.api_url}: {exc.log_message}") from None
+        if model is None:
+            raise NotAuthenticated("JupyterHub does not accept this token: it is wrong, expired or revoked")
+        if not self._hub.check_scopes(self._hub.access_scopes, model):
+            raise NotAuthorized(
+                f"{model['name']}'s token does not grant access:services!service={self.service_name}; "
+                "ask the hub's administrator for a role with that scope"
+            )
+        # As Dask Gateway does: a service's name cannot pass for a user's.
+        name = model["name"] if model.get("kind", "user") == "user" else f"{model['kind']}:{model['name']}"
+        return Caller(name=name, sees_all=self.admin_group in model.get("groups", []))
+
+
+def why_dask_gateway_refused(api_url: str | None, token: str) -> str:
+    """Why Dask Gateway refused the gateway's JupyterHub token, as the hub tells it (Dask Gateway says only 401)."""
+    if not token:
+        return "JUPYTERHUB_API_TOKEN is empty; put the gateway's JupyterHub token in the Secret (jhub_token)"
+    unknown = "it is revoked, expired or wrong, or lacks access:services!service=dask-gateway"
+    if api_url is None:
+        return f"JupyterHub did not accept the token in JUPYTERHUB_API_TOKEN: {unknown} (set JUPYTERHUB_API_URL and the gateway asks the hub which)"
+    request = urllib.request.Request(f"{api_url}/user", headers={"Authorization": f"token {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            model = json.load(response)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return (
+                "JupyterHub did not accept the token in JUPYTERHUB_API_TOKEN: it is revoked, expired or wrong; "
+                "put a valid token in the Secret (jhub_token)"
+            )
+        return f"JupyterHub did not accept the token in JUPYTERHUB_API_TOKEN: {unknown} (the hub answered {exc.code})"
+    except (OSError, ValueError) as exc:
+        return f"JupyterHub did not accept the token in JUPYTERHUB_API_TOKEN: {unknown} (the hub at {api_url} did not answer: {exc})"
+    owner = f"{model.get('kind', 'user')} {model.get('name')!r}"
+    if not any(scope.startswith("access:services") for scope in model.get("scopes", [])):
+        return (
+            f"JupyterHub knows the token in JUPYTERHUB_API_TOKEN ({owner}), but it lacks access:services!service=dask-gateway; "
+            "give that service or user a role with that scope"
+        )
+    return (
+        f"JupyterHub knows the token in JUPYTERHUB_API_TOKEN ({owner}) and its access:services scopes, yet Dask Gateway "
+        "refused it; check the service name Dask Gateway checks (JupyterHubAuthenticator.jupyterhub_service_name)"
+    )

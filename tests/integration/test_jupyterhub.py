@@ -1,0 +1,242 @@
+"""Authentication with a real JupyterHub: callers' tokens, and the gateway's own login to Dask Gateway.
+
+The whole chain runs on real processes: a user's token -> the gateway -> the
+hub's check (jupyterhub's service-auth helper); the gateway's service token ->
+dask-gateway-server -> the hub's check (its JupyterHub authenticator).
+"""
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from dask_gateway import Gateway, JupyterHubAuth
+
+from conftest import BUCKET
+from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
+from devtools.local_s3 import LocalS3
+from devtools.processes import stop_process
+from helpers import outputs, run_example_notebook, wait_for
+from servers import (
+    DaskGatewayServer,
+    JupyterHubServer,
+    jupyterhub_authentication,
+    start_dask_gateway_server,
+    start_jupyterhub,
+)
+
+USERS = ["alice", "bob", "carol", "gateway-bot"]
+ADMINS = "gateway-admins"
+SMALL = "shape=100,100"
+
+
+def hub_token() -> str:
+    # The audit of secrets recognises this form (test_secrets_audit.py).
+    return f"test-hub-token-{secrets.token_hex(16)}"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, audited_secrets: list[str]) -> Iterator[JupyterHubServer]:
+    services = {"science-gateway": hub_token(), "dask-gateway": hub_token()}
+    server = start_jupyterhub(
+        tmp_path_factory.mktemp("jupyterhub"), USERS, {ADMINS: ["carol"]}, services, admin_token=hub_token()
+    )
+    yield server
+    stop_process(server.process, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tokens(hub: JupyterHubServer, audited_secrets: list[str]) -> dict[str, str]:
+    """An API token for each user, as JupyterHub puts one in every notebook's JUPYTERHUB_API_TOKEN."""
+    issued = {user: hub.new_token(user)[0] for user in USERS}
+    audited_secrets.extend(issued.values())
+    return issued
+
+
+@pytest.fixture(scope="module")
+def dask_gateway_server(s3: LocalS3, hub: JupyterHubServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskGatewayServer]:
+    server = start_dask_gateway_server(
+        tmp_path_factory.mktemp("dask-gateway-hub"), s3.environ(), authentication=jupyterhub_authentication(hub, "dask-gateway")
+    )
+    yield server
+    stop_process(server.process, timeout=60)
+
+
+def gateway_environ(hub: JupyterHubServer, dask_gateway: DaskGatewayServer, results_url: str, token: str, **settings: str) -> dict[str, str]:
+    """As deploy_gateway.yaml configures the gateway: JupyterHub auth for its callers and for its Dask Gateway login."""
+    return {
+        **os.environ,
+        "GATEWAY_RESULTS_URL": results_url,
+        "GATEWAY_AUTH": "jupyterhub",
+        "JUPYTERHUB_API_URL": hub.api_url,
+        "JUPYTERHUB_API_TOKEN": token,
+        "DASK_GATEWAY__ADDRESS": dask_gateway.address,
+        "DASK_GATEWAY__PROXY_ADDRESS": dask_gateway.proxy_address,
+        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+        # Short, so that a revoked token is refused within the test.
+        "GATEWAY_AUTH_CACHE_SECONDS": "1",
+        **settings,
+    }
+
+
+@pytest.fixture(scope="module")
+def hub_gateway(
+    hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningGateway]:
+    environ = gateway_environ(hub, dask_gateway_server, f"s3://{BUCKET}/hub", hub.service_tokens["science-gateway"])
+    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("hub-gateway") / "gateway.log")
+    yield gateway
+    stop_process(gateway.process, timeout=60)
+
+
+def as_user(token: str) -> dict[str, str]:
+    return {"Authorization": f"token {token}"}
+
+
+def test_the_gateway_gets_its_cluster_from_dask_gateway_with_its_service_token(
+    hub_gateway: RunningGateway, dask_gateway_server: DaskGatewayServer, hub: JupyterHubServer, http
+) -> None:
+    ready = http.get(f"{hub_gateway.url}/readyz", timeout=30).json()
+    assert ready["status"] == "ready" and ready["cluster"]["kind"] == "dask-gateway"
+
+    auth = JupyterHubAuth(api_token=hub.service_tokens["science-gateway"])
+    clusters = Gateway(dask_gateway_server.address, proxy_address=dask_gateway_server.proxy_address, auth=auth).list_clusters()
+    assert len(clusters) == 1, "the gateway's one cluster, listed under its own (service) identity"
+
+
+def test_probes_and_metrics_need_no_token_and_everything_else_does(hub_gateway: RunningGateway, tokens: dict[str, str], http) -> None:
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert http.get(f"{hub_gateway.url}{path}", timeout=30).status_code == 200, path
+
+    for path in ("/", "/jobs", "/openapi.json", f"/submit_job/no-token?{SMALL}", "/jobs/no-token/preview.png"):
+        response = http.get(f"{hub_gateway.url}{path}", timeout=30)
+        assert response.status_code == 401, path
+        assert response.json()["error"]["code"] == "not_authenticated"
+        assert response.headers["WWW-Authenticate"].startswith("token")
+
+    bad = http.get(f"{hub_gateway.url}/jobs", headers=as_user("not-a-token-the-hub-issued"), timeout=30)
+    assert bad.status_code == 401 and "wrong, expired or revoked" in bad.json()["error"]["message"]
+    for scheme in ("token", "Bearer", "bearer"):
+        response = http.get(f"{hub_gateway.url}/jobs", headers={"Authorization": f"{scheme} {tokens['alice']}"}, timeout=30)
+        assert response.status_code == 200, scheme
+
+
+def test_a_revoked_token_is_refused_and_one_without_the_access_scope_is_forbidden(
+    hub_gateway: RunningGateway, hub: JupyterHubServer, audited_secrets: list[str], http
+) -> None:
+    token, token_id = hub.new_token("bob")
+    narrow, _ = hub.new_token("bob", scopes=["read:users:name!user=bob"])
+    audited_secrets.extend([token, narrow])
+    assert http.get(f"{hub_gateway.url}/jobs", headers=as_user(token), timeout=30).status_code == 200
+
+    hub.revoke("bob", token_id)
+
+    def refused() -> bool:
+        return http.get(f"{hub_gateway.url}/jobs", headers=as_user(token), timeout=30).status_code == 401
+
+    wait_for(refused, 15, "the revoked token to be refused once the 1 s cache has expired")
+    forbidden = http.get(f"{hub_gateway.url}/jobs", headers=as_user(narrow), timeout=30)
+    assert forbidden.status_code == 403
+    assert "access:services!service=science-gateway" in forbidden.json()["error"]["message"]
+
+
+def test_each_user_sees_only_their_own_jobs_and_an_admin_sees_all(hub_gateway: RunningGateway, tokens: dict[str, str], http) -> None:
+    url = hub_gateway.url
+    alice, bob, carol = as_user(tokens["alice"]), as_user(tokens["bob"]), as_user(tokens["carol"])
+    mine = http.get(f"{url}/submit_job/alices-run?{SMALL}", headers=alice, timeout=60).json()
+    theirs = http.get(f"{url}/submit_job/bobs-run?{SMALL}", headers=bob, timeout=60).json()
+    assert (mine["owner"], theirs["owner"]) == ("alice", "bob")
+
+    listed = {job["job_id"] for job in http.get(f"{url}/jobs", headers=alice, timeout=30).json()["jobs"]}
+    assert "alices-run" in listed and "bobs-run" not in listed
+    for method, path in (("GET", "/jobs/bobs-run"), ("GET", "/jobs/bobs-run/preview.png"), ("DELETE", "/jobs/bobs-run")):
+        response = http.request(method, f"{url}{path}", headers=alice, timeout=60)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found", (method, path)
+    taken = http.get(f"{url}/submit_job/bobs-run?{SMALL}", headers=alice, timeout=60)
+    assert taken.status_code == 409 and "url" not in taken.json()["error"], "neither where nor whose"
+    assert "bob" not in taken.json()["error"]["message"].replace("bobs-run", "")
+
+    everyone = {job["job_id"]: job["owner"] for job in http.get(f"{url}/jobs", headers=carol, timeout=30).json()["jobs"]}
+    assert everyone["alices-run"] == "alice" and everyone["bobs-run"] == "bob"
+    assert http.get(f"{url}/jobs/bobs-run/preview.png?size=thumbnail", headers=carol, timeout=60).status_code == 200
+    assert http.delete(f"{url}/jobs/bobs-run", headers=bob, timeout=60).status_code == 204
+
+
+def test_a_user_cancels_only_their_own_running_job(hub_gateway: RunningGateway, tokens: dict[str, str], http) -> None:
+    url = hub_gateway.url
+    alice, bob = as_user(tokens["alice"]), as_user(tokens["bob"])
+    big = {"job_id": "alices-big-run", "shape": [10000, 10000], "chunks": [1000, 1000]}
+    assert http.post(f"{url}/jobs", json=big, headers=alice, timeout=30).status_code == 202
+
+    assert http.delete(f"{url}/jobs/alices-big-run", headers=bob, timeout=60).status_code == 404
+    cancelled = http.delete(f"{url}/jobs/alices-big-run", headers=alice, timeout=60)
+
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+
+
+def test_the_notebook_sends_the_token_jupyterhub_gives_it(
+    hub_gateway: RunningGateway, tokens: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http
+) -> None:
+    monkeypatch.setenv("GATEWAY_URL", hub_gateway.url)
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", tokens["alice"])
+
+    cells = run_example_notebook(tmp_path, monkeypatch)
+
+    assert "'done'" in outputs(cells[2]), outputs(cells[2])
+    alices = http.get(f"{hub_gateway.url}/jobs", headers=as_user(tokens["alice"]), timeout=30).json()["jobs"]
+    assert any(job["job_id"].startswith("notebook-") for job in alices), "the notebook's job is alice's"
+
+
+def test_results_go_under_the_users_prefix_when_asked(
+    hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, tokens: dict[str, str], results_fs, tmp_path: Path, http
+) -> None:
+    environ = gateway_environ(
+        hub, dask_gateway_server, f"s3://{BUCKET}/per-user", hub.service_tokens["science-gateway"], GATEWAY_RESULTS_PER_USER="true"
+    )
+    gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log")
+    try:
+        job = http.get(f"{gateway.url}/submit_job/in-my-folder?{SMALL}", headers=as_user(tokens["alice"]), timeout=60).json()
+    finally:
+        stop_process(gateway.process, timeout=60)
+
+    assert job["url"] == f"s3://{BUCKET}/per-user/alice/in-my-folder"
+    assert results_fs.exists(f"{BUCKET}/per-user/alice/in-my-folder/zarr.json")
+    assert not results_fs.exists(f"{BUCKET}/per-user/in-my-folder")
+
+
+def refused_login(hub: JupyterHubServer, dask_gateway: DaskGatewayServer, token: str, log: Path, http) -> str:
+    """What readiness says of a gateway whose own token Dask Gateway refuses."""
+    gateway = start_gunicorn_gateway(gateway_environ(hub, dask_gateway, f"s3://{BUCKET}/hub", token), log_file=log, ready_timeout=0)
+
+    def refusal() -> str:
+        answer = http.get(f"{gateway.url}/readyz", timeout=30).json()
+        said = "ready" if answer.get("status") == "ready" else answer["error"]["message"]
+        return said if "refused" in said or said == "ready" else ""
+
+    try:
+        return wait_for(refusal, 60, "readiness to name the refused login")
+    finally:
+        stop_process(gateway.process, timeout=60)
+
+
+def test_readiness_says_when_the_hub_refuses_the_gateways_own_token(
+    hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, audited_secrets: list[str], tmp_path: Path, http
+) -> None:
+    token, token_id = hub.new_token("gateway-bot")
+    audited_secrets.append(token)
+    hub.revoke("gateway-bot", token_id)
+
+    said = refused_login(hub, dask_gateway_server, token, tmp_path / "gateway.log", http)
+
+    assert "JupyterHub did not accept the token in JUPYTERHUB_API_TOKEN" in said, said
+
+
+def test_a_token_that_may_not_use_dask_gateway_is_refused_too(
+    hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, tokens: dict[str, str], tmp_path: Path, http
+) -> None:
+    """A user's token lacks access:services!service=dask-gateway: the hub knows it, Dask Gateway refuses it."""
+    said = refused_login(hub, dask_gateway_server, tokens["gateway-bot"], tmp_path / "gateway.log", http)
+
+    assert "access:services" in said, said
