@@ -6,6 +6,10 @@ request carries ``Authorization: token <t>`` (or ``Bearer <t>``); the hub says
 whose token it is (``GET /hub/api/user`` with that token, cached for
 ``GATEWAY_AUTH_CACHE_SECONDS``), and the token must grant
 ``access:services!service=<JUPYTERHUB_SERVICE_NAME>``. Tokens are never logged.
+
+A browser has no token to send. With ``JUPYTERHUB_OAUTH_CALLBACK_URL`` set, it
+logs in through the hub instead (OAuth, with jupyterhub's ``HubOAuth``): the
+token the hub issues is kept in a cookie and checked like any other.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from urllib.parse import urlencode
 from dataclasses import dataclass
 
 from typing import Any
@@ -47,17 +52,25 @@ class Caller:
 ANYONE = Caller(name=None, sees_all=True)
 
 
+@dataclass(frozen=True)
+class LoginStarted:
+    """Where to send a browser to log in at the hub, and the state to keep in a cookie until it returns."""
+
+    url: str
+    state: str
+
+
 class HubCallers:
-    """Identifies callers by their JupyterHub API token."""
+    """Identifies callers by their JupyterHub API token, or by the cookie of a browser that logged in through the hub."""
 
     def __init__(self, settings: Settings) -> None:
         # Imported here: jupyterhub's helper takes 1.2 s to import (measured), which
         # a gateway without authentication need not spend.
-        from jupyterhub.services.auth import HubAuth
-        from tornado.web import HTTPError
-
         # Importing it sets up alembic, which announces each of its plugins at INFO.
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        from jupyterhub.services.auth import HubAuth, HubOAuth
+        from tornado.web import HTTPError
+
         # The helper warns through tornado's application logger at every refused
         # token; the caller is told with a 401, and an operator need not be.
         logging.getLogger("tornado.application").setLevel(logging.ERROR)
@@ -66,23 +79,48 @@ class HubCallers:
         self.admin_group = settings.admin_group
         self._token_pattern = HubAuth.auth_header_pat
         self._hub_error: type[Exception] = HTTPError
-        self._hub: Any = HubAuth(
-            api_url=settings.jupyterhub_api_url,
-            api_token=settings.jupyterhub_api_token,
-            cache_max_age=settings.auth_cache_seconds,
-            access_scopes={f"access:services!service={self.service_name}"},
-        )
+        self.browser_login = settings.oauth_callback_url is not None
+        common = {
+            "api_url": settings.jupyterhub_api_url,
+            "api_token": settings.jupyterhub_api_token,
+            "cache_max_age": settings.auth_cache_seconds,
+            "access_scopes": {f"access:services!service={self.service_name}"},
+        }
+        if self.browser_login:
+            # JupyterHub names a service's OAuth client "service-<name>".
+            self._hub: Any = HubOAuth(
+                **common,
+                oauth_client_id=settings.oauth_client_id or f"service-{self.service_name}",
+                oauth_redirect_uri=settings.oauth_callback_url,
+                hub_host=settings.jupyterhub_host,
+            )
+        else:
+            self._hub = HubAuth(**common)
 
-    def caller(self, authorization: str | None) -> Caller:
-        """The caller whose token is in this ``Authorization`` header; raise if there is none or the hub refuses it."""
+    @property
+    def cookie_name(self) -> str:
+        """The cookie that keeps a browser's token after it logged in through the hub."""
+        return self._hub.cookie_name if self.browser_login else ""
+
+    @property
+    def login_state_cookie(self) -> str:
+        """The cookie that keeps a login's state while the browser is at the hub."""
+        return self._hub.state_cookie_name
+
+    def caller(self, authorization: str | None, cookie_token: str | None = None) -> Caller:
+        """The caller whose token is in this ``Authorization`` header (or, from a browser, its login cookie).
+
+        Raise if there is none or the hub refuses it.
+        """
         match = self._token_pattern.fullmatch((authorization or "").strip())
-        if match is None:
+        token = match.group(1).strip() if match else (cookie_token if self.browser_login else None)
+        if not token:
             raise NotAuthenticated(
                 "send a JupyterHub API token as 'Authorization: token <token>'; "
                 "in a JupyterHub notebook it is in JUPYTERHUB_API_TOKEN"
             )
         try:
-            model = self._hub.user_for_token(match.group(1).strip())
+            model = self._hub.user_for_token(token)
         except self._hub_error as exc:
             raise AuthUnavailable(f"cannot check the token with JupyterHub at {self._hub.api_url}: {exc.log_message}") from None
         if model is None:
@@ -95,6 +133,24 @@ class HubCallers:
         # As Dask Gateway does: a service's name cannot pass for a user's.
         name = model["name"] if model.get("kind", "user") == "user" else f"{model['kind']}:{model['name']}"
         return Caller(name=name, sees_all=self.admin_group in model.get("groups", []))
+
+    def start_login(self, next_path: str) -> LoginStarted:
+        """Send a browser to the hub to log in; it comes back to the OAuth callback, then to ``next_path``."""
+        state = self._hub.generate_state(next_url=next_path)
+        return LoginStarted(f"{self._hub.login_url}&{urlencode({'state': state})}", state)
+
+    def finish_login(self, code: str | None, state: str | None, cookie_state: str | None) -> tuple[str, str]:
+        """The token the hub gives for this OAuth ``code``, and the path to return to; raise unless the states match."""
+        if not code or not state or state != cookie_state:
+            raise NotAuthenticated("the login through JupyterHub did not come back as it left; open the page again")
+        next_path = self._hub.get_next_url(state)
+        self._hub.clear_oauth_state(state)
+        try:
+            token = self._hub.token_for_code(code)
+        except self._hub_error as exc:
+            raise NotAuthenticated(f"JupyterHub did not complete the login: {exc.log_message}") from None
+        # Only a path of this service: never a redirect elsewhere.
+        return token, next_path if next_path.startswith("/") and not next_path.startswith("//") else "/"
 
 
 def why_dask_gateway_refused(api_url: str | None, token: str) -> str:

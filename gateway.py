@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, render_template, request, url_for
+from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
@@ -172,17 +172,11 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
     jobs = gateway.jobs
 
     if gateway.callers is not None:
-        callers = gateway.callers
-
-        @app.before_request
-        def identify_caller() -> None:
-            if request.endpoint not in OPEN_ENDPOINTS:
-                g.caller = callers.caller(request.headers.get("Authorization"))
+        _register_authentication(app, gateway.callers)
 
     @app.get("/")
     def index() -> Response:
-        # curl and scripts send */* and get the plain line they always had; browsers ask for HTML.
-        if request.accept_mimetypes.best_match(["text/plain", "text/html"]) == "text/html":
+        if _wants_html():
             response = _jobs_page(gateway)
         else:
             response = Response("Gateway up and running!", mimetype="text/plain")
@@ -297,6 +291,43 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         _query(())
         cancelled = jobs.cancel_or_delete(validate_job_id(job_id), _visible_to())
         return jsonify(cancelled.to_json()) if cancelled else Response(status=204)
+
+
+def _wants_html() -> bool:
+    # curl and scripts send */*: they get what they always had. Browsers ask for HTML.
+    return request.accept_mimetypes.best_match(["text/plain", "text/html"]) == "text/html"
+
+
+def _register_authentication(app: Flask, callers: HubCallers) -> None:
+    """Every request but the open ones names its caller; a browser without a login is sent to the hub's."""
+
+    @app.before_request
+    def identify_caller() -> Response | None:
+        if request.endpoint in OPEN_ENDPOINTS or request.endpoint == "oauth_callback":
+            return None
+        cookie_token = request.cookies.get(callers.cookie_name) if callers.browser_login else None
+        try:
+            g.caller = callers.caller(request.headers.get("Authorization"), cookie_token)
+        except NotAuthenticated:
+            if not (callers.browser_login and request.method == "GET" and _wants_html()):
+                raise
+            login = callers.start_login(request.full_path.rstrip("?"))
+            response = redirect(login.url)
+            response.set_cookie(callers.login_state_cookie, login.state, max_age=600, httponly=True, samesite="Lax", secure=request.is_secure)
+            return response
+        return None
+
+    if callers.browser_login:
+
+        @app.get("/oauth_callback")
+        def oauth_callback() -> Response:
+            state_cookie = callers.login_state_cookie
+            token, next_path = callers.finish_login(request.args.get("code"), request.args.get("state"), request.cookies.get(state_cookie))
+            response = redirect(next_path)
+            # HttpOnly: the page's script never sees the token; the browser sends it to this service alone.
+            response.set_cookie(callers.cookie_name, token, httponly=True, samesite="Lax", secure=request.is_secure)
+            response.delete_cookie(state_cookie)
+            return response
 
 
 def _preview_response(png: bytes, etag: str, status: int) -> Response:

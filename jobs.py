@@ -75,6 +75,11 @@ class JobRecord:
     seconds: float | None = None
     error: dict[str, str] | None = None
 
+    def __post_init__(self) -> None:
+        # Records written before places had none: their result is at the job id.
+        # Never empty, which would name the whole results location.
+        self.place = self.place or self.job_id
+
     def to_json(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id,
@@ -99,8 +104,6 @@ class JobRecord:
     @classmethod
     def from_stored(cls, stored: dict[str, Any]) -> JobRecord:
         spec = stored["spec"]
-        # Records written before owners and places: no owner, the result at the job id.
-        stored = {"owner": None, "place": stored["job_id"], **stored}
         return cls(
             **{**stored, "spec": RandomArraySpec(spec["seed"], tuple(spec["shape"]), tuple(spec["chunks"]), spec["dtype"])}
         )
@@ -289,7 +292,8 @@ class JobManager:
             with self._lock:
                 self._submitting.discard(job_id)
         self._metrics.jobs_submitted.inc()
-        logger.info("job %s submitted: %s", job_id, spec.to_json(), extra=job_event_fields(job_id, "submitted", QUEUED))
+        by = f" by {owner}" if owner else ""
+        logger.info("job %s submitted%s: %s", job_id, by, spec.to_json(), extra=job_event_fields(job_id, "submitted", QUEUED))
         return queued
 
     def get(self, job_id: str, visible_to: str | None = None) -> JobRecord:

@@ -45,6 +45,10 @@ class Settings:
     admin_group: str = "gateway-admins"
     auth_cache_seconds: float = 60.0
     results_per_user: bool = False
+    # Browser login through the hub (OAuth): where the hub sends the browser back, and the hub as browsers reach it.
+    oauth_callback_url: str | None = None
+    oauth_client_id: str = ""
+    jupyterhub_host: str = ""
 
     @property
     def uses_dask_gateway(self) -> bool:
@@ -115,13 +119,19 @@ def _flag(environ: Mapping[str, str], name: str) -> bool:
     return _choice(environ, name, ("false", "true")) == "true"
 
 
+def _url(environ: Mapping[str, str], name: str, example: str) -> str | None:
+    url = environ.get(name, "").strip() or None
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise SettingsError(f"{name}={url!r} must be an http:// or https:// URL, such as {example}")
+    return url
+
+
 def _jupyterhub_api_url(environ: Mapping[str, str], auth: str) -> str | None:
     # JupyterHub sets JUPYTERHUB_API_URL for the services it starts; an external service is given it.
-    url = environ.get("JUPYTERHUB_API_URL", "").strip().rstrip("/") or None
+    url = _url(environ, "JUPYTERHUB_API_URL", "http://hub:8081/hub/api")
+    url = url.rstrip("/") if url else None
     if auth == "jupyterhub" and url is None:
         raise SettingsError("GATEWAY_AUTH=jupyterhub needs JUPYTERHUB_API_URL, the hub's API, such as http://hub:8081/hub/api")
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise SettingsError(f"JUPYTERHUB_API_URL={url!r} must be an http:// or https:// URL, such as http://hub:8081/hub/api")
     return url
 
 
@@ -158,4 +168,7 @@ def _auth_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         "admin_group": environ.get("GATEWAY_ADMIN_GROUP", "").strip() or "gateway-admins",
         "auth_cache_seconds": _positive_number(environ, "GATEWAY_AUTH_CACHE_SECONDS", 60.0, float),
         "results_per_user": results_per_user,
+        "oauth_callback_url": _url(environ, "JUPYTERHUB_OAUTH_CALLBACK_URL", "https://gateway.example.org/oauth_callback"),
+        "oauth_client_id": environ.get("JUPYTERHUB_CLIENT_ID", "").strip(),
+        "jupyterhub_host": (_url(environ, "JUPYTERHUB_HOST", "https://hub.example.org") or "").rstrip("/"),
     }

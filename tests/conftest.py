@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import fsspec
 import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from playwright.sync_api import Browser, sync_playwright
 
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
@@ -19,6 +22,14 @@ from devtools.processes import stop_process
 from gateway import create_app, services
 from helpers import keep_responses, responses_log
 from settings import load_settings
+
+# What `make test` said when it tried to install chromium.
+INSTALL_LOG = Path(__file__).parents[1] / ".venv" / ".browser"
+# As root, in a machine with no internet: no sandbox, and none of chromium's own calls home.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
 
 BUCKET = "gateway-results"
 MEASUREMENTS = pytest.StashKey[list[str]]()
@@ -117,3 +128,16 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def job_id() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+# Module-scoped: Playwright's sync API holds an event loop in this thread while it runs.
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        said = INSTALL_LOG.read_text().strip().splitlines()[-1:] if INSTALL_LOG.exists() else ["make test did not try"]
+        pytest.skip(f"the browser test needs Debian's chromium, which is not installed: {said[0]}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -34,6 +33,7 @@ class JupyterHubServer:
 
     process: subprocess.Popen
     api_url: str
+    public_url: str
     admin_token: str
     service_tokens: dict[str, str]
 
@@ -55,14 +55,21 @@ class JupyterHubServer:
 
 
 def start_jupyterhub(
-    workdir: Path, users: list[str], groups: dict[str, list[str]], services: dict[str, str], admin_token: str, timeout: float = 60
+    workdir: Path,
+    users: list[str],
+    groups: dict[str, list[str]],
+    services: dict[str, str],
+    admin_token: str,
+    oauth_redirects: dict[str, str] | None = None,
+    timeout: float = 60,
 ) -> JupyterHubServer:
     """JupyterHub with its dummy authenticator and configurable-http-proxy, on loopback.
 
     ``services`` (name: API token) are registered with the hub, as a deployment
     registers the science gateway and Dask Gateway: every user may use the
     science gateway, and the science gateway may use Dask Gateway. A test-only
-    service with ``admin_token`` manages users' tokens.
+    service with ``admin_token`` manages users' tokens. A service with an
+    ``oauth_redirects`` URL lets browsers log in to it through the hub.
     """
     hub_port, proxy_port, proxy_api_port = free_port(), free_port(), free_port()
     roles = [
@@ -70,7 +77,11 @@ def start_jupyterhub(
         {"name": "science-gateway", "services": ["science-gateway"], "scopes": ["access:services!service=dask-gateway"]},
         {"name": "test-admin", "services": ["test-admin"], "scopes": ["admin:users", "tokens"]},
     ]
-    registered = [{"name": name, "api_token": token} for name, token in {**services, "test-admin": admin_token}.items()]
+    redirects = oauth_redirects or {}
+    registered = [
+        {"name": name, "api_token": token, **({"oauth_redirect_uri": redirects[name], "oauth_no_confirm": True} if name in redirects else {})}
+        for name, token in {**services, "test-admin": admin_token}.items()
+    ]
     config = workdir / "jupyterhub_config.py"
     config.write_text(
         textwrap.dedent(
@@ -83,9 +94,9 @@ def start_jupyterhub(
             c.ConfigurableHTTPProxy.command = [{str(PROXY_COMMAND)!r}]
             c.JupyterHub.authenticator_class = "dummy"
             c.Authenticator.allowed_users = {set(users)!r}
-            c.JupyterHub.load_groups = {json.dumps({name: {"users": members} for name, members in groups.items()})}
-            c.JupyterHub.services = {json.dumps(registered)}
-            c.JupyterHub.load_roles = {json.dumps(roles)}
+            c.JupyterHub.load_groups = {({name: {"users": members} for name, members in groups.items()})!r}
+            c.JupyterHub.services = {registered!r}
+            c.JupyterHub.load_roles = {roles!r}
             c.JupyterHub.db_url = "sqlite:///{workdir / 'jupyterhub.sqlite'}"
             c.JupyterHub.cookie_secret_file = {str(workdir / 'cookie_secret')!r}
             c.JupyterHub.pid_file = {str(workdir / 'jupyterhub.pid')!r}
@@ -97,7 +108,7 @@ def start_jupyterhub(
     hub_env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "JUPYTERHUB_"))}
     process = start_process(command, env=hub_env, log_file=workdir / "jupyterhub.log", cwd=workdir)
     wait_for_port(hub_port, process, timeout)
-    hub = JupyterHubServer(process, f"http://127.0.0.1:{hub_port}/hub/api", admin_token, services)
+    hub = JupyterHubServer(process, f"http://127.0.0.1:{hub_port}/hub/api", f"http://127.0.0.1:{proxy_port}", admin_token, services)
     wait_while_running(lambda: _answers(hub), process, timeout, "the hub's API")
     return hub
 

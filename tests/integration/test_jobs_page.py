@@ -1,12 +1,11 @@
 """The jobs page at GET /, in a real headless browser (Debian's chromium, driven by Playwright), against gunicorn."""
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
-from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect
 
 from conftest import BUCKET, serve_for_module
 from devtools.gunicorn_gateway import RunningGateway
@@ -14,30 +13,9 @@ from devtools.local_s3 import LocalS3
 
 # What chromium sends for a page.
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
-# What `make test` said when it tried to install chromium.
-INSTALL_LOG = Path(__file__).parents[2] / ".venv" / ".browser"
-# As root, in a machine with no internet: no sandbox, and none of chromium's own calls home.
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def page_gateway(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     yield from serve_for_module(tmp_path_factory, "jobs-page", f"s3://{BUCKET}/jobs-page")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        said = INSTALL_LOG.read_text().strip().splitlines()[-1:] if INSTALL_LOG.exists() else ["make test did not try"]
-        pytest.skip(f"the browser test needs Debian's chromium, which is not installed: {said[0]}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from dask_gateway import Gateway, JupyterHubAuth
+from playwright.sync_api import Browser, expect
 
 from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
-from devtools.processes import stop_process
+from devtools.processes import free_port, stop_process
 from helpers import outputs, run_example_notebook, wait_for
 from servers import (
     DaskGatewayServer,
@@ -38,11 +38,18 @@ def hub_token() -> str:
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory, audited_secrets: list[str]) -> Iterator[JupyterHubServer]:
+def hub_gateway_port() -> int:
+    """Chosen before the hub starts: the hub sends browsers back to the gateway's OAuth callback on it."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, hub_gateway_port: int) -> Iterator[JupyterHubServer]:
     services = {"science-gateway": hub_token(), "dask-gateway": hub_token()}
     server = start_jupyterhub(
-        tmp_path_factory.mktemp("jupyterhub"), USERS, {ADMINS: ["carol"]}, services, admin_token=hub_token()
-    )
+        tmp_path_factory.mktemp("jupyterhub"), USERS, {ADMINS: ["carol"]}, services, admin_token=hub_token(),
+        oauth_redirects={"science-gateway": f"http://127.0.0.1:{hub_gateway_port}/oauth_callback"},
+    )  # fmt: skip
     yield server
     stop_process(server.process, timeout=30)
 
@@ -83,10 +90,15 @@ def gateway_environ(hub: JupyterHubServer, dask_gateway: DaskGatewayServer, resu
 
 @pytest.fixture(scope="module")
 def hub_gateway(
-    hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, tmp_path_factory: pytest.TempPathFactory
+    hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, hub_gateway_port: int, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
-    environ = gateway_environ(hub, dask_gateway_server, f"s3://{BUCKET}/hub", hub.service_tokens["science-gateway"])
-    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp("hub-gateway") / "gateway.log")
+    environ = gateway_environ(
+        hub, dask_gateway_server, f"s3://{BUCKET}/hub", hub.service_tokens["science-gateway"],
+        # Browsers log in through the hub, as its proxy serves it to them.
+        JUPYTERHUB_OAUTH_CALLBACK_URL=f"http://127.0.0.1:{hub_gateway_port}/oauth_callback",
+        JUPYTERHUB_HOST=hub.public_url,
+    )  # fmt: skip
+    gateway = start_gunicorn_gateway(environ, port=hub_gateway_port, log_file=tmp_path_factory.mktemp("hub-gateway") / "gateway.log")
     yield gateway
     stop_process(gateway.process, timeout=60)
 
@@ -204,6 +216,33 @@ def test_results_go_under_the_users_prefix_when_asked(
     assert job["url"] == f"s3://{BUCKET}/per-user/alice/in-my-folder"
     assert results_fs.exists(f"{BUCKET}/per-user/alice/in-my-folder/zarr.json")
     assert not results_fs.exists(f"{BUCKET}/per-user/in-my-folder")
+
+
+def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
+    hub_gateway: RunningGateway, browser: Browser, tokens: dict[str, str], http
+) -> None:
+    context = browser.new_context(base_url=hub_gateway.url)
+    page = context.new_page()
+    try:
+        page.goto("/")
+        expect(page.locator("#username_input")).to_be_visible()  # the hub's login form
+        page.fill("#username_input", "alice")
+        page.fill("#password_input", "any password: the test hub's dummy authenticator")
+        page.click("#login_submit")
+        expect(page).to_have_title("Science gateway: jobs")
+        assert page.url.startswith(hub_gateway.url), "back at the gateway"
+
+        page.fill("input[name=job_id]", "from-alices-browser")
+        page.fill("input[name=shape]", "100,100")
+        page.click("button[type=submit]")
+        expect(page.locator('#jobs tbody tr[data-job-id="from-alices-browser"]')).to_have_attribute("data-status", "done", timeout=60_000)
+        cookies = {cookie["name"]: cookie for cookie in context.cookies(hub_gateway.url)}
+    finally:
+        context.close()
+
+    record = http.get(f"{hub_gateway.url}/jobs/from-alices-browser", headers=as_user(tokens["alice"]), timeout=30).json()
+    assert record["owner"] == "alice"
+    assert cookies["service-science-gateway"]["httpOnly"], "the page's script never sees the token"
 
 
 def refused_login(hub: JupyterHubServer, dask_gateway: DaskGatewayServer, token: str, log: Path, http) -> str:

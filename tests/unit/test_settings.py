@@ -55,6 +55,8 @@ def test_values_are_read_from_the_environment() -> None:
         ("GATEWAY_AUTH_CACHE_SECONDS", "0"),
         ("GATEWAY_RESULTS_PER_USER", "yes please"),
         ("JUPYTERHUB_API_URL", "hub:8081/hub/api"),
+        ("JUPYTERHUB_OAUTH_CALLBACK_URL", "/oauth_callback"),
+        ("JUPYTERHUB_HOST", "hub.example.org"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
@@ -76,6 +78,7 @@ def test_jupyterhub_authentication_reads_the_hubs_own_variables() -> None:
     assert settings.jupyterhub_service_name == "science-gateway" and settings.admin_group == "research-leads"
     assert settings.results_per_user and settings.auth_cache_seconds == 60
     assert "a-service-token" not in repr(settings), "a logged Settings must not carry the token"
+    assert settings.oauth_callback_url is None, "no browser login unless its callback is given"
 
 
 @pytest.mark.parametrize(
