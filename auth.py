@@ -18,12 +18,12 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from urllib.parse import urlencode
 from dataclasses import dataclass
-
 from typing import Any
+from urllib.parse import urlencode
 
 from settings import Settings
+
 
 class NotAuthenticated(Exception):
     """No token, or one the hub does not know (wrong, expired or revoked): 401."""
@@ -44,9 +44,6 @@ class Caller:
     name: str | None
     sees_all: bool
 
-    def may_see(self, owner: str | None) -> bool:
-        return self.sees_all or owner == self.name
-
 
 # The caller of a gateway without authentication.
 ANYONE = Caller(name=None, sees_all=True)
@@ -65,8 +62,8 @@ class HubCallers:
 
     def __init__(self, settings: Settings) -> None:
         # Imported here: jupyterhub's helper takes 1.2 s to import (measured), which
-        # a gateway without authentication need not spend.
-        # Importing it sets up alembic, which announces each of its plugins at INFO.
+        # a gateway without authentication need not spend. The import sets up
+        # alembic, which would announce each of its plugins at INFO.
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from jupyterhub.services.auth import HubAuth, HubOAuth
         from tornado.web import HTTPError

@@ -33,6 +33,7 @@ function fillRow(row, job) {
   const record = row.querySelector("a.record");
   record.href = `${jobsUrl()}/${job.job_id}`;
   record.textContent = job.job_id;
+  row.querySelector(".owner").textContent = job.owner ? `by ${job.owner}` : "";
   row.querySelector(".array-url").textContent = job.array_url;
   row.querySelector(".badge").textContent = job.status;
   row.querySelector(".error").textContent = job.error ? job.error.message : "";

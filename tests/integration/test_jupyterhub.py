@@ -235,7 +235,9 @@ def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
         page.fill("input[name=job_id]", "from-alices-browser")
         page.fill("input[name=shape]", "100,100")
         page.click("button[type=submit]")
-        expect(page.locator('#jobs tbody tr[data-job-id="from-alices-browser"]')).to_have_attribute("data-status", "done", timeout=60_000)
+        row = page.locator('#jobs tbody tr[data-job-id="from-alices-browser"]')
+        expect(row).to_have_attribute("data-status", "done", timeout=60_000)
+        expect(row.locator(".owner")).to_have_text("by alice")
         cookies = {cookie["name"]: cookie for cookie in context.cookies(hub_gateway.url)}
     finally:
         context.close()
