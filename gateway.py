@@ -305,11 +305,14 @@ def _register_authentication(app: Flask, callers: HubCallers) -> None:
     def identify_caller() -> Response | None:
         if request.endpoint in OPEN_ENDPOINTS or request.endpoint == "oauth_callback":
             return None
-        cookie_token = request.cookies.get(callers.cookie_name) if callers.browser_login else None
+        # /submit_job makes a job on a GET, which a link on another site can send
+        # with a SameSite=Lax cookie: it takes the Authorization header alone.
+        uses_cookie = callers.browser_login and request.endpoint != "submit_job"
+        cookie_token = request.cookies.get(callers.cookie_name) if uses_cookie else None
         try:
             g.caller = callers.caller(request.headers.get("Authorization"), cookie_token)
         except NotAuthenticated:
-            if not (callers.browser_login and request.method == "GET" and _wants_html()):
+            if not (uses_cookie and request.method == "GET" and _wants_html()):
                 raise
             login = callers.start_login(request.full_path.rstrip("?"))
             response = redirect(login.url)

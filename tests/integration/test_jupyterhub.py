@@ -239,6 +239,9 @@ def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
         expect(row).to_have_attribute("data-status", "done", timeout=60_000)
         expect(row.locator(".owner")).to_have_text("by alice")
         cookies = {cookie["name"]: cookie for cookie in context.cookies(hub_gateway.url)}
+        # The login cookie is no token for a GET that makes a job, as a link from another site could.
+        by_link = page.request.get(f"{hub_gateway.url}/submit_job/from-a-link?shape=100,100")
+        assert by_link.status == 401
     finally:
         context.close()
 
