@@ -23,7 +23,7 @@ from auth import ANYONE, AuthUnavailable, Caller, HubCallers, NotAuthenticated, 
 from cluster import ClusterConnection, ClusterNotReady
 from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, GatewayStopping, JobManager, JobRecord
 from metrics import GatewayMetrics, JsonFormatter
-from openapi import PREVIEW_SIZES, openapi_document
+from openapi import JOB_ID_PATTERN, PAIR_PATTERN, PREVIEW_SIZES, openapi_document
 from random_array_job import (
     DTYPES,
     JOB_ID_RULE,
@@ -341,6 +341,12 @@ def _preview_response(png: bytes, etag: str, status: int) -> Response:
     return response
 
 
+def _html_pattern(pattern: str) -> str:
+    """An API document's pattern as a form's ``pattern``: anchored by HTML itself, and compiled
+    with the ``v`` flag, under which a ``-`` at the end of a class must be escaped."""
+    return pattern.removeprefix("^").removesuffix("$").replace("-]", r"\-]")
+
+
 def _jobs_page(gateway: GatewayServices) -> Response:
     recent, _ = gateway.jobs.list(None, PAGE_JOBS, None, _visible_to())
     placeholder = JobRecord(job_id="", spec=RandomArraySpec(seed=0), url="").to_json()
@@ -354,6 +360,8 @@ def _jobs_page(gateway: GatewayServices) -> Response:
         results_url=gateway.store.url,
         dtypes=DTYPES,
         job_id_rule=JOB_ID_RULE,
+        job_id_pattern=_html_pattern(JOB_ID_PATTERN),
+        pair_pattern=_html_pattern(PAIR_PATTERN),
     )
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = PAGE_SECURITY_POLICY

@@ -48,7 +48,8 @@ _JOB_ID = {
     "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
 }
 _PAIR = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
-_PAIR_QUERY = {"type": "string", "pattern": r"^[1-9][0-9]*,[1-9][0-9]*$"}
+PAIR_PATTERN = r"^[1-9][0-9]*,[1-9][0-9]*$"
+_PAIR_QUERY = {"type": "string", "pattern": PAIR_PATTERN}
 _LOCATION = {"Location": {"description": "The job's record", "schema": {"type": "string"}}}
 
 _SCHEMAS: dict[str, Any] = {

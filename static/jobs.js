@@ -95,8 +95,13 @@ async function submitJob(event) {
   const fields = new FormData(form);
   const job = { shape: integerPair(fields.get("shape")), dtype: fields.get("dtype") };
   if (fields.get("job_id")) job.job_id = fields.get("job_id");
-  if (fields.get("seed")) job.seed = Number(fields.get("seed"));
   if (fields.get("chunks")) job.chunks = integerPair(fields.get("chunks"));
+  // Seeds go up to 2^63 - 1, past what a JavaScript number holds exactly: digits
+  // go into the JSON text as typed, anything else as text for the gateway to refuse.
+  const seed = fields.get("seed").trim();
+  let body = JSON.stringify(job);
+  if (/^[0-9]+$/.test(seed)) body = body.replace(/}$/, `,"seed":${seed}}`);
+  else if (seed) body = JSON.stringify({ ...job, seed });
   const result = document.querySelector("#submit-result");
   const button = form.querySelector("button");
   button.disabled = true;
@@ -104,7 +109,7 @@ async function submitJob(event) {
     const response = await fetch(jobsUrl(), {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify(job),
+      body,
     });
     const answer = await response.json();
     if (response.ok) {

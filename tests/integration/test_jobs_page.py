@@ -49,7 +49,8 @@ def test_a_job_submitted_from_the_form_reaches_done_and_shows_its_thumbnail(page
     page.evaluate("window.sameDocument = true")
 
     page.fill("input[name=job_id]", "from-the-form")
-    page.fill("input[name=seed]", "7")
+    # Past 2**53: a JavaScript number would round it to 9007199254740992.
+    page.fill("input[name=seed]", "9007199254740993")
     page.fill("input[name=shape]", "3000,3000")
     page.fill("input[name=chunks]", "100,100")
     page.click("button[type=submit]")
@@ -61,6 +62,7 @@ def test_a_job_submitted_from_the_form_reaches_done_and_shows_its_thumbnail(page
     expect(row).to_have_attribute("data-status", "done", timeout=120_000)
     expect(row.locator(".chunks")).to_have_text("900/900")
     expect(row.locator("a.record")).to_have_attribute("href", "/jobs/from-the-form")
+    assert page.request.get("/jobs/from-the-form").json()["seed"] == 9007199254740993, "the seed as typed"
     thumbnail = row.locator(".preview img")
     expect(thumbnail).to_be_visible()
     page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=thumbnail.element_handle(), timeout=60_000)
