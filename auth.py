@@ -124,8 +124,10 @@ class HubCallers:
             raise NotAuthenticated("JupyterHub does not accept this token: it is wrong, expired or revoked")
         if not self._hub.check_scopes(self._hub.access_scopes, model):
             raise NotAuthorized(
-                f"{model['name']}'s token does not grant access:services!service={self.service_name}; "
-                "ask the hub's administrator for a role with that scope"
+                f"{model['name']}'s token does not grant access:services!service={self.service_name}. "
+                "A notebook's token (JUPYTERHUB_API_TOKEN) has the scopes of the hub's `server` role that its user holds: "
+                "the hub's administrator adds this scope to the `server` and `user` roles "
+                "(zero-to-jupyterhub: hub.loadRoles.server.scopes and hub.loadRoles.user.scopes, as jupyterhub_values.yaml does)"
             )
         # As Dask Gateway does: a service's name cannot pass for a user's.
         name = model["name"] if model.get("kind", "user") == "user" else f"{model['kind']}:{model['name']}"
@@ -150,10 +152,14 @@ class HubCallers:
         return token, next_path if next_path.startswith("/") and not next_path.startswith("//") else "/"
 
 
+# Where the deployment takes the gateway's own token from (deploy_gateway.yaml).
+TOKEN_SOURCE = "zero-to-jupyterhub's `hub` Secret, key hub.services.science-gateway.apiToken"
+
+
 def why_dask_gateway_refused(api_url: str | None, token: str) -> str:
     """Why Dask Gateway refused the gateway's JupyterHub token, as the hub tells it (Dask Gateway says only 401)."""
     if not token:
-        return "JUPYTERHUB_API_TOKEN is empty; put the gateway's JupyterHub token in the Secret (jhub_token)"
+        return f"JUPYTERHUB_API_TOKEN is empty; the deployment takes the gateway's JupyterHub token from {TOKEN_SOURCE}"
     unknown = "it is revoked, expired or wrong, or lacks access:services!service=dask-gateway"
     if api_url is None:
         return f"JupyterHub did not accept the token in JUPYTERHUB_API_TOKEN: {unknown} (set JUPYTERHUB_API_URL and the gateway asks the hub which)"
@@ -165,7 +171,7 @@ def why_dask_gateway_refused(api_url: str | None, token: str) -> str:
         if exc.code in (401, 403):
             return (
                 "JupyterHub did not accept the token in JUPYTERHUB_API_TOKEN: it is revoked, expired or wrong; "
-                "put a valid token in the Secret (jhub_token)"
+                f"the deployment takes it from {TOKEN_SOURCE}, which the hub's `helm upgrade` writes"
             )
         return f"JupyterHub did not accept the token in JUPYTERHUB_API_TOKEN: {unknown} (the hub answered {exc.code})"
     except (OSError, ValueError) as exc:

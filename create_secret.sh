@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# Creates or updates the Kubernetes Secret `awsconfig` that the gateway and its
-# Dask workers read: S3 credentials and the JupyterHub token.
+# Creates or updates a Kubernetes Secret of S3 credentials:
+# - `awsconfig`, the write credentials that the gateway and its Dask workers read;
+# - with --readers, `gateway-results-reader`, the read-only credentials that
+#   notebooks get (jupyterhub_values.yaml) to open the results.
+# The gateway's JupyterHub token is in zero-to-jupyterhub's own `hub` Secret.
 #
-#   ./create_secret.sh [-n NAMESPACE] [--dry-run] [CONFIG_FILE]
+#   ./create_secret.sh [-n NAMESPACE] [--readers] [--dry-run] [CONFIG_FILE]
 #
-# CONFIG_FILE (default: my_aws_config) holds KEY=VALUE lines; see
-# my_aws_config.example. --dry-run prints the Secret it would apply, every value
-# redacted, and applies nothing. No secret value is ever printed: values go to
-# kubectl through a private temporary file, never on a command line.
+# CONFIG_FILE (default: my_aws_config, or my_aws_reader_config with --readers)
+# holds KEY=VALUE lines; see my_aws_config.example. --dry-run prints the Secret
+# it would apply, every value redacted, and applies nothing. No secret value is
+# ever printed: values go to kubectl through a private temporary file, never on
+# a command line.
 set -euo pipefail
 
-SECRET_NAME=awsconfig
-REQUIRED_KEYS=(AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY jhub_token)
+REQUIRED_KEYS=(AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY)
 OPTIONAL_KEYS=(AWS_ENDPOINT_URL AWS_DEFAULT_REGION)
 
 usage() {
-    echo "usage: $0 [-n NAMESPACE] [--dry-run] [CONFIG_FILE]" >&2
+    echo "usage: $0 [-n NAMESPACE] [--readers] [--dry-run] [CONFIG_FILE]" >&2
     exit 2
 }
 
@@ -26,7 +29,8 @@ fail() {
 
 namespace=""
 dry_run=false
-config_file=my_aws_config
+readers=false
+config_file=""
 while [ $# -gt 0 ]; do
     case "$1" in
         -n | --namespace)
@@ -38,6 +42,10 @@ while [ $# -gt 0 ]; do
             dry_run=true
             shift
             ;;
+        --readers)
+            readers=true
+            shift
+            ;;
         -h | --help) usage ;;
         -*) usage ;;
         *)
@@ -46,6 +54,14 @@ while [ $# -gt 0 ]; do
             ;;
     esac
 done
+
+if $readers; then
+    SECRET_NAME=gateway-results-reader
+    config_file=${config_file:-my_aws_reader_config}
+else
+    SECRET_NAME=awsconfig
+    config_file=${config_file:-my_aws_config}
+fi
 
 [ -f "$config_file" ] || fail "config file '$config_file' not found; copy my_aws_config.example to it and fill it in"
 

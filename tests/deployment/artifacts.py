@@ -7,8 +7,12 @@ import re
 import runpy
 from typing import Any
 
+from typing import NamedTuple
+
+import jsonschema
+import pytest
 import yaml
-from kubernetes.client import ApiClient, V1Deployment, V1Service
+from kubernetes.client import ApiClient, V1Deployment, V1NetworkPolicy, V1Service
 
 from servers import PROJECT
 
@@ -18,18 +22,67 @@ class _Response:
         self.data = json.dumps(data)
 
 
-def manifests() -> tuple[V1Deployment, V1Service]:
-    """deploy_gateway.yaml as the kubernetes client's typed models."""
+class Manifests(NamedTuple):
+    deployment: V1Deployment
+    service: V1Service
+    network_policy: V1NetworkPolicy
+
+
+def manifest_documents() -> dict[str, dict[str, Any]]:
+    """deploy_gateway.yaml's documents by kind, as plain data."""
     documents = {doc["kind"]: doc for doc in yaml.safe_load_all((PROJECT / "deploy_gateway.yaml").read_text())}
-    assert set(documents) == {"Deployment", "Service"}
+    assert set(documents) == {"Deployment", "Service", "NetworkPolicy"}
+    return documents
+
+
+def manifests() -> Manifests:
+    """deploy_gateway.yaml as the kubernetes client's typed models."""
+    documents = manifest_documents()
     client = ApiClient()
-    return client.deserialize(_Response(documents["Deployment"]), "V1Deployment"), client.deserialize(
-        _Response(documents["Service"]), "V1Service"
-    )
+    return Manifests(*(client.deserialize(_Response(documents[kind]), f"V1{kind}") for kind in ("Deployment", "Service", "NetworkPolicy")))
 
 
 def helm_values() -> dict[str, Any]:
+    """dask_gateway_config.yaml: the dask-gateway chart's values."""
     return yaml.safe_load((PROJECT / "dask_gateway_config.yaml").read_text())
+
+
+def jupyterhub_values() -> dict[str, Any]:
+    """jupyterhub_values.yaml: the zero-to-jupyterhub chart's values."""
+    return yaml.safe_load((PROJECT / "jupyterhub_values.yaml").read_text())
+
+
+# The charts' own values and schemas, kept beside the project as data.
+CHARTS = PROJECT.parent / "shared" / "reference"
+
+
+class Chart(NamedTuple):
+    values: dict[str, Any]
+    schema: dict[str, Any]
+
+    def errors(self, ours: dict[str, Any]) -> list[str]:
+        """What the chart's schema finds wrong in our values merged over the chart's, as helm validates them."""
+        # The schemas are draft 7; the dask-gateway one spells its own $schema key wrongly.
+        schema = {key: value for key, value in self.schema.items() if not key.startswith("$schema")}
+        found = sorted(jsonschema.Draft7Validator(schema).iter_errors(merged(self.values, ours)), key=str)
+        return [f"{'/'.join(map(str, error.path))}: {error.message}" for error in found]
+
+
+def chart(name: str) -> Chart:
+    """A chart's default values and schema from the reference folder; skip the test where it is absent."""
+    folder = CHARTS / name
+    if not (folder / "values.schema.yaml").exists():
+        pytest.skip(f"the {name} chart's values and schema are not at {folder} (../shared/reference)")
+    return Chart(yaml.safe_load((folder / "values.yaml").read_text()), yaml.safe_load((folder / "values.schema.yaml").read_text()))
+
+
+def merged(base: Any, override: Any) -> Any:
+    """Helm's merge of values: maps merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {key: merged(base.get(key), value) for key, value in override.items()} | {
+            key: value for key, value in base.items() if key not in override
+        }
+    return override
 
 
 def dockerfile_cmd() -> list[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from artifacts import jupyterhub_values
 from servers import PROJECT
 
 VALUES = {
@@ -13,7 +14,6 @@ VALUES = {
     "AWS_SECRET_ACCESS_KEY": "s3cr3t/Value+With=Signs",
     "AWS_ENDPOINT_URL": "https://s3.example.org",
     "AWS_DEFAULT_REGION": "eu-west-1",
-    "jhub_token": "0123456789abcdef0123456789abcdef",
 }
 
 
@@ -22,8 +22,8 @@ def write_config(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def create_secret(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(PROJECT / "create_secret.sh"), *arguments], capture_output=True, text=True, cwd=PROJECT, timeout=60)
+def create_secret(*arguments: str, cwd: Path = PROJECT) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(PROJECT / "create_secret.sh"), *arguments], capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
 def assert_no_secret_shown(done: subprocess.CompletedProcess) -> None:
@@ -43,8 +43,28 @@ def test_a_good_file_gives_the_secret_with_every_value_redacted(tmp_path: Path) 
     assert_no_secret_shown(done)
 
 
+def test_the_readers_secret_is_the_one_notebooks_read(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "my_aws_reader_config", [f"{key}={value}" for key, value in VALUES.items()])
+    done = create_secret("--readers", "--dry-run", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "name: gateway-results-reader" in done.stdout and "name: awsconfig" not in done.stdout
+    referenced = {
+        entry["valueFrom"]["secretKeyRef"]["name"]
+        for entry in jupyterhub_values()["singleuser"]["extraEnv"].values()
+        if isinstance(entry, dict) and "secretKeyRef" in entry.get("valueFrom", {})
+    }
+    assert referenced == {"gateway-results-reader"}
+    assert_no_secret_shown(done)
+
+
+def test_the_readers_file_is_its_own(tmp_path: Path) -> None:
+    (tmp_path / "my_aws_config").write_text("AWS_ACCESS_KEY_ID=AKIAEXAMPLEKEY123456\n")
+    done = create_secret("--readers", "--dry-run", cwd=tmp_path)
+    assert done.returncode == 1 and "'my_aws_reader_config' not found" in done.stderr
+
+
 def test_optional_keys_may_be_left_out(tmp_path: Path) -> None:
-    required = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "jhub_token"]
+    required = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
     config = write_config(tmp_path / "config", [f"{key}={VALUES[key]}" for key in required] + ["AWS_DEFAULT_REGION="])
     done = create_secret("--dry-run", str(config))
     assert done.returncode == 0, done.stderr
@@ -60,11 +80,12 @@ def lines_without(key: str) -> list[str]:
     ("lines", "message"),
     [
         (lines_without("AWS_SECRET_ACCESS_KEY"), "AWS_SECRET_ACCESS_KEY is missing"),
-        (lines_without("jhub_token"), "jhub_token is missing"),
+        (lines_without("AWS_ACCESS_KEY_ID"), "AWS_ACCESS_KEY_ID is missing"),
         (lines_without("AWS_ACCESS_KEY_ID") + ["AWS_ACCESS_KEY_ID="], "AWS_ACCESS_KEY_ID is empty"),
-        (lines_without("") + [f"this line has {VALUES['jhub_token']} but no equals sign"], "is not KEY=VALUE"),
+        (lines_without("") + [f"this line has {VALUES['AWS_SECRET_ACCESS_KEY']} but no equals sign"], "is not KEY=VALUE"),
         (lines_without("") + ["AWS_SESSION_TOKEN=abc"], "unknown key AWS_SESSION_TOKEN"),
-        (lines_without("") + [f"jhub_token={VALUES['jhub_token']}"], "jhub_token is given twice"),
+        (lines_without("") + ["jhub_token=0123456789abcdef"], "unknown key jhub_token"),
+        (lines_without("") + [f"AWS_SECRET_ACCESS_KEY={VALUES['AWS_SECRET_ACCESS_KEY']}"], "AWS_SECRET_ACCESS_KEY is given twice"),
     ],
 )
 def test_a_bad_file_is_refused_naming_the_key_not_the_value(tmp_path: Path, lines: list[str], message: str) -> None:

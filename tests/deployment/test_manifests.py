@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from artifacts import dockerfile_cmd, gunicorn_settings, helm_values, manifests
+from artifacts import dockerfile_cmd, gunicorn_settings, helm_values, jupyterhub_values, manifests
 from devtools.processes import free_port
 from gateway import create_app, services
 from servers import PROJECT
@@ -25,19 +25,19 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
 
 
 def container():
-    deployment, _ = manifests()
+    deployment = manifests().deployment
     (gateway,) = deployment.spec.template.spec.containers
     return gateway
 
 
 def test_one_replica_replaced_not_rolled() -> None:
-    deployment, _ = manifests()
+    deployment = manifests().deployment
     assert deployment.spec.replicas == 1
     assert deployment.spec.strategy.type == "Recreate"
 
 
 def test_the_service_selects_the_pods_and_ports_agree() -> None:
-    deployment, service = manifests()
+    deployment, service, _ = manifests()
     assert service.metadata.name == "gateway-svc"
     labels = deployment.spec.template.metadata.labels
     assert service.spec.selector and service.spec.selector.items() <= labels.items()
@@ -65,7 +65,7 @@ def test_probes_are_routes_of_the_app(app: Flask) -> None:
 
 
 def test_security_context_and_resources() -> None:
-    deployment, _ = manifests()
+    deployment = manifests().deployment
     pod = deployment.spec.template.spec
     gateway = container()
     assert pod.security_context.run_as_non_root and pod.security_context.seccomp_profile.type == "RuntimeDefault"
@@ -80,7 +80,7 @@ def test_security_context_and_resources() -> None:
 
 
 def test_termination_grace_outlasts_gunicorns_graceful_timeout() -> None:
-    deployment, _ = manifests()
+    deployment = manifests().deployment
     assert deployment.spec.template.spec.termination_grace_period_seconds >= gunicorn_settings()["graceful_timeout"] + 60
 
 
@@ -94,12 +94,22 @@ def test_running_jobs_and_their_cancel_fit_in_gunicorns_graceful_timeout() -> No
 def test_one_secret_name_everywhere() -> None:
     gateway = container()
     assert [source.secret_ref.name for source in gateway.env_from] == [SECRET]
-    env = {variable.name: variable for variable in gateway.env}
-    token = env["JUPYTERHUB_API_TOKEN"].value_from.secret_key_ref
-    assert (token.name, token.key) == (SECRET, "jhub_token")
     worker = helm_values()["gateway"]["backend"]["worker"]["extraContainerConfig"]
     assert worker["envFrom"] == [{"secretRef": {"name": SECRET}}]
-    assert re.search(rf"^SECRET_NAME={SECRET}$", (PROJECT / "create_secret.sh").read_text(), flags=re.MULTILINE)
+    assert re.search(rf"^    SECRET_NAME={SECRET}$", (PROJECT / "create_secret.sh").read_text(), flags=re.MULTILINE)
+
+
+def test_both_hub_tokens_are_the_ones_zero_to_jupyterhub_generated_for_its_services() -> None:
+    """The chart keeps hub.services.<name>.apiToken in its `hub` Secret; no token is written in any file."""
+    env = {variable.name: variable for variable in container().env}
+    token = env["JUPYTERHUB_API_TOKEN"].value_from.secret_key_ref
+    service = env["JUPYTERHUB_SERVICE_NAME"].value
+    assert (token.name, token.key) == ("hub", f"hub.services.{service}.apiToken")
+    assert service in jupyterhub_values()["hub"]["services"]
+    hub_auth = helm_values()["gateway"]["auth"]["jupyterhub"]
+    assert "apiToken" not in hub_auth, "the dask-gateway chart reads it from the hub Secret by default"
+    assert hub_auth["jupyterhubServiceName"] in jupyterhub_values()["hub"]["services"]
+    assert all("apiToken" not in entry and "api_token" not in entry for entry in jupyterhub_values()["hub"]["services"].values())
 
 
 def test_dask_gateway_settings_point_at_the_charts_service() -> None:

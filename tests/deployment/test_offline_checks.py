@@ -7,7 +7,7 @@ import pytest
 from servers import PROJECT
 
 TOOLS = PROJECT / ".venv-tools" / "bin"
-YAML_FILES = ["deploy_gateway.yaml", "dask_gateway_config.yaml", ".checkov.yaml", ".yamllint"]
+YAML_FILES = ["deploy_gateway.yaml", "dask_gateway_config.yaml", "jupyterhub_values.yaml", ".checkov.yaml", ".yamllint"]
 # A current Kubernetes release that kubernetes-validate knows.
 KUBERNETES_VERSION = "1.34"
 

@@ -1,0 +1,65 @@
+"""jupyterhub_values.yaml against the zero-to-jupyterhub chart's own schema, and against what the gateway needs."""
+
+import pytest
+import yaml
+from jupyterhub.roles import get_default_roles
+
+from artifacts import Chart, chart, helm_values, jupyterhub_values, manifests
+from servers import PROJECT
+
+ACCESS_SCOPES = {"access:services!service=science-gateway", "access:services!service=dask-gateway"}
+
+
+@pytest.fixture(scope="module")
+def zero_to_jupyterhub_chart() -> Chart:
+    return chart("zero-to-jupyterhub-chart")
+
+
+def test_our_values_merged_over_the_charts_fit_its_schema(zero_to_jupyterhub_chart: Chart) -> None:
+    errors = zero_to_jupyterhub_chart.errors(jupyterhub_values())
+    assert not errors, "\n".join(errors)
+
+
+def test_the_schema_catches_a_misplaced_key(zero_to_jupyterhub_chart: Chart) -> None:
+    assert zero_to_jupyterhub_chart.errors({"singleuser": {"networkPolicy": {"egres": []}}}), "the check must be able to fail"
+
+
+def test_notebook_tokens_keep_jupyterhubs_server_scopes_and_gain_both_services() -> None:
+    """A notebook's JUPYTERHUB_API_TOKEN has the `server` role's scopes, limited to those its user holds."""
+    roles = jupyterhub_values()["hub"]["loadRoles"]
+    (default_server,) = [role for role in get_default_roles() if role["name"] == "server"]
+    assert set(roles["server"]["scopes"]) == set(default_server["scopes"]) | ACCESS_SCOPES
+    assert ACCESS_SCOPES <= set(roles["user"]["scopes"]) and "self" in roles["user"]["scopes"]
+    assert roles["science-gateway"] == {"services": ["science-gateway"], "scopes": ["access:services!service=dask-gateway"]}
+
+
+def test_both_services_are_registered_under_the_names_the_gateway_and_dask_gateway_check() -> None:
+    env = {variable.name: variable.value for variable in manifests().deployment.spec.template.spec.containers[0].env}
+    services = jupyterhub_values()["hub"]["services"]
+    assert set(services) == {env["JUPYTERHUB_SERVICE_NAME"], helm_values()["gateway"]["auth"]["jupyterhub"]["jupyterhubServiceName"]}
+    assert all("url" not in service for service in services.values()), "neither is served through the hub's proxy"
+
+
+def test_the_admin_group_is_the_gateways() -> None:
+    groups = jupyterhub_values()["hub"]["config"]["JupyterHub"]["load_groups"]
+    assert list(groups) == ["gateway-admins"], "GATEWAY_ADMIN_GROUP's default"
+
+
+def test_notebooks_are_told_where_the_gateway_and_dask_gateway_are() -> None:
+    deployment, service, _ = manifests()
+    environment = jupyterhub_values()["singleuser"]["extraEnv"]
+    assert environment["GATEWAY_URL"] == f"http://{service.metadata.name}" and service.spec.ports[0].port == 80
+    gateways = {variable.name: variable.value for variable in deployment.spec.template.spec.containers[0].env}
+    for name in ("DASK_GATEWAY__ADDRESS", "DASK_GATEWAY__PROXY_ADDRESS", "DASK_GATEWAY__AUTH__TYPE"):
+        assert environment[name] == gateways[name], f"notebooks reach Dask Gateway as the gateway does: {name}"
+
+
+def test_notebooks_read_results_with_keys_of_their_own() -> None:
+    environment = jupyterhub_values()["singleuser"]["extraEnv"]
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
+        reference = environment[name]["valueFrom"]["secretKeyRef"]
+        assert (reference["name"], reference["key"]) == ("gateway-results-reader", name)
+        assert reference.get("optional", False) == (name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"))
+    gateway_secrets = {source.secret_ref.name for source in manifests().deployment.spec.template.spec.containers[0].env_from}
+    assert "gateway-results-reader" not in gateway_secrets
+

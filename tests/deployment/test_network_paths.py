@@ -1,0 +1,252 @@
+"""Every hop of the notebook -> gateway -> hub / Dask Gateway -> object store path, under the NetworkPolicies deployed.
+
+The policies are our own (deploy_gateway.yaml) and those zero-to-jupyterhub
+renders from its values merged with jupyterhub_values.yaml. Helm cannot run
+here, so the chart's two templates are mirrored below as data; the first test
+checks that each piece mirrored is still in the chart's template text.
+Pods carry the labels their charts give them: zero-to-jupyterhub's user
+servers and hub (`component`, `app`, `release`, with `singleuser.extraLabels`
+on user servers), the dask-gateway chart's Traefik and API server
+(`app.kubernetes.io/*`), and ours from the Deployment's pod template.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from artifacts import CHARTS, Chart, chart, jupyterhub_values, manifest_documents, manifests, merged
+from network_policies import Endpoint, Policy, allowed
+
+NAMESPACE = "science"
+RELEASE = "jupyterhub"
+PRIVATE_RANGES = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+
+
+def z2jh_labels(component: str) -> dict[str, str]:
+    """The chart's match labels (`jupyterhub.matchLabels`), which its pods and policies share."""
+    return {"component": component, "app": "jupyterhub", "release": RELEASE}
+
+
+def z2jh_egress_allow_rules(values: dict[str, Any], netpol: dict[str, Any]) -> list[dict[str, Any]]:
+    """templates-_helpers-netpol.tpl: `jupyterhub.networkPolicy.renderEgressRules`."""
+    flags, metadata_ip = netpol["egressAllowRules"], f"{values['singleuser']['cloudMetadata']['ip']}/32"
+    rules: list[dict[str, Any]] = []
+    dns_peers = (
+        ([{"ipBlock": {"cidr": metadata_ip}}] if flags["dnsPortsCloudMetadataServer"] else [])
+        + ([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}] if flags["dnsPortsKubeSystemNamespace"] else [])
+        + ([{"ipBlock": {"cidr": cidr}} for cidr in PRIVATE_RANGES] if flags["dnsPortsPrivateIPs"] else [])
+    )
+    if dns_peers:
+        rules.append({"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}], "to": dns_peers})
+    if flags["nonPrivateIPs"]:
+        rules.append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [*PRIVATE_RANGES, metadata_ip]}}]})
+    if flags["privateIPs"]:
+        rules.append({"to": [{"ipBlock": {"cidr": cidr}} for cidr in PRIVATE_RANGES]})
+    if flags["cloudMetadataServer"]:
+        rules.append({"to": [{"ipBlock": {"cidr": metadata_ip}}]})
+    return rules + (netpol.get("egress") or [])
+
+
+def z2jh_policy(values: dict[str, Any], component: str, ingress: list[dict[str, Any]], egress: list[dict[str, Any]], netpol: dict[str, Any]) -> Policy:
+    allowed_ports = [{"ports": [{"port": port} for port in netpol["allowedIngressPorts"]]}] if netpol.get("allowedIngressPorts") else []
+    return {
+        "spec": {
+            "podSelector": {"matchLabels": z2jh_labels(component)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": allowed_ports + ingress + (netpol.get("ingress") or []),
+            "egress": egress + z2jh_egress_allow_rules(values, netpol),
+        }
+    }
+
+
+def z2jh_singleuser_policy(values: dict[str, Any]) -> Policy:
+    """templates-singleuser_netpol.yaml, with interNamespaceAccessLabels left at `ignore`."""
+    netpol = values["singleuser"]["networkPolicy"]
+    assert netpol["enabled"] and netpol["interNamespaceAccessLabels"] == "ignore"
+    from_labelled = [{"podSelector": {"matchLabels": {"hub.jupyter.org/network-access-singleuser": "true"}}}]
+    return z2jh_policy(
+        values, "singleuser-server",
+        ingress=[{"ports": [{"port": "notebook-port"}], "from": from_labelled}],
+        egress=[
+            {"to": [{"podSelector": {"matchLabels": z2jh_labels("hub")}}], "ports": [{"port": 8081}]},
+            {"to": [{"podSelector": {"matchLabels": z2jh_labels("proxy")}}], "ports": [{"port": 8000}]},
+            {"to": [{"podSelector": {"matchLabels": z2jh_labels("autohttps")}}], "ports": [{"port": 8080}, {"port": 8443}]},
+        ],
+        netpol=netpol,
+    )  # fmt: skip
+
+
+def z2jh_hub_policy(values: dict[str, Any]) -> Policy:
+    """templates-hub_netpol.yaml, with interNamespaceAccessLabels left at `ignore`."""
+    netpol = values["hub"]["networkPolicy"]
+    assert netpol["enabled"] and netpol["interNamespaceAccessLabels"] == "ignore"
+    from_labelled = [{"podSelector": {"matchLabels": {"hub.jupyter.org/network-access-hub": "true"}}}]
+    return z2jh_policy(
+        values, "hub",
+        ingress=[{"ports": [{"port": "http"}], "from": from_labelled}],
+        egress=[
+            {"to": [{"podSelector": {"matchLabels": z2jh_labels("proxy")}}], "ports": [{"port": 8001}]},
+            {"to": [{"podSelector": {"matchLabels": z2jh_labels("singleuser-server")}}], "ports": [{"port": 8888}]},
+        ],
+        netpol=netpol,
+    )  # fmt: skip
+
+
+# Each piece of the templates that the functions above mirror, as it stands in the chart.
+MIRRORED = {
+    "templates-singleuser_netpol.yaml": [
+        'hub.jupyter.org/network-access-singleuser: "true"',
+        "- port: notebook-port",
+        '{{- $_ := merge (dict "componentLabel" "hub") . }} {{- include "jupyterhub.matchLabels" $_ | nindent 14 }} ports: - port: 8081',
+        '{{- $_ := merge (dict "componentLabel" "proxy") . }} {{- include "jupyterhub.matchLabels" $_ | nindent 14 }} ports: - port: 8000',
+        "- port: 8080 - port: 8443",
+        "{{- with .Values.singleuser.networkPolicy.ingress }}",
+        '(include "jupyterhub.networkPolicy.renderEgressRules" (list . .Values.singleuser.networkPolicy))',
+    ],
+    "templates-hub_netpol.yaml": [
+        'hub.jupyter.org/network-access-hub: "true"',
+        "- ports: - port: http from:",
+        "{{- with .Values.hub.networkPolicy.ingress }}",
+        "- port: 8001",
+        "- port: 8888",
+        '(include "jupyterhub.networkPolicy.renderEgressRules" (list . .Values.hub.networkPolicy))',
+    ],
+    "templates-_helpers-netpol.tpl": [
+        "{{- if $netpol.egressAllowRules.dnsPortsKubeSystemNamespace }}",
+        "kubernetes.io/metadata.name: kube-system",
+        "{{- if $netpol.egressAllowRules.nonPrivateIPs }}",
+        "cidr: 0.0.0.0/0 except:",
+        "{{- if $netpol.egressAllowRules.privateIPs }}",
+        "{{- with $netpol.egress }}",
+    ],
+    "templates-_helpers.tpl": [
+        'component: {{ include "jupyterhub.componentLabel" . }}',
+        'app: {{ .appLabel | default (include "jupyterhub.appLabel" .) | quote }}',
+        "release: {{ .Release.Name | quote }}",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def hub_chart() -> Chart:
+    return chart("zero-to-jupyterhub-chart")
+
+
+@pytest.mark.parametrize("template", sorted(MIRRORED))
+def test_the_chart_templates_still_say_what_is_mirrored_here(hub_chart: Chart, template: str) -> None:
+    text = " ".join((CHARTS / "zero-to-jupyterhub-chart" / template).read_text().split())
+    missing = [piece for piece in MIRRORED[template] if " ".join(piece.split()) not in text]
+    assert not missing, f"{template} changed: {missing}"
+
+
+def gateway_endpoint() -> Endpoint:
+    pod = manifests().deployment.spec.template
+    (container,) = pod.spec.containers
+    return Endpoint("gateway", dict(pod.metadata.labels), {port.name: port.container_port for port in container.ports}, NAMESPACE)
+
+
+def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
+    notebook_labels = {**z2jh_labels("singleuser-server"), **values["singleuser"]["extraLabels"]}
+    dask_gateway = {"app.kubernetes.io/name": "dask-gateway", "app.kubernetes.io/instance": "dask-gateway"}
+    return {
+        "notebook": Endpoint("notebook", notebook_labels, {"notebook-port": 8888}, NAMESPACE),
+        "notebook elsewhere": Endpoint("notebook in another namespace", notebook_labels, {"notebook-port": 8888}, "other"),
+        "gateway": gateway_endpoint(),
+        "hub": Endpoint("hub", z2jh_labels("hub"), {"http": 8081}, NAMESPACE),
+        "proxy": Endpoint("proxy", z2jh_labels("proxy"), {"http": 8000, "api": 8001}, NAMESPACE),
+        "traefik": Endpoint("traefik", {**dask_gateway, "app.kubernetes.io/component": "traefik"}, {"web": 8000, "traefik": 9000}, NAMESPACE),
+        "dask-gateway api": Endpoint("api", {**dask_gateway, "app.kubernetes.io/component": "gateway"}, {"api": 8000}, NAMESPACE),
+        "scheduler": Endpoint(
+            "scheduler", {"app.kubernetes.io/name": "dask-gateway", "app.kubernetes.io/component": "dask-scheduler"}, {"tcp-comm": 8786}, NAMESPACE
+        ),
+        "dns": Endpoint("kube-dns", {"k8s-app": "kube-dns"}, {"dns": 53}, "kube-system"),
+        # Addresses as data only: no traffic goes anywhere. 203.0.113.0/24 is a documentation range.
+        "object store": Endpoint("object store", ip="203.0.113.10"),
+        "private address": Endpoint("private address", ip="10.0.0.5"),
+        "cloud metadata": Endpoint("cloud metadata", ip="169.254.169.254"),
+    }
+
+
+@pytest.fixture(scope="module")
+def deployed(hub_chart: Chart) -> tuple[list[tuple[Policy, str]], dict[str, Endpoint]]:
+    values = merged(hub_chart.values, jupyterhub_values())
+    policies = [(manifest_documents()["NetworkPolicy"], NAMESPACE), (z2jh_singleuser_policy(values), NAMESPACE), (z2jh_hub_policy(values), NAMESPACE)]
+    return policies, endpoints(values)
+
+
+def gateway_pod_port() -> int:
+    """The port the Service sends notebooks' requests to, on the gateway's pod."""
+    _, service, _ = manifests()
+    (port,) = service.spec.ports
+    return gateway_endpoint().ports.get(port.target_port, port.target_port)
+
+
+# (from, to, port, protocol, why): each a hop the product needs.
+NEEDED = [
+    ("notebook", "gateway", None, "TCP", "a notebook calls http://gateway-svc"),
+    ("gateway", "hub", 8081, "TCP", "the gateway checks callers' tokens with the hub"),
+    ("gateway", "traefik", 8000, "TCP", "the gateway obtains its cluster and reaches its scheduler through Traefik"),
+    ("gateway", "dns", 53, "UDP", "the gateway resolves the Services' and the object store's names"),
+    ("gateway", "object store", 443, "TCP", "the gateway writes records and checks readiness in the object store"),
+    ("notebook", "traefik", 8000, "TCP", "a notebook starts its user's own Dask cluster"),
+    ("notebook", "object store", 443, "TCP", "a notebook opens results"),
+    ("dask-gateway api", "hub", 8081, "TCP", "Dask Gateway checks users' and the gateway's tokens with the hub"),
+]
+
+REFUSED = [
+    ("notebook", "gateway", 80, "TCP", "policies see pod ports: the Service's port 80 is not the pod's"),
+    ("notebook", "gateway", 9000, "TCP", "only the gateway's own port"),
+    ("notebook elsewhere", "gateway", None, "TCP", "user servers of this namespace only"),
+    ("proxy", "gateway", None, "TCP", "the jobs page is not served through the hub's proxy"),
+    ("hub", "gateway", None, "TCP", "the hub never calls the gateway"),
+    ("traefik", "gateway", None, "TCP", "nor does Dask Gateway"),
+    ("scheduler", "gateway", None, "TCP", "nor the Dask cluster"),
+    ("gateway", "notebook", 8888, "TCP", "the gateway never calls notebooks"),
+    ("gateway", "proxy", 8001, "TCP", "nor the proxy's API"),
+    ("gateway", "traefik", 9000, "TCP", "nor Traefik's dashboard"),
+    ("gateway", "scheduler", 8786, "TCP", "the scheduler only through Traefik"),
+    ("gateway", "dask-gateway api", 8000, "TCP", "Dask Gateway's API only through Traefik"),
+    ("gateway", "private address", 443, "TCP", "nothing else in the cluster's private ranges"),
+    ("gateway", "cloud metadata", 80, "TCP", "not the cloud metadata server"),
+    ("gateway", "object store", 80, "TCP", "the object store over HTTPS only"),
+    ("gateway", "dns", 8000, "TCP", "kube-system only for DNS"),
+]
+
+
+def hop(deployed, source: str, destination: str, port: int | None, protocol: str) -> bool:
+    policies, pods = deployed
+    return allowed(policies, pods[source], pods[destination], port if port is not None else gateway_pod_port(), protocol)
+
+
+@pytest.mark.parametrize(("source", "destination", "port", "protocol", "why"), NEEDED, ids=[f"{s}->{d}" for s, d, *_ in NEEDED])
+def test_each_hop_the_product_needs_is_allowed(deployed, source: str, destination: str, port: int | None, protocol: str, why: str) -> None:
+    assert hop(deployed, source, destination, port, protocol), why
+
+
+@pytest.mark.parametrize(("source", "destination", "port", "protocol", "why"), REFUSED, ids=[f"{s}->{d}:{p}" for s, d, p, *_ in REFUSED])
+def test_nothing_else_reaches_or_leaves_the_gateway(deployed, source: str, destination: str, port: int | None, protocol: str, why: str) -> None:
+    assert not hop(deployed, source, destination, port, protocol), why
+
+
+def test_the_notebooks_port_is_the_gateways_pod_port() -> None:
+    assert gateway_pod_port() == 8000
+    assert jupyterhub_values()["singleuser"]["networkPolicy"]["egress"][0]["ports"] == [{"port": 8000, "protocol": "TCP"}]
+
+
+def test_every_rule_of_the_gateways_policy_serves_a_needed_hop(deployed) -> None:
+    """Without any one of its rules, some needed hop fails: the policy allows nothing beyond them."""
+    policies, pods = deployed
+    ours = policies[0][0]
+    for direction in ("ingress", "egress"):
+        for index in range(len(ours["spec"][direction])):
+            rules = [rule for position, rule in enumerate(ours["spec"][direction]) if position != index]
+            without = {**ours, "spec": {**ours["spec"], direction: rules}}
+            reduced = [(without, NAMESPACE), *policies[1:]]
+            broken = [why for source, destination, port, protocol, why in NEEDED if not hop((reduced, pods), source, destination, port, protocol)]
+            assert broken, f"{direction} rule {index} serves no needed hop"
+
+
+def test_the_gateway_pod_has_the_label_the_hubs_policy_admits() -> None:
+    assert manifests().deployment.spec.template.metadata.labels["hub.jupyter.org/network-access-hub"] == "true"
