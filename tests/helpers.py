@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import numpy as np
 import psutil
 import pytest
 import requests
+import websocket
 import xarray as xr
 import zarr
 from nbclient import NotebookClient
@@ -102,5 +105,61 @@ def run_example_notebook(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> list
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
 
 
+def run_notebook_on_server(server_url: str, token: str, notebook: Path = EXAMPLE_NOTEBOOK, timeout: float = 300) -> list[nbformat.NotebookNode]:
+    """Run a notebook's code cells in a new kernel of a running notebook server, as its user's browser does; its code cells.
+
+    The kernel is started through the server's REST API and fed through its
+    websocket (``token`` must grant access to the server), so it runs with that
+    server's environment. It stops at the first cell that fails, whose error
+    stays in that cell's outputs; the kernel is shut down at the end.
+    """
+    headers = {"Authorization": f"token {token}"}
+    started = requests.post(f"{server_url}/api/kernels", json={"name": "python3"}, headers=headers, timeout=60)
+    started.raise_for_status()
+    kernel_url = f"{server_url}/api/kernels/{started.json()['id']}"
+    cells = [cell for cell in nbformat.read(notebook, as_version=4).cells if cell.cell_type == "code"]
+    channels = websocket.create_connection(f"ws{kernel_url.removeprefix('http')}/channels", header=[f"Authorization: token {token}"], timeout=timeout)
+    try:
+        session = uuid.uuid4().hex
+        for count, cell in enumerate(cells, start=1):
+            cell.outputs, cell.execution_count = [], count
+            if _execute(channels, session, cell, time.monotonic() + timeout) != "ok":
+                break
+    finally:
+        channels.close()
+        requests.delete(kernel_url, headers=headers, timeout=60)
+    return cells
+
+
+def _execute(channels: websocket.WebSocket, session: str, cell: nbformat.NotebookNode, deadline: float) -> str:
+    """Send one cell to the kernel; collect its outputs into the cell until the kernel is idle; the reply's status."""
+    msg_id = uuid.uuid4().hex
+    header = {"msg_id": msg_id, "msg_type": "execute_request", "session": session, "username": "", "version": "5.3"}
+    content = {"code": cell.source, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}
+    channels.send(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": "shell", "buffers": []}))
+    status, idle = None, False
+    while status is None or not idle:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the kernel did not finish the cell in time:\n{cell.source}")
+        message = json.loads(channels.recv())
+        if message["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind = message["header"]["msg_type"]
+        if kind == "execute_reply":
+            status = message["content"]["status"]
+        elif kind == "status":
+            idle = message["content"]["execution_state"] == "idle"
+        elif kind in ("stream", "display_data", "execute_result", "error"):
+            cell.outputs.append(nbformat.v4.output_from_msg(message))
+    return status
+
+
 def outputs(cell: nbformat.NotebookNode) -> str:
-    return "\n".join(output.get("text", "") or output.get("data", {}).get("text/plain", "") for output in cell.outputs)
+    """What a cell printed or showed as text, and its error, if any."""
+    return "\n".join(_text(output) for output in cell.outputs)
+
+
+def _text(output: nbformat.NotebookNode) -> str:
+    if output.output_type == "error":
+        return f"{output.ename}: {output.evalue}"
+    return output.get("text", "") or output.get("data", {}).get("text/plain", "")

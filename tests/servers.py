@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
+import yaml
 
 from devtools.gunicorn_gateway import PROJECT
 from devtools.processes import free_port, start_process, wait_for_port, wait_while_running
@@ -27,9 +31,15 @@ class DaskGatewayServer:
     password: str | None
 
 
+# The zero-to-jupyterhub values the product ships: the tests' hub is configured from them.
+HUB_VALUES = PROJECT / "jupyterhub_values.yaml"
+# What the test-only service may do: manage users' tokens, start their servers and use them.
+TEST_ADMIN_SCOPES = ["admin:users", "tokens", "admin:servers", "access:servers"]
+
+
 @dataclass
 class JupyterHubServer:
-    """A hub on loopback; ``admin_token`` (of a test-only service) creates and revokes users' tokens."""
+    """A hub on loopback; ``admin_token`` (of a test-only service) manages users' tokens and servers."""
 
     process: subprocess.Popen
     api_url: str
@@ -53,64 +63,115 @@ class JupyterHubServer:
     def revoke(self, user: str, token_id: str) -> None:
         self._api("DELETE", f"/users/{user}/tokens/{token_id}")
 
+    def start_server(self, user: str, timeout: float = 120) -> str:
+        """Spawn ``user``'s notebook server, as the hub's home page does; its URL through the hub's proxy once it is ready."""
+        self._api("POST", f"/users/{user}/server")
+
+        def server() -> dict[str, Any]:
+            return self._api("GET", f"/users/{user}").json()["servers"].get("", {})
+
+        wait_while_running(lambda: server().get("ready", False), self.process, timeout, f"{user}'s server to be ready")
+        return f"{self.public_url}{server()['url'].rstrip('/')}"
+
+    def stop_server(self, user: str) -> None:
+        self._api("DELETE", f"/users/{user}/server")
+
+
+def zero_to_jupyterhub_config(values: dict[str, Any], service_tokens: dict[str, str], notebook_environment: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The traitlets config that zero-to-jupyterhub's jupyterhub_config.py makes of these values, as far as a local hub uses it.
+
+    ``hub.config`` is taken as it stands; ``hub.services`` and ``hub.loadRoles``,
+    dicts keyed by name so that values files merge, become lists of dicts with
+    that ``name``. The chart generates each service's token: here it comes from
+    ``service_tokens``. ``singleuser.extraEnv`` becomes the spawner's
+    environment: a local process can read no Kubernetes Secret nor Service, so
+    ``notebook_environment`` gives each of its variables, and only those, a value.
+    """
+    hub = values.get("hub", {})
+    config = copy.deepcopy(hub.get("config", {}))
+    jupyterhub = config.setdefault("JupyterHub", {})
+    jupyterhub.setdefault("services", []).extend(
+        {"name": name, **{key: value for key, value in service.items() if key != "apiToken"}, "api_token": service_tokens[name]}
+        for name, service in hub.get("services", {}).items()
+    )
+    jupyterhub.setdefault("load_roles", []).extend({"name": name, **role} for name, role in hub.get("loadRoles", {}).items())
+    variables = set(values.get("singleuser", {}).get("extraEnv", {}))
+    if variables != set(notebook_environment):
+        raise ValueError(f"singleuser.extraEnv sets {sorted(variables)}; the test gives {sorted(notebook_environment)}")
+    config.setdefault("Spawner", {}).setdefault("environment", {}).update(notebook_environment)
+    return config
+
 
 def start_jupyterhub(
     workdir: Path,
     users: list[str],
-    groups: dict[str, list[str]],
+    group_members: dict[str, list[str]],
     services: dict[str, str],
     admin_token: str,
+    notebook_environment: dict[str, str],
+    local_environment: dict[str, str] | None = None,
     oauth_redirects: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
     timeout: float = 60,
 ) -> JupyterHubServer:
-    """JupyterHub with its dummy authenticator and configurable-http-proxy, on loopback.
+    """JupyterHub configured from jupyterhub_values.yaml (or ``values``), on loopback, with its proxy.
 
-    ``services`` (name: API token) are registered with the hub, as a deployment
-    registers the science gateway and Dask Gateway: every user may use the
-    science gateway, and the science gateway may use Dask Gateway. A test-only
-    service with ``admin_token`` manages users' tokens. A service with an
-    ``oauth_redirects`` URL lets browsers log in to it through the hub.
+    What the values do not say, because zero-to-jupyterhub's own config or the
+    cluster does it, is set here for loopback: the dummy authenticator with
+    ``users``, members of the values' groups (``group_members``), each service's
+    token (``services``), and a local process spawner that runs
+    ``jupyterhub-singleuser`` with ``notebook_environment`` for the values'
+    ``singleuser.extraEnv``, and ``local_environment`` for what the local
+    stand-ins need beyond it. A test-only service with ``admin_token`` manages
+    users' tokens and servers. A service with an ``oauth_redirects`` URL lets
+    browsers log in to it through the hub.
     """
     hub_port, proxy_port, proxy_api_port = free_port(), free_port(), free_port()
-    roles = [
-        {"name": "user", "scopes": ["self", "access:services!service=science-gateway"]},
-        {"name": "science-gateway", "services": ["science-gateway"], "scopes": ["access:services!service=dask-gateway"]},
-        {"name": "test-admin", "services": ["test-admin"], "scopes": ["admin:users", "tokens"]},
-    ]
-    redirects = oauth_redirects or {}
-    registered = [
-        {"name": name, "api_token": token, **({"oauth_redirect_uri": redirects[name], "oauth_no_confirm": True} if name in redirects else {})}
-        for name, token in {**services, "test-admin": admin_token}.items()
-    ]
-    config = workdir / "jupyterhub_config.py"
-    config.write_text(
-        textwrap.dedent(
-            f"""
-            c.JupyterHub.ip = "127.0.0.1"
-            c.JupyterHub.port = {proxy_port}
-            c.JupyterHub.hub_ip = "127.0.0.1"
-            c.JupyterHub.hub_port = {hub_port}
-            c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
-            c.ConfigurableHTTPProxy.command = [{str(PROXY_COMMAND)!r}]
-            c.JupyterHub.authenticator_class = "dummy"
-            c.Authenticator.allowed_users = {set(users)!r}
-            c.JupyterHub.load_groups = {({name: {"users": members} for name, members in groups.items()})!r}
-            c.JupyterHub.services = {registered!r}
-            c.JupyterHub.load_roles = {roles!r}
-            c.JupyterHub.db_url = "sqlite:///{workdir / 'jupyterhub.sqlite'}"
-            c.JupyterHub.cookie_secret_file = {str(workdir / 'cookie_secret')!r}
-            c.JupyterHub.pid_file = {str(workdir / 'jupyterhub.pid')!r}
-            """
-        )
+    bin_dir = Path(sys.executable).parent
+    values = yaml.safe_load(HUB_VALUES.read_text()) if values is None else values
+    config = zero_to_jupyterhub_config(values, services, notebook_environment)
+    hub = config["JupyterHub"]
+    for service in hub["services"]:
+        if service["name"] in (oauth_redirects or {}):
+            service.update(oauth_redirect_uri=oauth_redirects[service["name"]], oauth_no_confirm=True)
+    hub["services"].append({"name": "test-admin", "api_token": admin_token})
+    hub["load_roles"].append({"name": "test-admin", "services": ["test-admin"], "scopes": TEST_ADMIN_SCOPES})
+    for group, members in group_members.items():
+        hub["load_groups"][group]["users"] = members
+    hub.update(
+        ip="127.0.0.1", port=proxy_port, hub_ip="127.0.0.1", hub_port=hub_port, authenticator_class="dummy",
+        spawner_class="jupyterhub.spawner.SimpleLocalProcessSpawner",
+        db_url=f"sqlite:///{workdir / 'jupyterhub.sqlite'}",
+        cookie_secret_file=str(workdir / "cookie_secret"), pid_file=str(workdir / "jupyterhub.pid"),
+    )  # fmt: skip
+    config.setdefault("Authenticator", {})["allowed_users"] = users
+    config["ConfigurableHTTPProxy"] = {"api_url": f"http://127.0.0.1:{proxy_api_port}", "command": [str(PROXY_COMMAND)]}
+    config["SimpleLocalProcessSpawner"] = {"home_dir_template": str(workdir / "home" / "{username}")}
+    spawner = config["Spawner"]
+    # A container image puts its Python on PATH: here the project's venv, whose kernel spec runs `python`.
+    spawner["environment"].update(local_environment or {}, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    spawner.update(
+        cmd=[str(bin_dir / "jupyterhub-singleuser")],
+        # As root here, which a notebook server refuses unless told.
+        args=["--allow-root"] if os.geteuid() == 0 else [],
+        # This machine's OpenBLAS settings, which numpy in the kernel needs as the tests' own process does.
+        env_keep=["JUPYTERHUB_SINGLEUSER_APP", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"],
+        start_timeout=120, http_timeout=120,
+    )  # fmt: skip
+    config_file = workdir / "jupyterhub_config.py"
+    config_file.write_text(
+        "import json\n"
+        f"for section, settings in json.loads({json.dumps(config)!r}).items():\n"
+        "    c[section].update(settings)\n"
     )
-    command = [str(Path(sys.executable).parent / "jupyterhub"), "-f", str(config)]
+    command = [str(bin_dir / "jupyterhub"), "-f", str(config_file)]
     # The hub needs none of the tests' secrets.
     hub_env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "JUPYTERHUB_"))}
     process = start_process(command, env=hub_env, log_file=workdir / "jupyterhub.log", cwd=workdir)
     wait_for_port(hub_port, process, timeout)
-    hub = JupyterHubServer(process, f"http://127.0.0.1:{hub_port}/hub/api", f"http://127.0.0.1:{proxy_port}", admin_token, services)
-    wait_while_running(lambda: _answers(hub), process, timeout, "the hub's API")
-    return hub
+    server = JupyterHubServer(process, f"http://127.0.0.1:{hub_port}/hub/api", f"http://127.0.0.1:{proxy_port}", admin_token, services)
+    wait_while_running(lambda: _answers(server), process, timeout, "the hub's API")
+    return server
 
 
 def _answers(hub: JupyterHubServer) -> bool:

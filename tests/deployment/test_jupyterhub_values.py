@@ -63,3 +63,7 @@ def test_notebooks_read_results_with_keys_of_their_own() -> None:
     gateway_secrets = {source.secret_ref.name for source in manifests().deployment.spec.template.spec.containers[0].env_from}
     assert "gateway-results-reader" not in gateway_secrets
 
+
+def test_the_values_file_is_one_yaml_document_that_the_readme_shows() -> None:
+    assert len(list(yaml.safe_load_all((PROJECT / "jupyterhub_values.yaml").read_text()))) == 1
+    assert "--values jupyterhub_values.yaml" in (PROJECT / "README.md").read_text()

@@ -1,8 +1,11 @@
-"""Authentication with a real JupyterHub: callers' tokens, and the gateway's own login to Dask Gateway.
+"""Authentication with a real JupyterHub: notebooks' and callers' tokens, and the gateway's own login to Dask Gateway.
 
-The whole chain runs on real processes: a user's token -> the gateway -> the
+The whole chain runs on real processes, the hub configured from
+jupyterhub_values.yaml: alice's notebook server, spawned by the hub, runs the
+example notebook with the token the hub minted for it -> the gateway -> the
 hub's check (jupyterhub's service-auth helper); the gateway's service token ->
 dask-gateway-server -> the hub's check (its JupyterHub authenticator).
+Tokens made through the hub's REST API serve the tests of owners and refusals.
 """
 
 import os
@@ -10,7 +13,9 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import nbformat
 import pytest
+import yaml
 from dask_gateway import Gateway, JupyterHubAuth
 from playwright.sync_api import Browser, expect
 
@@ -18,8 +23,9 @@ from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
-from helpers import outputs, run_example_notebook, wait_for
+from helpers import outputs, run_notebook_on_server, wait_for
 from servers import (
+    HUB_VALUES,
     DaskGatewayServer,
     JupyterHubServer,
     jupyterhub_authentication,
@@ -44,14 +50,49 @@ def hub_gateway_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory, hub_gateway_port: int) -> Iterator[JupyterHubServer]:
+def dask_gateway_ports() -> tuple[int, int]:
+    """Chosen before the hub starts: notebooks are told where Dask Gateway is."""
+    return free_port(), free_port()
+
+
+def notebook_environment(gateway_url: str, dask_gateway_ports: tuple[int, int], s3: LocalS3) -> dict[str, str]:
+    """singleuser.extraEnv of jupyterhub_values.yaml, each variable pointed at this machine's stand-in."""
+    api_port, proxy_port = dask_gateway_ports
+    reader = s3.environ()  # rclone has no read-only keys: the notebook gets the one pair it has
+    return {
+        "GATEWAY_URL": gateway_url,
+        "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{api_port}",
+        "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{proxy_port}",
+        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+        **{name: reader[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")},
+    }
+
+
+def start_hub(workdir: Path, gateway_port: int, dask_gateway_ports: tuple[int, int], s3: LocalS3, **options) -> JupyterHubServer:
     services = {"science-gateway": hub_token(), "dask-gateway": hub_token()}
-    server = start_jupyterhub(
-        tmp_path_factory.mktemp("jupyterhub"), USERS, {ADMINS: ["carol"]}, services, admin_token=hub_token(),
+    return start_jupyterhub(
+        workdir, USERS, {ADMINS: ["carol"]}, services, admin_token=hub_token(),
+        notebook_environment=notebook_environment(f"http://127.0.0.1:{gateway_port}", dask_gateway_ports, s3),
+        local_environment={"AWS_RESPONSE_CHECKSUM_VALIDATION": s3.environ()["AWS_RESPONSE_CHECKSUM_VALIDATION"]},
+        **options,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory, hub_gateway_port: int, dask_gateway_ports: tuple[int, int], s3: LocalS3) -> Iterator[JupyterHubServer]:
+    server = start_hub(
+        tmp_path_factory.mktemp("jupyterhub"), hub_gateway_port, dask_gateway_ports, s3,
         oauth_redirects={"science-gateway": f"http://127.0.0.1:{hub_gateway_port}/oauth_callback"},
     )  # fmt: skip
     yield server
-    stop_process(server.process, timeout=30)
+    stop_process(server.process, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def alices_server(hub: JupyterHubServer) -> Iterator[str]:
+    """alice's notebook server, spawned by the hub as her home page spawns it; its URL."""
+    yield hub.start_server("alice")
+    hub.stop_server("alice")
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +104,13 @@ def tokens(hub: JupyterHubServer, audited_secrets: list[str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def dask_gateway_server(s3: LocalS3, hub: JupyterHubServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskGatewayServer]:
+def dask_gateway_server(
+    s3: LocalS3, hub: JupyterHubServer, dask_gateway_ports: tuple[int, int], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DaskGatewayServer]:
     server = start_dask_gateway_server(
-        tmp_path_factory.mktemp("dask-gateway-hub"), s3.environ(), authentication=jupyterhub_authentication(hub, "dask-gateway")
-    )
+        tmp_path_factory.mktemp("dask-gateway-hub"), s3.environ(), ports=dask_gateway_ports,
+        authentication=jupyterhub_authentication(hub, "dask-gateway"),
+    )  # fmt: skip
     yield server
     stop_process(server.process, timeout=60)
 
@@ -188,17 +232,79 @@ def test_a_user_cancels_only_their_own_running_job(hub_gateway: RunningGateway, 
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
 
 
-def test_the_notebook_sends_the_token_jupyterhub_gives_it(
-    hub_gateway: RunningGateway, tokens: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http
+def test_the_notebook_runs_on_alices_hub_spawned_server_with_the_token_the_hub_minted_for_it(
+    hub_gateway: RunningGateway, alices_server: str, hub: JupyterHubServer, tokens: dict[str, str], http
 ) -> None:
-    monkeypatch.setenv("GATEWAY_URL", hub_gateway.url)
-    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", tokens["alice"])
+    cells = run_notebook_on_server(alices_server, hub.admin_token)
 
-    cells = run_example_notebook(tmp_path, monkeypatch)
+    _, submitted, watched, opened_with_xarray, _, plotted = cells
+    assert "'queued'" in outputs(submitted) or "'running'" in outputs(submitted), outputs(submitted)
+    assert "'done'" in outputs(watched), outputs(watched)
+    assert "(y: 1000, x: 1000)" in outputs(opened_with_xarray), outputs(opened_with_xarray)
+    assert [output for output in plotted.outputs if "image/png" in output.get("data", {})], "the plot cell shows its image"
+    job_id = outputs(submitted).split("'")[1]
+    record = http.get(f"{hub_gateway.url}/jobs/{job_id}", headers=as_user(tokens["alice"]), timeout=30).json()
+    assert record["owner"] == "alice" and record["status"] == "done"
 
-    assert "'done'" in outputs(cells[2]), outputs(cells[2])
-    alices = http.get(f"{hub_gateway.url}/jobs", headers=as_user(tokens["alice"]), timeout=30).json()["jobs"]
-    assert any(job["job_id"].startswith("notebook-") for job in alices), "the notebook's job is alice's"
+
+def test_the_notebooks_token_starts_alices_own_dask_cluster(
+    hub_gateway: RunningGateway, alices_server: str, hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, tmp_path: Path
+) -> None:
+    """dask-gateway's client in the notebook, configured by singleuser.extraEnv, logs in with the server's token."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(USERS_OWN_CLUSTER)])
+    nbformat.write(notebook, tmp_path / "own_cluster.ipynb")
+
+    (cell,) = run_notebook_on_server(alices_server, hub.admin_token, tmp_path / "own_cluster.ipynb")
+
+    assert "started, listed, stopped" in outputs(cell), outputs(cell)
+    auth = JupyterHubAuth(api_token=hub.service_tokens["science-gateway"])
+    gateways_own = Gateway(dask_gateway_server.address, proxy_address=dask_gateway_server.proxy_address, auth=auth).list_clusters()
+    assert len(gateways_own) == 1, "alice's cluster was hers, not listed under the gateway's identity"
+
+
+USERS_OWN_CLUSTER = """
+from dask_gateway import Gateway
+
+gateway = Gateway()
+cluster = gateway.new_cluster()
+listed = [report.name for report in gateway.list_clusters()]
+cluster.shutdown()
+assert cluster.name in listed, listed
+print("started, listed, stopped")
+"""
+
+
+@pytest.fixture(scope="module")
+def hub_with_default_server_role(
+    tmp_path_factory: pytest.TempPathFactory, dask_gateway_ports: tuple[int, int], s3: LocalS3
+) -> Iterator[tuple[JupyterHubServer, int]]:
+    """A hub configured from jupyterhub_values.yaml less its `server` role, so notebooks' tokens get JupyterHub's default."""
+    values = yaml.safe_load(HUB_VALUES.read_text())
+    del values["hub"]["loadRoles"]["server"]
+    gateway_port = free_port()
+    server = start_hub(tmp_path_factory.mktemp("jupyterhub-default-server-role"), gateway_port, dask_gateway_ports, s3, values=values)
+    yield server, gateway_port
+    stop_process(server.process, timeout=60)
+
+
+def test_without_the_server_role_the_notebook_is_told_which_scope_and_setting_it_lacks(
+    hub_with_default_server_role: tuple[JupyterHubServer, int], dask_gateway_server: DaskGatewayServer, tmp_path: Path
+) -> None:
+    hub, gateway_port = hub_with_default_server_role
+    environ = gateway_environ(hub, dask_gateway_server, f"s3://{BUCKET}/hub", hub.service_tokens["science-gateway"])
+    # Its own cluster does not matter here: Dask Gateway checks tokens with the other hub.
+    gateway = start_gunicorn_gateway(environ, port=gateway_port, log_file=tmp_path / "gateway.log", ready_timeout=0)
+    try:
+        server = hub.start_server("alice")
+        _, submitted, *rest = run_notebook_on_server(server, hub.admin_token)
+        hub.stop_server("alice")
+    finally:
+        stop_process(gateway.process, timeout=60)
+
+    said = outputs(submitted)
+    assert "RuntimeError: the gateway answered 403: alice's token does not grant access:services!service=science-gateway" in said, said
+    assert "`server` role" in said and "hub.loadRoles.server.scopes" in said
+    assert not any(cell.outputs for cell in rest), "the notebook stops at the refusal"
 
 
 def test_results_go_under_the_users_prefix_when_asked(
@@ -278,9 +384,11 @@ def test_readiness_says_when_the_hub_refuses_the_gateways_own_token(
 
 
 def test_a_token_that_may_not_use_dask_gateway_is_refused_too(
-    hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, tokens: dict[str, str], tmp_path: Path, http
+    hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, audited_secrets: list[str], tmp_path: Path, http
 ) -> None:
-    """A user's token lacks access:services!service=dask-gateway: the hub knows it, Dask Gateway refuses it."""
-    said = refused_login(hub, dask_gateway_server, tokens["gateway-bot"], tmp_path / "gateway.log", http)
+    """A token without access:services!service=dask-gateway: the hub knows it, Dask Gateway refuses it."""
+    token, _ = hub.new_token("gateway-bot", scopes=["read:users:name!user=gateway-bot"])
+    audited_secrets.append(token)
+    said = refused_login(hub, dask_gateway_server, token, tmp_path / "gateway.log", http)
 
     assert "access:services" in said, said
