@@ -49,49 +49,34 @@ def z2jh_egress_allow_rules(values: dict[str, Any], netpol: dict[str, Any]) -> l
     return rules + (netpol.get("egress") or [])
 
 
-def z2jh_policy(values: dict[str, Any], component: str, ingress: list[dict[str, Any]], egress: list[dict[str, Any]], netpol: dict[str, Any]) -> Policy:
-    allowed_ports = [{"ports": [{"port": port} for port in netpol["allowedIngressPorts"]]}] if netpol.get("allowedIngressPorts") else []
+def to_component(component: str, *ports: int) -> dict[str, Any]:
+    """An egress rule of the chart's: to its pods of one component, on these ports."""
+    return {"to": [{"podSelector": {"matchLabels": z2jh_labels(component)}}], "ports": [{"port": port} for port in ports]}
+
+
+# templates-<key>_netpol.yaml, for each values key: the component its policy selects, the port
+# that pods labelled hub.jupyter.org/network-access-<key> may reach, and the chart's own egress.
+Z2JH_POLICIES = {
+    "singleuser": ("singleuser-server", "notebook-port", [to_component("hub", 8081), to_component("proxy", 8000), to_component("autohttps", 8080, 8443)]),
+    "hub": ("hub", "http", [to_component("proxy", 8001), to_component("singleuser-server", 8888)]),
+}
+
+
+def z2jh_policy(values: dict[str, Any], key: str) -> Policy:
+    """The policy the chart renders for ``key`` (`singleuser` or `hub`), with interNamespaceAccessLabels left at `ignore`."""
+    component, port, egress = Z2JH_POLICIES[key]
+    netpol = values[key]["networkPolicy"]
+    assert netpol["enabled"] and netpol["interNamespaceAccessLabels"] == "ignore"
+    allowed_ports = [{"ports": [{"port": number} for number in netpol["allowedIngressPorts"]]}] if netpol.get("allowedIngressPorts") else []
+    from_labelled = [{"podSelector": {"matchLabels": {f"hub.jupyter.org/network-access-{key}": "true"}}}]
     return {
         "spec": {
             "podSelector": {"matchLabels": z2jh_labels(component)},
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": allowed_ports + ingress + (netpol.get("ingress") or []),
+            "ingress": allowed_ports + [{"ports": [{"port": port}], "from": from_labelled}] + (netpol.get("ingress") or []),
             "egress": egress + z2jh_egress_allow_rules(values, netpol),
         }
     }
-
-
-def z2jh_singleuser_policy(values: dict[str, Any]) -> Policy:
-    """templates-singleuser_netpol.yaml, with interNamespaceAccessLabels left at `ignore`."""
-    netpol = values["singleuser"]["networkPolicy"]
-    assert netpol["enabled"] and netpol["interNamespaceAccessLabels"] == "ignore"
-    from_labelled = [{"podSelector": {"matchLabels": {"hub.jupyter.org/network-access-singleuser": "true"}}}]
-    return z2jh_policy(
-        values, "singleuser-server",
-        ingress=[{"ports": [{"port": "notebook-port"}], "from": from_labelled}],
-        egress=[
-            {"to": [{"podSelector": {"matchLabels": z2jh_labels("hub")}}], "ports": [{"port": 8081}]},
-            {"to": [{"podSelector": {"matchLabels": z2jh_labels("proxy")}}], "ports": [{"port": 8000}]},
-            {"to": [{"podSelector": {"matchLabels": z2jh_labels("autohttps")}}], "ports": [{"port": 8080}, {"port": 8443}]},
-        ],
-        netpol=netpol,
-    )  # fmt: skip
-
-
-def z2jh_hub_policy(values: dict[str, Any]) -> Policy:
-    """templates-hub_netpol.yaml, with interNamespaceAccessLabels left at `ignore`."""
-    netpol = values["hub"]["networkPolicy"]
-    assert netpol["enabled"] and netpol["interNamespaceAccessLabels"] == "ignore"
-    from_labelled = [{"podSelector": {"matchLabels": {"hub.jupyter.org/network-access-hub": "true"}}}]
-    return z2jh_policy(
-        values, "hub",
-        ingress=[{"ports": [{"port": "http"}], "from": from_labelled}],
-        egress=[
-            {"to": [{"podSelector": {"matchLabels": z2jh_labels("proxy")}}], "ports": [{"port": 8001}]},
-            {"to": [{"podSelector": {"matchLabels": z2jh_labels("singleuser-server")}}], "ports": [{"port": 8888}]},
-        ],
-        netpol=netpol,
-    )  # fmt: skip
 
 
 # Each piece of the templates that the functions above mirror, as it stands in the chart.
@@ -172,7 +157,7 @@ def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
 @pytest.fixture(scope="module")
 def deployed(hub_chart: Chart) -> tuple[list[tuple[Policy, str]], dict[str, Endpoint]]:
     values = merged(hub_chart.values, jupyterhub_values())
-    policies = [(manifest_documents()["NetworkPolicy"], NAMESPACE), (z2jh_singleuser_policy(values), NAMESPACE), (z2jh_hub_policy(values), NAMESPACE)]
+    policies = [(manifest_documents()["NetworkPolicy"], NAMESPACE), *((z2jh_policy(values, key), NAMESPACE) for key in Z2JH_POLICIES)]
     return policies, endpoints(values)
 
 
