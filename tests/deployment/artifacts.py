@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import re
 import runpy
-from typing import Any
-
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jsonschema
 import pytest

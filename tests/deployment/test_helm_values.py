@@ -1,24 +1,18 @@
 """dask_gateway_config.yaml against the dask-gateway chart's own schema."""
 
 import dask.config
-import pytest
 
-from artifacts import Chart, chart, helm_values
+from artifacts import chart, helm_values
 from cluster import WORKER_MALLOC_ENVIRON
 
 
-@pytest.fixture(scope="module")
-def dask_gateway_chart() -> Chart:
-    return chart("dask-gateway-chart")
-
-
-def test_our_values_merged_over_the_charts_fit_its_schema(dask_gateway_chart: Chart) -> None:
-    errors = dask_gateway_chart.errors(helm_values())
+def test_our_values_merged_over_the_charts_fit_its_schema() -> None:
+    errors = chart("dask-gateway-chart").errors(helm_values())
     assert not errors, "\n".join(errors)
 
 
-def test_the_schema_catches_a_misplaced_key(dask_gateway_chart: Chart) -> None:
-    assert dask_gateway_chart.errors({"gateway": {"backend": {"worker": {"extraContainerConfg": {}}}}}), "the check must be able to fail"
+def test_the_schema_catches_a_misplaced_key() -> None:
+    assert chart("dask-gateway-chart").errors({"gateway": {"backend": {"worker": {"extraContainerConfg": {}}}}}), "the check must be able to fail"
 
 
 def test_values_set_what_the_service_needs() -> None:

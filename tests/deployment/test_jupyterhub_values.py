@@ -1,27 +1,21 @@
 """jupyterhub_values.yaml against the zero-to-jupyterhub chart's own schema, and against what the gateway needs."""
 
-import pytest
 import yaml
 from jupyterhub.roles import get_default_roles
 
-from artifacts import Chart, chart, helm_values, jupyterhub_values, manifests
+from artifacts import chart, helm_values, jupyterhub_values, manifests
 from servers import PROJECT
 
 ACCESS_SCOPES = {"access:services!service=science-gateway", "access:services!service=dask-gateway"}
 
 
-@pytest.fixture(scope="module")
-def zero_to_jupyterhub_chart() -> Chart:
-    return chart("zero-to-jupyterhub-chart")
-
-
-def test_our_values_merged_over_the_charts_fit_its_schema(zero_to_jupyterhub_chart: Chart) -> None:
-    errors = zero_to_jupyterhub_chart.errors(jupyterhub_values())
+def test_our_values_merged_over_the_charts_fit_its_schema() -> None:
+    errors = chart("zero-to-jupyterhub-chart").errors(jupyterhub_values())
     assert not errors, "\n".join(errors)
 
 
-def test_the_schema_catches_a_misplaced_key(zero_to_jupyterhub_chart: Chart) -> None:
-    assert zero_to_jupyterhub_chart.errors({"singleuser": {"networkPolicy": {"egres": []}}}), "the check must be able to fail"
+def test_the_schema_catches_a_misplaced_key() -> None:
+    assert chart("zero-to-jupyterhub-chart").errors({"singleuser": {"networkPolicy": {"egres": []}}}), "the check must be able to fail"
 
 
 def test_notebook_tokens_keep_jupyterhubs_server_scopes_and_gain_both_services() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from artifacts import CHARTS, Chart, chart, jupyterhub_values, manifest_documents, manifests, merged
+from artifacts import CHARTS, chart, jupyterhub_values, manifest_documents, manifests, merged
 from network_policies import Endpoint, Policy, allowed
 
 NAMESPACE = "science"
@@ -114,13 +114,9 @@ MIRRORED = {
 }
 
 
-@pytest.fixture(scope="module")
-def hub_chart() -> Chart:
-    return chart("zero-to-jupyterhub-chart")
-
-
 @pytest.mark.parametrize("template", sorted(MIRRORED))
-def test_the_chart_templates_still_say_what_is_mirrored_here(hub_chart: Chart, template: str) -> None:
+def test_the_chart_templates_still_say_what_is_mirrored_here(template: str) -> None:
+    chart("zero-to-jupyterhub-chart")  # skips where the reference is absent
     text = " ".join((CHARTS / "zero-to-jupyterhub-chart" / template).read_text().split())
     missing = [piece for piece in MIRRORED[template] if " ".join(piece.split()) not in text]
     assert not missing, f"{template} changed: {missing}"
@@ -155,8 +151,8 @@ def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
 
 
 @pytest.fixture(scope="module")
-def deployed(hub_chart: Chart) -> tuple[list[tuple[Policy, str]], dict[str, Endpoint]]:
-    values = merged(hub_chart.values, jupyterhub_values())
+def deployed() -> tuple[list[tuple[Policy, str]], dict[str, Endpoint]]:
+    values = merged(chart("zero-to-jupyterhub-chart").values, jupyterhub_values())
     policies = [(manifest_documents()["NetworkPolicy"], NAMESPACE), *((z2jh_policy(values, key), NAMESPACE) for key in Z2JH_POLICIES)]
     return policies, endpoints(values)
 
