@@ -41,6 +41,10 @@ SCHEDULER_QUERY_TIMEOUT = "5s"
 WORKER_MALLOC_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(128 * 2**20)}
 
 
+# What the LocalCluster's workers see in place of the gateway's own variables.
+LOCAL_WORKER_ENVIRON = {"JUPYTERHUB_API_TOKEN": ""}
+
+
 class ClusterNotReady(RuntimeError):
     """The service has no working Dask cluster at the moment; the message says why."""
 
@@ -208,6 +212,9 @@ class ClusterConnection:
                 # Without a dashboard the scheduler still serves its health and metrics
                 # routes; a free port keeps two clusters on one machine off 8787.
                 scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                # The workers inherit this process's environment; they write results with its
+                # S3 key, but they run every job's code and have no use for its hub token.
+                env=LOCAL_WORKER_ENVIRON,
             )
         return cluster, self._wait_for_workers(cluster, lambda: Client(cluster, set_as_default=False))
 

@@ -29,6 +29,7 @@ class DaskGatewayServer:
     address: str
     proxy_address: str
     password: str | None
+    workdir: Path
 
 
 # The zero-to-jupyterhub values the product ships: the tests' hub is configured from them.
@@ -198,33 +199,74 @@ def jupyterhub_authentication(hub: JupyterHubServer, service_name: str) -> str:
     """
 
 
+# The dask-gateway chart's values the product ships: the tests' servers run their extraConfig.
+DASK_GATEWAY_VALUES = PROJECT / "dask_gateway_config.yaml"
+
+
 def start_dask_gateway_server(
     workdir: Path,
-    cluster_environment: dict[str, str],
+    kubernetes_secrets: dict[str, dict[str, str]],
     password: str | None = None,
     timeout: float = 60,
     ports: tuple[int, int] | None = None,
     authentication: str | None = None,
+    results_writer: str | None = None,
 ) -> DaskGatewayServer:
-    """dask-gateway-server with its local backend, on loopback: simple (password) auth, or ``authentication`` config lines.
+    """dask-gateway-server with its local backend, on loopback, configured by dask_gateway_config.yaml's extraConfig.
 
-    The logs of each cluster's scheduler and workers are kept in ``workdir/cluster-logs``.
-
-    Workers get only ``cluster_environment`` (and PYTHONPATH), the way the
-    Helm chart's worker pods get only the Secret that is mounted into them.
-    ``ports`` (API, scheduler proxy) are free ones unless given.
+    Authentication is simple (``password``) or ``authentication`` config lines.
+    The values' ``extraConfig`` runs as the chart runs it, with ``get_property``
+    over the values, so its options handler decides what each cluster's
+    workers get. A worker gets the chart's ``worker.extraContainerConfig``
+    and what the handler adds: its ``env``, and for each ``envFrom`` Secret
+    the variables of that name in ``kubernetes_secrets``, as the kubelet
+    mounts them into a pod. Nothing else of the tests' environment reaches a
+    worker but PYTHONPATH. ``results_writer`` names the one identity whose
+    workers get the write Secret, for a password login, which has no hub
+    service names. The logs of each cluster's scheduler and workers are kept
+    in ``workdir/cluster-logs``. ``ports`` (API, scheduler proxy) are free
+    ones unless given.
     """
     api_port, proxy_port = ports or (free_port(), free_port())
     bin_dir = Path(sys.executable).parent
-    environment = {**cluster_environment, "PYTHONPATH": str(PROJECT)}
+    gateway_values = yaml.safe_load(DASK_GATEWAY_VALUES.read_text())["gateway"]
+    extra_config = gateway_values.pop("extraConfig")
     config = workdir / "dask_gateway_config.py"
     config.write_text(
         textwrap.dedent(
             f"""
-            import os, shutil
-            from dask_gateway_server.backends.local import UnsafeLocalBackend
+            import json, os, shutil
+            from traitlets import Dict
+            from dask_gateway_server.backends.local import LocalClusterConfig, UnsafeLocalBackend
 
-            class LogKeepingBackend(UnsafeLocalBackend):
+            _PROPERTIES = json.loads({json.dumps({"gateway": gateway_values})!r})
+            KUBERNETES_SECRETS = {kubernetes_secrets!r}
+
+            def get_property(key, default=None):
+                # As the chart defines it for extraConfig.
+                value = _PROPERTIES
+                for part in key.split("."):
+                    if not isinstance(value, dict) or part not in value:
+                        return default
+                    value = value[part]
+                return value
+
+            class ContainerClusterConfig(LocalClusterConfig):
+                # The Kubernetes backend's setting that the chart's values and the options handler set.
+                worker_extra_container_config = Dict(config=True)
+
+            class LocalPodBackend(UnsafeLocalBackend):
+                cluster_config_class = ContainerClusterConfig
+
+                def get_worker_env(self, cluster):
+                    # What the kubelet makes of the worker container's env and envFrom.
+                    env = super().get_worker_env(cluster)
+                    container = cluster.config.worker_extra_container_config
+                    for source in container.get("envFrom", []):
+                        env.update(KUBERNETES_SECRETS[source["secretRef"]["name"]])
+                    env.update({{item["name"]: item["value"] for item in container.get("env", [])}})
+                    return env
+
                 # A stopped cluster's directory goes, with the logs of its scheduler and
                 # workers; they are kept for the tests' audit of secrets.
                 def cleanup_working_directory(self, workdir):
@@ -233,20 +275,28 @@ def start_dask_gateway_server(
                         shutil.copytree(logs, os.path.join({str(workdir / 'cluster-logs')!r}, os.path.basename(workdir)))
                     super().cleanup_working_directory(workdir)
 
-            c.DaskGateway.backend_class = LogKeepingBackend
+            c.DaskGateway.backend_class = LocalPodBackend
+            c.ContainerClusterConfig.worker_extra_container_config = get_property("gateway.backend.worker.extraContainerConfig", {{}})
+            """
+        )
+        + "".join(f"\n# From gateway.extraConfig.{name}\n{extra_config[name]}" for name in sorted(extra_config))
+        + textwrap.dedent(
+            f"""
+            # Loopback stand-ins for what the chart's pods have.
             c.Proxy.address = "127.0.0.1:{api_port}"
             c.Proxy.tcp_address = "127.0.0.1:{proxy_port}"
             c.LocalBackend.clusters_directory = {str(workdir / 'clusters')!r}
             c.ClusterConfig.scheduler_cmd = [{str(bin_dir / 'dask')!r}, "scheduler"]
             c.ClusterConfig.worker_cmd = [{str(bin_dir / 'dask')!r}, "worker", "--host", "127.0.0.1"]
             c.ClusterConfig.worker_threads = 1
-            c.ClusterConfig.environment = {environment!r}
+            c.ClusterConfig.environment = {{"PYTHONPATH": {str(PROJECT)!r}}}
             """
         )
+        + (f"RESULTS_WRITER = {results_writer!r}\n" if results_writer else "")
         + textwrap.dedent(authentication or simple_authentication(password or ""))
     )
     server_env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     command = [str(bin_dir / "dask-gateway-server"), "-f", str(config)]
     process = start_process(command, env=server_env, log_file=workdir / "dask-gateway-server.log", cwd=workdir)
     wait_for_port(api_port, process, timeout)
-    return DaskGatewayServer(process, f"http://127.0.0.1:{api_port}", f"gateway://127.0.0.1:{proxy_port}", password)
+    return DaskGatewayServer(process, f"http://127.0.0.1:{api_port}", f"gateway://127.0.0.1:{proxy_port}", password, workdir)

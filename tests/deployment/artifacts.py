@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 import yaml
 from kubernetes.client import ApiClient, V1Deployment, V1NetworkPolicy, V1Service
+from traitlets.config import Config
 
 from servers import PROJECT
 
@@ -43,6 +44,25 @@ def manifests() -> Manifests:
 def helm_values() -> dict[str, Any]:
     """dask_gateway_config.yaml: the dask-gateway chart's values."""
     return yaml.safe_load((PROJECT / "dask_gateway_config.yaml").read_text())
+
+
+def options_handler() -> Any:
+    """The handler that extraConfig sets, run as the chart runs extraConfig: with ``c`` and ``get_property``."""
+    gateway = helm_values()["gateway"]
+    properties = {"gateway": {key: value for key, value in gateway.items() if key != "extraConfig"}}
+
+    def get_property(key: str, default: Any = None) -> Any:
+        value: Any = properties
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return default
+            value = value[part]
+        return value
+
+    config = Config()
+    for name in sorted(gateway["extraConfig"]):
+        exec(gateway["extraConfig"][name], {"c": config, "get_property": get_property})
+    return config.Backend.cluster_options.handler
 
 
 def jupyterhub_values() -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """dask_gateway_config.yaml against the dask-gateway chart's own schema."""
 
 import dask.config
+import pytest
+from dask_gateway_server.models import User
 
-from artifacts import chart, helm_values
+from artifacts import chart, helm_values, options_handler
 from cluster import WORKER_MALLOC_ENVIRON
 
 
@@ -23,7 +25,21 @@ def test_values_set_what_the_service_needs() -> None:
     snippet = "\n".join(gateway["extraConfig"].values())
     assert "idle_timeout" in snippet
     assert 'scheduler_cmd = ["dask", "scheduler"]' in snippet and 'worker_cmd = ["dask", "worker"]' in snippet
-    assert "envFrom" not in snippet, "the Secret goes through extraContainerConfig, which the schema checks"
+    assert "envFrom" not in gateway["backend"]["worker"]["extraContainerConfig"], "no Secret in every cluster's workers"
+    assert "awsconfig" not in str(gateway["backend"]), "nor in their schedulers"
+
+
+def test_only_the_science_gateway_services_clusters_mount_the_write_secret() -> None:
+    worker = options_handler()({}, User("service:science-gateway"))["worker_extra_container_config"]
+
+    assert worker["envFrom"] == [{"secretRef": {"name": "awsconfig"}}]
+    assert worker["env"] == helm_values()["gateway"]["backend"]["worker"]["extraContainerConfig"]["env"], "the chart's settings kept"
+
+
+@pytest.mark.parametrize("name", ["alice", "science-gateway", "user:service:science-gateway", "service:dask-gateway"])
+def test_every_other_identity_gets_the_charts_defaults(name: str) -> None:
+    """A user's name, even a user called science-gateway (Dask Gateway keeps services' names apart with the prefix)."""
+    assert options_handler()({}, User(name)) == {}
 
 
 def test_workers_on_kubernetes_get_the_malloc_settings_of_the_local_workers() -> None:

@@ -4,9 +4,10 @@ import re
 from pathlib import Path
 
 import pytest
+from dask_gateway_server.models import User
 from flask import Flask
 
-from artifacts import dockerfile_cmd, gunicorn_settings, helm_values, jupyterhub_values, manifests
+from artifacts import dockerfile_cmd, gunicorn_settings, helm_values, jupyterhub_values, manifests, options_handler
 from devtools.processes import free_port
 from gateway import create_app, services
 from servers import PROJECT
@@ -94,7 +95,9 @@ def test_running_jobs_and_their_cancel_fit_in_gunicorns_graceful_timeout() -> No
 def test_one_secret_name_everywhere() -> None:
     gateway = container()
     assert [source.secret_ref.name for source in gateway.env_from] == [SECRET]
-    worker = helm_values()["gateway"]["backend"]["worker"]["extraContainerConfig"]
+    service = next(variable.value for variable in gateway.env if variable.name == "JUPYTERHUB_SERVICE_NAME")
+    # The gateway's own clusters, as Dask Gateway names the gateway's hub service.
+    worker = options_handler()({}, User(f"service:{service}"))["worker_extra_container_config"]
     assert worker["envFrom"] == [{"secretRef": {"name": SECRET}}]
     assert re.search(rf"^    SECRET_NAME={SECRET}$", (PROJECT / "create_secret.sh").read_text(), flags=re.MULTILINE)
 

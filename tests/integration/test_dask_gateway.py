@@ -1,8 +1,8 @@
 """The production cluster path: the gateway obtains its cluster from a real dask-gateway-server.
 
-The S3 credentials reach the Dask workers only through the Dask Gateway cluster
-environment (as the Helm chart mounts the Secret into worker pods): the
-dask-gateway-server process itself runs without them.
+The S3 credentials reach the Dask workers only as the shipped values' options
+handler gives them, to the gateway's own clusters (as the kubelet mounts the
+Secret into worker pods): the dask-gateway-server process itself runs without them.
 """
 
 import os
@@ -26,7 +26,9 @@ USER = "scientist"
 
 @pytest.fixture(scope="module")
 def dask_gateway_server(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskGatewayServer]:
-    server = start_dask_gateway_server(tmp_path_factory.mktemp("dask-gateway"), s3.environ(), password="gateway-pw-0")
+    server = start_dask_gateway_server(
+        tmp_path_factory.mktemp("dask-gateway"), {"awsconfig": s3.environ()}, password="gateway-pw-0", results_writer=USER
+    )
     yield server
     stop_process(server.process, timeout=60)
 
@@ -154,7 +156,7 @@ def test_an_unreachable_dask_gateway_at_start_up_is_retried_with_backoff_until_i
         assert served.process.poll() is None, "the service stays up"
 
         (tmp_path / "late").mkdir()
-        server = start_dask_gateway_server(tmp_path / "late", s3.environ(), password, ports=(api_port, proxy_port))
+        server = start_dask_gateway_server(tmp_path / "late", {"awsconfig": s3.environ()}, password, ports=(api_port, proxy_port), results_writer=USER)
         served.wait_until_ready(120)
         assert http.get(f"{served.url}/submit_job/once-the-gateway-answers?shape=100,100", timeout=120).status_code == 200
     finally:

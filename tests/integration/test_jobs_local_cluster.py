@@ -86,6 +86,12 @@ def test_readyz_reports_workers_and_store(client: FlaskClient) -> None:
     assert response.json["results_store"] == {"ready": True, "url": f"s3://{BUCKET}", "reason": ""}
 
 
+def test_the_local_workers_have_the_s3_key_but_not_the_gateways_hub_token(app: Flask) -> None:
+    assert os.environ["JUPYTERHUB_API_TOKEN"], "the gateway itself holds one, as the Secret gives it"
+    seen = services(app).cluster.client().run(lambda: (os.environ.get("JUPYTERHUB_API_TOKEN"), "AWS_SECRET_ACCESS_KEY" in os.environ))
+    assert len(seen) == 3 and set(seen.values()) == {("", True)}
+
+
 def run_with_store(app: Flask, directory: Path, **settings_changes) -> JobRecord:
     """One job on the shared cluster with another results store and settings."""
     settings = replace(services(app).settings, results_url=str(directory), **settings_changes)

@@ -23,7 +23,7 @@ from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
-from helpers import outputs, run_notebook_on_server, wait_for
+from helpers import descendants, outputs, run_notebook_on_server, wait_for
 from servers import (
     HUB_VALUES,
     DaskGatewayServer,
@@ -108,7 +108,7 @@ def dask_gateway_server(
     s3: LocalS3, hub: JupyterHubServer, dask_gateway_ports: tuple[int, int], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaskGatewayServer]:
     server = start_dask_gateway_server(
-        tmp_path_factory.mktemp("dask-gateway-hub"), s3.environ(), ports=dask_gateway_ports,
+        tmp_path_factory.mktemp("dask-gateway-hub"), {"awsconfig": s3.environ()}, ports=dask_gateway_ports,
         authentication=jupyterhub_authentication(hub, "dask-gateway"),
     )  # fmt: skip
     yield server
@@ -247,30 +247,61 @@ def test_the_notebook_runs_on_alices_hub_spawned_server_with_the_token_the_hub_m
     assert record["owner"] == "alice" and record["status"] == "done"
 
 
-def test_the_notebooks_token_starts_alices_own_dask_cluster(
-    hub_gateway: RunningGateway, alices_server: str, hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, tmp_path: Path
+def test_alices_own_dask_workers_get_none_of_the_gateways_secrets_and_the_gateways_do(
+    hub_gateway: RunningGateway, alices_server: str, hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer,
+    tmp_path: Path, http,
 ) -> None:
-    """dask-gateway's client in the notebook, configured by singleuser.extraEnv, logs in with the server's token."""
+    """dask-gateway's client in alice's notebook, configured by singleuser.extraEnv, logs in with the server's token,
+    starts her own cluster and reads her workers' environment, as anyone may from a notebook."""
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(USERS_OWN_CLUSTER)])
     nbformat.write(notebook, tmp_path / "own_cluster.ipynb")
 
     (cell,) = run_notebook_on_server(alices_server, hub.admin_token, tmp_path / "own_cluster.ipynb")
 
-    assert "started, listed, stopped" in outputs(cell), outputs(cell)
+    said = outputs(cell)
+    assert "started, listed, stopped" in said, said
+    assert "'DASK_GATEWAY_CLUSTER_NAME'" in said, "the workers' variables were read"
+    assert "secret values: []" in said and "AWS_ACCESS_KEY_ID" not in said and "AWS_SECRET_ACCESS_KEY" not in said, said
+    name = said.split("cluster ")[1].split()[0]
+    logs = dask_gateway_server_logs(dask_gateway_server) / name
+    wait_for(lambda: len(list(logs.glob("worker-*.log"))) == 1, 30, "alice's worker log to be kept for the audit of secrets")
+
+    auth = JupyterHubAuth(api_token=hub.service_tokens["science-gateway"])
     auth = JupyterHubAuth(api_token=hub.service_tokens["science-gateway"])
     gateways_own = Gateway(dask_gateway_server.address, proxy_address=dask_gateway_server.proxy_address, auth=auth).list_clusters()
     assert len(gateways_own) == 1, "alice's cluster was hers, not listed under the gateway's identity"
+    workers = [
+        process.environ() for process in descendants(dask_gateway_server.process.pid) if "worker" in process.cmdline()
+    ]  # fmt: skip
+    gateways_workers = [env for env in workers if env["DASK_GATEWAY_CLUSTER_NAME"] == gateways_own[0].name]
+    assert len(gateways_workers) == 3 and all("AWS_SECRET_ACCESS_KEY" in env for env in gateways_workers), "the gateway's workers write"
+    assert not any(name.startswith("JUPYTERHUB_") for env in workers for name in env)
+    assert http.get(f"{hub_gateway.url}/readyz", timeout=30).json()["status"] == "ready"
 
 
+def dask_gateway_server_logs(server: DaskGatewayServer) -> Path:
+    return server.workdir / "cluster-logs"
+
+
+# The forms of the tests' secrets (test_secrets_audit.py): the cell names any variable holding one.
 USERS_OWN_CLUSTER = """
+import os, re
 from dask_gateway import Gateway
 
 gateway = Gateway()
 cluster = gateway.new_cluster()
+cluster.scale(1)
+client = cluster.get_client()
+client.wait_for_workers(1, timeout=120)
+environments = client.run(lambda: dict(os.environ))
+secret = re.compile(r"(?:test|fault)-secret-|test-hub-token-")
+print("secret values:", sorted(name for env in environments.values() for name, value in env.items() if secret.search(value)))
+print("variables:", sorted(name for env in environments.values() for name in env))
 listed = [report.name for report in gateway.list_clusters()]
+client.close()
 cluster.shutdown()
 assert cluster.name in listed, listed
-print("started, listed, stopped")
+print(f"cluster {cluster.name} started, listed, stopped")
 """
 
 
