@@ -404,7 +404,7 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(JobAlreadyExists)
     def job_exists(exc: JobAlreadyExists) -> Any:
-        return error_response(409, "job_exists", str(exc), **({"url": exc.url} if exc.url else {}))
+        return error_response(409, "job_exists", str(exc), url=exc.url)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:

@@ -13,17 +13,20 @@ import base64
 import binascii
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, UTC
+from collections.abc import Callable
 from typing import Any
 
 from cluster import ClusterConnection, ClusterNotReady
 from metrics import GatewayMetrics, job_event_fields
 from random_array_job import (
     ChunkWrites,
+    InvalidJobId,
     InvalidParameters,
     JobAlreadyExists,
     JobCancelled,
@@ -32,9 +35,10 @@ from random_array_job import (
     JobTimedOut,
     RandomArraySpec,
     new_job_id,
+    parse_spec,
     validate_job_id,
 )
-from results_store import ARRAY_NAME, ResultsStore, StorageError
+from results_store import ARRAY_NAME, ResultsStore, StorageError, owner_prefix, place_for
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -101,13 +105,6 @@ class JobRecord:
         stored["spec"] = self.spec.to_json()
         return stored
 
-    @classmethod
-    def from_stored(cls, stored: dict[str, Any]) -> JobRecord:
-        spec = stored["spec"]
-        return cls(
-            **{**stored, "spec": RandomArraySpec(spec["seed"], tuple(spec["shape"]), tuple(spec["chunks"]), spec["dtype"])}
-        )
-
 
 def _sort_key(record: JobRecord) -> tuple[str, str]:
     return (record.submitted_at, record.job_id)
@@ -123,6 +120,62 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         return str(submitted_at), str(job_id)
     except (ValueError, TypeError, binascii.Error):
         raise InvalidParameters("cursor is not one this service gave out; use next_cursor from a listing") from None
+
+
+class InvalidRecord(ValueError):
+    """A stored job record that this service would not have written: it is skipped, never trusted."""
+
+
+def _places(job_id: str, owner: str | None) -> set[str]:
+    """Where this service puts (or, before owners' prefixes were encoded, put) the result of ``owner``'s job."""
+    if owner is None:
+        return {job_id}
+    places = {job_id, place_for(job_id, owner, per_user=True)}
+    if owner_prefix(owner).split("/", 1)[1] == owner:
+        # Before the .users prefix: "<owner>/<job_id>", for names that are a plain path segment.
+        places.add(f"{owner}/{job_id}")
+    return places
+
+
+def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str]) -> JobRecord:
+    """The job record stored as ``name`` (``<job_id>.json``); :class:`InvalidRecord` unless this service could have written it.
+
+    A record in the bucket is untrusted input: its place is what a DELETE removes
+    and its URL what a preview reads, so both must be the job's own.
+    """
+    try:
+        stored = json.loads(content)
+        spec = parse_spec(stored["spec"], max_elements=math.inf, max_chunks=math.inf)
+        record = JobRecord(**{**stored, "spec": spec})
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidRecord(f"job record {name!r} is malformed ({type(exc).__name__}: {exc})") from None
+    job_id, owner = record.job_id, record.owner
+    valid_owner = owner is None or (isinstance(owner, str) and owner != "")
+    checks = {
+        "spec": record.spec.to_json() == stored["spec"],
+        "job_id": isinstance(job_id, str) and name == f"{job_id}.json" and _is_job_id(job_id),
+        "owner": valid_owner,
+        "place": valid_owner and isinstance(job_id, str) and record.place in _places(job_id, owner),
+        "url": isinstance(record.place, str) and record.url == url_for(record.place),
+        "status": record.status in STATUSES,
+        "times": isinstance(record.submitted_at, str)
+        and all(time is None or isinstance(time, str) for time in (record.started_at, record.finished_at)),
+        "progress": type(record.chunks_written) is int and (record.seconds is None or type(record.seconds) in (int, float)),
+        "error": record.error is None
+        or (isinstance(record.error, dict) and all(isinstance(record.error.get(key), str) for key in ("code", "message"))),
+    }
+    wrong = [field for field, valid in checks.items() if not valid]
+    if wrong:
+        raise InvalidRecord(f"job record {name!r} is not one this gateway writes: its {', '.join(wrong)} do not fit")
+    return record
+
+
+def _is_job_id(job_id: str) -> bool:
+    try:
+        validate_job_id(job_id)
+    except InvalidJobId:
+        return False
+    return True
 
 
 class GatewayStopping(RuntimeError):
@@ -217,11 +270,14 @@ class JobManager:
             try:
                 self._load_records()
                 break
-            except StorageError as exc:
+            except Exception as exc:
                 self._load_failed = True
-                self._metrics.s3_errors.inc()
+                if isinstance(exc, StorageError):
+                    self._metrics.s3_errors.inc()
+                    logger.error("job records could not be read: %s", exc)
+                else:
+                    logger.exception("job records could not be read")
                 self._load_error = f"job records could not be read ({exc}); retrying in {delay:.0f} s"
-                logger.error("%s", self._load_error)
                 self._stop_requested.wait(delay)
                 delay = min(delay * 2, 60.0)
         for index in range(self._settings.max_running_jobs):
@@ -230,7 +286,14 @@ class JobManager:
             self._threads.append(runner)
 
     def _load_records(self) -> None:
-        records = sorted((JobRecord.from_stored(stored) for stored in self._store.read_records()), key=_sort_key)
+        records = []
+        for name, content in self._store.read_records().items():
+            try:
+                records.append(record_from_stored(name, content, self._store.url_for))
+            except InvalidRecord as exc:
+                self._metrics.records_skipped.inc()
+                logger.warning("%s; skipped it", exc)
+        records.sort(key=_sort_key)
         interrupted = []
         with self._lock:
             # A failed attempt may have filled these in part.
@@ -259,19 +322,19 @@ class JobManager:
     def submit(self, job_id: str | None, spec: RandomArraySpec, owner: str | None = None) -> JobRecord:
         """Queue a new job of ``owner`` and return its record; :class:`JobAlreadyExists` if the id is taken.
 
-        Ids are one namespace for all owners. An id another owner holds is
-        refused without saying whose it is or where its result is.
+        Ids are one namespace for all owners. An id another owner holds is not
+        found, as everywhere else, and never used again.
         """
         job_id = validate_job_id(job_id) if job_id is not None else new_job_id()
         self._require_loaded()
-        place = f"{owner}/{job_id}" if self._settings.results_per_user and owner else job_id
+        place = place_for(job_id, owner, self._settings.results_per_user)
         url = self._store.url_for(place)
         with self._lock:
             if self._drain_deadline is not None:
                 raise GatewayStopping("the gateway is stopping and takes no new jobs; submit the job again in a minute")
             previous = self._records.get(job_id)
             if previous is not None and previous.owner != owner and owner is not None:
-                raise JobAlreadyExists(job_id)
+                raise JobNotFound(f"no job {job_id!r} of yours, and the id is not free; choose another id")
             if job_id in self._submitting or (previous is not None and previous.status not in RESUBMITTABLE):
                 raise JobAlreadyExists(job_id, url, QUEUED if previous is None else previous.status)
             # Reserved until its record is saved: a concurrent submission of this id gets 409.

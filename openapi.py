@@ -27,7 +27,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "Malformed job id or parameter; the message says what is allowed",
         401: "With GATEWAY_AUTH=jupyterhub: no JupyterHub token, or one the hub does not accept",
         403: "With GATEWAY_AUTH=jupyterhub: the token does not grant access:services!service=<this service>",
-        404: "No such job or route",
+        404: "No such job or route; for a submission, an id that another user holds",
         405: "Method not allowed",
         409: "The job id is taken (the message and error.url name it), the job was cancelled, or it is not done",
         413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS)",
@@ -177,7 +177,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Submit a job; by default answer once its array is completely written",
                     "parameters": [_JOB_ID, {"name": "wait", "in": "query", "schema": {"type": "boolean", "default": True}, "description": "false: answer 202 at once"}, *job_parameters],
-                    "responses": {"200": _json("Done", "Job"), "202": _json("Queued (wait=false)", "Job", _LOCATION), **_errors(400, 409, 413, 500, 502, 503, 504)},
+                    "responses": {"200": _json("Done", "Job"), "202": _json("Queued (wait=false)", "Job", _LOCATION), **_errors(400, 404, 409, 413, 500, 502, 503, 504)},
                 }
             },
             "/jobs": {
@@ -193,7 +193,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Submit a job without waiting",
                     "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("JobRequest")}}},
-                    "responses": {"202": _json("Queued", "Job", _LOCATION), **_errors(400, 409, 413, 415, 502, 503)},
+                    "responses": {"202": _json("Queued", "Job", _LOCATION), **_errors(400, 404, 409, 413, 415, 502, 503)},
                 },
             },
             "/jobs/{job_id}/preview.png": {

@@ -56,14 +56,9 @@ class JobTooLarge(ValueError):
 class JobAlreadyExists(RuntimeError):
     """A result is stored, or a job is queued or running, under this id."""
 
-    def __init__(self, job_id: str, url: str | None = None, status: str | None = None) -> None:
-        if url is None:  # another owner's: neither where nor whose
-            super().__init__(f"job id {job_id!r} is taken; choose another id")
-        else:
-            state = f" and is {status}" if status else ""
-            super().__init__(
-                f"job {job_id!r} already exists at {url}{state}; results are never overwritten, choose another id"
-            )
+    def __init__(self, job_id: str, url: str, status: str | None = None) -> None:
+        state = f" and is {status}" if status else ""
+        super().__init__(f"job {job_id!r} already exists at {url}{state}; results are never overwritten, choose another id")
         self.url = url
 
 

@@ -1,7 +1,8 @@
 """Where job results live: one Zarr group per job under the results URL.
 
 Layout of a job's result at ``<results_url>/<place>``, where the place is the job id
-(or ``<owner>/<job_id>`` with ``GATEWAY_RESULTS_PER_USER``): a Zarr group holding one
+(or ``.users/<owner>/<job_id>`` with ``GATEWAY_RESULTS_PER_USER``, the owner's name
+encoded by :func:`owner_prefix`): a Zarr group holding one
 array, ``data``, with dimension names ``("y", "x")``, so that both
 ``zarr.open_group(url)["data"]`` and ``xarray.open_zarr(url)`` open it. The
 group's metadata, consolidated, is written after the last chunk: a result that
@@ -38,8 +39,27 @@ warnings.filterwarnings("ignore", message="Consolidated metadata is currently no
 
 ARRAY_NAME = "data"
 DIMENSION_NAMES = ("y", "x")
-# Job records sit beside the results, under a prefix no job id can take (ids never start with ".").
+# Job records and owners' results sit beside the flat results, under prefixes no job id
+# can take (ids never start with ".").
 RECORDS_PREFIX = ".jobs"
+OWNERS_PREFIX = ".users"
+# Characters of an owner's name kept as they are in its prefix; every other byte is "_" and two hex digits.
+_KEPT_IN_PREFIX = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def owner_prefix(owner: str) -> str:
+    """Where an owner's results go: one path segment per name, and no two names share one.
+
+    Hub user names may hold ".", "/" or any character: encoded, none becomes
+    another prefix (".jobs", "..") or a path of more segments.
+    """
+    encoded = "".join(char if char in _KEPT_IN_PREFIX else "".join(f"_{byte:02x}" for byte in char.encode()) for char in owner)
+    return f"{OWNERS_PREFIX}/{encoded}"
+
+
+def place_for(job_id: str, owner: str | None, per_user: bool) -> str:
+    """The place of a job's result under the results URL."""
+    return f"{owner_prefix(owner)}/{job_id}" if per_user and owner is not None else job_id
 
 
 @dataclass(frozen=True)
@@ -210,15 +230,15 @@ class ResultsStore:
     def write_record(self, job_id: str, record: dict[str, Any]) -> None:
         self._write({self._record_path(job_id): _json(record)}, f"saving the record of job {job_id!r} failed")
 
-    def read_records(self) -> list[dict[str, Any]]:
-        """Every stored job record."""
+    def read_records(self) -> dict[str, bytes]:
+        """Every stored job record as it is stored, by the name of its object (``<job_id>.json``)."""
         prefix = f"{self._root}/{RECORDS_PREFIX}"
         try:
             paths = [path for path in self._fs.find(prefix) if path.endswith(".json")]
             contents = self._fs.cat(paths) if paths else {}
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"reading the job records in {self.url} failed", exc)) from exc
-        return [json.loads(content) for content in contents.values()]
+        return {path.rsplit("/", 1)[-1]: content for path, content in contents.items()}
 
     def delete_record(self, job_id: str) -> None:
         try:

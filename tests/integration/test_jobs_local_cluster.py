@@ -1,6 +1,8 @@
 """Jobs on a real 3-worker LocalCluster writing to a real S3 server, through Flask's test client."""
 
+import json
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +18,8 @@ from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import create_app, services
 from helpers import assert_all_gone, assert_complete_result, descendants, listing
-from jobs import JobManager, JobRecord
+from jobs import DONE, JobManager, JobRecord
+from metrics import GatewayMetrics
 from random_array_job import RandomArraySpec
 from results_store import ResultsStore
 from settings import load_settings
@@ -94,13 +97,61 @@ def test_the_local_workers_have_the_s3_key_but_not_the_gateways_hub_token(app: F
 
 def run_with_store(app: Flask, directory: Path, **settings_changes) -> JobRecord:
     """One job on the shared cluster with another results store and settings."""
-    settings = replace(services(app).settings, results_url=str(directory), **settings_changes)
-    manager = JobManager(services(app).cluster, ResultsStore(str(directory)), settings, services(app).metrics)
+    manager = manager_on(app, str(directory), **settings_changes)
     manager.start()
     try:
         return manager.wait(manager.submit("on-disk", RandomArraySpec(seed=1)).job_id)
     finally:
         manager.close()
+
+
+def manager_on(app: Flask, url: str, metrics: GatewayMetrics | None = None, **settings_changes) -> JobManager:
+    """A job manager of its own on the shared cluster, with another results store and settings."""
+    settings = replace(services(app).settings, results_url=url, **settings_changes)
+    return JobManager(services(app).cluster, ResultsStore(url), settings, metrics or services(app).metrics)
+
+
+def test_malformed_and_foreign_records_are_skipped_and_counted_and_the_others_run(app: Flask, results_fs) -> None:
+    prefix = f"{BUCKET}/forged-{uuid.uuid4().hex[:8]}"
+    store = ResultsStore(f"s3://{prefix}")
+    queued = JobRecord("queued-before", RandomArraySpec(seed=3, shape=(10, 10), chunks=(10, 10)), store.url_for("queued-before"))
+    store.write_record(queued.job_id, queued.to_stored())
+    # A record rewritten to name another result: deleting its job would delete that result.
+    stolen = {**queued.to_stored(), "job_id": "stolen", "place": "queued-before", "owner": "mallory"}
+    results_fs.pipe({f"{prefix}/.jobs/broken.json": b'{"job_id": ', f"{prefix}/.jobs/stolen.json": json.dumps(stolen).encode()})
+    metrics = GatewayMetrics(running=lambda: 0, queued=lambda: 0, workers=lambda: 0)
+    manager = manager_on(app, f"s3://{prefix}", metrics)
+    manager.start()
+    try:
+        assert manager.get("queued-before").status in ("queued", "running"), "read once the records are loaded"
+        assert manager.wait("queued-before").status == DONE
+        assert manager.readiness() == (True, "")
+        assert [record.job_id for record in manager.list(None, 10, None)[0]] == ["queued-before"]
+    finally:
+        manager.close()
+    assert b"gateway_job_records_skipped_total 2.0" in metrics.render()[0]
+    assert results_fs.exists(f"{prefix}/.jobs/stolen.json"), "skipped, not deleted: an operator looks at it"
+
+
+def test_owners_results_never_land_in_the_records_or_an_old_jobs_prefix(app: Flask, results_fs) -> None:
+    prefix = f"{BUCKET}/owners-{uuid.uuid4().hex[:8]}"
+    before = manager_on(app, f"s3://{prefix}")
+    before.start()
+    try:
+        assert before.wait(before.submit("alice", RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10))).job_id).status == DONE
+    finally:
+        before.close()
+    per_user = manager_on(app, f"s3://{prefix}", results_per_user=True)
+    per_user.start()
+    try:
+        for owner in ("alice", ".jobs", "../alice"):
+            job = per_user.wait(per_user.submit("run", RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), owner).job_id)
+            assert job.status == DONE and job.url.startswith(f"s3://{prefix}/.users/"), job.url
+            per_user.cancel_or_delete("run")
+    finally:
+        per_user.close()
+    assert {path.rsplit("/", 1)[-1] for path in results_fs.ls(f"{prefix}/alice")} == {"zarr.json", "data"}, "the old job alone"
+    assert {path.rsplit("/", 1)[-1] for path in results_fs.ls(f"{prefix}/.jobs")} == {"alice.json"}
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

@@ -211,7 +211,8 @@ def test_each_user_sees_only_their_own_jobs_and_an_admin_sees_all(hub_gateway: R
         response = http.request(method, f"{url}{path}", headers=alice, timeout=60)
         assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found", (method, path)
     taken = http.get(f"{url}/submit_job/bobs-run?{SMALL}", headers=alice, timeout=60)
-    assert taken.status_code == 409 and "url" not in taken.json()["error"], "neither where nor whose"
+    assert taken.status_code == 404 and taken.json()["error"]["code"] == "job_not_found", "as bob's job is everywhere else"
+    assert "url" not in taken.json()["error"], "neither where nor whose"
     assert "bob" not in taken.json()["error"]["message"].replace("bobs-run", "")
 
     everyone = {job["job_id"]: job["owner"] for job in http.get(f"{url}/jobs", headers=carol, timeout=30).json()["jobs"]}
@@ -350,8 +351,8 @@ def test_results_go_under_the_users_prefix_when_asked(
     finally:
         stop_process(gateway.process, timeout=60)
 
-    assert job["url"] == f"s3://{BUCKET}/per-user/alice/in-my-folder"
-    assert results_fs.exists(f"{BUCKET}/per-user/alice/in-my-folder/zarr.json")
+    assert job["url"] == f"s3://{BUCKET}/per-user/.users/alice/in-my-folder"
+    assert results_fs.exists(f"{BUCKET}/per-user/.users/alice/in-my-folder/zarr.json")
     assert not results_fs.exists(f"{BUCKET}/per-user/in-my-folder")
 
 

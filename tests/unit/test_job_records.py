@@ -1,23 +1,89 @@
-"""Job records as stored: those written before owners and per-user places still read."""
+"""Job records as stored: what this service wrote reads back, older forms included; anything else is skipped."""
 
-from jobs import JobRecord
+import json
+
+import pytest
+
+from jobs import InvalidRecord, JobRecord, record_from_stored
 from random_array_job import RandomArraySpec
+from results_store import owner_prefix, place_for
+
+
+def url_for(place: str) -> str:
+    return f"s3://bucket/{place}"
+
+
+def stored(record: JobRecord, **changes) -> bytes:
+    return json.dumps({**record.to_stored(), **changes}).encode()
+
+
+def alices(place: str) -> JobRecord:
+    return JobRecord("run-7", RandomArraySpec(seed=7), url_for(place), owner="alice", place=place)
 
 
 def test_a_record_from_before_owners_is_nobodys_with_its_result_at_the_job_id() -> None:
-    stored = JobRecord("run-7", RandomArraySpec(seed=7), "s3://bucket/run-7").to_stored()
-    del stored["owner"], stored["place"]
+    content = json.loads(stored(JobRecord("run-7", RandomArraySpec(seed=7), url_for("run-7"))))
+    del content["owner"], content["place"]
 
-    record = JobRecord.from_stored(stored)
+    record = record_from_stored("run-7.json", json.dumps(content).encode(), url_for)
 
     assert (record.owner, record.place) == (None, "run-7")
 
 
 def test_a_place_is_never_empty() -> None:
-    assert JobRecord("run-7", RandomArraySpec(seed=7), "s3://bucket/run-7", place="").place == "run-7"
+    assert JobRecord("run-7", RandomArraySpec(seed=7), url_for("run-7"), place="").place == "run-7"
 
 
-def test_an_owners_record_keeps_its_owner_and_place() -> None:
-    stored = JobRecord("run-7", RandomArraySpec(seed=7), "s3://b/alice/run-7", owner="alice", place="alice/run-7").to_stored()
-    assert JobRecord.from_stored(stored).to_json()["owner"] == "alice"
-    assert JobRecord.from_stored(stored).place == "alice/run-7"
+@pytest.mark.parametrize("place", ["run-7", ".users/alice/run-7", "alice/run-7"])
+def test_an_owners_record_keeps_its_owner_and_place_in_each_layout_the_service_wrote(place: str) -> None:
+    record = record_from_stored("run-7.json", stored(alices(place)), url_for)
+    assert (record.owner, record.place) == ("alice", place)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("run-7.json", b"{not json"),
+        ("run-7.json", b"[]"),
+        ("run-7.json", stored(alices("run-7"), spec={"seed": 7})),
+        ("run-7.json", stored(alices("run-7"), spec={"seed": 7, "shape": [10, 10], "chunks": [20, 20], "dtype": "float32"})),
+        ("run-7.json", stored(alices("run-7"), status="finished")),
+        ("run-7.json", stored(alices("run-7"), unknown_field=1)),
+        ("run-7.json", stored(alices("run-7"), submitted_at=7)),
+        ("run-7.json", stored(alices("run-7"), error="failed")),
+        ("run-7.json", stored(alices("run-7"), owner=["alice"])),
+        ("other-run.json", stored(alices("run-7"))),
+        (".hidden.json", stored(alices("run-7"), job_id=".hidden")),
+    ],
+)
+def test_a_malformed_record_is_refused(name: str, content: bytes) -> None:
+    with pytest.raises(InvalidRecord, match=name):
+        record_from_stored(name, content, url_for)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"place": "bobs-run"},  # a DELETE would remove another job's result
+        {"place": ".jobs"},  # ... or every record
+        {"place": ".users/bob/run-7"},
+        {"url": "s3://another-bucket/run-7"},  # a preview would read another array
+        {"owner": "bob"},  # bob's record of alice's result
+    ],
+)
+def test_a_record_naming_another_jobs_place_or_url_is_refused(changes: dict) -> None:
+    with pytest.raises(InvalidRecord, match="not one this gateway writes"):
+        record_from_stored("run-7.json", stored(alices(".users/alice/run-7"), **changes), url_for)
+
+
+@pytest.mark.parametrize("name", [".jobs", "..", ".", "a/b", "a_2fb", "service:science-gateway", "élise", "../.jobs"])
+def test_no_owners_prefix_is_the_records_prefix_or_a_job_id_or_more_than_one_segment(name: str) -> None:
+    prefix = owner_prefix(name)
+    owners, segment = prefix.split("/")
+    assert owners == ".users" and segment not in ("", ".", "..", ".jobs") and not segment.startswith(".")
+    assert place_for("run-7", name, per_user=True) == f"{prefix}/run-7"
+
+
+def test_owners_prefixes_are_one_to_one() -> None:
+    names = ["a/b", "a_2fb", "a.b", "a_2eb", "A", "a", "a b", "a_20b", "_", "__5f"]
+    assert len({owner_prefix(name) for name in names}) == len(names)
