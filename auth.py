@@ -7,9 +7,8 @@ whose token it is (``GET /hub/api/user`` with that token, cached for
 ``GATEWAY_AUTH_CACHE_SECONDS``), and the token must grant
 ``access:services!service=<JUPYTERHUB_SERVICE_NAME>``. Tokens are never logged.
 
-A browser has no token to send. With ``JUPYTERHUB_OAUTH_CALLBACK_URL`` set, it
-logs in through the hub instead (OAuth, with jupyterhub's ``HubOAuth``): the
-token the hub issues is kept in a cookie and checked like any other.
+A browser logs in through the hub instead (browser_login.py); the token it
+keeps in a cookie is checked here like any other.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 from settings import Settings
 
@@ -49,14 +47,6 @@ class Caller:
 ANYONE = Caller(name=None, sees_all=True)
 
 
-@dataclass(frozen=True)
-class LoginStarted:
-    """Where to send a browser to log in at the hub, and the state to keep in a cookie until it returns."""
-
-    url: str
-    state: str
-
-
 class HubCallers:
     """Identifies callers by their JupyterHub API token, or by the cookie of a browser that logged in through the hub."""
 
@@ -65,7 +55,7 @@ class HubCallers:
         # a gateway without authentication need not spend. The import sets up
         # alembic, which would announce each of its plugins at INFO.
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        from jupyterhub.services.auth import HubAuth, HubOAuth
+        from jupyterhub.services.auth import HubAuth
         from tornado.web import HTTPError
 
         # The helper warns through tornado's application logger at every refused
@@ -76,33 +66,12 @@ class HubCallers:
         self.admin_group = settings.admin_group
         self._token_pattern = HubAuth.auth_header_pat
         self._hub_error: type[Exception] = HTTPError
-        self.browser_login = settings.oauth_callback_url is not None
-        common = {
-            "api_url": settings.jupyterhub_api_url,
-            "api_token": settings.jupyterhub_api_token,
-            "cache_max_age": settings.auth_cache_seconds,
-            "access_scopes": {f"access:services!service={self.service_name}"},
-        }
-        if self.browser_login:
-            # JupyterHub names a service's OAuth client "service-<name>".
-            self._hub: Any = HubOAuth(
-                **common,
-                oauth_client_id=settings.oauth_client_id or f"service-{self.service_name}",
-                oauth_redirect_uri=settings.oauth_callback_url,
-                hub_host=settings.jupyterhub_host,
-            )
-        else:
-            self._hub = HubAuth(**common)
-
-    @property
-    def cookie_name(self) -> str:
-        """The cookie that keeps a browser's token after it logged in through the hub."""
-        return self._hub.cookie_name if self.browser_login else ""
-
-    @property
-    def login_state_cookie(self) -> str:
-        """The cookie that keeps a login's state while the browser is at the hub."""
-        return self._hub.state_cookie_name
+        self._hub = HubAuth(
+            api_url=settings.jupyterhub_api_url,
+            api_token=settings.jupyterhub_api_token,
+            cache_max_age=settings.auth_cache_seconds,
+            access_scopes={f"access:services!service={self.service_name}"},
+        )
 
     def caller(self, authorization: str | None, cookie_token: str | None = None) -> Caller:
         """The caller whose token is in this ``Authorization`` header (or, from a browser, its login cookie).
@@ -110,7 +79,7 @@ class HubCallers:
         Raise if there is none or the hub refuses it.
         """
         match = self._token_pattern.fullmatch((authorization or "").strip())
-        token = match.group(1).strip() if match else (cookie_token if self.browser_login else None)
+        token = match.group(1).strip() if match else cookie_token
         if not token:
             raise NotAuthenticated(
                 "send a JupyterHub API token as 'Authorization: token <token>'; "
@@ -132,24 +101,6 @@ class HubCallers:
         # As Dask Gateway does: a service's name cannot pass for a user's.
         name = model["name"] if model.get("kind", "user") == "user" else f"{model['kind']}:{model['name']}"
         return Caller(name=name, sees_all=self.admin_group in model.get("groups", []))
-
-    def start_login(self, next_path: str) -> LoginStarted:
-        """Send a browser to the hub to log in; it comes back to the OAuth callback, then to ``next_path``."""
-        state = self._hub.generate_state(next_url=next_path)
-        return LoginStarted(f"{self._hub.login_url}&{urlencode({'state': state})}", state)
-
-    def finish_login(self, code: str | None, state: str | None, cookie_state: str | None) -> tuple[str, str]:
-        """The token the hub gives for this OAuth ``code``, and the path to return to; raise unless the states match."""
-        if not code or not state or state != cookie_state:
-            raise NotAuthenticated("the login through JupyterHub did not come back as it left; open the page again")
-        next_path = self._hub.get_next_url(state)
-        self._hub.clear_oauth_state(state)
-        try:
-            token = self._hub.token_for_code(code)
-        except self._hub_error as exc:
-            raise NotAuthenticated(f"JupyterHub did not complete the login: {exc.log_message}") from None
-        # Only a path of this service: never a redirect elsewhere.
-        return token, next_path if next_path.startswith("/") and not next_path.startswith("//") else "/"
 
 
 # Where the deployment takes the gateway's own token from (deploy_gateway.yaml).

@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from auth import ANYONE, AuthUnavailable, Caller, HubCallers, NotAuthenticated, NotAuthorized
+from browser_login import LOGIN_SECONDS, BrowserLogin, CrossSiteRequest
 from cluster import ClusterConnection, ClusterNotReady
 from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, GatewayStopping, JobManager, JobRecord
 from metrics import GatewayMetrics, JsonFormatter
@@ -62,6 +63,8 @@ class GatewayServices:
     metrics: GatewayMetrics
     # None: no authentication, every caller is ANYONE.
     callers: HubCallers | None
+    # None: no login through the hub for browsers.
+    browser_login: BrowserLogin | None
 
     def close(self) -> None:
         self.jobs.close()
@@ -103,7 +106,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     jobs = JobManager(cluster, store, settings, metrics)
     callers = HubCallers(settings) if settings.auth == "jupyterhub" else None
-    gateway = GatewayServices(settings, cluster, store, jobs, metrics, callers)
+    browser_login = BrowserLogin(settings) if callers is not None and settings.oauth_callback_url else None
+    gateway = GatewayServices(settings, cluster, store, jobs, metrics, callers, browser_login)
     app = Flask(__name__)
     app.url_map.converters["job_id"] = AnyJobId
     app.json.sort_keys = False
@@ -172,7 +176,7 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
     jobs = gateway.jobs
 
     if gateway.callers is not None:
-        _register_authentication(app, gateway.callers)
+        _register_authentication(app, gateway.callers, gateway.browser_login)
 
     @app.get("/")
     def index() -> Response:
@@ -235,7 +239,8 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
     @app.post("/jobs")
     def post_job() -> Any:
         _query(())
-        if request.content_length and request.mimetype != "application/json":
+        # Even without a body: a form on another site can send any other type, a script of this page sends this one.
+        if request.mimetype != "application/json":
             return error_response(415, "unsupported_media_type", "send the job as a JSON object with Content-Type: application/json")
         body = request.get_json(silent=True) if request.content_length else {}
         if not isinstance(body, dict):
@@ -298,38 +303,40 @@ def _wants_html() -> bool:
     return request.accept_mimetypes.best_match(["text/plain", "text/html"]) == "text/html"
 
 
-def _register_authentication(app: Flask, callers: HubCallers) -> None:
-    """Every request but the open ones names its caller; a browser without a login is sent to the hub's."""
+def _register_authentication(app: Flask, callers: HubCallers, login: BrowserLogin | None) -> None:
+    """Every request but the open ones names its caller; the jobs page sends a browser without a login to the hub's."""
 
     @app.before_request
     def identify_caller() -> Response | None:
         if request.endpoint in OPEN_ENDPOINTS or request.endpoint == "oauth_callback":
             return None
+        authorization = request.headers.get("Authorization")
+        cookie_token = None
         # /submit_job makes a job on a GET, which a link on another site can send
         # with a SameSite=Lax cookie: it takes the Authorization header alone.
-        uses_cookie = callers.browser_login and request.endpoint != "submit_job"
-        cookie_token = request.cookies.get(callers.cookie_name) if uses_cookie else None
+        if login is not None and not authorization and request.endpoint != "submit_job":
+            cookie_token = login.token(request.cookies.get(login.token_cookie))
+            if cookie_token is not None:
+                login.refuse_cross_site(request.headers)
         try:
-            g.caller = callers.caller(request.headers.get("Authorization"), cookie_token)
+            g.caller = callers.caller(authorization, cookie_token)
         except NotAuthenticated:
-            if not (uses_cookie and request.method == "GET" and _wants_html()):
+            if login is None or request.endpoint != "index" or request.method != "GET" or not _wants_html():
                 raise
-            login = callers.start_login(request.full_path.rstrip("?"))
-            response = redirect(login.url)
-            response.set_cookie(callers.login_state_cookie, login.state, max_age=600, httponly=True, samesite="Lax", secure=request.is_secure)
+            url, state = login.start(request.full_path.rstrip("?"))
+            response = redirect(url)
+            response.set_cookie(login.state_cookie, state, max_age=LOGIN_SECONDS, **login.cookie_options)
             return response
         return None
 
-    if callers.browser_login:
+    if login is not None:
 
         @app.get("/oauth_callback")
         def oauth_callback() -> Response:
-            state_cookie = callers.login_state_cookie
-            token, next_path = callers.finish_login(request.args.get("code"), request.args.get("state"), request.cookies.get(state_cookie))
+            cookie, next_path = login.finish(request.args.get("code"), request.args.get("state"), request.cookies.get(login.state_cookie))
             response = redirect(next_path)
-            # HttpOnly: the page's script never sees the token; the browser sends it to this service alone.
-            response.set_cookie(callers.cookie_name, token, httponly=True, samesite="Lax", secure=request.is_secure)
-            response.delete_cookie(state_cookie)
+            response.set_cookie(login.token_cookie, cookie, **login.cookie_options)
+            response.delete_cookie(login.state_cookie, **login.cookie_options)
             return response
 
 
@@ -379,6 +386,7 @@ KNOWN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     StorageError: (502, "storage_error"),
     NotAuthenticated: (401, "not_authenticated"),
     NotAuthorized: (403, "forbidden"),
+    CrossSiteRequest: (403, "cross_site_request"),
     AuthUnavailable: (503, "auth_unavailable"),
     JobTimedOut: (504, "job_timeout"),
     JobFailed: (500, "job_failed"),

@@ -1,5 +1,6 @@
 """gunicorn settings, the same in the container and in ``make run``."""
 
+import os
 import signal
 
 # One worker process: the Dask cluster belongs to the process that created it,
@@ -22,6 +23,10 @@ errorlog = "-"
 # service does not need; every instance on a host would share its one path, and
 # a container's read-only home could not hold it.
 control_socket_disable = True
+# X-Forwarded-Proto and the like are believed only from these addresses: gunicorn's
+# own variable, and its default of loopback alone, made explicit. Nothing here needs
+# them: the login cookie is Secure when the callback URL is https, not when a header says so.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
 
 def post_worker_init(worker):

@@ -92,6 +92,12 @@ def test_running_jobs_and_their_cancel_fit_in_gunicorns_graceful_timeout() -> No
     assert Settings().shutdown_timeout + STOP_TIMEOUT <= gunicorn_settings()["graceful_timeout"]
 
 
+def test_gunicorn_believes_forwarded_headers_from_no_one_in_the_pod() -> None:
+    """Clients reach the pod through its Service, with no proxy of ours in between: only loopback is trusted."""
+    assert "FORWARDED_ALLOW_IPS" not in {variable.name for variable in container().env}
+    assert gunicorn_settings()["forwarded_allow_ips"] == "127.0.0.1,::1"
+
+
 def test_one_secret_name_everywhere() -> None:
     gateway = container()
     assert [source.secret_ref.name for source in gateway.env_from] == [SECRET]

@@ -380,11 +380,21 @@ def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
         # The login cookie is no token for a GET that makes a job, as a link from another site could.
         by_link = page.request.get(f"{hub_gateway.url}/submit_job/from-a-link?shape=100,100")
         assert by_link.status == 401
+
+        # Another site on this host (another port is the same site, so the Lax cookie goes along)
+        # submits an empty form to the gateway as alice's browser.
+        other_site = f"http://127.0.0.1:{free_port()}/"
+        form = f'<form method="post" action="{hub_gateway.url}/jobs"></form><script>document.forms[0].submit()</script>'
+        page.route(other_site, lambda route: route.fulfill(body=form, content_type="text/html"))
+        page.goto(other_site)
+        expect(page.locator("body")).to_contain_text("cross_site_request")
     finally:
         context.close()
 
-    record = http.get(f"{hub_gateway.url}/jobs/from-alices-browser", headers=as_user(tokens["alice"]), timeout=30).json()
+    alices = http.get(f"{hub_gateway.url}/jobs", headers=as_user(tokens["alice"]), timeout=30).json()["jobs"]
+    record = next(job for job in alices if job["job_id"] == "from-alices-browser")
     assert record["owner"] == "alice"
+    assert not [job for job in alices if job["submitted_at"] > record["submitted_at"]], "the other site's form made no job"
     assert cookies["service-science-gateway"]["httpOnly"], "the page's script never sees the token"
 
 

@@ -99,3 +99,10 @@ def test_with_jupyterhub_authentication_and_no_hub_a_token_cannot_be_checked(tmp
     assert missing.status_code == 401 and missing.json["error"]["code"] == "not_authenticated"
     assert unchecked.status_code == 503 and unchecked.json["error"]["code"] == "auth_unavailable"
     assert environ["JUPYTERHUB_API_URL"] in unchecked.json["error"]["message"]
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x", None])
+def test_a_post_without_a_json_body_type_is_refused_even_when_empty(http: FlaskClient, content_type: str | None) -> None:
+    """What a form on another site can send: never a job, whatever cookie the browser adds."""
+    response = http.post("/jobs", headers={"Content-Type": content_type} if content_type else {})
+    assert response.status_code == 415 and response.json["error"]["code"] == "unsupported_media_type"

@@ -1,0 +1,129 @@
+"""A browser's login through JupyterHub (OAuth), and what its cookies may and may not do.
+
+A browser has no token to send. With ``JUPYTERHUB_OAUTH_CALLBACK_URL`` set, the
+jobs page sends it to the hub to log in; the hub sends it back to the callback
+with a code, which the gateway trades for a token of the caller (jupyterhub's
+``HubOAuth``). The token is kept encrypted in an HttpOnly cookie and checked
+like any other.
+
+Nothing of a login is kept in the process: its state travels in a cookie and
+through the hub, and must come back the same, so anonymous requests cost no
+memory and any replica can finish a login another began. With an ``https``
+callback both cookies are ``Secure`` and ``__Host-`` prefixed (bound to this
+host, never set by a sibling domain), whatever proxy headers say.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from auth import NotAuthenticated
+from settings import Settings
+
+# How long a browser may take at the hub's login page.
+LOGIN_SECONDS = 600
+
+
+class CrossSiteRequest(Exception):
+    """A request another site made the browser send: its login cookie does not count (403)."""
+
+
+def safe_return_path(path: str | None) -> str:
+    """``path`` if it is a path of this service, else ``/``: a login never ends on another site.
+
+    Browsers drop tabs and newlines from URLs and read ``\\`` as ``/``, so
+    ``/\\t/evil.example`` would become ``//evil.example``: any control
+    character or backslash is refused, not cleaned.
+    """
+    if not path or any(ord(char) < 0x20 or ord(char) == 0x7F or char == "\\" for char in path):
+        return "/"
+    parts = urlsplit(path)
+    if parts.scheme or parts.netloc or not path.startswith("/") or path.startswith("//"):
+        return "/"
+    return path
+
+
+class BrowserLogin:
+    """The OAuth login of a browser with the hub, and the cookies that keep it."""
+
+    def __init__(self, settings: Settings) -> None:
+        from jupyterhub.services.auth import HubOAuth
+        from tornado.web import HTTPError
+
+        assert settings.oauth_callback_url is not None
+        callback = urlsplit(settings.oauth_callback_url)
+        self.origin = f"{callback.scheme}://{callback.netloc}"
+        self._secure = callback.scheme == "https"
+        # JupyterHub names a service's OAuth client "service-<name>".
+        self._hub: Any = HubOAuth(
+            api_url=settings.jupyterhub_api_url,
+            api_token=settings.jupyterhub_api_token,
+            oauth_client_id=settings.oauth_client_id or f"service-{settings.jupyterhub_service_name}",
+            oauth_redirect_uri=settings.oauth_callback_url,
+            hub_host=settings.jupyterhub_host,
+        )
+        self._hub_error: type[Exception] = HTTPError
+        # A cookie read from a browser (or its disk) is no hub token: the key is derived
+        # from the gateway's own token, which every replica holds and no browser sees.
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"science-gateway login cookie").derive(
+            settings.jupyterhub_api_token.encode()
+        )
+        self._cipher = Fernet(base64.urlsafe_b64encode(key))
+        prefix = "__Host-" if self._secure else ""
+        self.token_cookie = f"{prefix}{self._hub.cookie_name}"
+        self.state_cookie = f"{prefix}{self._hub.state_cookie_name}"
+
+    @property
+    def cookie_options(self) -> dict[str, Any]:
+        """The attributes of both cookies: sent to this host's every path, never to a script or another site's request."""
+        return {"path": "/", "httponly": True, "samesite": "Lax", "secure": self._secure}
+
+    def start(self, next_path: str) -> tuple[str, str]:
+        """Where to send the browser to log in, and the value of the state cookie to set meanwhile."""
+        state = base64.urlsafe_b64encode(
+            json.dumps({"nonce": secrets.token_urlsafe(16), "next": safe_return_path(next_path)}).encode()
+        ).decode()
+        return f"{self._hub.login_url}&{urlencode({'state': state})}", state
+
+    def finish(self, code: str | None, state: str | None, cookie_state: str | None) -> tuple[str, str]:
+        """The token cookie's value for this OAuth ``code``, and the path to return to; raise unless the states match."""
+        if not code or not state or not cookie_state or not hmac.compare_digest(state, cookie_state):
+            raise NotAuthenticated("the login through JupyterHub did not come back as it left; open the page again")
+        try:
+            next_path = json.loads(base64.urlsafe_b64decode(state.encode()))["next"]
+        except (ValueError, TypeError, KeyError, binascii.Error):
+            next_path = "/"
+        try:
+            token = self._hub.token_for_code(code)
+        except self._hub_error as exc:
+            raise NotAuthenticated(f"JupyterHub did not complete the login: {exc.log_message}") from None
+        return self._cipher.encrypt(token.encode()).decode(), safe_return_path(next_path)
+
+    def token(self, cookie: str | None) -> str | None:
+        """The hub token in a token cookie; None for no cookie, or one this gateway did not make."""
+        if not cookie:
+            return None
+        try:
+            return self._cipher.decrypt(cookie.encode()).decode()
+        except (InvalidToken, UnicodeError):
+            return None
+
+    def refuse_cross_site(self, headers: Mapping[str, str]) -> None:
+        """Raise :class:`CrossSiteRequest` when the browser says another site made this request."""
+        origin = headers.get("Origin")
+        if headers.get("Sec-Fetch-Site") == "cross-site" or (origin is not None and origin != self.origin):
+            raise CrossSiteRequest(
+                f"a request from another site ({origin or 'cross-site'}) does not carry this browser's login; "
+                f"open the jobs page at {self.origin}, or send a token in the Authorization header"
+            )

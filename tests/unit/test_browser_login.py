@@ -1,0 +1,132 @@
+"""The browser login's defences, through Flask's test client: a hub that cannot be reached is enough for all of them."""
+
+import base64
+import gc
+import json
+import tracemalloc
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from browser_login import safe_return_path
+from devtools.processes import free_port
+from gateway import create_app, services
+from settings import load_settings
+
+HTML = {"Accept": "text/html"}
+
+
+def auth_app(tmp_path_factory: pytest.TempPathFactory, callback: str) -> Iterator[Flask]:
+    """A gateway that logs browsers in through a hub, with neither hub nor Dask Gateway answering."""
+    environ = {
+        "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}",
+        "GATEWAY_RESULTS_URL": str(tmp_path_factory.mktemp("results")),
+        "GATEWAY_AUTH": "jupyterhub",
+        "JUPYTERHUB_API_URL": f"http://127.0.0.1:{free_port()}/hub/api",
+        "JUPYTERHUB_API_TOKEN": "the-gateways-own-token",
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": callback,
+        "JUPYTERHUB_HOST": "https://hub.example.org",
+    }
+    app = create_app(load_settings(environ))
+    yield app
+    services(app).close()
+
+
+@pytest.fixture(scope="module")
+def https_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    yield from auth_app(tmp_path_factory, "https://gateway.example.org/oauth_callback")
+
+
+@pytest.fixture(scope="module")
+def http_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    yield from auth_app(tmp_path_factory, "http://127.0.0.1:8000/oauth_callback")
+
+
+@pytest.fixture
+def http(https_app: Flask) -> FlaskClient:
+    return https_app.test_client()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/\t/evil.example", "/\n/evil.example", "/\\evil.example", "//evil.example", "https://evil.example/", "javascript:alert(1)", "", "jobs"],
+)
+def test_a_return_path_that_could_leave_the_service_becomes_the_page(path: str) -> None:
+    assert safe_return_path(path) == "/"
+
+
+@pytest.mark.parametrize("path", ["/", "/?page=2", "/jobs/run-7"])
+def test_a_path_of_the_service_is_kept(path: str) -> None:
+    assert safe_return_path(path) == path
+
+
+def state_of(response) -> dict:
+    state = response.headers["Location"].split("state=")[1]
+    return json.loads(base64.urlsafe_b64decode(state))
+
+
+def test_only_the_page_sends_a_browser_to_log_in_and_only_back_to_itself(http: FlaskClient, https_app: Flask) -> None:
+    login = http.get("/", headers=HTML)
+    assert login.status_code == 302 and login.headers["Location"].startswith("https://hub.example.org/hub/api/oauth2/authorize?")
+    assert state_of(login)["next"] == "/"
+    for path in ("/%09/evil.example", "/jobs", "/openapi.json", "/jobs/run-7/preview.png"):
+        response = http.get(path, headers=HTML)
+        assert response.status_code == 401 and response.json["error"]["code"] == "not_authenticated", path
+    _, state = services(https_app).browser_login.start("/\t/evil.example")
+    assert json.loads(base64.urlsafe_b64decode(state))["next"] == "/"
+
+
+def test_with_an_https_callback_both_cookies_are_host_only_secure_and_http_only(http: FlaskClient) -> None:
+    cookie = http.get("/", headers=HTML).headers["Set-Cookie"]
+    assert cookie.startswith("__Host-service-science-gateway-oauth-state=")
+    assert {"Secure", "HttpOnly", "Path=/", "SameSite=Lax"} <= {part.strip() for part in cookie.split(";")}
+    assert "Domain=" not in cookie
+
+
+def test_with_an_http_callback_the_cookie_cannot_be_secure_nor_prefixed(http_app: Flask) -> None:
+    cookie = http_app.test_client().get("/", headers={**HTML, "X-Forwarded-Proto": "https"}).headers["Set-Cookie"]
+    assert cookie.startswith("service-science-gateway-oauth-state=") and "Secure" not in cookie
+
+
+def test_a_login_that_did_not_start_here_is_refused(http: FlaskClient) -> None:
+    state = http.get("/", headers=HTML).headers["Location"].split("state=")[1]
+    forged = http.get(f"/oauth_callback?code=c&state={state}x")
+    assert forged.status_code == 401 and "did not come back as it left" in forged.json["error"]["message"]
+
+
+def test_a_cookie_the_gateway_did_not_encrypt_is_no_login(http: FlaskClient, https_app: Flask) -> None:
+    login = services(https_app).browser_login
+    http.set_cookie(login.token_cookie, "a-raw-hub-token", domain="localhost")
+    assert http.get("/jobs").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://gateway.example.org:8443"}],
+)
+def test_a_request_another_site_made_does_not_carry_the_login(http: FlaskClient, https_app: Flask, headers: dict) -> None:
+    login = services(https_app).browser_login
+    http.set_cookie(login.token_cookie, login._cipher.encrypt(b"alices-hub-token").decode(), domain="localhost")
+    for method in ("GET", "POST", "DELETE"):
+        path = "/jobs/run-7" if method == "DELETE" else "/jobs"
+        response = http.open(path, method=method, headers=headers, json={})
+        assert response.status_code == 403 and response.json["error"]["code"] == "cross_site_request", (method, headers)
+    same_origin = http.get("/jobs", headers={"Origin": "https://gateway.example.org", "Sec-Fetch-Site": "same-origin"})
+    assert same_origin.json["error"]["code"] == "auth_unavailable", "past the check, on to the hub, which is not there"
+
+
+def test_anonymous_page_views_leave_no_login_state_in_memory(http: FlaskClient) -> None:
+    http.get("/", headers=HTML)  # the first request's one-off costs
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(10_000):
+            assert http.get("/", headers=HTML).status_code == 302
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 256 * 1024, f"{grown} bytes kept after 10,000 logins begun"
