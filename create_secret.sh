@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Creates or updates a Kubernetes Secret of S3 credentials:
-# - `awsconfig`, the write credentials that the gateway and its Dask workers read;
-# - with --readers, `gateway-results-reader`, the read-only credentials that
-#   notebooks get (jupyterhub_values.yaml) to open the results.
+# - `awsconfig`, the write credentials (results_writer_policy.json) that the
+#   gateway and the workers of its own Dask clusters read;
+# - with --readers, `gateway-results-reader`, the read-only credentials
+#   (results_reader_policy.json) that notebooks get (jupyterhub_values.yaml) to
+#   open the results.
 # The gateway's JupyterHub token is in zero-to-jupyterhub's own `hub` Secret.
 #
 #   ./create_secret.sh [-n NAMESPACE] [--readers] [--dry-run] [CONFIG_FILE]

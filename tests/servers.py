@@ -1,4 +1,4 @@
-"""Real servers started as separate processes: dask-gateway-server with its local backend, and JupyterHub."""
+"""Real servers started as separate processes: dask-gateway-server with its local backend, JupyterHub, and moto's S3 with IAM."""
 
 from __future__ import annotations
 
@@ -197,6 +197,53 @@ def jupyterhub_authentication(hub: JupyterHubServer, service_name: str) -> str:
             c.JupyterHubAuthenticator.jupyterhub_api_token = {hub.service_tokens[service_name]!r}
             c.JupyterHubAuthenticator.jupyterhub_service_name = {service_name!r}
     """
+
+
+@dataclass
+class PolicedS3:
+    """moto's S3 and IAM, enforcing IAM policies: one access key per policy it was given."""
+
+    process: subprocess.Popen
+    endpoint_url: str
+    keys: dict[str, tuple[str, str]]
+
+    def environ(self, policy: str) -> dict[str, str]:
+        """The standard AWS variables of the key that ``policy`` governs."""
+        access_key, secret_key = self.keys[policy]
+        return {
+            "AWS_ACCESS_KEY_ID": access_key,
+            "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+
+def start_policed_s3(workdir: Path, bucket: str, policies: dict[str, dict[str, Any]], timeout: float = 60) -> PolicedS3:
+    """moto's server with ``bucket`` and, for each of ``policies``, an IAM user with that policy and an access key.
+
+    moto checks keys and policies as AWS does once its first N requests, the
+    set-up here, are done (INITIAL_NO_AUTH_ACTION_COUNT).
+    """
+    import boto3
+
+    port = free_port()
+    set_up_requests = 1 + 3 * len(policies)
+    command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    env = {**{name: value for name, value in os.environ.items() if not name.startswith("AWS_")}, "INITIAL_NO_AUTH_ACTION_COUNT": str(set_up_requests)}
+    process = start_process(command, env=env, log_file=workdir / "moto.log", cwd=workdir)
+    wait_for_port(port, process, timeout)
+    endpoint = f"http://127.0.0.1:{port}"
+    # moto counts these requests, not checking their keys.
+    anyone = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "set-up-only", "aws_secret_access_key": "set-up-only"}
+    boto3.client("s3", **anyone).create_bucket(Bucket=bucket)
+    iam = boto3.client("iam", **anyone)
+    keys = {}
+    for name, policy in policies.items():
+        iam.create_user(UserName=name)
+        iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        keys[name] = (key["AccessKeyId"], key["SecretAccessKey"])
+    return PolicedS3(process, endpoint, keys)
 
 
 # The dask-gateway chart's values the product ships: the tests' servers run their extraConfig.
