@@ -45,6 +45,14 @@ WORKER_MALLOC_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM
 LOCAL_WORKER_ENVIRON = {"JUPYTERHUB_API_TOKEN": ""}
 
 
+def _has_other_clients(cluster: Any) -> bool:
+    """Whether a client besides this one is connected to the cluster's scheduler."""
+    with dask.config.set({"distributed.comm.timeouts.connect": SCHEDULER_QUERY_TIMEOUT}):
+        with cluster.get_client(set_as_default=False) as client:
+            connected = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients))
+    return bool(set(connected) - {client.id, "fire-and-forget"})
+
+
 class ClusterNotReady(RuntimeError):
     """The service has no working Dask cluster at the moment; the message says why."""
 
@@ -226,9 +234,40 @@ class ClusterConnection:
         options = gateway.cluster_options()
         for name, value in self._settings.cluster_options.items():
             options[name] = value
-        cluster = gateway.new_cluster(options, shutdown_on_close=True)
+        cluster = self._adopt_left_cluster(gateway, dict(options)) or gateway.new_cluster(options, shutdown_on_close=True)
         cluster.scale(self._settings.n_workers)
         return cluster, self._wait_for_workers(cluster, lambda: cluster.get_client(set_as_default=False))
+
+    def _adopt_left_cluster(self, gateway: Gateway, options: dict[str, Any]) -> Any:
+        """A running cluster of this identity that no client uses, such as one a killed gateway left; None if there is none.
+
+        The gateway's hub token is its own, so its identity's clusters are the
+        gateway's: the newest unused one with today's options is taken, warm
+        workers and all, and every other unused one is stopped rather than
+        left until Dask Gateway's idle timeout. A cluster with a client is
+        another gateway's (a second replica, or one still stopping) and is left.
+        """
+        adopted = None
+        running = gateway.list_clusters(status="running")
+        for report in sorted(running, key=lambda report: report.start_time, reverse=True):
+            cluster = gateway.connect(report.name, shutdown_on_close=False)
+            try:
+                in_use = _has_other_clients(cluster)
+            except (OSError, TimeoutError) as exc:
+                logger.warning("stopping Dask cluster %s, whose scheduler does not answer (%s)", report.name, exc)
+                cluster.shutdown()
+                continue
+            if in_use:
+                cluster.close()
+                continue
+            if adopted is None and report.options == options:
+                logger.info("adopting Dask cluster %s, which no client uses (a gateway before this one left it)", report.name)
+                cluster.shutdown_on_close = True
+                adopted = cluster
+            else:
+                logger.warning("stopping Dask cluster %s, which no client uses (a gateway before this one left it)", report.name)
+                cluster.shutdown()
+        return adopted
 
     def _wait_for_workers(self, cluster: Any, make_client: Callable[[], Client]) -> Client:
         try:

@@ -10,6 +10,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from dask_gateway import BasicAuth, Gateway
@@ -85,6 +86,59 @@ def test_jobs_run_on_a_dask_gateway_cluster_that_is_shut_down_with_the_service(
 
     wait_for(lambda: not running_clusters(dask_gateway_server), 30, "the gateway's cluster to be stopped")
     assert_all_gone(dask_processes, timeout=30)
+
+
+def kill_with_sigkill(served: RunningGateway) -> None:
+    """As the kubelet kills a pod past its grace period: no shutdown code runs, in gunicorn or the app."""
+    processes = [psutil.Process(served.process.pid), *descendants(served.process.pid)]
+    for process in processes:
+        process.kill()
+    assert_all_gone(processes, timeout=30)
+
+
+def test_a_gateway_killed_with_sigkill_leaves_its_cluster_and_the_next_one_adopts_it(
+    dask_gateway_server: DaskGatewayServer, results_fs, tmp_path: Path, http
+) -> None:
+    environ = gateway_environ(dask_gateway_server, dask_gateway_server.password)
+    first = start_gunicorn_gateway(environ, log_file=tmp_path / "first.log")
+    [left] = running_clusters(dask_gateway_server)
+    warm_workers = {process.pid for process in cluster_processes(dask_gateway_server)}
+    kill_with_sigkill(first)
+    assert [cluster.name for cluster in running_clusters(dask_gateway_server)] == [left.name], "left behind"
+
+    second = start_gunicorn_gateway(environ, log_file=tmp_path / "second.log")
+    try:
+        assert [cluster.name for cluster in running_clusters(dask_gateway_server)] == [left.name], "adopted, no new one"
+        assert {process.pid for process in cluster_processes(dask_gateway_server)} == warm_workers, "the same warm workers"
+        response = http.get(f"{second.url}/submit_job/on-the-adopted-cluster?shape=100,100", timeout=120)
+        assert response.status_code == 200, response.text
+        assert f"adopting Dask cluster {left.name}" in second.log()
+    finally:
+        stop_process(second.process, timeout=90)
+    wait_for(lambda: not running_clusters(dask_gateway_server), 30, "the adopted cluster to be stopped with the gateway")
+
+
+def test_other_unused_clusters_of_its_identity_are_stopped_and_one_a_gateway_uses_is_left(
+    dask_gateway_server: DaskGatewayServer, tmp_path: Path, http
+) -> None:
+    same_identity = gateway_client(dask_gateway_server)
+    older, newer = same_identity.submit(), same_identity.submit()
+    wait_for(lambda: {cluster.name for cluster in running_clusters(dask_gateway_server)} == {older, newer}, 60, "both to run")
+    environ = gateway_environ(dask_gateway_server, dask_gateway_server.password)
+
+    first = start_gunicorn_gateway(environ, log_file=tmp_path / "first.log")
+    # A second replica, or a new pod while the old one stops: the first one's cluster has its client.
+    second = start_gunicorn_gateway(environ, log_file=tmp_path / "second.log")
+    try:
+        running = {cluster.name for cluster in running_clusters(dask_gateway_server)}
+        assert older not in running and newer in running and len(running) == 2
+        assert f"adopting Dask cluster {newer}" in first.log() and f"stopping Dask cluster {older}" in first.log()
+        assert "adopting" not in second.log(), "the first gateway's cluster is left to it"
+        assert http.get(f"{second.url}/readyz", timeout=30).json()["cluster"]["workers"] == 3
+    finally:
+        stop_process(second.process, timeout=90)
+        stop_process(first.process, timeout=90)
+    wait_for(lambda: not running_clusters(dask_gateway_server), 30, "every cluster to be stopped")
 
 
 def test_a_refused_login_is_reported_by_readiness(dask_gateway_server: DaskGatewayServer, tmp_path: Path) -> None:
