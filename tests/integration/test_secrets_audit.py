@@ -6,7 +6,7 @@ ran every error path with them: a storage outage, refused logins, bad input,
 timeouts, cancels, crashes. This reads what they left: each response body
 the tests received, the logs of every gunicorn (with its LocalCluster
 workers), of every S3 server, JupyterHub and dask-gateway-server and of the
-schedulers and workers of its clusters, and every job record and metadata
+schedulers and workers of its clusters (users' own among them), and every job record and metadata
 document the S3 servers keep. Besides the patterned secrets, it looks for
 every token the test hub issued.
 """
@@ -20,7 +20,7 @@ import pytest
 # Every secret the tests hand out has one of these forms (see conftest.py and test_faults.py).
 SECRET = re.compile(r"(?:test|fault)-secret-[0-9a-f]{24}|test-hub-token-[0-9a-f]{32}")
 # Text the session wrote; chunk objects are random bytes, and the dask-gateway-server's
-# config file holds the workers' credentials on purpose, as the Helm values' Secret does.
+# config file holds the write Secret's keys on purpose, as the Kubernetes Secret does.
 WRITTEN_TEXT = ("*.log", "*.json")
 
 
@@ -46,7 +46,10 @@ def test_no_secret_in_any_response_log_or_record(
         leaks += [f"{path.relative_to(base)}: {secret[:12]}..." for secret in found]
 
     assert not leaks, leaks
+    # The schedulers and workers of Dask Gateway clusters: the gateway's own and users' (alice's, from her notebook).
+    cluster_logs = [path for path in files if path.parent.parent.name == "cluster-logs"]
     measured(
-        f"secrets audit: {len(files)} files, {len(gateway_logs)} gateway logs, {sum(p.stat().st_size for p in files) // 2**20} MB read, "
+        f"secrets audit: {len(files)} files, {len(gateway_logs)} gateway logs, {len(cluster_logs)} Dask Gateway scheduler and worker logs, "
+        f"{sum(p.stat().st_size for p in files) // 2**20} MB read, "
         f"{len(audited_secrets)} hub-issued tokens looked for besides the patterned secrets, none found"
     )
