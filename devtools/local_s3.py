@@ -74,12 +74,16 @@ def start_local_s3(
     port: int | None = None,
     log_file: Path | None = None,
     remote_control: bool = False,
+    read_only: bool = False,
     timeout: float = 20,
 ) -> LocalS3:
     """Start the server on 127.0.0.1 with the given buckets and return once it listens.
 
     With ``remote_control``, rclone's control API also listens on loopback, without
     authentication, so that :meth:`LocalS3.set_log_level` can turn request logging on.
+    With ``read_only`` it serves ``data_dir`` for reading alone (rclone has no
+    per-key permissions: a second server on another server's directory stands
+    in for a read-only key), listing it afresh at every request.
     """
     data_dir = Path(data_dir)
     for bucket in buckets:
@@ -93,6 +97,8 @@ def start_local_s3(
     ]  # fmt: skip
     if control_port:
         command += ["--rc", f"--rc-addr=127.0.0.1:{control_port}", "--rc-no-auth"]
+    if read_only:
+        command += ["--read-only", "--dir-cache-time", "0s"]
     process = start_process(command, env={**os.environ, "RCLONE_CONFIG": "/dev/null"}, log_file=log_file)
     try:
         wait_for_port(port, process, timeout)

@@ -6,6 +6,8 @@ example notebook with the token the hub minted for it -> the gateway -> the
 hub's check (jupyterhub's service-auth helper); the gateway's service token ->
 dask-gateway-server -> the hub's check (its JupyterHub authenticator).
 Tokens made through the hub's REST API serve the tests of owners and refusals.
+Notebooks hold the reader's S3 keys, of a read-only server on the gateway's
+buckets, as the read-only Secret gives them.
 """
 
 import os
@@ -55,10 +57,10 @@ def dask_gateway_ports() -> tuple[int, int]:
     return free_port(), free_port()
 
 
-def notebook_environment(gateway_url: str, dask_gateway_ports: tuple[int, int], s3: LocalS3) -> dict[str, str]:
+def notebook_environment(gateway_url: str, dask_gateway_ports: tuple[int, int], s3_reader: LocalS3) -> dict[str, str]:
     """singleuser.extraEnv of jupyterhub_values.yaml, each variable pointed at this machine's stand-in."""
     api_port, proxy_port = dask_gateway_ports
-    reader = s3.environ()  # rclone has no read-only keys: the notebook gets the one pair it has
+    reader = s3_reader.environ()
     return {
         "GATEWAY_URL": gateway_url,
         "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{api_port}",
@@ -68,20 +70,22 @@ def notebook_environment(gateway_url: str, dask_gateway_ports: tuple[int, int], 
     }
 
 
-def start_hub(workdir: Path, gateway_port: int, dask_gateway_ports: tuple[int, int], s3: LocalS3, **options) -> JupyterHubServer:
+def start_hub(workdir: Path, gateway_port: int, dask_gateway_ports: tuple[int, int], s3_reader: LocalS3, **options) -> JupyterHubServer:
     services = {"science-gateway": hub_token(), "dask-gateway": hub_token()}
     return start_jupyterhub(
         workdir, USERS, {ADMINS: ["carol"]}, services, admin_token=hub_token(),
-        notebook_environment=notebook_environment(f"http://127.0.0.1:{gateway_port}", dask_gateway_ports, s3),
-        local_environment={"AWS_RESPONSE_CHECKSUM_VALIDATION": s3.environ()["AWS_RESPONSE_CHECKSUM_VALIDATION"]},
+        notebook_environment=notebook_environment(f"http://127.0.0.1:{gateway_port}", dask_gateway_ports, s3_reader),
+        local_environment={"AWS_RESPONSE_CHECKSUM_VALIDATION": s3_reader.environ()["AWS_RESPONSE_CHECKSUM_VALIDATION"]},
         **options,
     )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory, hub_gateway_port: int, dask_gateway_ports: tuple[int, int], s3: LocalS3) -> Iterator[JupyterHubServer]:
+def hub(
+    tmp_path_factory: pytest.TempPathFactory, hub_gateway_port: int, dask_gateway_ports: tuple[int, int], s3_reader: LocalS3
+) -> Iterator[JupyterHubServer]:
     server = start_hub(
-        tmp_path_factory.mktemp("jupyterhub"), hub_gateway_port, dask_gateway_ports, s3,
+        tmp_path_factory.mktemp("jupyterhub"), hub_gateway_port, dask_gateway_ports, s3_reader,
         oauth_redirects={"science-gateway": f"http://127.0.0.1:{hub_gateway_port}/oauth_callback"},
     )  # fmt: skip
     yield server
@@ -308,13 +312,13 @@ print(f"cluster {cluster.name} started, listed, stopped")
 
 @pytest.fixture(scope="module")
 def hub_with_default_server_role(
-    tmp_path_factory: pytest.TempPathFactory, dask_gateway_ports: tuple[int, int], s3: LocalS3
+    tmp_path_factory: pytest.TempPathFactory, dask_gateway_ports: tuple[int, int], s3_reader: LocalS3
 ) -> Iterator[tuple[JupyterHubServer, int]]:
     """A hub configured from jupyterhub_values.yaml less its `server` role, so notebooks' tokens get JupyterHub's default."""
     values = yaml.safe_load(HUB_VALUES.read_text())
     del values["hub"]["loadRoles"]["server"]
     gateway_port = free_port()
-    server = start_hub(tmp_path_factory.mktemp("jupyterhub-default-server-role"), gateway_port, dask_gateway_ports, s3, values=values)
+    server = start_hub(tmp_path_factory.mktemp("jupyterhub-default-server-role"), gateway_port, dask_gateway_ports, s3_reader, values=values)
     yield server, gateway_port
     stop_process(server.process, timeout=60)
 
