@@ -316,7 +316,9 @@ def _register_authentication(app: Flask, callers: HubCallers, login: BrowserLogi
         # with a SameSite=Lax cookie: it takes the Authorization header alone.
         if login is not None and not authorization and request.endpoint != "submit_job":
             cookie_token = login.token(request.cookies.get(login.token_cookie))
-            if cookie_token is not None:
+            # A link from another site may open the page: showing it changes nothing, and no other site can read or frame it.
+            opens_the_page = request.endpoint == "index" and request.method == "GET" and request.headers.get("Sec-Fetch-Mode") == "navigate"
+            if cookie_token is not None and not opens_the_page:
                 login.refuse_cross_site(request.headers)
         try:
             g.caller = callers.caller(authorization, cookie_token)

@@ -115,6 +115,8 @@ def test_a_request_another_site_made_does_not_carry_the_login(http: FlaskClient,
         assert response.status_code == 403 and response.json["error"]["code"] == "cross_site_request", (method, headers)
     same_origin = http.get("/jobs", headers={"Origin": "https://gateway.example.org", "Sec-Fetch-Site": "same-origin"})
     assert same_origin.json["error"]["code"] == "auth_unavailable", "past the check, on to the hub, which is not there"
+    by_a_link = http.get("/", headers={**HTML, **headers, "Sec-Fetch-Mode": "navigate"})
+    assert by_a_link.json["error"]["code"] == "auth_unavailable", "a link from another site opens the page"
 
 
 def test_anonymous_page_views_leave_no_login_state_in_memory(http: FlaskClient) -> None:
