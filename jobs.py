@@ -17,9 +17,9 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, UTC
-from collections.abc import Callable
 from typing import Any
 
 from cluster import ClusterConnection, ClusterNotReady

@@ -231,14 +231,14 @@ class ResultsStore:
         self._write({self._record_path(job_id): _json(record)}, f"saving the record of job {job_id!r} failed")
 
     def read_records(self) -> dict[str, bytes]:
-        """Every stored job record as it is stored, by the name of its object (``<job_id>.json``)."""
-        prefix = f"{self._root}/{RECORDS_PREFIX}"
+        """Every stored job record as it is stored, by its name under the records prefix (``<job_id>.json``)."""
+        prefix = f"{self._root}/{RECORDS_PREFIX}/"
         try:
             paths = [path for path in self._fs.find(prefix) if path.endswith(".json")]
             contents = self._fs.cat(paths) if paths else {}
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"reading the job records in {self.url} failed", exc)) from exc
-        return {path.rsplit("/", 1)[-1]: content for path, content in contents.items()}
+        return {path.removeprefix(prefix): content for path, content in contents.items()}
 
     def delete_record(self, job_id: str) -> None:
         try:

@@ -53,6 +53,7 @@ def test_an_owners_record_keeps_its_owner_and_place_in_each_layout_the_service_w
         ("run-7.json", stored(alices("run-7"), error="failed")),
         ("run-7.json", stored(alices("run-7"), owner=["alice"])),
         ("other-run.json", stored(alices("run-7"))),
+        ("nested/run-7.json", stored(alices("run-7"))),
         (".hidden.json", stored(alices("run-7"), job_id=".hidden")),
     ],
 )
