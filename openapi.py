@@ -192,7 +192,7 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "post": {
                     "summary": "Submit a job without waiting",
-                    "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("JobRequest")}}},
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobRequest")}}},
                     "responses": {"202": _json("Queued", "Job", _LOCATION), **_errors(400, 404, 409, 413, 415, 502, 503)},
                 },
             },
