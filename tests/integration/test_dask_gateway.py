@@ -122,8 +122,14 @@ def test_other_unused_clusters_of_its_identity_are_stopped_and_one_a_gateway_use
     dask_gateway_server: DaskGatewayServer, tmp_path: Path, http
 ) -> None:
     same_identity = gateway_client(dask_gateway_server)
-    older, newer = same_identity.submit(), same_identity.submit()
-    wait_for(lambda: {cluster.name for cluster in running_clusters(dask_gateway_server)} == {older, newer}, 60, "both to run")
+
+    def started() -> str:
+        name = same_identity.submit()
+        wait_for(lambda: name in {cluster.name for cluster in same_identity.list_clusters(status="running")}, 60, f"cluster {name} to run")
+        return name
+
+    older = started()
+    newer = started()
     environ = gateway_environ(dask_gateway_server, dask_gateway_server.password)
 
     first = start_gunicorn_gateway(environ, log_file=tmp_path / "first.log")

@@ -131,4 +131,5 @@ def test_anonymous_page_views_leave_no_login_state_in_memory(http: FlaskClient) 
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert grown < 256 * 1024, f"{grown} bytes kept after 10,000 logins begun"
+    # A state kept per view took 3.5 MB here; the bound leaves room for what other threads allocate meanwhile.
+    assert grown < 2**20, f"{grown} bytes kept after 10,000 logins begun"
