@@ -119,7 +119,7 @@ def test_a_request_another_site_made_does_not_carry_the_login(http: FlaskClient,
     assert by_a_link.json["error"]["code"] == "auth_unavailable", "a link from another site opens the page"
 
 
-def test_anonymous_page_views_leave_no_login_state_in_memory(http: FlaskClient) -> None:
+def test_anonymous_page_views_leave_no_login_state_in_memory(http: FlaskClient, measured) -> None:
     http.get("/", headers=HTML)  # the first request's one-off costs
     gc.collect()
     tracemalloc.start()
@@ -133,3 +133,4 @@ def test_anonymous_page_views_leave_no_login_state_in_memory(http: FlaskClient) 
         tracemalloc.stop()
     # A state kept per view took 3.5 MB here; the bound leaves room for what other threads allocate meanwhile.
     assert grown < 2**20, f"{grown} bytes kept after 10,000 logins begun"
+    measured(f"browser login: 10,000 anonymous page views kept {grown} bytes (tracemalloc)")
