@@ -194,7 +194,8 @@ class JobManager:
         self._lock = threading.Condition()
         self._records: dict[str, JobRecord] = {}
         self._queue: deque[str] = deque()
-        self._submitting: set[str] = set()
+        # Ids being submitted or deleted: reserved, so that the two never interleave on one id.
+        self._reserved: set[str] = set()
         # Every job a runner has taken; its tasks once they are sent to the cluster.
         self._running: dict[str, ChunkWrites | None] = {}
         self._cancel_requested: set[str] = set()
@@ -335,10 +336,10 @@ class JobManager:
             previous = self._records.get(job_id)
             if previous is not None and previous.owner != owner and owner is not None:
                 raise JobNotFound(f"no job {job_id!r} of yours, and the id is not free; choose another id")
-            if job_id in self._submitting or (previous is not None and previous.status not in RESUBMITTABLE):
+            if job_id in self._reserved or (previous is not None and previous.status not in RESUBMITTABLE):
                 raise JobAlreadyExists(job_id, url, QUEUED if previous is None else previous.status)
             # Reserved until its record is saved: a concurrent submission of this id gets 409.
-            self._submitting.add(job_id)
+            self._reserved.add(job_id)
         try:
             if previous is not None:
                 self._store.delete(previous.place)
@@ -353,7 +354,8 @@ class JobManager:
                 queued = replace(record)
         finally:
             with self._lock:
-                self._submitting.discard(job_id)
+                self._reserved.discard(job_id)
+                self._lock.notify_all()
         self._metrics.jobs_submitted.inc()
         by = f" by {owner}" if owner else ""
         logger.info("job %s submitted%s: %s", job_id, by, spec.to_json(), extra=job_event_fields(job_id, "submitted", QUEUED))
@@ -408,6 +410,8 @@ class JobManager:
         self._require_loaded()
         with self._delete_lock:
             with self._lock:
+                # A submission of this id under way decides which run there is to cancel or delete.
+                self._lock.wait_for(lambda: job_id not in self._reserved)
                 record = self._visible(job_id, visible_to)
                 if record.status == RUNNING:
                     self._cancel_requested.add(job_id)
@@ -420,13 +424,22 @@ class JobManager:
                     self._queue.remove(job_id)
                     cancelled = replace(record, status=CANCELLED, finished_at=_now())
                     self._records[job_id] = cancelled
+                else:
+                    # Reserved while it is deleted: a submission of this id meanwhile gets 409,
+                    # rather than a new run whose chunks and record this deletion would remove.
+                    self._reserved.add(job_id)
             if record.status == QUEUED:
                 self._save_quietly(cancelled)
                 return replace(cancelled)
-            self._store.delete(record.place)
-            self._store.delete_record(job_id)
-            with self._lock:
-                del self._records[job_id]
+            try:
+                self._store.delete(record.place)
+                self._store.delete_record(job_id)
+                with self._lock:
+                    del self._records[job_id]
+            finally:
+                with self._lock:
+                    self._reserved.discard(job_id)
+                    self._lock.notify_all()
         logger.info("job %s deleted", job_id)
         return None
 
@@ -455,8 +468,32 @@ class JobManager:
             return record
 
     def _run_queued_jobs(self) -> None:
-        while (record := self._next_job()) is not None:
-            self._run(record)
+        while True:
+            record = None
+            try:
+                record = self._next_job()
+                if record is None:
+                    return
+                self._run(record)
+            except Exception:
+                # A runner that died would leave its slot empty for the process's life.
+                self._metrics.runner_errors.inc()
+                logger.exception("a job runner failed%s; it goes on", f" on job {record.job_id}" if record else "")
+                if record is not None:
+                    self._end_unexpectedly(record)
+
+    def _end_unexpectedly(self, record: JobRecord) -> None:
+        error = {"code": "internal_error", "message": "the gateway failed while running this job; see its log"}
+        with self._lock:
+            final = None
+            if self._records.get(record.job_id) is record and record.status == RUNNING:
+                final = self._records[record.job_id] = replace(record, status=FAILED, finished_at=_now(), error=error)
+            self._running.pop(record.job_id, None)
+            self._cancel_requested.discard(record.job_id)
+            self._lock.notify_all()
+        if final is not None:
+            self._discard_result(record)
+            self._save_quietly(final)
 
     def _run(self, record: JobRecord) -> None:
         started = time.monotonic()

@@ -32,6 +32,9 @@ class GatewayMetrics:
             "gateway_job_duration_seconds", "Running time of ended jobs", ["outcome"], buckets=DURATION_BUCKETS, registry=self.registry
         )
         self.s3_errors = Counter("gateway_s3_errors", "Failures of the results store seen by the service", registry=self.registry)
+        self.runner_errors = Counter(
+            "gateway_job_runner_errors", "Unexpected failures of a job runner, which then went on with the next job", registry=self.registry
+        )
         self.records_skipped = Counter(
             "gateway_job_records_skipped", "Stored job records skipped at start-up as malformed or not the service's", registry=self.registry
         )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -20,7 +21,7 @@ from gateway import create_app, services
 from helpers import assert_all_gone, assert_complete_result, descendants, listing
 from jobs import DONE, JobManager, JobRecord
 from metrics import GatewayMetrics
-from random_array_job import RandomArraySpec
+from random_array_job import JobAlreadyExists, JobNotFound, RandomArraySpec
 from results_store import ResultsStore
 from settings import load_settings
 
@@ -152,6 +153,67 @@ def test_owners_results_never_land_in_the_records_or_an_old_jobs_prefix(app: Fla
         per_user.close()
     assert {path.rsplit("/", 1)[-1] for path in results_fs.ls(f"{prefix}/alice")} == {"zarr.json", "data"}, "the old job alone"
     assert {path.rsplit("/", 1)[-1] for path in results_fs.ls(f"{prefix}/.jobs")} == {"alice.json"}
+
+
+def remove(manager: JobManager, job_id: str) -> None:
+    """Cancel the job if it is queued or running, then delete it."""
+    while True:
+        try:
+            manager.cancel_or_delete(job_id)
+        except JobNotFound:
+            return
+
+
+def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the_store_consistent(app: Flask, results_fs) -> None:
+    prefix = f"{BUCKET}/race-{uuid.uuid4().hex[:8]}"
+    metrics = GatewayMetrics(running=lambda: 0, queued=lambda: 0, workers=lambda: 0)
+    manager = manager_on(app, f"s3://{prefix}", metrics, max_running_jobs=2)
+    manager.start()
+    small = RandomArraySpec(seed=4, shape=(10, 10), chunks=(10, 10))
+    outcomes: list[str] = []
+
+    def resubmit(start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            manager.submit("contested", small)
+            outcomes.append("submitted")
+        except JobAlreadyExists:
+            outcomes.append("refused while reserved")
+
+    def delete(start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            manager.cancel_or_delete("contested")
+            outcomes.append("deleted or cancelled")
+        except JobNotFound:
+            outcomes.append("already gone")
+
+    try:
+        for round in range(30):
+            manager.submit("contested", small)
+            remove(manager, "contested")
+            manager.submit("contested", small)
+            manager.cancel_or_delete("contested")
+            assert manager.wait("contested").status in ("cancelled", "done"), "an id that may be submitted again, or done"
+            start = threading.Barrier(2)
+            racers = [threading.Thread(target=action, args=(start,)) for action in ((delete, resubmit) if round % 2 else (resubmit, delete))]
+            for racer in racers:
+                racer.start()
+            for racer in racers:
+                racer.join(timeout=60)
+            try:
+                final = manager.wait("contested")
+            except JobNotFound:
+                assert not results_fs.exists(f"{prefix}/contested") and not results_fs.exists(f"{prefix}/.jobs/contested.json")
+                continue
+            if final.status == DONE:
+                assert_complete_result(results_fs, final.to_json(), BUCKET)
+            remove(manager, "contested")
+        assert manager.wait(manager.submit("after-the-race", small).job_id).status == DONE, "the runners still run jobs"
+    finally:
+        manager.close()
+    assert b"gateway_job_runner_errors_total 0.0" in metrics.render()[0]
+    assert {"submitted", "deleted or cancelled"} <= set(outcomes), outcomes
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
