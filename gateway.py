@@ -19,6 +19,7 @@ from flask import Flask, Response, g, jsonify, redirect, render_template, reques
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
+from admission import RETRY_AFTER_SECONDS, AdmissionRefused, WaitingCallers
 from auth import ANYONE, AuthUnavailable, Caller, HubCallers, NotAuthenticated, NotAuthorized
 from browser_login import LOGIN_SECONDS, BrowserLogin, CrossSiteRequest
 from cluster import ClusterConnection, ClusterNotReady
@@ -49,6 +50,8 @@ DEFAULT_PAGE = 50
 PAGE_JOBS = 50
 PAGE_REFRESH_SECONDS = 2
 # The page loads its script and style from this service only and runs no inline script.
+# Job parameters fit in a few hundred bytes: a body beyond this is refused before it is read (413).
+MAX_BODY_BYTES = 16 * 1024
 PAGE_SECURITY_POLICY = "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 
 
@@ -65,6 +68,7 @@ class GatewayServices:
     callers: HubCallers | None
     # None: no login through the hub for browsers.
     browser_login: BrowserLogin | None
+    waiting: WaitingCallers
 
     def close(self) -> None:
         self.jobs.close()
@@ -107,8 +111,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     jobs = JobManager(cluster, store, settings, metrics)
     callers = HubCallers(settings) if settings.auth == "jupyterhub" else None
     browser_login = BrowserLogin(settings) if callers is not None and settings.oauth_callback_url else None
-    gateway = GatewayServices(settings, cluster, store, jobs, metrics, callers, browser_login)
+    gateway = GatewayServices(settings, cluster, store, jobs, metrics, callers, browser_login, WaitingCallers(settings.max_waiting_callers))
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.url_map.converters["job_id"] = AnyJobId
     app.json.sort_keys = False
     app.extensions["science_gateway"] = gateway
@@ -227,9 +232,13 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
             return _accepted(jobs.submit(job_id, spec, _caller().name))
         # A caller who waits learns at once that there is no cluster, rather than after a long wait.
         gateway.cluster.raise_if_failing()
-        finished = jobs.wait(jobs.submit(job_id, spec, _caller().name).job_id)
+        with gateway.waiting.slot("submit with wait=false (or POST /jobs) and poll the job's Location instead"):
+            finished = jobs.wait(jobs.submit(job_id, spec, _caller().name).job_id, gateway.settings.job_timeout)
         if finished.status == DONE:
             return jsonify(finished.to_json())
+        if finished.status in (QUEUED, RUNNING) and not jobs.stopping:
+            # Waited GATEWAY_JOB_TIMEOUT, mostly in the queue: the job goes on, the caller polls.
+            return _accepted(finished)
         if finished.status == QUEUED:
             message = f"the gateway is stopping; job {job_id!r} stays queued and runs when the gateway is back"
             return error_response(503, "gateway_stopping", message, job=finished.to_json())
@@ -407,10 +416,19 @@ def _register_error_handlers(app: Flask) -> None:
         response, status = error_response(status, code, str(exc))
         if status == 401:
             response.headers["WWW-Authenticate"] = 'token realm="JupyterHub"'
+        if isinstance(exc, GatewayStopping):
+            # The next pod takes submissions within about this long.
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response, status
 
     for exc_type in KNOWN_ERRORS:
         app.register_error_handler(exc_type, known_error)
+
+    @app.errorhandler(AdmissionRefused)
+    def refused(exc: AdmissionRefused) -> Any:
+        response, status = error_response(429, exc.code, str(exc), limit=exc.limit, setting=exc.setting)
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response, status
 
     @app.errorhandler(JobAlreadyExists)
     def job_exists(exc: JobAlreadyExists) -> Any:

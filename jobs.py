@@ -16,13 +16,14 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, UTC
 from typing import Any
 
+from admission import AdmissionRefused
 from cluster import ClusterConnection, ClusterNotReady
+from fair_queue import FairQueue
 from metrics import GatewayMetrics, job_event_fields
 from random_array_job import (
     ChunkWrites,
@@ -193,7 +194,7 @@ class JobManager:
         # One condition guards all in-memory state and is notified at every change.
         self._lock = threading.Condition()
         self._records: dict[str, JobRecord] = {}
-        self._queue: deque[str] = deque()
+        self._queue = FairQueue()
         # Ids being submitted or deleted: reserved, so that the two never interleave on one id.
         self._reserved: set[str] = set()
         # Every job a runner has taken; its tasks once they are sent to the cluster.
@@ -305,7 +306,7 @@ class JobManager:
                     record = replace(record, status=FAILED, finished_at=_now(), error=INTERRUPTED)
                     interrupted.append(record)
                 elif record.status == QUEUED:
-                    self._queue.append(record.job_id)
+                    self._queue.append(record.job_id, record.owner)
                 self._records[record.job_id] = record
         for record in interrupted:
             self._discard_result(record)
@@ -338,6 +339,7 @@ class JobManager:
                 raise JobNotFound(f"no job {job_id!r} of yours, and the id is not free; choose another id")
             if job_id in self._reserved or (previous is not None and previous.status not in RESUBMITTABLE):
                 raise JobAlreadyExists(job_id, url, QUEUED if previous is None else previous.status)
+            self._admit(owner)
             # Reserved until its record is saved: a concurrent submission of this id gets 409.
             self._reserved.add(job_id)
         try:
@@ -349,7 +351,7 @@ class JobManager:
             self._store.write_record(job_id, record.to_stored())
             with self._lock:
                 self._records[job_id] = record
-                self._queue.append(job_id)
+                self._queue.append(job_id, owner)
                 self._lock.notify_all()
                 queued = replace(record)
         finally:
@@ -360,6 +362,24 @@ class JobManager:
         by = f" by {owner}" if owner else ""
         logger.info("job %s submitted%s: %s", job_id, by, spec.to_json(), extra=job_event_fields(job_id, "submitted", QUEUED))
         return queued
+
+    def _admit(self, owner: str | None) -> None:
+        """:class:`AdmissionRefused` if a job of ``owner`` would be over a limit on queued jobs; called with the lock held."""
+        settings = self._settings
+        if len(self._queue) >= settings.max_queued_jobs:
+            raise AdmissionRefused(
+                "too_many_queued_jobs", f"{len(self._queue)} jobs are queued", settings.max_queued_jobs,
+                "GATEWAY_MAX_QUEUED_JOBS", "submit it again once some have started",
+            )  # fmt: skip
+        # Without authentication every caller is one owner: the queue's limit is the only one.
+        if owner is None:
+            return
+        running = sum(self._records[job_id].owner == owner for job_id in self._running)
+        if self._queue.count(owner) + running >= settings.max_jobs_per_owner:
+            raise AdmissionRefused(
+                "too_many_jobs_of_owner", f"{owner} has {self._queue.count(owner) + running} jobs queued or running",
+                settings.max_jobs_per_owner, "GATEWAY_MAX_JOBS_PER_OWNER", "submit it again once one of them has finished",
+            )  # fmt: skip
 
     def get(self, job_id: str, visible_to: str | None = None) -> JobRecord:
         """The job's record; with ``visible_to``, :class:`JobNotFound` for a job of another owner."""
@@ -374,8 +394,12 @@ class JobManager:
             raise JobNotFound(f"no job {job_id!r}")
         return record
 
-    def wait(self, job_id: str) -> JobRecord:
-        """Block until the job is finished, or will not start before the gateway stops, and return its record."""
+    @property
+    def stopping(self) -> bool:
+        return self._drain_deadline is not None
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """Block until the job is finished, will not start before the gateway stops, or ``timeout`` s have passed; its record."""
         def finished() -> bool:
             record = self._records.get(job_id)
             if record is None or record.status in FINISHED:
@@ -383,7 +407,7 @@ class JobManager:
             return record.status == QUEUED and self._drain_deadline is not None
 
         with self._lock:
-            self._lock.wait_for(finished)
+            self._lock.wait_for(finished, timeout)
             if job_id not in self._records:
                 raise JobNotFound(f"job {job_id!r} was deleted")
             return replace(self._records[job_id])

@@ -35,6 +35,9 @@ class Settings:
     max_elements: int = 10**8
     max_chunks: int = 10_000
     max_running_jobs: int = 4
+    max_queued_jobs: int = 1000
+    max_jobs_per_owner: int = 20
+    max_waiting_callers: int = 16
     shutdown_timeout: float = 540.0
     log_format: str = "text"
     auth: str = "none"
@@ -149,6 +152,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_elements=_positive_number(environ, "GATEWAY_MAX_ELEMENTS", 10**8, int),
         max_chunks=_positive_number(environ, "GATEWAY_MAX_CHUNKS", 10_000, int),
         max_running_jobs=_positive_number(environ, "GATEWAY_MAX_RUNNING_JOBS", 4, int),
+        max_queued_jobs=_positive_number(environ, "GATEWAY_MAX_QUEUED_JOBS", 1000, int),
+        max_jobs_per_owner=_positive_number(environ, "GATEWAY_MAX_JOBS_PER_OWNER", 20, int),
+        max_waiting_callers=_positive_number(environ, "GATEWAY_MAX_WAITING_CALLERS", 16, int),
         shutdown_timeout=_positive_number(environ, "GATEWAY_SHUTDOWN_TIMEOUT", 540.0, float),
         log_format=_choice(environ, "GATEWAY_LOG_FORMAT", ("text", "json")),
         **_auth_settings(environ),

@@ -19,6 +19,7 @@ from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import create_app, services
 from helpers import assert_all_gone, assert_complete_result, descendants, listing
+from admission import AdmissionRefused
 from jobs import DONE, JobManager, JobRecord
 from metrics import GatewayMetrics
 from random_array_job import JobAlreadyExists, JobNotFound, RandomArraySpec
@@ -214,6 +215,40 @@ def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the
         manager.close()
     assert b"gateway_job_runner_errors_total 0.0" in metrics.render()[0]
     assert {"submitted", "deleted or cancelled"} <= set(outcomes), outcomes
+
+
+def test_alices_burst_delays_bobs_job_by_one_job_at_most(app: Flask) -> None:
+    manager = manager_on(app, f"s3://{BUCKET}/fair-{uuid.uuid4().hex[:8]}", max_running_jobs=1)
+    manager.start()
+    small = RandomArraySpec(seed=1, shape=(100, 100), chunks=(10, 10))
+    try:
+        alices = [manager.submit(None, small, "alice").job_id for _ in range(12)]
+        bobs = manager.submit(None, small, "bob").job_id
+        finished = [manager.wait(job_id) for job_id in [*alices, bobs]]
+    finally:
+        manager.close()
+    started = [record.owner for record in sorted(finished, key=lambda record: record.started_at)]
+    assert all(record.status == DONE for record in finished)
+    # Alice's first may have started before bob submitted; then one of hers at most, as owners take turns.
+    assert started.index("bob") <= 2, started
+
+
+def test_an_owner_over_the_cap_of_queued_and_running_jobs_is_refused_and_others_are_not(app: Flask) -> None:
+    manager = manager_on(app, f"s3://{BUCKET}/cap-{uuid.uuid4().hex[:8]}", max_running_jobs=1, max_jobs_per_owner=3)
+    manager.start()
+    slow = RandomArraySpec(seed=1, shape=(4000, 4000), chunks=(500, 500))
+    try:
+        alices = [manager.submit(None, slow, "alice").job_id for _ in range(3)]
+        with pytest.raises(AdmissionRefused, match="GATEWAY_MAX_JOBS_PER_OWNER") as refused:
+            manager.submit(None, slow, "alice")
+        bobs = manager.submit(None, RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), "bob").job_id
+        for job_id in alices:
+            manager.cancel_or_delete(job_id)
+        assert manager.wait(bobs).status == DONE
+        assert manager.submit(None, slow, "alice"), "finished jobs no longer count"
+    finally:
+        manager.close()
+    assert (refused.value.code, refused.value.limit) == ("too_many_jobs_of_owner", 3)
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

@@ -106,3 +106,33 @@ def test_a_post_without_a_json_body_type_is_refused_even_when_empty(http: FlaskC
     """What a form on another site can send: never a job, whatever cookie the browser adds."""
     response = http.post("/jobs", headers={"Content-Type": content_type} if content_type else {})
     assert response.status_code == 415 and response.json["error"]["code"] == "unsupported_media_type"
+
+
+def test_a_body_over_the_limit_is_refused_unread(http: FlaskClient) -> None:
+    response = http.post("/jobs", data=b'{"seed": 1, "pad": "' + b"x" * 20_000 + b'"}', content_type="application/json")
+    assert response.status_code == 413 and response.json["error"]["code"] == "request_entity_too_large"
+
+
+@pytest.fixture(scope="module")
+def small_queue_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    """No cluster ever comes, so every job stays queued; the queue holds two."""
+    results = tmp_path_factory.mktemp("small-queue")
+    environ = {
+        "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}", "GATEWAY_RESULTS_URL": str(results), "GATEWAY_MAX_QUEUED_JOBS": "2",
+    }  # fmt: skip
+    app = create_app(load_settings(environ))
+    yield app
+    services(app).close()
+
+
+def test_beyond_the_queues_limit_a_submission_gets_429_naming_it_with_retry_after(small_queue_app: Flask) -> None:
+    http = small_queue_app.test_client()
+    assert [http.post("/jobs", json={}).status_code for _ in range(2)] == [202, 202]
+
+    refused = http.post("/jobs", json={})
+
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    error = refused.json["error"]
+    assert (error["code"], error["limit"], error["setting"]) == ("too_many_queued_jobs", 2, "GATEWAY_MAX_QUEUED_JOBS")
+    assert "GATEWAY_MAX_QUEUED_JOBS" in error["message"]
+    assert len(http.get("/jobs?status=queued").json["jobs"]) == 2, "nothing of the refused one was kept"
