@@ -13,8 +13,8 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
-COPY gateway.py settings.py auth.py browser_login.py cluster.py jobs.py random_array_job.py random_chunks.py \
-     results_store.py metrics.py preview.py openapi.py gunicorn.conf.py ./
+COPY gateway.py settings.py admission.py auth.py browser_login.py cluster.py fair_queue.py jobs.py random_array_job.py random_chunks.py \
+     readiness.py results_store.py metrics.py preview.py openapi.py gunicorn.conf.py ./
 # The jobs page at GET /: its template, script and style.
 COPY templates/ templates/
 COPY static/ static/

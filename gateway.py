@@ -40,6 +40,7 @@ from random_array_job import (
     parse_spec,
     validate_job_id,
 )
+from readiness import Readiness
 from results_store import ResultsStore, StorageError
 from settings import Settings, load_settings
 
@@ -69,9 +70,11 @@ class GatewayServices:
     # None: no login through the hub for browsers.
     browser_login: BrowserLogin | None
     waiting: WaitingCallers
+    readiness: Readiness
 
     def close(self) -> None:
         self.jobs.close()
+        self.readiness.close()
         self.cluster.close()
 
 
@@ -104,14 +107,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     _configure_logging(settings.log_format)
     cluster = ClusterConnection(settings)
     store = ResultsStore(settings.results_url)
-    # The gauges read the jobs and the cluster when scraped (``jobs`` is bound below).
+    # The gauges read the jobs and the last readiness check when scraped (both are bound below).
     metrics = GatewayMetrics(
-        running=lambda: jobs.count(RUNNING), queued=lambda: jobs.count(QUEUED), workers=lambda: cluster.status().workers
+        running=lambda: jobs.count(RUNNING),
+        queued=lambda: jobs.count(QUEUED),
+        workers=lambda: readiness.current()[0].get("cluster", {}).get("workers", 0),
     )
+    readiness = Readiness(lambda: _check_readiness(cluster, store, metrics))
     jobs = JobManager(cluster, store, settings, metrics)
     callers = HubCallers(settings) if settings.auth == "jupyterhub" else None
     browser_login = BrowserLogin(settings) if callers is not None and settings.oauth_callback_url else None
-    gateway = GatewayServices(settings, cluster, store, jobs, metrics, callers, browser_login, WaitingCallers(settings.max_waiting_callers))
+    waiting = WaitingCallers(settings.max_waiting_callers)
+    gateway = GatewayServices(settings, cluster, store, jobs, metrics, callers, browser_login, waiting, readiness)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.url_map.converters["job_id"] = AnyJobId
@@ -121,11 +128,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     _register_error_handlers(app)
     cluster.start()
     gateway.jobs.start()
+    readiness.start()
     # SIGTERM under gunicorn ends the worker through a normal interpreter exit,
     # so this is also what stops the cluster when Kubernetes stops the pod.
     atexit.register(gateway.close)
     logger.info("gateway starting: %s cluster, results in %s, authentication %s", cluster.kind, store.url, settings.auth)
     return app
+
+
+def _check_readiness(cluster: ClusterConnection, store: ResultsStore, metrics: GatewayMetrics) -> dict[str, dict[str, Any]]:
+    """The cluster's and the results store's readiness, as they answer now (up to seconds each)."""
+    try:
+        store.check()
+        stored = {"ready": True, "url": store.url, "reason": ""}
+    except StorageError as exc:
+        metrics.s3_errors.inc()
+        stored = {"ready": False, "url": store.url, "reason": str(exc)}
+    return {"cluster": cluster.status().to_json(), "results_store": stored}
 
 
 def _configure_logging(log_format: str) -> None:
@@ -198,15 +217,9 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
 
     @app.get("/readyz")
     def readyz() -> Any:
-        cluster = gateway.cluster.status().to_json()
-        try:
-            gateway.store.check()
-            store = {"ready": True, "url": gateway.store.url, "reason": ""}
-        except StorageError as exc:
-            gateway.metrics.s3_errors.inc()
-            store = {"ready": False, "url": gateway.store.url, "reason": str(exc)}
+        checked, _ = gateway.readiness.current()
         records_ready, records_reason = jobs.readiness()
-        details = {"cluster": cluster, "results_store": store, "job_records": {"ready": records_ready, "reason": records_reason}}
+        details = {**checked, "job_records": {"ready": records_ready, "reason": records_reason}}
         if all(part["ready"] for part in details.values()):
             return jsonify({"status": "ready", **details})
         reasons = "; ".join(part["reason"] for part in details.values() if not part["ready"])
@@ -292,12 +305,10 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         etag = f"{job_id}-{record.finished_at}-{size}"
         if request.if_none_match.contains(etag):
             return _preview_response(b"", etag, 304)
-        # Imported at the first preview: dask.array and matplotlib add 72 MB to the
-        # process (measured), which a gateway that never draws one need not carry.
-        from preview import preview_png
-
-        array_url = record.to_json()["array_url"]
-        png = preview_png(gateway.cluster.client(), array_url, job_id, gateway.settings.n_workers, size)
+        # Drawn once, on the cluster, then read from beside the result: a jobs page asks for fifty.
+        png = gateway.store.read_preview(record.place, str(record.finished_at), size)
+        if png is None:
+            png = _draw_preview(gateway, record, size)
         return _preview_response(png, etag, 200)
 
     @app.delete("/jobs/<job_id:job_id>")
@@ -305,6 +316,22 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         _query(())
         cancelled = jobs.cancel_or_delete(validate_job_id(job_id), _visible_to())
         return jsonify(cancelled.to_json()) if cancelled else Response(status=204)
+
+
+def _draw_preview(gateway: GatewayServices, record: JobRecord, size: str) -> bytes:
+    # Imported at the first drawing: dask.array and matplotlib add 72 MB to the
+    # process (measured), which a gateway that never draws one need not carry.
+    from preview import preview_png
+
+    with gateway.waiting.slot("ask for the picture again in a few seconds"):
+        png = preview_png(gateway.cluster.client(), record.to_json()["array_url"], record.job_id, gateway.settings.n_workers, size)
+    try:
+        gateway.store.write_preview(record.place, str(record.finished_at), size, png)
+    except StorageError as exc:
+        # The picture is drawn; the next request draws it again.
+        gateway.metrics.s3_errors.inc()
+        logger.error("%s", exc)
+    return png
 
 
 def _wants_html() -> bool:

@@ -6,9 +6,16 @@ import signal
 # One worker process: the Dask cluster belongs to the process that created it,
 # and several processes would each start a cluster of their own. Threads let
 # that one process serve many requests while jobs wait on the cluster.
+from settings import load_settings
+
+# Requests that hold their thread for long (a waiting /submit_job, a preview being
+# drawn) take at most GATEWAY_MAX_WAITING_CALLERS threads (admission.py); these
+# stay free for the quick ones, the probes, /jobs polling and the page, whatever the load.
+QUICK_REQUEST_THREADS = 16
+
 workers = 1
 worker_class = "gthread"
-threads = 16
+threads = load_settings().max_waiting_callers + QUICK_REQUEST_THREADS
 bind = "0.0.0.0:8000"
 # With threads, this is the worker's heartbeat, not a limit on a request: a job
 # may run up to GATEWAY_JOB_TIMEOUT (600 s by default).

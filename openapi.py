@@ -30,8 +30,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "No such job or route; for a submission, an id that another user holds",
         405: "Method not allowed",
         409: "The job id is taken (the message and error.url name it), the job was cancelled, or it is not done",
-        413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS)",
+        413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS), or the body over 16 KiB",
         415: "The Content-Type is not application/json, even with no body",
+        429: "Over a limit on waiting callers, queued jobs or one owner's jobs (error.limit, error.setting); Retry-After says when to try again",
         500: "The job failed on the cluster",
         502: "The results store failed; the message names the cause",
         503: "No working Dask cluster, not ready, the gateway is stopping, or JupyterHub cannot be asked about a token",
@@ -177,7 +178,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Submit a job; by default answer once its array is completely written",
                     "parameters": [_JOB_ID, {"name": "wait", "in": "query", "schema": {"type": "boolean", "default": True}, "description": "false: answer 202 at once"}, *job_parameters],
-                    "responses": {"200": _json("Done", "Job"), "202": _json("Queued (wait=false)", "Job", _LOCATION), **_errors(400, 404, 409, 413, 500, 502, 503, 504)},
+                    "responses": {"200": _json("Done", "Job"), "202": _json("Queued (wait=false), or not finished after GATEWAY_JOB_TIMEOUT: poll its Location", "Job", _LOCATION), **_errors(400, 404, 409, 413, 429, 500, 502, 503, 504)},
                 }
             },
             "/jobs": {
@@ -193,7 +194,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Submit a job without waiting",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobRequest")}}},
-                    "responses": {"202": _json("Queued", "Job", _LOCATION), **_errors(400, 404, 409, 413, 415, 502, 503)},
+                    "responses": {"202": _json("Queued", "Job", _LOCATION), **_errors(400, 404, 409, 413, 415, 429, 502, 503)},
                 },
             },
             "/jobs/{job_id}/preview.png": {
@@ -206,7 +207,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "PNG: 600x500 pixels with title and colour bar, or the thumbnail", "headers": {"ETag": {"schema": {"type": "string"}}}, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
                         "304": {"description": "Unchanged since the ETag given in If-None-Match"},
-                        **_errors(400, 404, 409, 503),
+                        **_errors(400, 404, 409, 429, 500, 502, 503),
                     },
                 }
             },

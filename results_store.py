@@ -6,7 +6,8 @@ encoded by :func:`owner_prefix`): a Zarr group holding one
 array, ``data``, with dimension names ``("y", "x")``, so that both
 ``zarr.open_group(url)["data"]`` and ``xarray.open_zarr(url)`` open it. The
 group's metadata, consolidated, is written after the last chunk: a result that
-has it is complete, and an unfinished one has none.
+has it is complete, and an unfinished one has none. Its pictures, once first
+asked for, are at ``<results_url>/.previews/<place>/<finished at, digits>-<size>.png``.
 
 Each job's record (its status and parameters, as JSON) is kept at
 ``<results_url>/.jobs/<job_id>.json``, so that the jobs outlive the process.
@@ -39,9 +40,10 @@ warnings.filterwarnings("ignore", message="Consolidated metadata is currently no
 
 ARRAY_NAME = "data"
 DIMENSION_NAMES = ("y", "x")
-# Job records and owners' results sit beside the flat results, under prefixes no job id
-# can take (ids never start with ".").
+# Job records, pictures and owners' results sit beside the flat results, under prefixes
+# no job id can take (ids never start with ".").
 RECORDS_PREFIX = ".jobs"
+PREVIEWS_PREFIX = ".previews"
 OWNERS_PREFIX = ".users"
 # Characters of an owner's name kept as they are in its prefix; every other byte is "_" and two hex digits.
 _KEPT_IN_PREFIX = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
@@ -216,13 +218,33 @@ class ResultsStore:
             raise StorageError(describe_storage_failure(failure, exc)) from exc
 
     def delete(self, place: str) -> None:
-        """Remove everything stored for the result at ``place``."""
-        path = self._path(place)
+        """Remove everything stored for the result at ``place``, its pictures included."""
         try:
-            if self._fs.exists(path):
-                self._fs.rm(path, recursive=True)
+            for path in (self._path(place), self._previews_path(place)):
+                if self._fs.exists(path):
+                    self._fs.rm(path, recursive=True)
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"deleting {self.url_for(place)} failed", exc)) from exc
+
+    def _previews_path(self, place: str) -> str:
+        # Outside the result's group, where zarr would warn of an object it does not know.
+        return f"{self._root}/{PREVIEWS_PREFIX}/{place}"
+
+    def _preview_path(self, place: str, run: str, size: str) -> str:
+        # Named by the run, so that a picture drawn of an earlier run of the id is never shown.
+        return f"{self._previews_path(place)}/{''.join(filter(str.isdigit, run))}-{size}.png"
+
+    def read_preview(self, place: str, run: str, size: str) -> bytes | None:
+        """The stored picture of the finished run ``run`` (its finishing time) of a result, or None if none is stored yet."""
+        try:
+            return self._fs.cat_file(self._preview_path(place, run, size))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"reading the preview of {self.url_for(place)} failed", exc)) from exc
+
+    def write_preview(self, place: str, run: str, size: str, png: bytes) -> None:
+        self._write({self._preview_path(place, run, size): png}, f"saving the preview of {self.url_for(place)} failed")
 
     def _record_path(self, job_id: str) -> str:
         return f"{self._root}/{RECORDS_PREFIX}/{job_id}.json"

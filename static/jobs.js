@@ -10,6 +10,21 @@ function formatSeconds(seconds) {
   return seconds === null || seconds === undefined ? "" : `${seconds.toFixed(1)} s`;
 }
 
+// A thumbnail the gateway was too busy to draw (429 while many are drawn at once)
+// is asked for again, a few times, each time later.
+function retryWhenRefused(image) {
+  let tries = 0;
+  image.addEventListener("error", () => {
+    tries += 1;
+    if (tries > 5) return;
+    const source = image.src;
+    setTimeout(() => {
+      image.removeAttribute("src");
+      image.src = source;
+    }, 2000 * tries);
+  });
+}
+
 function showPreview(cell, job) {
   if (job.status !== "done") {
     cell.replaceChildren();
@@ -22,6 +37,7 @@ function showPreview(cell, job) {
   image.src = `${link.href}?size=thumbnail`;
   image.alt = `preview of ${job.job_id}`;
   image.loading = "lazy";
+  retryWhenRefused(image);
   link.append(image);
   cell.replaceChildren(link);
 }
@@ -143,6 +159,7 @@ async function refreshForever() {
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelector("#submit-job").addEventListener("submit", submitJob);
+  for (const image of document.querySelectorAll("#jobs td.preview img")) retryWhenRefused(image);
   setInterval(tickRunningDurations, 250);
   refreshForever();
 });

@@ -6,6 +6,7 @@ import tracemalloc
 import matplotlib.image
 from flask import Flask
 
+from conftest import BUCKET
 from helpers import wait_for
 
 LARGE = {"shape": [10000, 10000], "chunks": [1000, 1000]}
@@ -63,3 +64,30 @@ def test_a_thumbnail_is_small_and_a_browser_that_has_it_is_told_so(app: Flask) -
 def test_an_unknown_size_is_refused(app: Flask) -> None:
     response = app.test_client().get("/jobs/thumbnailed/preview.png?size=huge")
     assert response.status_code == 400 and "size must be one of full, thumbnail" in response.json["error"]["message"]
+
+
+def test_each_picture_is_drawn_once_and_then_read_from_beside_the_result(app: Flask, results_fs) -> None:
+    client = app.test_client()
+    job = client.get("/submit_job/drawn-once?seed=11&shape=200,200&chunks=100,100").json
+    drawn = {size: client.get(f"/jobs/drawn-once/preview.png?size={size}").data for size in ("full", "thumbnail")}
+    stored = sorted(path.rsplit("/", 1)[-1] for path in results_fs.ls(f"{BUCKET}/.previews/drawn-once"))
+    assert len(stored) == 2 and stored[0].endswith("-full.png") and stored[1].endswith("-thumbnail.png")
+    assert not [path for path in results_fs.find(job["url"].removeprefix("s3://")) if path.endswith(".png")], "the Zarr group holds Zarr only"
+
+    # Without the array, a picture can only come from what was stored.
+    results_fs.rm(f"{job['url'].removeprefix('s3://')}/data", recursive=True)
+
+    for size, picture in drawn.items():
+        again = client.get(f"/jobs/drawn-once/preview.png?size={size}")
+        assert again.status_code == 200 and again.data == picture, size
+
+
+def test_deleting_a_job_deletes_its_pictures(app: Flask, results_fs) -> None:
+    client = app.test_client()
+    client.get("/submit_job/pictured-then-deleted?shape=100,100")
+    assert client.get("/jobs/pictured-then-deleted/preview.png?size=thumbnail").status_code == 200
+    assert results_fs.exists(f"{BUCKET}/.previews/pictured-then-deleted")
+
+    assert client.delete("/jobs/pictured-then-deleted").status_code == 204
+
+    assert not results_fs.exists(f"{BUCKET}/.previews/pictured-then-deleted")

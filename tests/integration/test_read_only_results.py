@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 from conftest import BUCKET
 from devtools.processes import stop_process
 from gateway import create_app, services
+from helpers import wait_for
 from servers import PROJECT, PolicedS3, start_policed_s3
 from settings import load_settings
 
@@ -58,7 +59,7 @@ def readers_files(policed_s3: PolicedS3) -> fsspec.AbstractFileSystem:
 
 
 def test_the_writers_policy_lets_the_gateway_write_list_and_delete(writer: FlaskClient) -> None:
-    assert writer.get("/readyz").json["status"] == "ready"
+    wait_for(lambda: writer.get("/readyz").status_code == 200, 30, "readiness, checked in the background")
     assert writer.get("/submit_job/under-policy").json["status"] == "done"
     assert writer.get("/submit_job/to-delete?shape=100,100").json["status"] == "done"
 

@@ -1,0 +1,58 @@
+"""Readiness, checked in the background and answered from memory.
+
+A probe must answer within its timeout however busy the gateway is. Asking
+the object store and the Dask scheduler on every probe made the answer as
+slow as they were (up to seconds each under a workshop's load, or when one is
+down); a thread asks them every second instead, and a probe reads its last answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CHECK_INTERVAL_SECONDS = 1.0
+
+
+class Readiness:
+    """The last answer of ``check`` (each part's ``ready`` and ``reason``), refreshed in a thread of its own."""
+
+    def __init__(self, check: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        self._check = check
+        self._closing = threading.Event()
+        self._checked = threading.Event()
+        self._details: dict[str, dict[str, Any]] = {"gateway": {"ready": False, "reason": "readiness not checked yet"}}
+        self._checked_at = 0.0
+        self._thread = threading.Thread(target=self._check_until_closed, name="readiness", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._thread.join(timeout=30)
+        self._details = {"gateway": {"ready": False, "reason": "the gateway is shut down"}}
+
+    def wait_checked(self, timeout: float) -> bool:
+        """True once the first check is done."""
+        return self._checked.wait(timeout)
+
+    def current(self) -> tuple[dict[str, dict[str, Any]], float]:
+        """The last answer, and its age in seconds."""
+        return self._details, time.monotonic() - self._checked_at
+
+    def _check_until_closed(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._details = self._check()
+            except Exception as exc:
+                logger.exception("the readiness check failed")
+                self._details = {"gateway": {"ready": False, "reason": f"the readiness check failed: {type(exc).__name__}"}}
+            self._checked_at = time.monotonic()
+            self._checked.set()
+            self._closing.wait(CHECK_INTERVAL_SECONDS)
