@@ -13,7 +13,7 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
-COPY gateway.py settings.py admission.py auth.py browser_login.py cluster.py fair_queue.py jobs.py random_array_job.py random_chunks.py \
+COPY gateway.py settings.py admission.py auth.py browser_login.py cluster.py fair_queue.py jobs.py probe_server.py random_array_job.py random_chunks.py \
      readiness.py results_store.py metrics.py preview.py openapi.py gunicorn.conf.py ./
 # The jobs page at GET /: its template, script and style.
 COPY templates/ templates/
@@ -24,7 +24,7 @@ USER 10001
 
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/healthz', timeout=4)"]
 
 # gunicorn.conf.py: one worker process with threads, because the Dask cluster
 # belongs to the process that created it and several processes would each start

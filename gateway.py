@@ -136,6 +136,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
+def probe_answer(gateway: GatewayServices, path: str) -> tuple[int, dict[str, Any]] | None:
+    """The answer to a probe, from memory: for the app's own routes and for the probe server (probe_server.py)."""
+    if path == "/healthz":
+        return 200, {"status": "ok"}
+    if path != "/readyz":
+        return None
+    checked, _ = gateway.readiness.current()
+    records_ready, records_reason = gateway.jobs.readiness()
+    details = {**checked, "job_records": {"ready": records_ready, "reason": records_reason}}
+    if all(part["ready"] for part in details.values()):
+        return 200, {"status": "ready", **details}
+    reasons = "; ".join(part["reason"] for part in details.values() if not part["ready"])
+    return 503, {"error": {"code": "not_ready", "message": reasons, **details}}
+
+
 def _check_readiness(cluster: ClusterConnection, store: ResultsStore, metrics: GatewayMetrics) -> dict[str, dict[str, Any]]:
     """The cluster's and the results store's readiness, as they answer now (up to seconds each)."""
     try:
@@ -212,18 +227,14 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         return response
 
     @app.get("/healthz")
-    def healthz() -> Response:
-        return jsonify({"status": "ok"})
+    def healthz() -> Any:
+        status, body = probe_answer(gateway, "/healthz") or (404, {})
+        return jsonify(body), status
 
     @app.get("/readyz")
     def readyz() -> Any:
-        checked, _ = gateway.readiness.current()
-        records_ready, records_reason = jobs.readiness()
-        details = {**checked, "job_records": {"ready": records_ready, "reason": records_reason}}
-        if all(part["ready"] for part in details.values()):
-            return jsonify({"status": "ready", **details})
-        reasons = "; ".join(part["reason"] for part in details.values() if not part["ready"])
-        return error_response(503, "not_ready", reasons, **details)
+        status, body = probe_answer(gateway, "/readyz") or (404, {})
+        return jsonify(body), status
 
     @app.get("/metrics")
     def metrics() -> Response:

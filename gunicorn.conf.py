@@ -37,19 +37,22 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
 
 def post_worker_init(worker):
-    """Tell the jobs of a SIGTERM when it arrives, not once the last request is answered.
+    """Serve the probes on their own port, and tell the jobs of a SIGTERM when it arrives.
 
-    gunicorn's own handler stops taking connections and lets the requests in
-    flight finish; queued jobs must not start meanwhile, and the time running
-    jobs get to finish counts from the signal.
+    The probe server runs in this process, where the app's readiness is kept
+    (probe_server.py). gunicorn's own SIGTERM handler stops taking connections
+    and lets the requests in flight finish; queued jobs must not start
+    meanwhile, and the time running jobs get to finish counts from the signal.
     """
-    from gateway import services
+    from gateway import probe_answer, services
+    from probe_server import ProbeServer
 
-    jobs = services(worker.wsgi).jobs
+    gateway = services(worker.wsgi)
+    ProbeServer(gateway.settings.probe_address, lambda path: probe_answer(gateway, path)).start()
     gunicorn_handler = signal.getsignal(signal.SIGTERM)
 
     def stop(signum, frame):
-        jobs.stop_starting_jobs()
+        gateway.jobs.stop_starting_jobs()
         gunicorn_handler(signum, frame)
 
     signal.signal(signal.SIGTERM, stop)

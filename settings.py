@@ -38,6 +38,7 @@ class Settings:
     max_queued_jobs: int = 1000
     max_jobs_per_owner: int = 20
     max_waiting_callers: int = 16
+    probe_address: str = "0.0.0.0:8001"
     shutdown_timeout: float = 540.0
     log_format: str = "text"
     auth: str = "none"
@@ -111,6 +112,14 @@ def _dask_gateway_address(environ: Mapping[str, str]) -> str | None:
     return address or None
 
 
+def _address(environ: Mapping[str, str], name: str, default: str) -> str:
+    raw = environ.get(name, "").strip() or default
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{name}={raw!r} must be host:port, such as {default}")
+    return raw
+
+
 def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     raw = environ.get(name, "").strip() or choices[0]
     if raw not in choices:
@@ -155,6 +164,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_queued_jobs=_positive_number(environ, "GATEWAY_MAX_QUEUED_JOBS", 1000, int),
         max_jobs_per_owner=_positive_number(environ, "GATEWAY_MAX_JOBS_PER_OWNER", 20, int),
         max_waiting_callers=_positive_number(environ, "GATEWAY_MAX_WAITING_CALLERS", 16, int),
+        probe_address=_address(environ, "GATEWAY_PROBE_ADDRESS", "0.0.0.0:8001"),
         shutdown_timeout=_positive_number(environ, "GATEWAY_SHUTDOWN_TIMEOUT", 540.0, float),
         log_format=_choice(environ, "GATEWAY_LOG_FORMAT", ("text", "json")),
         **_auth_settings(environ),

@@ -19,6 +19,8 @@ class RunningGateway:
     process: subprocess.Popen
     url: str
     log_file: Path | None
+    # Where the kubelet's probes go (GATEWAY_PROBE_ADDRESS).
+    probe_url: str
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file else ""
@@ -41,9 +43,10 @@ def start_gunicorn_gateway(
 ) -> RunningGateway:
     """Start gunicorn and return once it listens and, unless ``ready_timeout`` is 0, is ready."""
     port = port or free_port()
+    probe_address = environ.get("GATEWAY_PROBE_ADDRESS") or f"127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "gateway:app"]
-    process = start_process(command, env=environ, log_file=log_file, cwd=PROJECT)
-    gateway = RunningGateway(process, f"http://127.0.0.1:{port}", log_file)
+    process = start_process(command, env={**environ, "GATEWAY_PROBE_ADDRESS": probe_address}, log_file=log_file, cwd=PROJECT)
+    gateway = RunningGateway(process, f"http://127.0.0.1:{port}", log_file, f"http://{probe_address}")
     try:
         wait_for_port(port, process, timeout=60)
         if ready_timeout:

@@ -20,6 +20,8 @@ import xarray as xr
 import zarr
 from nbclient import NotebookClient
 
+from random_chunks import chunk_selections, random_chunk
+
 SHAPE = (1000, 1000)
 CHUNKS = (100, 100)
 
@@ -63,6 +65,15 @@ def assert_complete_result(fs: fsspec.AbstractFileSystem, body: dict[str, Any], 
     assert dataset["data"].dims == ("y", "x")
     assert dataset["data"].shape == SHAPE
     return values
+
+
+def assert_made_from_its_seed(url: str, seed: int) -> None:
+    """The stored array at ``url`` is complete and, value for value, the one its seed makes."""
+    array = zarr.open_group(url, mode="r")["data"]
+    expected = np.empty(array.shape, dtype=array.dtype)
+    for index, selection in enumerate(chunk_selections(array.shape, array.chunks)):
+        expected[selection] = random_chunk(seed, index, selection, str(array.dtype))
+    np.testing.assert_array_equal(array[:], expected)
 
 
 def descendants(pid: int) -> list[psutil.Process]:

@@ -1,6 +1,9 @@
 """deploy_gateway.yaml, read through the kubernetes client's typed models, agrees with the rest."""
 
+import json
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,8 @@ from flask import Flask
 
 from artifacts import dockerfile_cmd, gunicorn_settings, helm_values, jupyterhub_values, manifests, options_handler
 from devtools.processes import free_port
-from gateway import create_app, services
+from gateway import create_app, probe_answer, services
+from probe_server import ProbeServer
 from servers import PROJECT
 from random_array_job import STOP_TIMEOUT
 from settings import Settings, load_settings
@@ -44,7 +48,7 @@ def test_the_service_selects_the_pods_and_ports_agree() -> None:
     assert service.spec.selector and service.spec.selector.items() <= labels.items()
     assert deployment.spec.selector.match_labels.items() <= labels.items()
     (port,) = service.spec.ports
-    (container_port,) = container().ports
+    [container_port] = [port for port in container().ports if port.name == "http"]
     assert port.port == 80
     assert port.target_port in (container_port.name, container_port.container_port)
     bind_port = int(gunicorn_settings()["bind"].rsplit(":", 1)[1])
@@ -52,17 +56,32 @@ def test_the_service_selects_the_pods_and_ports_agree() -> None:
     assert container_port.container_port == bind_port == int(exposed) == 8000
 
 
-def test_probes_are_routes_of_the_app(app: Flask) -> None:
+def answered(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_probes_go_to_the_probe_port_which_answers_them(app: Flask) -> None:
     gateway = container()
     probes = {"startup": gateway.startup_probe, "readiness": gateway.readiness_probe, "liveness": gateway.liveness_probe}
     assert all(probes.values())
     assert probes["readiness"].http_get.path == "/readyz"
     assert probes["liveness"].http_get.path == "/healthz"
-    routes = {rule.rule for rule in app.url_map.iter_rules()}
-    for probe in probes.values():
-        assert probe.http_get.path in routes
-        assert probe.http_get.port == "http"
-        assert app.test_client().get(probe.http_get.path).status_code in (200, 503)
+    [probe_port] = [port for port in gateway.ports if port.name == "probes"]
+    assert f"0.0.0.0:{probe_port.container_port}" == Settings().probe_address, "where the probe server listens by default"
+    assert f"127.0.0.1:{probe_port.container_port}/healthz" in (PROJECT / "Dockerfile").read_text(), "Docker's HEALTHCHECK too"
+    server = ProbeServer("127.0.0.1:0", lambda path: probe_answer(services(app), path))
+    server.start()
+    try:
+        for probe in probes.values():
+            assert probe.http_get.port == "probes"
+            expected = app.test_client().get(probe.http_get.path)
+            assert answered(f"http://127.0.0.1:{server.port}{probe.http_get.path}") == (expected.status_code, expected.json)
+    finally:
+        server.close()
 
 
 def test_security_context_and_resources() -> None:

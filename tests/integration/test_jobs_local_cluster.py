@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import create_app, services
-from helpers import assert_all_gone, assert_complete_result, descendants, listing
+from helpers import assert_all_gone, assert_complete_result, assert_made_from_its_seed, descendants, listing
 from admission import AdmissionRefused
 from jobs import DONE, JobManager, JobRecord
 from metrics import GatewayMetrics
@@ -208,7 +208,7 @@ def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the
                 assert not results_fs.exists(f"{prefix}/contested") and not results_fs.exists(f"{prefix}/.jobs/contested.json")
                 continue
             if final.status == DONE:
-                assert_complete_result(results_fs, final.to_json(), BUCKET)
+                assert_made_from_its_seed(final.url, small.seed)
             remove(manager, "contested")
         assert manager.wait(manager.submit("after-the-race", small).job_id).status == DONE, "the runners still run jobs"
     finally:

@@ -12,11 +12,15 @@ buckets, as the read-only Secret gives them.
 
 import os
 import secrets
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
 import pytest
+import requests
 import yaml
 from dask_gateway import Gateway, JupyterHubAuth
 from playwright.sync_api import Browser, expect
@@ -25,7 +29,7 @@ from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
-from helpers import descendants, outputs, run_notebook_on_server, wait_for
+from helpers import assert_made_from_its_seed, descendants, outputs, run_notebook_on_server, wait_for
 from servers import (
     HUB_VALUES,
     DaskGatewayServer,
@@ -438,3 +442,83 @@ def test_a_token_that_may_not_use_dask_gateway_is_refused_too(
     said = refused_login(hub, dask_gateway_server, token, tmp_path / "gateway.log", http)
 
     assert "access:services" in said, said
+
+
+def test_a_workshop_of_200_callers_from_three_users_never_starves_the_probes(
+    hub_gateway: RunningGateway, tokens: dict[str, str], measured
+) -> None:
+    """Waiting /submit_job, POST /jobs with polling, GET /jobs and pictures at once, while the kubelet's probes poll
+    (on the probe port, as deploy_gateway.yaml sends them)."""
+    url = hub_gateway.url
+    owners = ["alice", "bob", "carol"]
+    run = secrets.token_hex(3)
+    with requests.Session() as session:
+        for owner in owners:
+            shown = session.get(f"{url}/submit_job/workshop-{run}-{owner}-picture?{SMALL}", headers=as_user(tokens[owner]), timeout=120)
+            assert shown.status_code == 200, shown.text
+
+    probes: list[tuple[str, float, int]] = []
+    stop_probing = threading.Event()
+
+    def probe() -> None:
+        with requests.Session() as session:
+            while not stop_probing.is_set():
+                for path in ("/healthz", "/readyz"):
+                    started = time.monotonic()
+                    status = session.get(f"{hub_gateway.probe_url}{path}", timeout=10).status_code
+                    probes.append((path, time.monotonic() - started, status))
+                stop_probing.wait(0.5)
+
+    def caller(index: int) -> list[tuple[str, requests.Response, int]]:
+        """What one caller did: (kind, response, seed) for each request that could be refused or accepted."""
+        owner = owners[index % 3]
+        headers = as_user(tokens[owner])
+        seed = 1000 + index
+        with requests.Session() as session:
+            kind = ("wait", "post", "list", "picture")[index % 4]
+            if kind == "wait":
+                return [(kind, session.get(f"{url}/submit_job/workshop-{run}-{index}?seed={seed}&{SMALL}", headers=headers, timeout=600), seed)]
+            if kind == "post":
+                body = {"job_id": f"workshop-{run}-{index}", "seed": seed, "shape": [100, 100]}
+                posted = session.post(f"{url}/jobs", json=body, headers=headers, timeout=60)
+                # As the example notebook does: poll the job's Location until it is finished.
+                while posted.status_code == 202 and session.get(f"{url}{posted.headers['Location']}", headers=headers, timeout=60).json()["status"] in ("queued", "running"):
+                    time.sleep(0.5)
+                return [(kind, posted, seed)]
+            if kind == "list":
+                return [(kind, session.get(f"{url}/jobs?limit=50", headers=headers, timeout=60), seed)]
+            picture = f"{url}/jobs/workshop-{run}-{owner}-picture/preview.png?size=thumbnail"
+            return [(kind, session.get(picture, headers=headers, timeout=120), seed)]
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        with ThreadPoolExecutor(200) as pool:
+            answers = [answer for answers in pool.map(caller, range(200)) for answer in answers]
+        accepted = [(response.json(), seed) for kind, response, seed in answers if response.status_code in (200, 202) and kind in ("wait", "post")]
+
+        def finished(job: dict) -> dict:
+            headers = as_user(tokens[job["owner"]])
+            return wait_for(
+                lambda: (record := requests.get(f"{url}/jobs/{job['job_id']}", headers=headers, timeout=30).json())["status"] in ("done", "failed", "cancelled") and record,
+                300, f"job {job['job_id']}",
+            )  # fmt: skip
+
+        jobs = [(finished(job), seed) for job, seed in accepted]
+    finally:
+        stop_probing.set()
+        prober.join()
+
+    refused = [response for _, response, _ in answers if response.status_code == 429]
+    others = [(kind, response.status_code, response.text[:200]) for kind, response, _ in answers if response.status_code not in (200, 202, 429)]
+    assert not others, others
+    assert all(int(response.headers["Retry-After"]) > 0 and response.json()["error"]["setting"].startswith("GATEWAY_") for response in refused)
+    assert all(job["status"] == "done" for job, _ in jobs), [job for job, _ in jobs if job["status"] != "done"][:3]
+    for job, seed in jobs:
+        assert_made_from_its_seed(job["url"], seed)
+    slowest = max(seconds for _, seconds, _ in probes)
+    assert all(status == 200 for _, _, status in probes) and slowest < 1.0, sorted(probes, key=lambda probe: -probe[1])[:5]
+    measured(
+        f"workshop: 200 callers of 3 users, {len(jobs)} jobs accepted and done, {len(refused)} refused with 429; "
+        f"{len(probes)} probes, the slowest {slowest:.3f} s"
+    )
