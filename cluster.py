@@ -224,6 +224,7 @@ class ClusterConnection:
                 # S3 key, but they run every job's code and have no use for its hub token.
                 env=LOCAL_WORKER_ENVIRON,
             )
+        self._size(cluster)
         return cluster, self._wait_for_workers(cluster, lambda: Client(cluster, set_as_default=False))
 
     def _connect_dask_gateway(self) -> tuple[Any, Client]:
@@ -235,8 +236,15 @@ class ClusterConnection:
         for name, value in self._settings.cluster_options.items():
             options[name] = value
         cluster = self._adopt_left_cluster(gateway, dict(options)) or gateway.new_cluster(options, shutdown_on_close=True)
-        cluster.scale(self._settings.n_workers)
+        self._size(cluster)
         return cluster, self._wait_for_workers(cluster, lambda: cluster.get_client(set_as_default=False))
+
+    def _size(self, cluster: Any) -> None:
+        """A fixed number of workers, or, with GATEWAY_ADAPTIVE_MAX_WORKERS, Dask's adaptive range (LocalCluster and Dask Gateway alike)."""
+        if self._settings.adaptive_max_workers is None:
+            cluster.scale(self._settings.n_workers)
+        else:
+            cluster.adapt(minimum=self._settings.n_workers, maximum=self._settings.adaptive_max_workers)
 
     def _adopt_left_cluster(self, gateway: Gateway, options: dict[str, Any]) -> Any:
         """A running cluster of this identity that no client uses, such as one a killed gateway left; None if there is none.

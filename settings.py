@@ -27,6 +27,8 @@ class SettingsError(ValueError):
 class Settings:
     results_url: str = DEFAULT_RESULTS_URL
     n_workers: int = 3
+    # None: always n_workers; else Dask's adaptive scaling between n_workers and this.
+    adaptive_max_workers: int | None = None
     zarr_format: int = 3
     dask_gateway_address: str | None = None
     cluster_options: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +73,16 @@ def _positive_number(environ: Mapping[str, str], name: str, default: float, kind
     if value <= 0:
         raise SettingsError(f"{name}={raw!r} must be greater than 0")
     return value
+
+
+def _adaptive_max_workers(environ: Mapping[str, str]) -> int | None:
+    if not environ.get("GATEWAY_ADAPTIVE_MAX_WORKERS", "").strip():
+        return None
+    maximum = _positive_number(environ, "GATEWAY_ADAPTIVE_MAX_WORKERS", 0, int)
+    minimum = _positive_number(environ, "GATEWAY_N_WORKERS", 3, int)
+    if maximum < minimum:
+        raise SettingsError(f"GATEWAY_ADAPTIVE_MAX_WORKERS={maximum} must be at least GATEWAY_N_WORKERS ({minimum}), the minimum")
+    return maximum
 
 
 def _results_url(environ: Mapping[str, str]) -> str:
@@ -153,6 +165,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         results_url=_results_url(environ),
         n_workers=_positive_number(environ, "GATEWAY_N_WORKERS", 3, int),
+        adaptive_max_workers=_adaptive_max_workers(environ),
         zarr_format=_zarr_format(environ),
         dask_gateway_address=_dask_gateway_address(environ),
         cluster_options=_cluster_options(environ),

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import xarray as xr
@@ -18,7 +19,7 @@ from flask.testing import FlaskClient
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import create_app, services
-from helpers import assert_all_gone, assert_complete_result, assert_made_from_its_seed, descendants, listing
+from helpers import assert_all_gone, assert_complete_result, assert_made_from_its_seed, descendants, listing, wait_for
 from admission import AdmissionRefused
 from jobs import DONE, JobManager, JobRecord
 from metrics import GatewayMetrics
@@ -302,3 +303,26 @@ def test_closing_the_app_shuts_its_local_cluster_down(s3: LocalS3) -> None:
 
     assert_all_gone(started, timeout=30)
     assert app.test_client().get("/readyz").status_code == 503
+
+
+def test_adaptive_workers_rise_under_a_burst_and_return_to_the_minimum(s3: LocalS3, measured) -> None:
+    settings = load_settings({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}", "GATEWAY_N_WORKERS": "1", "GATEWAY_ADAPTIVE_MAX_WORKERS": "3"})
+    # Dask adds workers when the work in hand would take longer than this (5 s by default): the
+    # burst here is a few seconds of work, so the target is shorter (an operator's dask setting too).
+    with dask.config.set({"distributed.adaptive.target-duration": "100ms"}):
+        app = create_app(settings)
+        cluster = services(app).cluster
+        ready = cluster.wait_until_ready(120)
+    try:
+        assert ready, cluster.status().reason
+        api = app.test_client()
+        for index in range(4):
+            assert api.post("/jobs", json={"job_id": f"burst-{uuid.uuid4().hex[:8]}-{index}", "shape": [6000, 6000], "chunks": [500, 500]}).status_code == 202
+
+        most = wait_for(lambda: (workers := cluster.status().workers) >= 2 and workers, 120, "more workers under the burst")
+        wait_for(lambda: not api.get("/jobs?status=running").json["jobs"] and not api.get("/jobs?status=queued").json["jobs"], 300, "the burst to end")
+        wait_for(lambda: cluster.status().workers == 1, 120, "the workers to return to the minimum")
+        assert cluster.status().wanted_workers == 1 and cluster.status().ready
+    finally:
+        services(app).close()
+    measured(f"adaptive: 1 to {most} workers under a burst of 4 jobs, back to 1 once idle")

@@ -57,6 +57,13 @@ def test_values_are_read_from_the_environment() -> None:
         ("JUPYTERHUB_API_URL", "hub:8081/hub/api"),
         ("JUPYTERHUB_OAUTH_CALLBACK_URL", "/oauth_callback"),
         ("JUPYTERHUB_HOST", "hub.example.org"),
+        ("GATEWAY_MAX_WAITING_CALLERS", "0"),
+        ("GATEWAY_MAX_QUEUED_JOBS", "many"),
+        ("GATEWAY_MAX_JOBS_PER_OWNER", "-3"),
+        ("GATEWAY_PROBE_ADDRESS", "8001"),
+        ("GATEWAY_PROBE_ADDRESS", "0.0.0.0:99999"),
+        ("GATEWAY_ADAPTIVE_MAX_WORKERS", "2"),
+        ("GATEWAY_ADAPTIVE_MAX_WORKERS", "lots"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
