@@ -47,10 +47,18 @@ LOCAL_WORKER_ENVIRON = {"JUPYTERHUB_API_TOKEN": ""}
 
 def _has_other_clients(cluster: Any) -> bool:
     """Whether a client besides this one is connected to the cluster's scheduler."""
+    # A client of its own, not the cluster object's: closing that object closes its clients again.
     with dask.config.set({"distributed.comm.timeouts.connect": SCHEDULER_QUERY_TIMEOUT}):
-        with cluster.get_client(set_as_default=False) as client:
+        with Client(cluster.scheduler_address, security=cluster.security, set_as_default=False) as client:
             connected = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients))
     return bool(set(connected) - {client.id, "fire-and-forget"})
+
+
+def _stop_left_cluster(gateway: Gateway, cluster: Any, why: str) -> None:
+    # Through the gateway's API: the cluster object is closed first, which leaves the cluster running.
+    cluster.close()
+    logger.warning("stopping Dask cluster %s, %s", cluster.name, why)
+    gateway.stop_cluster(cluster.name)
 
 
 class ClusterNotReady(RuntimeError):
@@ -262,19 +270,16 @@ class ClusterConnection:
             try:
                 in_use = _has_other_clients(cluster)
             except (OSError, TimeoutError) as exc:
-                logger.warning("stopping Dask cluster %s, whose scheduler does not answer (%s)", report.name, exc)
-                cluster.shutdown()
+                _stop_left_cluster(gateway, cluster, f"whose scheduler does not answer ({exc})")
                 continue
             if in_use:
                 cluster.close()
-                continue
-            if adopted is None and report.options == options:
+            elif adopted is None and report.options == options:
                 logger.info("adopting Dask cluster %s, which no client uses (a gateway before this one left it)", report.name)
                 cluster.shutdown_on_close = True
                 adopted = cluster
             else:
-                logger.warning("stopping Dask cluster %s, which no client uses (a gateway before this one left it)", report.name)
-                cluster.shutdown()
+                _stop_left_cluster(gateway, cluster, "which no client uses (a gateway before this one left it)")
         return adopted
 
     def _wait_for_workers(self, cluster: Any, make_client: Callable[[], Client]) -> Client:
