@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics = GatewayMetrics(
         running=lambda: jobs.count(RUNNING),
         queued=lambda: jobs.count(QUEUED),
-        workers=lambda: readiness.current()[0].get("cluster", {}).get("workers", 0),
+        workers=lambda: readiness.current().get("cluster", {}).get("workers", 0),
     )
     readiness = Readiness(lambda: _check_readiness(cluster, store, metrics))
     jobs = JobManager(cluster, store, settings, metrics)
@@ -136,13 +136,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
+HEALTHY = {"status": "ok"}
+
+
 def probe_answer(gateway: GatewayServices, path: str) -> tuple[int, dict[str, Any]] | None:
-    """The answer to a probe, from memory: for the app's own routes and for the probe server (probe_server.py)."""
+    """The answer to a probe, from memory, for the probe server (probe_server.py); None for a path that is no probe."""
     if path == "/healthz":
-        return 200, {"status": "ok"}
-    if path != "/readyz":
-        return None
-    checked, _ = gateway.readiness.current()
+        return 200, HEALTHY
+    return readiness_answer(gateway) if path == "/readyz" else None
+
+
+def readiness_answer(gateway: GatewayServices) -> tuple[int, dict[str, Any]]:
+    """``/readyz``: the last background check of the cluster and the store, and whether the records are read."""
+    checked = gateway.readiness.current()
     records_ready, records_reason = gateway.jobs.readiness()
     details = {**checked, "job_records": {"ready": records_ready, "reason": records_reason}}
     if all(part["ready"] for part in details.values()):
@@ -227,13 +233,12 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         return response
 
     @app.get("/healthz")
-    def healthz() -> Any:
-        status, body = probe_answer(gateway, "/healthz") or (404, {})
-        return jsonify(body), status
+    def healthz() -> Response:
+        return jsonify(HEALTHY)
 
     @app.get("/readyz")
     def readyz() -> Any:
-        status, body = probe_answer(gateway, "/readyz") or (404, {})
+        status, body = readiness_answer(gateway)
         return jsonify(body), status
 
     @app.get("/metrics")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +24,7 @@ class Readiness:
     def __init__(self, check: Callable[[], dict[str, dict[str, Any]]]) -> None:
         self._check = check
         self._closing = threading.Event()
-        self._checked = threading.Event()
         self._details: dict[str, dict[str, Any]] = {"gateway": {"ready": False, "reason": "readiness not checked yet"}}
-        self._checked_at = 0.0
         self._thread = threading.Thread(target=self._check_until_closed, name="readiness", daemon=True)
 
     def start(self) -> None:
@@ -38,13 +35,9 @@ class Readiness:
         self._thread.join(timeout=30)
         self._details = {"gateway": {"ready": False, "reason": "the gateway is shut down"}}
 
-    def wait_checked(self, timeout: float) -> bool:
-        """True once the first check is done."""
-        return self._checked.wait(timeout)
-
-    def current(self) -> tuple[dict[str, dict[str, Any]], float]:
-        """The last answer, and its age in seconds."""
-        return self._details, time.monotonic() - self._checked_at
+    def current(self) -> dict[str, dict[str, Any]]:
+        """The last answer."""
+        return self._details
 
     def _check_until_closed(self) -> None:
         while not self._closing.is_set():
@@ -53,6 +46,4 @@ class Readiness:
             except Exception as exc:
                 logger.exception("the readiness check failed")
                 self._details = {"gateway": {"ready": False, "reason": f"the readiness check failed: {type(exc).__name__}"}}
-            self._checked_at = time.monotonic()
-            self._checked.set()
             self._closing.wait(CHECK_INTERVAL_SECONDS)
