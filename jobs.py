@@ -552,16 +552,17 @@ class JobManager:
             final = replace(record, status=status, error=error, finished_at=_now(), seconds=round(time.monotonic() - started, 3))
         # Saved before it shows as finished, so that a DELETE of the finished job cannot race the save.
         self._save_quietly(final)
-        with self._lock:
-            self._records[record.job_id] = final
-            self._running.pop(record.job_id, None)
-            self._cancel_requested.discard(record.job_id)
-            self._lock.notify_all()
+        # Counted and logged before it shows as finished: a caller who learns the job is done finds both.
         self._metrics.job_finished(status, final.seconds)
         logger.info(
             "job %s %s in %.3f s%s", record.job_id, status, final.seconds, f": {error['message']}" if error else "",
             extra=job_event_fields(record.job_id, status, status, final.seconds),
         )  # fmt: skip
+        with self._lock:
+            self._records[record.job_id] = final
+            self._running.pop(record.job_id, None)
+            self._cancel_requested.discard(record.job_id)
+            self._lock.notify_all()
 
     def _count_chunks(self, record: JobRecord, written: int) -> None:
         with self._lock:
