@@ -26,13 +26,16 @@ from distributed import Client, LocalCluster
 from bench.measure import Run, count_requests, rss_megabytes, run_jobs
 from bench.report import write_report
 from bench.workloads import Baseline, Floor, Gateway
+from bench.workshop import PREVIOUS_DESIGN_ENVIRON, run_workshop
 from cluster import WORKER_MALLOC_ENVIRON
-from devtools.gunicorn_gateway import PROJECT, start_gunicorn_gateway
+from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
 
 WORKLOADS = ("floor", "baseline", "gateway")
 BATCH_SIZES = (8, 16, 32, 64, 128)
+# The room measured before the workshop work: 40 callers of 6000x6000 jobs made 9 of 53 probes fail.
+WORKSHOP_CALLERS, WORKSHOP_SHAPE, WORKSHOP_CHUNKS = 40, (6000, 6000), (1000, 1000)
 LARGE_JOBS = [((4000, 4000), (100, 100)), ((4000, 4000), (1000, 1000)), ((10000, 10000), (100, 100)), ((10000, 10000), (1000, 1000))]
 
 
@@ -134,6 +137,8 @@ def main() -> int:
             "rss_mb_before": before,
             "rss_mb_after": rss_megabytes(gateway_pid),
         }
+
+        results["workshop"] = workshop(served, workdir, quick=args.quick)
     finally:
         stop_process(served.process, timeout=120)
         client.close()
@@ -142,6 +147,33 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     met = write_report(results, args.output_dir, None if args.quick else args.readme, quick=args.quick)
     return 0 if met else 1
+
+
+def workshop(served: RunningGateway, workdir: Path, quick: bool) -> list[dict]:
+    """The same room of callers on a stand-in for the design before admission control and the probe port, then on today's."""
+    callers, shape, chunks = (6, (1000, 1000), (100, 100)) if quick else (WORKSHOP_CALLERS, WORKSHOP_SHAPE, WORKSHOP_CHUNKS)
+    print(f"workshop: {callers} callers at once, {shape[0]}x{shape[1]} jobs in {chunks[0]}x{chunks[1]} chunks", flush=True)
+    previous = start_gunicorn_gateway(
+        {**os.environ, "GATEWAY_RESULTS_URL": "s3://gateway", **PREVIOUS_DESIGN_ENVIRON}, log_file=workdir / "previous-design.log"
+    )
+    # The previous design had no probe port: the kubelet probed the main one.
+    rooms = [("previous design", previous.url, previous.url), ("today", served.url, served.probe_url)]
+    runs = []
+    try:
+        for design, url, probe_url in rooms:
+            ids = job_ids("workshop", callers)
+            run = run_workshop(design, url, probe_url, ids, shape, chunks).to_json()
+            runs.append(run)
+            for job_id in ids:
+                shutil.rmtree(workdir / "s3" / "gateway" / job_id, ignore_errors=True)
+            print(
+                f"  {design}: {run['jobs_done']} done, {run['refusals']} refusals, {run['jobs_per_second']:.2f} jobs/s, "
+                f"{run['probes']} probes, p99 {run['probe_p99_seconds']:.3f} s, {run['probe_failures']} failed",
+                flush=True,
+            )
+    finally:
+        stop_process(previous.process, timeout=120)
+    return runs
 
 
 def large_jobs(floor: Floor, gateway: Gateway, data_dir: Path) -> list[dict]:

@@ -26,3 +26,7 @@ def test_a_quick_benchmark_runs_every_workload_without_a_failed_job(tmp_path: Pa
     assert results["requests_per_job"]["gateway"] <= 110
     assert (tmp_path / "latest.png").read_bytes().startswith(b"\x89PNG")
     assert "| gateway | 8 |" in completed.stdout
+    rooms = {room["design"]: room for room in results["workshop"]}
+    assert set(rooms) == {"previous design", "today"}
+    assert all(room["jobs_done"] == room["callers"] == 6 and room["probes"] > 0 for room in rooms.values()), rooms
+    assert "| today | 6 of 6 |" in completed.stdout
