@@ -10,7 +10,7 @@ BROWSER_STAMP := $(VENV)/.browser
 # JupyterHub's proxy, from npm, for the tests on a real hub.
 PROXY := $(VENV)/node/node_modules/.bin/configurable-http-proxy
 
-.PHONY: install run test test-unit soak bench clean
+.PHONY: install run test test-unit soak bench image clean
 
 install: $(STAMP) $(TOOLS_STAMP)
 
@@ -54,6 +54,13 @@ soak: $(STAMP)
 # table and targets, writes bench/results/latest.{json,png}, updates the README.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The product image, for the gateway and its Dask clusters alike. IMAGE names it;
+# DOCKER_BUILD_FLAGS go to docker build, e.g. --build-arg PIP_INDEX_URL=<a mirror>.
+IMAGE ?= science-gateway:dev
+DOCKER_BUILD_FLAGS ?=
+image:
+	docker build $(DOCKER_BUILD_FLAGS) --tag $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache

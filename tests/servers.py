@@ -30,6 +30,8 @@ class DaskGatewayServer:
     proxy_address: str
     password: str | None
     workdir: Path
+    # Containers of its schedulers and workers carry this label (with container_image).
+    container_label: str
 
 
 # The zero-to-jupyterhub values the product ships: the tests' hub is configured from them.
@@ -258,6 +260,7 @@ def start_dask_gateway_server(
     ports: tuple[int, int] | None = None,
     authentication: str | None = None,
     results_writer: str | None = None,
+    container_image: str | None = None,
 ) -> DaskGatewayServer:
     """dask-gateway-server with its local backend, on loopback, configured by dask_gateway_config.yaml's extraConfig.
 
@@ -272,10 +275,19 @@ def start_dask_gateway_server(
     workers get the write Secret, for a password login, which has no hub
     service names. The logs of each cluster's scheduler and workers are kept
     in ``workdir/cluster-logs``. ``ports`` (API, scheduler proxy) are free
-    ones unless given.
+    ones unless given. With ``container_image``, schedulers and workers run in
+    containers of that image (devtools/container_process.py), labelled with
+    the server's ``container_label``; else from this venv.
     """
     api_port, proxy_port = ports or (free_port(), free_port())
-    bin_dir = Path(sys.executable).parent
+    container_label = f"dask-gateway-test-{api_port}"
+    if container_image:
+        dask = [sys.executable, str(PROJECT / "devtools" / "container_process.py"), container_image, container_label, "dask"]
+        # The image has the job code on its own PYTHONPATH.
+        environment = {}
+    else:
+        dask = [str(Path(sys.executable).parent / "dask")]
+        environment = {"PYTHONPATH": str(PROJECT)}
     gateway_values = yaml.safe_load(DASK_GATEWAY_VALUES.read_text())["gateway"]
     extra_config = gateway_values.pop("extraConfig")
     config = workdir / "dask_gateway_config.py"
@@ -333,17 +345,19 @@ def start_dask_gateway_server(
             c.Proxy.address = "127.0.0.1:{api_port}"
             c.Proxy.tcp_address = "127.0.0.1:{proxy_port}"
             c.LocalBackend.clusters_directory = {str(workdir / 'clusters')!r}
-            c.ClusterConfig.scheduler_cmd = [{str(bin_dir / 'dask')!r}, "scheduler"]
-            c.ClusterConfig.worker_cmd = [{str(bin_dir / 'dask')!r}, "worker", "--host", "127.0.0.1"]
+            c.ClusterConfig.scheduler_cmd = {[*dask, "scheduler"]!r}
+            c.ClusterConfig.worker_cmd = {[*dask, "worker", "--host", "127.0.0.1"]!r}
             c.ClusterConfig.worker_threads = 1
-            c.ClusterConfig.environment = {{"PYTHONPATH": {str(PROJECT)!r}}}
+            c.ClusterConfig.environment = {environment!r}
             """
         )
         + (f"RESULTS_WRITER = {results_writer!r}\n" if results_writer else "")
         + textwrap.dedent(authentication or simple_authentication(password or ""))
     )
     server_env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
-    command = [str(bin_dir / "dask-gateway-server"), "-f", str(config)]
+    command = [str(Path(sys.executable).parent / "dask-gateway-server"), "-f", str(config)]
     process = start_process(command, env=server_env, log_file=workdir / "dask-gateway-server.log", cwd=workdir)
     wait_for_port(api_port, process, timeout)
-    return DaskGatewayServer(process, f"http://127.0.0.1:{api_port}", f"gateway://127.0.0.1:{proxy_port}", password, workdir)
+    return DaskGatewayServer(
+        process, f"http://127.0.0.1:{api_port}", f"gateway://127.0.0.1:{proxy_port}", password, workdir, container_label
+    )
