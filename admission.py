@@ -18,11 +18,13 @@ RETRY_AFTER_SECONDS = 10
 class AdmissionRefused(RuntimeError):
     """A request over one of the gateway's limits (429); the message names the limit and its setting."""
 
-    def __init__(self, code: str, what: str, limit: int, setting: str, advice: str) -> None:
+    def __init__(self, code: str, what: str, limit: int, setting: str, advice: str, usage: int | None = None) -> None:
         super().__init__(f"{what}: the limit is {limit} ({setting}); {advice}")
         self.code = code
         self.limit = limit
         self.setting = setting
+        # How much of the limit is taken, where that is a quantity (stored bytes).
+        self.usage = usage
 
 
 class WaitingCallers:

@@ -36,8 +36,10 @@ from random_array_job import (
     JobNotFound,
     JobTimedOut,
     JobTooLarge,
+    PARAMETERS,
     RandomArraySpec,
     parse_spec,
+    parse_ttl,
     validate_job_id,
 )
 from readiness import Readiness
@@ -112,6 +114,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         running=lambda: jobs.count(RUNNING),
         queued=lambda: jobs.count(QUEUED),
         workers=lambda: readiness.current().get("cluster", {}).get("workers", 0),
+        stored_bytes=lambda: jobs.stored_bytes(),
     )
     readiness = Readiness(lambda: _check_readiness(cluster, store, metrics))
     jobs = JobManager(cluster, store, settings, metrics)
@@ -178,7 +181,12 @@ def _configure_logging(log_format: str) -> None:
 
 
 def _job_spec(gateway: GatewayServices, parameters: dict[str, Any]) -> RandomArraySpec:
-    return parse_spec(parameters, gateway.settings.max_elements, gateway.settings.max_chunks)
+    settings = gateway.settings
+    return parse_spec(parameters, settings.max_elements, settings.max_chunks, settings.default_shards, settings.zarr_format)
+
+
+def _job_ttl(gateway: GatewayServices, value: Any) -> int | None:
+    return parse_ttl(value, gateway.settings.result_ttl, gateway.settings.max_result_ttl)
 
 
 def _flag(name: str, value: str) -> bool:
@@ -254,15 +262,16 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
     @app.get("/submit_job/<job_id:job_id>")
     def submit_job(job_id: str) -> Any:
         validate_job_id(job_id)
-        parameters: dict[str, Any] = _query(("wait", "seed", "shape", "chunks", "dtype"))
+        parameters: dict[str, Any] = _query(("wait", "ttl", *PARAMETERS))
         wait = _flag("wait", parameters.pop("wait", "true"))
+        ttl = _job_ttl(gateway, parameters.pop("ttl", None))
         spec = _job_spec(gateway, parameters)
         if not wait:
-            return _accepted(jobs.submit(job_id, spec, _caller().name))
+            return _accepted(jobs.submit(job_id, spec, _caller().name, ttl))
         # A caller who waits learns at once that there is no cluster, rather than after a long wait.
         gateway.cluster.raise_if_failing()
         with gateway.waiting.slot("submit with wait=false (or POST /jobs) and poll the job's Location instead"):
-            finished = jobs.wait(jobs.submit(job_id, spec, _caller().name).job_id, gateway.settings.job_timeout)
+            finished = jobs.wait(jobs.submit(job_id, spec, _caller().name, ttl).job_id, gateway.settings.job_timeout)
         if finished.status == DONE:
             return jsonify(finished.to_json())
         if finished.status in (QUEUED, RUNNING) and not jobs.stopping:
@@ -286,7 +295,8 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         job_id = body.pop("job_id", None)
         if job_id is not None and not isinstance(job_id, str):
             raise InvalidJobId(f"job_id must be a string, got {type(job_id).__name__}")
-        return _accepted(jobs.submit(job_id, _job_spec(gateway, body), _caller().name))
+        ttl = _job_ttl(gateway, body.pop("ttl", None))
+        return _accepted(jobs.submit(job_id, _job_spec(gateway, body), _caller().name, ttl))
 
     @app.get("/jobs")
     def list_jobs() -> Any:
@@ -302,6 +312,14 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
             raise InvalidParameters(f"limit must be an integer from 1 to {MAX_PAGE}, got {query.get('limit')!r}")
         page, next_cursor = jobs.list(status, limit, query.get("cursor"), _visible_to())
         return jsonify({"jobs": [record.to_json() for record in page], "next_cursor": next_cursor})
+
+    @app.get("/usage")
+    def usage() -> Any:
+        _query(())
+        owner = _caller().name
+        stored_bytes, job_count = jobs.usage(owner)
+        quota = gateway.settings.owner_quota_bytes
+        return jsonify({"owner": owner, "stored_bytes": stored_bytes, "jobs": job_count, "quota_bytes": quota})
 
     @app.get("/jobs/<job_id:job_id>")
     def get_job(job_id: str) -> Any:
@@ -469,7 +487,8 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(AdmissionRefused)
     def refused(exc: AdmissionRefused) -> Any:
-        response, status = error_response(429, exc.code, str(exc), limit=exc.limit, setting=exc.setting)
+        usage = {"usage": exc.usage} if exc.usage is not None else {}
+        response, status = error_response(429, exc.code, str(exc), limit=exc.limit, setting=exc.setting, **usage)
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response, status
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, UTC
+from datetime import datetime, timedelta, UTC
 from typing import Any
 
 from admission import AdmissionRefused
@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 FINISHED = (DONE, FAILED, CANCELLED)
+# Jobs whose result is stored, or will be: what a quota counts.
+TAKING_SPACE = (QUEUED, RUNNING, DONE)
 # A finished job of these may be submitted again under the same id.
 RESUBMITTABLE = (FAILED, CANCELLED)
 MAX_PAGE = 1000
@@ -79,6 +81,9 @@ class JobRecord:
     chunks_written: int = 0
     seconds: float | None = None
     error: dict[str, str] | None = None
+    # Seconds its result and record are kept once it has finished (None: until deleted), and until when.
+    ttl: int | None = None
+    expires_at: str | None = None
 
     def __post_init__(self) -> None:
         # Records written before places had none: their result is at the job id.
@@ -99,12 +104,26 @@ class JobRecord:
             "finished_at": self.finished_at,
             "seconds": self.seconds,
             "error": self.error,
+            "ttl": self.ttl,
+            "expires_at": self.expires_at,
         }
 
     def to_stored(self) -> dict[str, Any]:
         stored = asdict(self)
         stored["spec"] = self.spec.to_json()
         return stored
+
+
+def _finished(record: JobRecord, status: str, **changes: Any) -> JobRecord:
+    """The record as it ends now: a result kept for ``ttl`` seconds expires that long after."""
+    now = datetime.now(UTC)
+    expires_at = (now + timedelta(seconds=record.ttl)).isoformat(timespec="microseconds") if record.ttl else None
+    return replace(record, status=status, finished_at=now.isoformat(timespec="microseconds"), expires_at=expires_at, **changes)
+
+
+def has_expired(record: JobRecord, now: datetime) -> bool:
+    """Whether a finished job's time is up; a queued or running one has no expiry time to pass."""
+    return record.status in FINISHED and record.expires_at is not None and datetime.fromisoformat(record.expires_at) <= now
 
 
 def _sort_key(record: JobRecord) -> tuple[str, str]:
@@ -146,6 +165,8 @@ def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str])
     """
     try:
         stored = json.loads(content)
+        # Records from before shards have none: their results are one object per chunk.
+        stored["spec"] = {"shards": None, **stored["spec"]}
         spec = parse_spec(stored["spec"], max_elements=math.inf, max_chunks=math.inf)
         record = JobRecord(**{**stored, "spec": spec})
     except (ValueError, TypeError, KeyError) as exc:
@@ -164,11 +185,21 @@ def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str])
         "progress": type(record.chunks_written) is int and (record.seconds is None or type(record.seconds) in (int, float)),
         "error": record.error is None
         or (isinstance(record.error, dict) and all(isinstance(record.error.get(key), str) for key in ("code", "message"))),
+        "expiry": (record.ttl is None or (type(record.ttl) is int and record.ttl > 0)) and _is_time_or_none(record.expires_at),
     }
     wrong = [field for field, valid in checks.items() if not valid]
     if wrong:
         raise InvalidRecord(f"job record {name!r} is not one this gateway writes: its {', '.join(wrong)} do not fit")
     return record
+
+
+def _is_time_or_none(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return isinstance(value, str) and datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def _is_job_id(job_id: str) -> bool:
@@ -286,6 +317,9 @@ class JobManager:
             runner = threading.Thread(target=self._run_queued_jobs, name=f"job-runner-{index}", daemon=True)
             runner.start()
             self._threads.append(runner)
+        sweeper = threading.Thread(target=self._expire_results, name="job-expiry", daemon=True)
+        sweeper.start()
+        self._threads.append(sweeper)
 
     def _load_records(self) -> None:
         records = []
@@ -303,7 +337,7 @@ class JobManager:
             self._queue.clear()
             for record in records:
                 if record.status == RUNNING:
-                    record = replace(record, status=FAILED, finished_at=_now(), error=INTERRUPTED)
+                    record = _finished(record, FAILED, error=INTERRUPTED)
                     interrupted.append(record)
                 elif record.status == QUEUED:
                     self._queue.append(record.job_id, record.owner)
@@ -321,7 +355,7 @@ class JobManager:
         if not self._loaded.wait(0 if self._load_failed else 10):
             raise StorageError(self._load_error)
 
-    def submit(self, job_id: str | None, spec: RandomArraySpec, owner: str | None = None) -> JobRecord:
+    def submit(self, job_id: str | None, spec: RandomArraySpec, owner: str | None = None, ttl: int | None = None) -> JobRecord:
         """Queue a new job of ``owner`` and return its record; :class:`JobAlreadyExists` if the id is taken.
 
         Ids are one namespace for all owners. An id another owner holds is not
@@ -339,7 +373,7 @@ class JobManager:
                 raise JobNotFound(f"no job {job_id!r} of yours, and the id is not free; choose another id")
             if job_id in self._reserved or (previous is not None and previous.status not in RESUBMITTABLE):
                 raise JobAlreadyExists(job_id, url, QUEUED if previous is None else previous.status)
-            self._admit(owner)
+            self._admit(owner, spec)
             # Reserved until its record is saved: a concurrent submission of this id gets 409.
             self._reserved.add(job_id)
         try:
@@ -347,7 +381,7 @@ class JobManager:
                 self._store.delete(previous.place)
             elif self._store.exists(place):
                 raise JobAlreadyExists(job_id, url)
-            record = JobRecord(job_id, spec, url, owner=owner, place=place)
+            record = JobRecord(job_id, spec, url, owner=owner, place=place, ttl=ttl)
             self._store.write_record(job_id, record.to_stored())
             with self._lock:
                 self._records[job_id] = record
@@ -363,9 +397,17 @@ class JobManager:
         logger.info("job %s submitted%s: %s", job_id, by, spec.to_json(), extra=job_event_fields(job_id, "submitted", QUEUED))
         return queued
 
-    def _admit(self, owner: str | None) -> None:
-        """:class:`AdmissionRefused` if a job of ``owner`` would be over a limit on queued jobs; called with the lock held."""
+    def _admit(self, owner: str | None, spec: RandomArraySpec) -> None:
+        """:class:`AdmissionRefused` if a job of ``owner`` would be over a limit on queued jobs or stored bytes; called with the lock held."""
         settings = self._settings
+        if settings.owner_quota_bytes is not None:
+            used = self._stored_bytes(owner)
+            if used + spec.nbytes > settings.owner_quota_bytes:
+                raise AdmissionRefused(
+                    "quota_exceeded", f"{owner or 'this gateway'} has {used} bytes of results done, queued or running, "
+                    f"and this job adds {spec.nbytes}", settings.owner_quota_bytes, "GATEWAY_OWNER_QUOTA_BYTES",
+                    "delete finished jobs (DELETE /jobs/<id>) or submit a smaller one", usage=used,
+                )  # fmt: skip
         if len(self._queue) >= settings.max_queued_jobs:
             raise AdmissionRefused(
                 "too_many_queued_jobs", f"{len(self._queue)} jobs are queued", settings.max_queued_jobs,
@@ -380,6 +422,22 @@ class JobManager:
                 "too_many_jobs_of_owner", f"{owner} has {self._queue.count(owner) + running} jobs queued or running",
                 settings.max_jobs_per_owner, "GATEWAY_MAX_JOBS_PER_OWNER", "submit it again once one of them has finished",
             )  # fmt: skip
+
+    def _stored_bytes(self, owner: str | None) -> int:
+        """Bytes of ``owner``'s results that are stored or will be; called with the lock held."""
+        return sum(record.spec.nbytes for record in self._records.values() if record.owner == owner and record.status in TAKING_SPACE)
+
+    def usage(self, owner: str | None) -> tuple[int, int]:
+        """Bytes of ``owner``'s done, queued and running jobs, and how many jobs they are."""
+        self._require_loaded()
+        with self._lock:
+            jobs = [record for record in self._records.values() if record.owner == owner and record.status in TAKING_SPACE]
+            return sum(record.spec.nbytes for record in jobs), len(jobs)
+
+    def stored_bytes(self) -> int:
+        """Bytes of every done, queued and running job's result."""
+        with self._lock:
+            return sum(record.spec.nbytes for record in self._records.values() if record.status in TAKING_SPACE)
 
     def get(self, job_id: str, visible_to: str | None = None) -> JobRecord:
         """The job's record; with ``visible_to``, :class:`JobNotFound` for a job of another owner."""
@@ -446,26 +504,66 @@ class JobManager:
                     return replace(self._records[job_id])
                 if record.status == QUEUED:
                     self._queue.remove(job_id)
-                    cancelled = replace(record, status=CANCELLED, finished_at=_now())
+                    cancelled = _finished(record, CANCELLED)
                     self._records[job_id] = cancelled
                 else:
-                    # Reserved while it is deleted: a submission of this id meanwhile gets 409,
-                    # rather than a new run whose chunks and record this deletion would remove.
                     self._reserved.add(job_id)
             if record.status == QUEUED:
                 self._save_quietly(cancelled)
                 return replace(cancelled)
-            try:
-                self._store.delete(record.place)
-                self._store.delete_record(job_id)
-                with self._lock:
-                    del self._records[job_id]
-            finally:
-                with self._lock:
-                    self._reserved.discard(job_id)
-                    self._lock.notify_all()
+            self._delete_reserved(record)
         logger.info("job %s deleted", job_id)
         return None
+
+    def _delete_reserved(self, record: JobRecord) -> None:
+        """Remove a finished job's result and record.
+
+        Its id is reserved meanwhile: a submission of this id gets 409, rather
+        than a new run whose chunks and record this deletion would remove.
+        """
+        try:
+            self._store.delete(record.place)
+            self._store.delete_record(record.job_id)
+            with self._lock:
+                del self._records[record.job_id]
+        finally:
+            with self._lock:
+                self._reserved.discard(record.job_id)
+                self._lock.notify_all()
+
+    # -- expiry -----------------------------------------------------------
+
+    def _expire_results(self) -> None:
+        """Every expiry interval, delete the finished jobs whose time is up, until the gateway stops.
+
+        The times are in the records, so what a stopped gateway left is deleted by the next.
+        A job that is queued or running never expires: it has no expiry time yet.
+        """
+        while not self._stop_requested.wait(self._settings.expiry_interval):
+            now = datetime.now(UTC)
+            with self._lock:
+                due = [record.job_id for record in self._records.values() if has_expired(record, now)]
+            for job_id in due:
+                try:
+                    self._delete_if_expired(job_id, now)
+                except StorageError as exc:
+                    self._metrics.s3_errors.inc()
+                    logger.error("expired job %s could not be deleted, trying again at the next sweep: %s", job_id, exc)
+                except Exception:
+                    logger.exception("expired job %s could not be deleted", job_id)
+
+    def _delete_if_expired(self, job_id: str, now: datetime) -> None:
+        with self._delete_lock:
+            with self._lock:
+                self._lock.wait_for(lambda: job_id not in self._reserved)
+                # Submitted again since the sweep looked, or deleted: then it is not this one's time.
+                record = self._records.get(job_id)
+                if record is None or not has_expired(record, now):
+                    return
+                self._reserved.add(job_id)
+            self._delete_reserved(record)
+        self._metrics.jobs_expired.inc()
+        logger.info("job %s expired and was deleted", job_id, extra=job_event_fields(job_id, "expired", record.status))
 
     # -- running ----------------------------------------------------------
 
@@ -511,7 +609,7 @@ class JobManager:
         with self._lock:
             final = None
             if self._records.get(record.job_id) is record and record.status == RUNNING:
-                final = self._records[record.job_id] = replace(record, status=FAILED, finished_at=_now(), error=error)
+                final = self._records[record.job_id] = _finished(record, FAILED, error=error)
             self._running.pop(record.job_id, None)
             self._cancel_requested.discard(record.job_id)
             self._lock.notify_all()
@@ -524,9 +622,7 @@ class JobManager:
         status, error = DONE, None
         try:
             spec = record.spec
-            result = self._store.pending_result(
-                record.job_id, record.place, spec.shape, spec.chunks, spec.dtype, self._settings.zarr_format
-            )
+            result = self._store.pending_result(record.job_id, record.place, spec, self._settings.zarr_format)
             self._store.begin_result(result, self._stored(record))
             client = self._cluster.client()
             writes = ChunkWrites(client, result.array, spec, record.job_id, min_tasks=self._settings.n_workers)
@@ -549,7 +645,7 @@ class JobManager:
         if status != DONE:
             self._discard_result(record)
         with self._lock:
-            final = replace(record, status=status, error=error, finished_at=_now(), seconds=round(time.monotonic() - started, 3))
+            final = _finished(record, status, error=error, seconds=round(time.monotonic() - started, 3))
         # Saved before it shows as finished, so that a DELETE of the finished job cannot race the save.
         self._save_quietly(final)
         # Counted and logged before it shows as finished: a caller who learns the job is done finds both.

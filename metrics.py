@@ -22,7 +22,9 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 class GatewayMetrics:
     """The service's counters, gauges and histogram, in a registry of their own."""
 
-    def __init__(self, running: Callable[[], int], queued: Callable[[], int], workers: Callable[[], int]) -> None:
+    def __init__(
+        self, running: Callable[[], int], queued: Callable[[], int], workers: Callable[[], int], stored_bytes: Callable[[], int] = lambda: 0
+    ) -> None:
         self.registry = CollectorRegistry()
         self.jobs_submitted = Counter("gateway_jobs_submitted", "Jobs accepted into the queue", registry=self.registry)
         self.jobs_finished = Counter(
@@ -38,6 +40,12 @@ class GatewayMetrics:
         self.records_skipped = Counter(
             "gateway_job_records_skipped", "Stored job records skipped at start-up as malformed or not the service's", registry=self.registry
         )
+        self.jobs_expired = Counter(
+            "gateway_jobs_expired", "Finished jobs deleted, result and record, once their time to be kept was up", registry=self.registry
+        )
+        Gauge(
+            "gateway_stored_bytes", "Bytes of the results of done, queued and running jobs (what owners' quotas count)", registry=self.registry
+        ).set_function(stored_bytes)
         Gauge("gateway_jobs_running", "Jobs running on the cluster", registry=self.registry).set_function(running)
         Gauge("gateway_jobs_queued", "Jobs waiting for a runner", registry=self.registry).set_function(queued)
         Gauge("gateway_cluster_workers", "Dask workers the scheduler reports", registry=self.registry).set_function(workers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobs import MAX_PAGE, STATUSES
-from random_array_job import DTYPES, JOB_ID_RULE, MAX_SEED
+from random_array_job import AUTO_SHARDS, DTYPES, JOB_ID_RULE, MAX_SEED, NO_SHARDS
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 PREVIEW_SIZES = ("full", "thumbnail")
@@ -32,7 +32,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "The job id is taken (the message and error.url name it), the job was cancelled, or it is not done",
         413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS), or the body over 16 KiB",
         415: "The Content-Type is not application/json, even with no body",
-        429: "Over a limit on waiting callers, queued jobs or one owner's jobs (error.limit, error.setting); Retry-After says when to try again",
+        429: "Over a limit on waiting callers, queued jobs, one owner's jobs or stored bytes (error.limit, error.setting; error.usage for quota_exceeded); Retry-After says when to try again",
         500: "The job failed on the cluster",
         502: "The results store failed; the message names the cause",
         503: "No working Dask cluster, not ready, the gateway is stopping, or JupyterHub cannot be asked about a token",
@@ -51,6 +51,11 @@ _JOB_ID = {
 _PAIR = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
 PAIR_PATTERN = r"^[1-9][0-9]*,[1-9][0-9]*$"
 _PAIR_QUERY = {"type": "string", "pattern": PAIR_PATTERN}
+SHARDS_DESCRIPTION = (
+    "Zarr 3 shards: rows,columns (whole multiples of chunks, each shard one object), 'auto' (about 8 MiB each) "
+    "or 'none' (one object per chunk); absent: the gateway's GATEWAY_DEFAULT_SHARDS"
+)
+TTL_DESCRIPTION = "Seconds the result is kept once the job has finished, at most GATEWAY_MAX_RESULT_TTL; absent: GATEWAY_RESULT_TTL"
 _LOCATION = {"Location": {"description": "The job's record", "schema": {"type": "string"}}}
 
 _SCHEMAS: dict[str, Any] = {
@@ -65,6 +70,9 @@ _SCHEMAS: dict[str, Any] = {
                     "code": {"type": "string"},
                     "message": {"type": "string"},
                     "url": {"type": "string", "description": "With job_exists: the existing result"},
+                    "limit": {"type": "integer", "description": "With 429: the limit that was reached"},
+                    "setting": {"type": "string", "description": "With 429: the setting that sets that limit"},
+                    "usage": {"type": "integer", "description": "With quota_exceeded: the owner's stored bytes"},
                     "job": _ref("Job"),
                 },
             }
@@ -79,6 +87,11 @@ _SCHEMAS: dict[str, Any] = {
             "shape": {**_PAIR, "default": [1000, 1000]},
             "chunks": {**_PAIR, "default": [100, 100]},
             "dtype": {"type": "string", "enum": list(DTYPES), "default": "float32"},
+            "shards": {
+                "oneOf": [_PAIR, {"type": "string", "enum": [AUTO_SHARDS, NO_SHARDS]}, {"type": "null"}],
+                "description": SHARDS_DESCRIPTION,
+            },
+            "ttl": {"type": ["integer", "null"], "minimum": 1, "description": TTL_DESCRIPTION},
         },
     },
     "Job": {
@@ -94,6 +107,7 @@ _SCHEMAS: dict[str, Any] = {
             "shape": _PAIR,
             "chunks": _PAIR,
             "dtype": {"type": "string", "enum": list(DTYPES)},
+            "shards": {"oneOf": [_PAIR, {"type": "null"}], "description": "Zarr 3 shards, each one object; null: one object per chunk"},
             "progress": {
                 "type": "object",
                 "required": ["chunks_written", "chunks_total"],
@@ -103,12 +117,24 @@ _SCHEMAS: dict[str, Any] = {
             "started_at": {"type": ["string", "null"], "format": "date-time"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
             "seconds": {"type": ["number", "null"], "description": "Running time, once finished"},
+            "ttl": {"type": ["integer", "null"], "description": "Seconds the result is kept once finished; null: until deleted"},
+            "expires_at": {"type": ["string", "null"], "format": "date-time", "description": "When the result and record are deleted; set when the job finishes"},
             "error": {
                 "oneOf": [
                     {"type": "null"},
                     {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
                 ]
             },
+        },
+    },
+    "Usage": {
+        "type": "object",
+        "required": ["owner", "stored_bytes", "jobs", "quota_bytes"],
+        "properties": {
+            "owner": {"type": ["string", "null"], "description": "null without authentication: then every caller is one owner"},
+            "stored_bytes": {"type": "integer", "minimum": 0},
+            "jobs": {"type": "integer", "minimum": 0},
+            "quota_bytes": {"type": ["integer", "null"], "description": "GATEWAY_OWNER_QUOTA_BYTES; null: no quota"},
         },
     },
     "JobList": {
@@ -149,6 +175,8 @@ def openapi_document() -> dict[str, Any]:
         {"name": "shape", "in": "query", "schema": _PAIR_QUERY, "description": "Rows,columns; default 1000,1000"},
         {"name": "chunks", "in": "query", "schema": _PAIR_QUERY, "description": "Chunk rows,columns; default 100,100"},
         {"name": "dtype", "in": "query", "schema": {"type": "string", "enum": list(DTYPES)}, "description": "Default float32"},
+        {"name": "ttl", "in": "query", "schema": {"type": "integer", "minimum": 1}, "description": TTL_DESCRIPTION},
+        {"name": "shards", "in": "query", "schema": {"anyOf": [_PAIR_QUERY, {"type": "string", "enum": [AUTO_SHARDS, NO_SHARDS]}]}, "description": SHARDS_DESCRIPTION},
     ]
     return {
         "openapi": "3.1.0",
@@ -196,6 +224,12 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobRequest")}}},
                     "responses": {"202": _json("Queued", "Job", _LOCATION), **_errors(400, 404, 409, 413, 415, 429, 502, 503)},
                 },
+            },
+            "/usage": {
+                "get": {
+                    "summary": "The caller's stored bytes (done, queued and running jobs) and the quota they count against",
+                    "responses": {"200": _json("Usage", "Usage"), **_errors(502)},
+                }
             },
             "/jobs/{job_id}/preview.png": {
                 "get": {

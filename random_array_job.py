@@ -37,8 +37,16 @@ MAX_TASK_BYTES = 8 * 2**20
 JOB_ID_RULE = "1 to 128 characters of letters, digits, '.', '_' and '-', not starting with '.'"
 _JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", re.ASCII)
 DTYPES = ("float32", "float64")
-PARAMETERS = ("seed", "shape", "chunks", "dtype")
+PARAMETERS = ("seed", "shape", "chunks", "dtype", "shards")
 MAX_SEED = 2**63 - 1
+# The shards parameter's words: one object per chunk, or shards of about AUTO_SHARD_BYTES.
+NO_SHARDS, AUTO_SHARDS = "none", "auto"
+# One shard is one object, written whole by one task (with a task's other shards).
+# About a task's size: a default job is one shard, and a large job's shards
+# still spread over the workers.
+AUTO_SHARD_BYTES = MAX_TASK_BYTES
+# A worker holds a whole shard, and its encoded copy, while it writes it.
+MAX_SHARD_BYTES = 256 * 2**20
 
 
 class InvalidJobId(ValueError):
@@ -86,6 +94,8 @@ class RandomArraySpec:
     shape: tuple[int, ...] = (1000, 1000)
     chunks: tuple[int, ...] = (100, 100)
     dtype: str = "float32"
+    # Zarr 3 shards, each a whole number of chunks; None: every chunk is an object of its own.
+    shards: tuple[int, ...] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -95,8 +105,16 @@ class RandomArraySpec:
     def n_chunks(self) -> int:
         return math.prod(math.ceil(size / step) for size, step in zip(self.shape, self.chunks, strict=True))
 
+    @property
+    def write_unit(self) -> tuple[int, ...]:
+        """What one write stores as one object: a shard, or a chunk."""
+        return self.shards or self.chunks
+
     def to_json(self) -> dict[str, Any]:
-        return {"seed": self.seed, "shape": list(self.shape), "chunks": list(self.chunks), "dtype": self.dtype}
+        return {
+            "seed": self.seed, "shape": list(self.shape), "chunks": list(self.chunks), "dtype": self.dtype,
+            "shards": list(self.shards) if self.shards else None,
+        }  # fmt: skip
 
 
 def validate_job_id(job_id: str) -> str:
@@ -147,11 +165,29 @@ def _seed(value: Any) -> int:
     return value
 
 
-def parse_spec(parameters: Mapping[str, Any], max_elements: int, max_chunks: int) -> RandomArraySpec:
+def parse_ttl(value: Any, default: int | None, maximum: int | None) -> int | None:
+    """A job's ``ttl`` parameter: seconds its result is kept once finished; the gateway's default when absent."""
+    if value is None:
+        return default
+    try:
+        ttl = int(value) if isinstance(value, str) else _whole(value)
+    except ValueError:
+        ttl = None
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+        raise InvalidParameters(f"ttl must be a whole number of seconds above 0, got {value!r}")
+    if maximum is not None and ttl > maximum:
+        raise InvalidParameters(f"ttl {ttl} is over the limit of {maximum} s (GATEWAY_MAX_RESULT_TTL)")
+    return ttl
+
+
+def parse_spec(
+    parameters: Mapping[str, Any], max_elements: float, max_chunks: float, default_shards: str = NO_SHARDS, zarr_format: int = 3
+) -> RandomArraySpec:
     """The job's parameters, from query strings or JSON values, checked against the limits.
 
     Without a seed one is drawn and recorded, so that every result can be made again.
     Without chunks, an array smaller than the default chunks is one chunk.
+    Without shards, ``default_shards`` decides ("none", "auto" or rows,columns).
     """
     unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
@@ -167,13 +203,50 @@ def parse_spec(parameters: Mapping[str, Any], max_elements: int, max_chunks: int
         raise InvalidParameters(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if any(step > size for step, size in zip(chunks, shape, strict=True)):
         raise InvalidParameters(f"chunks {list(chunks)} must be no larger than shape {list(shape)}")
-    spec = RandomArraySpec(seed=_seed(parameters.get("seed")), shape=shape, chunks=chunks, dtype=dtype)
+    shards = _shards(parameters.get("shards", default_shards), shape, chunks, np.dtype(dtype).itemsize, zarr_format)
+    spec = RandomArraySpec(seed=_seed(parameters.get("seed")), shape=shape, chunks=chunks, dtype=dtype, shards=shards)
     elements = math.prod(shape)
     if elements > max_elements:
         raise JobTooLarge(f"shape {list(shape)} has {elements} elements, over the limit of {max_elements} (GATEWAY_MAX_ELEMENTS)")
     if spec.n_chunks > max_chunks:
         raise JobTooLarge(f"{spec.n_chunks} chunks is over the limit of {max_chunks} (GATEWAY_MAX_CHUNKS); use larger chunks")
     return spec
+
+
+def _shards(value: Any, shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int, zarr_format: int) -> tuple[int, ...] | None:
+    if value is None or value == NO_SHARDS:
+        return None
+    if value == AUTO_SHARDS:
+        # Zarr 2 cannot shard: there "auto" is one object per chunk. A shard of one chunk would only add an index.
+        shards = auto_shards(shape, chunks, itemsize) if zarr_format == 3 else chunks
+        return shards if shards != chunks else None
+    shards = _integers("shards", value) if not isinstance(value, str) or "," in value else None
+    if shards is None:
+        raise InvalidParameters(f"shards must be {NO_SHARDS!r}, {AUTO_SHARDS!r} or two integers, as shards=1000,1000")
+    if zarr_format != 3:
+        raise InvalidParameters("shards need Zarr 3, and this gateway writes Zarr 2 (GATEWAY_ZARR_FORMAT); leave shards out")
+    covering = tuple(math.ceil(size / step) * step for size, step in zip(shape, chunks, strict=True))
+    if any(shard % step or shard > whole for shard, step, whole in zip(shards, chunks, covering, strict=True)):
+        raise InvalidParameters(
+            f"shards {list(shards)} must be whole multiples of chunks {list(chunks)}, no larger than the array in chunks {list(covering)}"
+        )
+    if math.prod(shards) * itemsize > MAX_SHARD_BYTES:
+        raise InvalidParameters(f"a shard of {list(shards)} is over {MAX_SHARD_BYTES // 2**20} MiB; use smaller shards")
+    return shards
+
+
+def auto_shards(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """The largest block of whole chunks, grown along the last axis first, of at most ``AUTO_SHARD_BYTES``.
+
+    At least one chunk, and never more chunks than the array has along an axis.
+    """
+    budget = max(1, AUTO_SHARD_BYTES // (math.prod(chunks) * itemsize))
+    counts = []
+    for size, step in reversed(list(zip(shape, chunks, strict=True))):
+        count = max(1, min(math.ceil(size / step), budget))
+        counts.append(count)
+        budget //= count
+    return tuple(count * step for count, step in zip(reversed(counts), chunks, strict=True))
 
 
 class ChunkWrites:
@@ -188,7 +261,8 @@ class ChunkWrites:
         self._job_id = job_id
         # Unique to this run: an id submitted again after a cancel must not inherit the stop.
         self._run_id = f"{job_id}/{uuid.uuid4().hex}"
-        regions = task_regions(spec.shape, spec.chunks, max(min_tasks, math.ceil(spec.nbytes / MAX_TASK_BYTES)))
+        # Regions of whole shards when sharded: each shard is written whole, by one task.
+        regions = task_regions(spec.shape, spec.write_unit, max(min_tasks, math.ceil(spec.nbytes / MAX_TASK_BYTES)))
         self._futures = client.map(
             write_random_region,
             regions,

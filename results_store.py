@@ -25,13 +25,19 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import fsspec
 import zarr
 import zarr.storage
 from fsspec.implementations.local import LocalFileSystem
+
+from random_chunks import NewResultStore
+
+if TYPE_CHECKING:
+    # Only for the annotation: the job module imports this one.
+    from random_array_job import RandomArraySpec
 
 # Consolidated metadata is what lets xarray.open_zarr open a result with one read
 # and without a warning; zarr-python reads it in format 3 too, so its caveat that
@@ -153,9 +159,7 @@ class ResultsStore:
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"checking {self.url_for(place)} failed", exc)) from exc
 
-    def pending_result(
-        self, job_id: str, place: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, zarr_format: int
-    ) -> PendingResult:
+    def pending_result(self, job_id: str, place: str, spec: RandomArraySpec, zarr_format: int) -> PendingResult:
         """A new job's array, bound to its place in the store; nothing is written here.
 
         The metadata is made by zarr in memory and written by :meth:`begin_result`
@@ -174,10 +178,10 @@ class ResultsStore:
         # Uncompressed: random numbers barely compress (zstd saved 11 % of a chunk's
         # bytes), and compressing them took about a quarter of the workers' CPU per job.
         in_memory = group.create_array(
-            ARRAY_NAME, shape=shape, chunks=chunks, dtype=dtype, compressors=None, **by_format
+            ARRAY_NAME, shape=spec.shape, chunks=spec.chunks, shards=spec.shards, dtype=spec.dtype, compressors=None, **by_format
         )
         zarr.consolidate_metadata(group.store)
-        array_path = zarr.storage.StorePath(self._zarr_store, f"{place}/{ARRAY_NAME}")
+        array_path = zarr.storage.StorePath(NewResultStore(self._zarr_store), f"{place}/{ARRAY_NAME}")
         in_array = {key: buffer.to_bytes() for key, buffer in documents.items() if key.startswith(f"{ARRAY_NAME}/")}
         return PendingResult(
             job_id=job_id,

@@ -30,6 +30,8 @@ class Settings:
     # None: always n_workers; else Dask's adaptive scaling between n_workers and this.
     adaptive_max_workers: int | None = None
     zarr_format: int = 3
+    # What a job without a shards parameter gets: "auto" (shards of about 8 MiB) or "none".
+    default_shards: str = "auto"
     dask_gateway_address: str | None = None
     cluster_options: dict[str, Any] = field(default_factory=dict)
     cluster_start_timeout: float = 120.0
@@ -40,6 +42,13 @@ class Settings:
     max_queued_jobs: int = 1000
     max_jobs_per_owner: int = 20
     max_waiting_callers: int = 16
+    # Seconds a finished job's result and record are kept (None: until deleted), and the most a job may ask for.
+    result_ttl: int | None = None
+    max_result_ttl: int | None = None
+    # How often expired results are looked for and deleted.
+    expiry_interval: float = 60.0
+    # Bytes of results one owner may have stored, queued or running; None: no quota.
+    owner_quota_bytes: int | None = None
     probe_address: str = "0.0.0.0:8001"
     shutdown_timeout: float = 540.0
     log_format: str = "text"
@@ -83,6 +92,23 @@ def _adaptive_max_workers(environ: Mapping[str, str]) -> int | None:
     if maximum < minimum:
         raise SettingsError(f"GATEWAY_ADAPTIVE_MAX_WORKERS={maximum} must be at least GATEWAY_N_WORKERS ({minimum}), the minimum")
     return maximum
+
+
+def _optional_positive(environ: Mapping[str, str], name: str) -> int | None:
+    """A whole number above 0, or None when unset."""
+    return _positive_number(environ, name, 0, int) if environ.get(name, "").strip() else None
+
+
+def _expiry_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    default, maximum = _optional_positive(environ, "GATEWAY_RESULT_TTL"), _optional_positive(environ, "GATEWAY_MAX_RESULT_TTL")
+    if default is not None and maximum is not None and default > maximum:
+        raise SettingsError(f"GATEWAY_RESULT_TTL={default} is over GATEWAY_MAX_RESULT_TTL={maximum}")
+    return {
+        # With only a maximum, a job that asks for no ttl is kept that long, not for ever.
+        "result_ttl": default if default is not None else maximum,
+        "max_result_ttl": maximum,
+        "expiry_interval": _positive_number(environ, "GATEWAY_EXPIRY_INTERVAL", 60.0, float),
+    }
 
 
 def _results_url(environ: Mapping[str, str]) -> str:
@@ -167,6 +193,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         n_workers=_positive_number(environ, "GATEWAY_N_WORKERS", 3, int),
         adaptive_max_workers=_adaptive_max_workers(environ),
         zarr_format=_zarr_format(environ),
+        default_shards=_choice(environ, "GATEWAY_DEFAULT_SHARDS", ("auto", "none")),
         dask_gateway_address=_dask_gateway_address(environ),
         cluster_options=_cluster_options(environ),
         cluster_start_timeout=_positive_number(environ, "GATEWAY_CLUSTER_START_TIMEOUT", 120.0, float),
@@ -177,6 +204,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_queued_jobs=_positive_number(environ, "GATEWAY_MAX_QUEUED_JOBS", 1000, int),
         max_jobs_per_owner=_positive_number(environ, "GATEWAY_MAX_JOBS_PER_OWNER", 20, int),
         max_waiting_callers=_positive_number(environ, "GATEWAY_MAX_WAITING_CALLERS", 16, int),
+        **_expiry_settings(environ),
+        owner_quota_bytes=_optional_positive(environ, "GATEWAY_OWNER_QUOTA_BYTES"),
         probe_address=_address(environ, "GATEWAY_PROBE_ADDRESS", "0.0.0.0:8001"),
         shutdown_timeout=_positive_number(environ, "GATEWAY_SHUTDOWN_TIMEOUT", 540.0, float),
         log_format=_choice(environ, "GATEWAY_LOG_FORMAT", ("text", "json")),

@@ -63,6 +63,7 @@ function fillRow(row, job) {
   const submitted = row.querySelector("time");
   submitted.dateTime = job.submitted_at;
   submitted.textContent = job.submitted_at.slice(0, 19).replace("T", " ");
+  row.querySelector(".expires").textContent = job.expires_at ? `expires ${job.expires_at.slice(0, 19).replace("T", " ")}` : "";
   showPreview(row.querySelector(".preview"), job);
 }
 

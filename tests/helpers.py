@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -47,6 +48,12 @@ def chunk_objects(fs: fsspec.AbstractFileSystem, array_path: str) -> list[str]:
     return [path for path in fs.find(array_path) if not path.rsplit("/", 1)[-1].startswith((".z", "zarr.json"))]
 
 
+def expected_objects(job: dict[str, Any]) -> int:
+    """How many objects a finished job's array holds besides its metadata: one per shard, or one per chunk."""
+    unit = job["shards"] or job["chunks"]
+    return math.prod(math.ceil(size / step) for size, step in zip(job["shape"], unit, strict=True))
+
+
 def assert_complete_result(fs: fsspec.AbstractFileSystem, body: dict[str, Any], root_path: str) -> np.ndarray:
     """Check a finished job's stored array as a scientist would read it; return its values."""
     url = body["url"]
@@ -57,7 +64,8 @@ def assert_complete_result(fs: fsspec.AbstractFileSystem, body: dict[str, Any], 
     assert array.shape == SHAPE
     assert array.chunks == CHUNKS
     assert array.dtype == np.float32
-    assert len(chunk_objects(fs, f"{root_path}/{body['job_id']}/data")) == 100
+    assert array.shards == (tuple(body["shards"]) if body["shards"] else None)
+    assert len(chunk_objects(fs, f"{root_path}/{body['job_id']}/data")) == expected_objects(body)
     values = array[:]
     assert values.min() >= 0.0 and values.max() < 1.0
     assert values.std() > 0.2, "values should spread over [0, 1)"

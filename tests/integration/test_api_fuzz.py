@@ -5,6 +5,7 @@ it, against the gateway under gunicorn: no answer may be a 5xx, and every
 answer must be one the document describes (status, content type, body schema).
 """
 
+import math
 import os
 from collections.abc import Iterator
 
@@ -77,4 +78,10 @@ def rule_beyond_the_document(case: schemathesis.Case) -> str | None:
     chunks, shape = _pair(values.get("chunks")), _pair(values.get("shape")) or (1000, 1000)
     if chunks and any(step > size for step, size in zip(chunks, shape)):
         return "no larger than shape"
+    shards = _pair(values.get("shards"))
+    if shards:
+        steps = chunks or tuple(min(100, size) for size in shape)
+        covering = [math.ceil(size / step) * step for size, step in zip(shape, steps)]
+        if any(shard % step or shard > whole for shard, step, whole in zip(shards, steps, covering)):
+            return "must be whole multiples of chunks"
     return None

@@ -193,7 +193,8 @@ def test_a_lost_cluster_is_reported_and_the_next_job_gets_a_new_one(
         response = http.get(f"{served.url}/submit_job/{job_id}", timeout=180)
         assert response.status_code == 200, response.text
         assert_complete_result(results_fs, response.json(), BUCKET)
-        assert http.get(f"{served.url}/readyz", timeout=30).status_code == 200
+        # Readiness is checked every second in the background: it follows within a check or two.
+        wait_for(lambda: http.get(f"{served.url}/readyz", timeout=30).status_code == 200, 10, "readiness with the new cluster")
         assert [cluster.name for cluster in running_clusters(dask_gateway_server)] != [lost.name]
         assert "the Dask cluster was lost" in served.log()
     finally:

@@ -25,7 +25,7 @@ from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import free_port, stop_process
 from gateway import services
-from helpers import assert_all_gone, chunk_objects, descendants, wait_for
+from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, wait_for
 from jobs import JobManager
 from random_array_job import RandomArraySpec
 from random_chunks import chunk_selections, random_chunk
@@ -105,7 +105,7 @@ def test_s3_stopping_mid_job_fails_it_naming_storage_and_the_id_can_run_again(tm
                 patch.setenv(name, value)
             array = zarr.open_group("s3://results/outage", mode="r", storage_options={"skip_instance_cache": True})["data"]
             assert_values_match_the_seed(array, seed=3)
-            assert len(chunk_objects(fsspec.filesystem("s3", skip_instance_cache=True), "results/outage/data")) == 100
+            assert len(chunk_objects(fsspec.filesystem("s3", skip_instance_cache=True), "results/outage/data")) == expected_objects(again.json())
     finally:
         stop_process(gateway.process, timeout=60)
         s3.stop()
@@ -127,7 +127,7 @@ def test_a_worker_killed_mid_job_never_leaves_a_done_job_with_missing_chunks(app
     job = wait_for(lambda: (body := client.get("/jobs/worker-dies").json)["status"] in ("done", "failed") and body, 180, "the job to end")
     path = f"{BUCKET}/worker-dies"
     if job["status"] == "done":
-        assert len(chunk_objects(results_fs, f"{path}/data")) == 100
+        assert len(chunk_objects(results_fs, f"{path}/data")) == expected_objects(job)
         assert_values_match_the_seed(zarr.open_group(f"s3://{path}", mode="r")["data"], seed=11)
     else:
         assert "worker" in job["error"]["message"]
@@ -198,7 +198,7 @@ def test_sigterm_lets_the_running_job_finish_and_keeps_the_queued_one(restart_en
         assert long["status"] == "done", long
         assert long["progress"]["chunks_written"] == long["progress"]["chunks_total"] == 100
         prefix = restart_environ["GATEWAY_RESULTS_URL"].removeprefix("s3://")
-        assert len(chunk_objects(results_fs, f"{prefix}/long/data")) == 100
+        assert len(chunk_objects(results_fs, f"{prefix}/long/data")) == expected_objects(long)
         assert_values_match_the_seed(zarr.open_group(f"s3://{prefix}/long", mode="r")["data"], seed=5)
         assert wait_until_finished(second, "queued", http)["status"] == "done", "the queued job runs after the restart"
     finally:

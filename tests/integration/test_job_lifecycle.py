@@ -12,7 +12,7 @@ from flask import Flask
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import create_app, services
-from helpers import wait_for
+from helpers import expected_objects, wait_for
 from openapi_check import CheckedClient
 from random_chunks import chunk_selections, random_chunk
 from settings import load_settings
@@ -66,7 +66,7 @@ def test_a_submitted_job_is_watched_to_done(api: CheckedClient, results_fs) -> N
     assert (record["seed"], record["shape"], record["chunks"], record["dtype"]) == (11, [1000, 1000], [100, 100], "float32")
     group = zarr.open_group(record["url"], mode="r")
     assert group.metadata.consolidated_metadata is not None, "a done job's result is marked complete"
-    assert len([p for p in results_fs.find(f"{PREFIX}/watched/data") if "/c." in p]) == 100
+    assert len([p for p in results_fs.find(f"{PREFIX}/watched/data") if "/c." in p]) == expected_objects(record)
 
 
 def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: CheckedClient, results_fs) -> None:

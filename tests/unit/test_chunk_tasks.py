@@ -10,7 +10,7 @@ import zarr
 import zarr.storage
 
 from random_array_job import MAX_TASK_BYTES, RandomArraySpec
-from random_chunks import chunk_selections, random_chunk, stop_run, task_regions, write_random_region
+from random_chunks import NewResultStore, chunk_selections, random_chunk, stop_run, task_regions, write_random_region
 from results_store import ResultsStore
 
 
@@ -66,7 +66,7 @@ def test_a_stopped_run_writes_nothing() -> None:
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_a_result_has_no_group_metadata_until_it_is_marked_complete(tmp_path: Path, zarr_format: int) -> None:
     store = ResultsStore(str(tmp_path))
-    result = store.pending_result("job-1", "job-1", (20, 30), (10, 10), "float32", zarr_format)
+    result = store.pending_result("job-1", "job-1", RandomArraySpec(seed=5, shape=(20, 30), chunks=(10, 10)), zarr_format)
     assert not any(tmp_path.iterdir()), "nothing is written before the job begins"
 
     store.begin_result(result, {"job_id": "job-1", "status": "running"})
@@ -80,3 +80,22 @@ def test_a_result_has_no_group_metadata_until_it_is_marked_complete(tmp_path: Pa
     group = zarr.open_group(str(tmp_path / "job-1"), mode="r")
     assert group.metadata.consolidated_metadata is not None
     assert np.array_equal(group["data"][:], expected_array(5, (20, 30), (10, 10), "float32"))
+
+
+@pytest.mark.parametrize(("shape", "chunks", "shards"), [((250, 120), (50, 40), (100, 80)), ((1000, 1000), (100, 100), (1000, 1000))])
+def test_a_sharded_array_is_the_unsharded_one_value_for_value_and_one_object_per_shard(shape, chunks, shards) -> None:
+    objects: dict = {}
+    # Written as a new result is: through a store that reads nothing back.
+    target = zarr.create_array(
+        NewResultStore(zarr.storage.MemoryStore(objects)), shape=shape, chunks=chunks, shards=shards, dtype="float32", compressors=None
+    )
+    written = sum(
+        write_random_region(region, run_id="sharded", target=target, seed=9, dtype="float32")
+        for region in task_regions(shape, shards, 3)
+    )
+    assert written == math.prod(math.ceil(size / step) for size, step in zip(shape, chunks)), "progress counts chunks"
+    stored = zarr.open_array(zarr.storage.MemoryStore(objects), mode="r")
+    assert (stored.chunks, stored.shards) == (chunks, shards), "readers still read chunks of the requested size"
+    np.testing.assert_array_equal(stored[:], expected_array(9, shape, chunks, "float32"))
+    data_objects = [key for key in objects if key != "zarr.json"]
+    assert len(data_objects) == math.prod(math.ceil(size / step) for size, step in zip(shape, shards))

@@ -1,9 +1,11 @@
+import math
+
 import numpy as np
 import pytest
 from openapi_spec_validator import validate
 
 from openapi import openapi_document
-from random_array_job import InvalidParameters, JobTooLarge, parse_spec
+from random_array_job import AUTO_SHARD_BYTES, InvalidParameters, JobTooLarge, auto_shards, parse_spec, parse_ttl
 from random_chunks import chunk_selections, random_chunk
 
 LIMITS = {"max_elements": 10**8, "max_chunks": 10_000}
@@ -78,3 +80,61 @@ def test_an_array_smaller_than_the_default_chunks_is_one_chunk_and_json_whole_nu
     spec = parse_spec({"shape": [50, 2000], "seed": 7.0}, 10**8, 10_000)
     assert (spec.chunks, spec.seed) == ((50, 100), 7)
     assert parse_spec({"shape": [100.0, 100.0]}, 10**8, 10_000).shape == (100, 100)
+
+
+def test_shards_default_to_the_gateways_setting_and_auto_makes_the_default_job_one_shard() -> None:
+    assert parse_spec({}, **LIMITS).shards is None, "parse_spec's own default is one object per chunk"
+    assert parse_spec({}, **LIMITS, default_shards="auto").shards == (1000, 1000)
+    assert parse_spec({"shards": "none"}, **LIMITS, default_shards="auto").shards is None
+    assert parse_spec({"shards": None}, **LIMITS, default_shards="auto").shards is None
+    assert parse_spec({"seed": 1, "shards": "500,1000"}, **LIMITS) == parse_spec({"seed": 1, "shards": [500, 1000]}, **LIMITS)
+    assert parse_spec({"shards": "auto"}, **LIMITS, zarr_format=2).shards is None, "Zarr 2 cannot shard"
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "itemsize", "shards"),
+    [
+        ((1000, 1000), (100, 100), 4, (1000, 1000)),
+        ((1000, 1000), (100, 100), 8, (1000, 1000)),
+        ((10000, 10000), (100, 100), 4, (200, 10000)),
+        ((10000, 10000), (1000, 1000), 4, (1000, 2000)),
+        ((10000, 10000), (3000, 3000), 8, (3000, 3000)),
+        ((950, 10), (100, 10), 4, (1000, 10)),
+    ],
+)
+def test_auto_shards_are_whole_chunks_of_at_most_a_tasks_bytes(shape, chunks, itemsize, shards) -> None:
+    found = auto_shards(shape, chunks, itemsize)
+    assert found == shards
+    assert all(shard % step == 0 for shard, step in zip(found, chunks))
+    assert math.prod(found) * itemsize <= max(AUTO_SHARD_BYTES, math.prod(chunks) * itemsize)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"shards": "150,100"}, "whole multiples of chunks"),
+        ({"shards": "1100,1000"}, "no larger than the array in chunks"),
+        ({"shards": "all"}, "shards must be 'none', 'auto' or two integers"),
+        ({"shards": 5}, "shards must be two integers"),
+        ({"shape": "20000,20000", "chunks": "10000,10000", "shards": "20000,20000"}, "over 256 MiB"),
+    ],
+)
+def test_bad_shards_are_named(parameters: dict, message: str) -> None:
+    with pytest.raises(InvalidParameters, match=message):
+        parse_spec(parameters, **LIMITS)
+
+
+def test_explicit_shards_on_a_zarr_2_gateway_are_refused_naming_the_setting() -> None:
+    with pytest.raises(InvalidParameters, match="GATEWAY_ZARR_FORMAT"):
+        parse_spec({"shards": "1000,1000"}, **LIMITS, zarr_format=2)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 60), ("30", 30), (3600, 3600), (41.0, 41)])
+def test_a_jobs_ttl_or_the_default(value, expected) -> None:
+    assert parse_ttl(value, default=60, maximum=3600) == expected
+
+
+@pytest.mark.parametrize(("value", "message"), [("0", "above 0"), ("soon", "whole number"), (1.5, "whole number"), (True, "whole number"), (3601, "GATEWAY_MAX_RESULT_TTL")])
+def test_a_bad_ttl_is_named(value, message) -> None:
+    with pytest.raises(InvalidParameters, match=message):
+        parse_ttl(value, default=60, maximum=3600)

@@ -1,10 +1,12 @@
 """Job records as stored: what this service wrote reads back, older forms included; anything else is skipped."""
 
 import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobs import InvalidRecord, JobRecord, record_from_stored
+from jobs import InvalidRecord, JobRecord, has_expired, record_from_stored
 from random_array_job import RandomArraySpec
 from results_store import owner_prefix, place_for
 
@@ -28,6 +30,15 @@ def test_a_record_from_before_owners_is_nobodys_with_its_result_at_the_job_id() 
     record = record_from_stored("run-7.json", json.dumps(content).encode(), url_for)
 
     assert (record.owner, record.place) == (None, "run-7")
+
+
+def test_a_record_from_before_shards_is_one_object_per_chunk_and_a_sharded_one_keeps_its_shards() -> None:
+    content = json.loads(stored(JobRecord("run-7", RandomArraySpec(seed=7), url_for("run-7"))))
+    del content["spec"]["shards"]
+    assert record_from_stored("run-7.json", json.dumps(content).encode(), url_for).spec.shards is None
+
+    sharded = JobRecord("run-8", RandomArraySpec(seed=8, shards=(500, 1000)), url_for("run-8"))
+    assert record_from_stored("run-8.json", stored(sharded), url_for).spec.shards == (500, 1000)
 
 
 def test_a_place_is_never_empty() -> None:
@@ -88,3 +99,22 @@ def test_no_owners_prefix_is_the_records_prefix_or_a_job_id_or_more_than_one_seg
 def test_owners_prefixes_are_one_to_one() -> None:
     names = ["a/b", "a_2fb", "a.b", "a_2eb", "A", "a", "a b", "a_20b", "_", "__5f"]
     assert len({owner_prefix(name) for name in names}) == len(names)
+
+
+def test_a_record_with_an_expiry_time_that_is_not_a_time_is_refused() -> None:
+    kept = JobRecord("run-9", RandomArraySpec(seed=9), url_for("run-9"), status="done", ttl=60, expires_at="2026-11-28T01:00:00+00:00")
+    assert record_from_stored("run-9.json", stored(kept), url_for).expires_at == kept.expires_at
+    for changes in ({"expires_at": "tomorrow"}, {"expires_at": "2026-11-28T01:00:00"}, {"ttl": 0}, {"ttl": "60"}):
+        with pytest.raises(InvalidRecord, match="expiry"):
+            record_from_stored("run-9.json", stored(kept, **changes), url_for)
+
+
+def test_only_a_finished_job_past_its_time_has_expired() -> None:
+    now = datetime.now(UTC)
+    past = (now - timedelta(seconds=1)).isoformat()
+    record = JobRecord("run-9", RandomArraySpec(seed=9), url_for("run-9"), ttl=1, expires_at=past)
+    assert [has_expired(replace(record, status=status), now) for status in ("queued", "running", "done", "failed", "cancelled")] == [
+        False, False, True, True, True,
+    ]
+    assert not has_expired(replace(record, status="done", expires_at=(now + timedelta(seconds=1)).isoformat()), now)
+    assert not has_expired(replace(record, status="done", expires_at=None), now)

@@ -64,6 +64,11 @@ def test_values_are_read_from_the_environment() -> None:
         ("GATEWAY_PROBE_ADDRESS", "0.0.0.0:99999"),
         ("GATEWAY_ADAPTIVE_MAX_WORKERS", "2"),
         ("GATEWAY_ADAPTIVE_MAX_WORKERS", "lots"),
+        ("GATEWAY_DEFAULT_SHARDS", "1000,1000"),
+        ("GATEWAY_RESULT_TTL", "a week"),
+        ("GATEWAY_MAX_RESULT_TTL", "0"),
+        ("GATEWAY_EXPIRY_INTERVAL", "-5"),
+        ("GATEWAY_OWNER_QUOTA_BYTES", "1.5e9"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
@@ -98,3 +103,12 @@ def test_jupyterhub_authentication_reads_the_hubs_own_variables() -> None:
 def test_authentication_settings_that_need_each_other(environ: dict[str, str], named: str) -> None:
     with pytest.raises(SettingsError, match=named):
         load_settings(environ)
+
+
+def test_expiry_and_quota_settings() -> None:
+    assert (Settings().result_ttl, Settings().max_result_ttl, Settings().owner_quota_bytes) == (None, None, None)
+    settings = load_settings({"GATEWAY_RESULT_TTL": "3600", "GATEWAY_MAX_RESULT_TTL": "86400", "GATEWAY_OWNER_QUOTA_BYTES": "1000000000"})
+    assert (settings.result_ttl, settings.max_result_ttl, settings.owner_quota_bytes) == (3600, 86400, 10**9)
+    assert load_settings({"GATEWAY_MAX_RESULT_TTL": "600"}).result_ttl == 600, "a maximum alone is also the default"
+    with pytest.raises(SettingsError, match="GATEWAY_RESULT_TTL=700 is over GATEWAY_MAX_RESULT_TTL=600"):
+        load_settings({"GATEWAY_RESULT_TTL": "700", "GATEWAY_MAX_RESULT_TTL": "600"})
