@@ -10,6 +10,7 @@ shared, so absolute times are only context.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import shutil
@@ -28,15 +29,19 @@ from bench.report import write_report
 from bench.workloads import Baseline, Floor, Gateway
 from bench.workshop import PREVIOUS_DESIGN_ENVIRON, run_workshop
 from cluster import WORKER_MALLOC_ENVIRON
+from random_array_job import auto_shards
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
 
-WORKLOADS = ("floor", "baseline", "gateway")
+# The S3 buckets: one per way of writing; the gateway's sharded jobs share its bucket.
+BUCKETS = ("floor", "baseline", "gateway")
 BATCH_SIZES = (8, 16, 32, 64, 128)
 # The room measured before the workshop work: 40 callers of 6000x6000 jobs made 9 of 53 probes fail.
 WORKSHOP_CALLERS, WORKSHOP_SHAPE, WORKSHOP_CHUNKS = 40, (6000, 6000), (1000, 1000)
 LARGE_JOBS = [((4000, 4000), (100, 100)), ((4000, 4000), (1000, 1000)), ((10000, 10000), (100, 100)), ((10000, 10000), (1000, 1000))]
+# Also written sharded (the gateway's "auto"), against a floor of the same bytes in the same objects.
+SHARDED_LARGE_JOBS = [((10000, 10000), (100, 100))]
 
 
 def job_ids(prefix: str, count: int) -> list[str]:
@@ -91,7 +96,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     s3_log = workdir / "s3.log"
     s3 = start_local_s3(
-        workdir / "s3", WORKLOADS, access_key="bench-access-key", secret_key="bench-secret-key",
+        workdir / "s3", BUCKETS, access_key="bench-access-key", secret_key="bench-secret-key",
         log_file=s3_log, remote_control=True,
     )  # fmt: skip
     os.environ.update(s3.environ())
@@ -103,7 +108,8 @@ def main() -> int:
     try:
         gateway_pid = psutil.Process(served.process.pid).children()[0].pid
         floor, baseline, gateway = Floor("floor", BATCH_SIZES[0]), Baseline(client, "baseline"), Gateway(served.url)
-        workloads = {"floor": floor.run, "baseline": baseline.run, "gateway": gateway.run}
+        sharded = Gateway(served.url, shards="auto")
+        workloads = {"floor": floor.run, "baseline": baseline.run, "gateway": gateway.run, "sharded": sharded.run}
         results: dict = {"machine": machine()}
 
         print("warming up", flush=True)
@@ -126,7 +132,7 @@ def main() -> int:
             name: count_requests(s3, s3_log, run_job, job_ids(f"count-{name}", 5)) for name, run_job in workloads.items()
         }
 
-        results["large_jobs"] = [] if args.quick else large_jobs(floor, gateway, workdir / "s3")
+        results["large_jobs"] = [] if args.quick else large_jobs(floor, gateway, sharded, workdir / "s3")
 
         print(f"memory: {memory_jobs} gateway jobs at concurrency 8", flush=True)
         before = rss_megabytes(gateway_pid)
@@ -176,25 +182,34 @@ def workshop(served: RunningGateway, workdir: Path, quick: bool) -> list[dict]:
     return runs
 
 
-def large_jobs(floor: Floor, gateway: Gateway, data_dir: Path) -> list[dict]:
-    """Each large job twice by the floor and by the gateway; the objects are removed after each."""
+def large_jobs(floor: Floor, gateway: Gateway, sharded: Gateway, data_dir: Path) -> list[dict]:
+    """Each large job twice by the floor and by the gateway; the objects are removed after each.
+
+    For a sharded job the floor writes the same bytes in as many objects: one per shard.
+    """
+    cases = [(shape, chunks, None) for shape, chunks in LARGE_JOBS]
+    cases += [(shape, chunks, auto_shards(shape, chunks, itemsize=4)) for shape, chunks in SHARDED_LARGE_JOBS]
     measured = []
-    for (shape, chunks), name in itertools.product(LARGE_JOBS, ("floor", "gateway")):
-        workload = floor if name == "floor" else gateway
-        run = Run(name, 1)
+    for (shape, chunks, shards), name in itertools.product(cases, ("floor", "gateway")):
+        objects = shards or chunks
+        bucket = name if name == "floor" else "gateway"
         if name == "floor":
-            floor.run(f"large-unmeasured-{shape[0]}-{chunks[0]}", shape, chunks)  # makes its bytes outside the clock
-        for job_id in job_ids(f"large-{shape[0]}-{chunks[0]}", 2):
-            run.add(run_jobs(name, lambda job_id: workload.run(job_id, shape, chunks), [job_id], 1))
+            floor.run(f"large-unmeasured-{shape[0]}-{objects[0]}", shape, objects)  # makes its bytes outside the clock
+            run_job = functools.partial(floor.run, shape=shape, chunks=objects)
+        else:
+            run_job = functools.partial((sharded if shards else gateway).run, shape=shape, chunks=chunks)
+        run = Run(name, 1)
+        for job_id in job_ids(f"large-{shape[0]}-{objects[0]}", 2):
+            run.add(run_jobs(name, run_job, [job_id], 1))
             # Straight from the server's disk: deleting thousands of objects over S3 would take longer than writing them.
-            shutil.rmtree(data_dir / name / job_id, ignore_errors=True)
+            shutil.rmtree(data_dir / bucket / job_id, ignore_errors=True)
         megabytes = shape[0] * shape[1] * 4 / 1e6
         measured.append({
-            "workload": name, "shape": list(shape), "chunks": list(chunks), "megabytes": megabytes,
-            "seconds": run.latencies, "failures": run.failures,
+            "workload": name, "shape": list(shape), "chunks": list(chunks), "shards": list(shards) if shards else None,
+            "megabytes": megabytes, "seconds": run.latencies, "failures": run.failures,
             "megabytes_per_second": megabytes / run.percentile(50) if run.latencies else 0.0,
         })  # fmt: skip
-        print(f"  {name:8} {shape} chunks {chunks}: {measured[-1]['megabytes_per_second']:.0f} MB/s", flush=True)
+        print(f"  {name:8} {shape} chunks {chunks} shards {shards}: {measured[-1]['megabytes_per_second']:.0f} MB/s", flush=True)
     return measured
 
 

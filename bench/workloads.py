@@ -5,7 +5,8 @@
   HTTP: what the S3 server and its client library allow.
 - baseline: the straightforward Dask approach, ``da.random.random`` then
   ``da.store`` into a zarr array, on a 3-worker LocalCluster like the gateway's.
-- gateway: ``GET /submit_job/<id>`` over HTTP, end to end.
+- gateway: ``GET /submit_job/<id>`` over HTTP, end to end, one object per chunk.
+- sharded: the same with the gateway's automatic Zarr 3 shards (one object for the default job).
 """
 
 from __future__ import annotations
@@ -86,13 +87,17 @@ class Baseline:
 
 
 class Gateway:
-    """``GET /submit_job/<id>`` against the gateway under gunicorn; a job that is not done is a failure."""
+    """``GET /submit_job/<id>`` against the gateway under gunicorn; a job that is not done is a failure.
 
-    def __init__(self, url: str) -> None:
+    ``shards`` is the job's parameter: "none" (one object per chunk) or "auto".
+    """
+
+    def __init__(self, url: str, shards: str = "none") -> None:
         self._url = url
+        self.shards = shards
 
     def run(self, job_id: str, shape: Shape = (1000, 1000), chunks: Shape = (100, 100)) -> None:
-        params = {"shape": f"{shape[0]},{shape[1]}", "chunks": f"{chunks[0]},{chunks[1]}"}
+        params = {"shape": f"{shape[0]},{shape[1]}", "chunks": f"{chunks[0]},{chunks[1]}", "shards": self.shards}
         # A new connection per job, as a notebook's requests.get makes.
         response = requests.get(f"{self._url}/submit_job/{job_id}", params=params, timeout=900)
         if response.status_code != 200 or response.json().get("status") != "done":

@@ -1,7 +1,7 @@
 """`make bench` in its quick form: the stack starts, every workload runs, and the gateway's S3 requests are counted.
 
 Timings are the benchmark's business, never a test's: this checks what it does,
-and the one target that is a count, not a time.
+and the two targets that are counts, not times.
 """
 
 import json
@@ -20,10 +20,11 @@ def test_a_quick_benchmark_runs_every_workload_without_a_failed_job(tmp_path: Pa
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "latest.json").read_text())
     ran = {(run["workload"], run["concurrency"]) for run in results["runs"] if run["jobs"] > 0}
-    assert ran == {(name, concurrency) for name in ("floor", "baseline", "gateway") for concurrency in (1, 8)}
+    assert ran == {(name, concurrency) for name in ("floor", "baseline", "gateway", "sharded") for concurrency in (1, 8)}
     assert all(not run["failures"] for run in results["runs"])
     assert results["requests_per_job"]["floor"] >= 101, "the floor writes 100 chunks and the array metadata"
     assert results["requests_per_job"]["gateway"] <= 110
+    assert results["requests_per_job"]["sharded"] <= 8, "the default job sharded: one object for its array"
     assert (tmp_path / "latest.png").read_bytes().startswith(b"\x89PNG")
     assert "| gateway | 8 |" in completed.stdout
     rooms = {room["design"]: room for room in results["workshop"]}
