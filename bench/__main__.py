@@ -24,12 +24,13 @@ import dask.config
 import psutil
 from distributed import Client, LocalCluster
 
+from bench import worker_cpu
 from bench.measure import Run, count_requests, rss_megabytes, run_jobs
 from bench.report import write_report
 from bench.workloads import Baseline, Floor, Gateway
 from bench.workshop import PREVIOUS_DESIGN_ENVIRON, run_workshop
 from cluster import WORKER_MALLOC_ENVIRON
-from random_array_job import auto_shards
+from random_array_job import RandomArraySpec, auto_shards
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
@@ -42,6 +43,11 @@ WORKSHOP_CALLERS, WORKSHOP_SHAPE, WORKSHOP_CHUNKS = 40, (6000, 6000), (1000, 100
 LARGE_JOBS = [((4000, 4000), (100, 100)), ((4000, 4000), (1000, 1000)), ((10000, 10000), (100, 100)), ((10000, 10000), (1000, 1000))]
 # Also written sharded (the gateway's "auto"), against a floor of the same bytes in the same objects.
 SHARDED_LARGE_JOBS = [((10000, 10000), (100, 100))]
+# Written by each store implementation on the baseline's cluster, for the workers' CPU per GB.
+WORKER_CPU_JOBS = [
+    RandomArraySpec(seed=1, shape=(10000, 10000), chunks=(1000, 1000)),
+    RandomArraySpec(seed=1, shape=(10000, 10000), chunks=(100, 100), shards=auto_shards((10000, 10000), (100, 100), itemsize=4)),
+]
 
 
 def job_ids(prefix: str, count: int) -> list[str]:
@@ -133,6 +139,13 @@ def main() -> int:
         }
 
         results["large_jobs"] = [] if args.quick else large_jobs(floor, gateway, sharded, workdir / "s3")
+
+        print("workers' CPU per GB stored, by store", flush=True)
+        results["worker_cpu"] = []
+        for spec in [RandomArraySpec(seed=1, shape=(2000, 2000), chunks=(500, 500))] if args.quick else WORKER_CPU_JOBS:
+            results["worker_cpu"] += worker_cpu.measure(
+                client, "baseline", spec, job_ids("cpu", 1)[0], lambda prefix: shutil.rmtree(workdir / "s3" / "baseline" / prefix)
+            )
 
         print(f"memory: {memory_jobs} gateway jobs at concurrency 8", flush=True)
         before = rss_megabytes(gateway_pid)

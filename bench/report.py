@@ -121,6 +121,19 @@ def table(results: dict) -> str:
             f"| {_size(large)} | {large['floor']:.0f} | {large['gateway']:.0f} | {large['gateway'] / large['floor']:.2f} |"
             for large in _large_pairs(results)
         ]
+    lines += [
+        "",
+        "Workers' CPU seconds per GB stored (user + system, all three workers), by store, on the baseline's cluster "
+        "running the gateway's own task; generation makes the same chunks and stores nothing:",
+        "",
+        "| job | store | CPU s/GB | MB/s | read back |",
+        "|---|---|---:|---:|---|",
+    ]
+    lines += [
+        f"| {_size(row)} | {row['store']} | {row['cpu_seconds_per_gb']:.1f} | {row['megabytes_per_second']:.0f} "
+        f"| {'yes' if row['complete'] else 'NO'} |"
+        for row in results["worker_cpu"]
+    ]
     rooms = results["workshop"]
     lines += [
         "",
