@@ -10,16 +10,21 @@ many workers share them and in whatever order they write.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 Selection = tuple[slice, ...]
+# A chunk's offset and length in a shard's index when the shard does not hold it.
+_NO_CHUNK = 2**64 - 1
 
 # Runs whose remaining regions must not be written, in this worker process. A
 # running task cannot be interrupted, so a stopped job waits for its tasks to
@@ -49,7 +54,7 @@ def stop_run(run_id: str) -> None:
     _stopped_runs.add(run_id)
 
 
-def _chunks_in(region: Selection, shape: Sequence[int], chunks: Sequence[int]) -> Iterator[tuple[int, Selection]]:
+def chunks_in(region: Selection, shape: Sequence[int], chunks: Sequence[int]) -> Iterator[tuple[int, Selection]]:
     """Index and selection of every chunk in a region made of whole chunks, in C order."""
     grid = tuple(math.ceil(size / step) for size, step in zip(shape, chunks, strict=True))
     positions = [range(part.start // step, math.ceil(part.stop / step)) for part, step in zip(region, chunks, strict=True)]
@@ -60,10 +65,17 @@ def _chunks_in(region: Selection, shape: Sequence[int], chunks: Sequence[int]) -
         yield int(np.ravel_multi_index(position, grid)), selection
 
 
+def _positions_in(region: Selection, shape: Sequence[int], blocks: Sequence[int]) -> Iterator[tuple[tuple[int, ...], Selection]]:
+    """Grid position and selection of every block (shard) in a region made of whole blocks, in C order."""
+    grid = tuple(math.ceil(size / step) for size, step in zip(shape, blocks, strict=True))
+    for index, selection in chunks_in(region, shape, blocks):
+        yield tuple(int(at) for at in np.unravel_index(index, grid)), selection
+
+
 def chunk_selections(shape: Sequence[int], chunks: Sequence[int]) -> list[Selection]:
     """The region of every chunk, in C order (the chunk index is the position in this list)."""
     whole = tuple(slice(0, size) for size in shape)
-    return [selection for _, selection in _chunks_in(whole, shape, chunks)]
+    return [selection for _, selection in chunks_in(whole, shape, chunks)]
 
 
 def task_regions(shape: Sequence[int], chunks: Sequence[int], n_tasks: int) -> list[Selection]:
@@ -83,39 +95,76 @@ def task_regions(shape: Sequence[int], chunks: Sequence[int], n_tasks: int) -> l
     return list(itertools.product(*cuts_per_axis))
 
 
-def random_chunk(seed: int, chunk_index: int, selection: Selection, dtype: str) -> np.ndarray:
+def random_chunk(seed: int, chunk_index: int, selection: Selection, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """The values of chunk ``chunk_index`` at ``selection``; generated into ``out`` when given (of the selection's shape)."""
     block_shape = tuple(region.stop - region.start for region in selection)
-    return np.random.default_rng([seed, chunk_index]).random(block_shape, dtype=np.dtype(dtype))
+    return np.random.default_rng([seed, chunk_index]).random(block_shape, dtype=np.dtype(dtype), out=out)
 
 
-def random_block(seed: int, selection: Selection, shape: Sequence[int], chunks: Sequence[int], dtype: str) -> np.ndarray:
-    """The values of a region of whole chunks, each chunk made from its own seed."""
-    parts = list(_chunks_in(selection, shape, chunks))
-    if len(parts) == 1:
-        return random_chunk(seed, parts[0][0], parts[0][1], dtype)
-    block = np.empty(tuple(part.stop - part.start for part in selection), dtype=np.dtype(dtype))
-    for chunk_index, chunk in parts:
-        inside = tuple(slice(part.start - whole.start, part.stop - whole.start) for part, whole in zip(chunk, selection, strict=True))
-        block[inside] = random_chunk(seed, chunk_index, chunk, dtype)
-    return block
+def random_shard(seed: int, shard: Selection, target: Any, dtype: str) -> bytearray:
+    """The object of one shard of ``target``, encoded as zarr's sharding codec encodes the gateway's arrays.
+
+    That is: each chunk's raw little-endian bytes at its full chunk shape (an
+    edge chunk padded with the fill value), then the index, an (offset,
+    length) pair of little-endian uint64 for every chunk of the shard in C
+    order (2**64-1 twice for one wholly outside the array), then the index's
+    crc32c. Each chunk is generated from its seed straight into its place in
+    the object: zarr would assemble the shard, then cut it into chunks again
+    one by one, which took the workers twice the CPU of generating and storing it.
+    """
+    chunks, shape = tuple(target.chunks), target.shape
+    per_shard = tuple(size // step for size, step in zip(target.shards, chunks, strict=True))
+    first = tuple(part.start // step for part, step in zip(shard, chunks, strict=True))
+    grid = tuple(math.ceil(size / step) for size, step in zip(shape, chunks, strict=True))
+    little_endian = np.dtype(dtype).newbyteorder("<")
+    held = [
+        position
+        for position in (tuple(start + at for start, at in zip(first, local, strict=True)) for local in np.ndindex(per_shard))
+        if all(at < count for at, count in zip(position, grid, strict=True))
+    ]
+    chunk_bytes = math.prod(chunks) * little_endian.itemsize
+    index = np.full((*per_shard, 2), _NO_CHUNK, dtype="<u8")
+    data = bytearray(len(held) * chunk_bytes + index.nbytes + 4)
+    for number, position in enumerate(held):
+        selection = tuple(slice(at * step, min((at + 1) * step, size)) for at, step, size in zip(position, chunks, shape, strict=True))
+        place = np.frombuffer(data, dtype=little_endian, count=math.prod(chunks), offset=number * chunk_bytes).reshape(chunks)
+        chunk_index = int(np.ravel_multi_index(position, grid))
+        if all(part.stop - part.start == step for part, step in zip(selection, chunks, strict=True)):
+            random_chunk(seed, chunk_index, selection, dtype, out=place)
+        else:
+            place[...] = target.fill_value
+            values = random_chunk(seed, chunk_index, selection, dtype)
+            place[tuple(slice(0, size) for size in values.shape)] = values
+        index[tuple(at - start for at, start in zip(position, first, strict=True))] = (number * chunk_bytes, chunk_bytes)
+    end = len(held) * chunk_bytes
+    data[end : end + index.nbytes] = index.tobytes()
+    data[end + index.nbytes :] = np.uint32(google_crc32c.value(index.tobytes())).tobytes()
+    return data
 
 
 def write_random_region(region: Selection, *, run_id: str, target: Any, seed: int, dtype: str) -> int:
     """Generate every chunk of ``region`` and write them into the zarr array ``target``.
 
-    A sharded array is written one whole shard at a time, so that zarr stores each
-    shard as one object without reading it first; else one chunk at a time.
+    A sharded array is written one whole shard at a time, each one object;
+    else one chunk at a time, through zarr.
     Return the number of chunks written, or 0 when the run was stopped and nothing was written.
     """
     if run_id in _stopped_runs:
         return 0
-    unit = target.shards or target.chunks
-    writes = [
-        (selection, random_block(seed, selection, target.shape, target.chunks, dtype))
-        for _, selection in _chunks_in(region, target.shape, unit)
-    ]
+    writes: list[Callable[[], Awaitable[None]]]
+    if target.shards:
+        array = target.async_array
+        writes = [
+            functools.partial(_put, array, position, random_shard(seed, selection, target, dtype))
+            for position, selection in _positions_in(region, target.shape, target.shards)
+        ]
+    else:
+        writes = [
+            functools.partial(target.async_array.setitem, selection, random_chunk(seed, index, selection, dtype))
+            for index, selection in chunks_in(region, target.shape, target.chunks)
+        ]
     try:
-        sync(_store_all_or_none_pending(target.async_array, writes))
+        sync(_store_all_or_none_pending(writes))
     except Exception as exc:
         cause = f"{type(exc).__name__}: {exc}"
     else:
@@ -124,8 +173,13 @@ def write_random_region(region: Selection, *, run_id: str, target: Any, seed: in
     raise StoreWriteFailed(cause)
 
 
-async def _store_all_or_none_pending(target: zarr.AsyncArray, writes: list[tuple[Selection, np.ndarray]]) -> None:
-    """Write the chunks (or shards) concurrently; once one fails, cancel the others and raise its error.
+async def _put(array: zarr.AsyncArray, position: tuple[int, ...], data: bytearray) -> None:
+    key = array.metadata.encode_chunk_key(position)
+    await (array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(data))
+
+
+async def _store_all_or_none_pending(writes: list[Callable[[], Awaitable[None]]]) -> None:
+    """Run the writes (of chunks or shards) concurrently; once one fails, cancel the others and raise its error.
 
     zarr's own write of a region (``array[region] = block``) gathers its chunk
     writes, and when one fails the others go on in the background, retrying
@@ -135,13 +189,13 @@ async def _store_all_or_none_pending(target: zarr.AsyncArray, writes: list[tuple
     """
     slots = asyncio.Semaphore(zarr.config.get("async.concurrency"))
 
-    async def store(selection: Selection, values: np.ndarray) -> None:
+    async def store(write: Callable[[], Awaitable[None]]) -> None:
         async with slots:
-            await target.setitem(selection, values)
+            await write()
 
     try:
         async with asyncio.TaskGroup() as group:
-            for selection, values in writes:
-                group.create_task(store(selection, values))
+            for write in writes:
+                group.create_task(store(write))
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None
