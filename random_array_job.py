@@ -45,6 +45,8 @@ NO_SHARDS, AUTO_SHARDS = "none", "auto"
 # About a task's size: a default job is one shard, and a large job's shards
 # still spread over the workers.
 AUTO_SHARD_BYTES = MAX_TASK_BYTES
+# Objects a task has in flight at least, when they are large (shards, or chunks of megabytes).
+WRITES_PER_TASK = 4
 # A worker holds a whole shard, and its encoded copy, while it writes it.
 MAX_SHARD_BYTES = 256 * 2**20
 
@@ -261,8 +263,12 @@ class ChunkWrites:
         self._job_id = job_id
         # Unique to this run: an id submitted again after a cancel must not inherit the stop.
         self._run_id = f"{job_id}/{uuid.uuid4().hex}"
-        # Regions of whole shards when sharded: each shard is written whole, by one task.
-        regions = task_regions(spec.shape, spec.write_unit, max(min_tasks, math.ceil(spec.nbytes / MAX_TASK_BYTES)))
+        # Regions of whole shards when sharded: each shard is written whole, by one task. A task
+        # writes its objects concurrently: with at least WRITES_PER_TASK of them, the S3 server
+        # always has several requests of each worker in hand.
+        unit_bytes = math.prod(spec.write_unit) * np.dtype(spec.dtype).itemsize
+        task_bytes = max(MAX_TASK_BYTES, WRITES_PER_TASK * unit_bytes)
+        regions = task_regions(spec.shape, spec.write_unit, max(min_tasks, math.ceil(spec.nbytes / task_bytes)))
         self._futures = client.map(
             write_random_region,
             regions,
