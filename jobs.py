@@ -401,7 +401,7 @@ class JobManager:
         """:class:`AdmissionRefused` if a job of ``owner`` would be over a limit on queued jobs or stored bytes; called with the lock held."""
         settings = self._settings
         if settings.owner_quota_bytes is not None:
-            used = self._stored_bytes(owner)
+            used, _ = self._usage(owner)
             if used + spec.nbytes > settings.owner_quota_bytes:
                 raise AdmissionRefused(
                     "quota_exceeded", f"{owner or 'this gateway'} has {used} bytes of results done, queued or running, "
@@ -423,21 +423,24 @@ class JobManager:
                 settings.max_jobs_per_owner, "GATEWAY_MAX_JOBS_PER_OWNER", "submit it again once one of them has finished",
             )  # fmt: skip
 
-    def _stored_bytes(self, owner: str | None) -> int:
-        """Bytes of ``owner``'s results that are stored or will be; called with the lock held."""
-        return sum(record.spec.nbytes for record in self._records.values() if record.owner == owner and record.status in TAKING_SPACE)
+    def _taking_space(self) -> list[JobRecord]:
+        """The done, queued and running jobs: their results are stored or will be; called with the lock held."""
+        return [record for record in self._records.values() if record.status in TAKING_SPACE]
+
+    def _usage(self, owner: str | None) -> tuple[int, int]:
+        jobs = [record for record in self._taking_space() if record.owner == owner]
+        return sum(record.spec.nbytes for record in jobs), len(jobs)
 
     def usage(self, owner: str | None) -> tuple[int, int]:
         """Bytes of ``owner``'s done, queued and running jobs, and how many jobs they are."""
         self._require_loaded()
         with self._lock:
-            jobs = [record for record in self._records.values() if record.owner == owner and record.status in TAKING_SPACE]
-            return sum(record.spec.nbytes for record in jobs), len(jobs)
+            return self._usage(owner)
 
     def stored_bytes(self) -> int:
         """Bytes of every done, queued and running job's result."""
         with self._lock:
-            return sum(record.spec.nbytes for record in self._records.values() if record.status in TAKING_SPACE)
+            return sum(record.spec.nbytes for record in self._taking_space())
 
     def get(self, job_id: str, visible_to: str | None = None) -> JobRecord:
         """The job's record; with ``visible_to``, :class:`JobNotFound` for a job of another owner."""

@@ -36,40 +36,23 @@ class StoreWriteFailed(OSError):
     """Storing chunks failed; the cause as text, because botocore's errors do not pickle back to the client."""
 
 
-class NewResultStore(zarr.storage.WrapperStore):
-    """The store a new result is written through: it reads nothing back.
-
-    Zarr reads a shard before writing into it, as it would merge new chunks
-    into an existing one; a new result's shards do not exist yet (each is
-    written once, whole, by one task), and asking S3 costs a HEAD and a LIST
-    a shard: 2 of a sharded default job's 9 requests.
-    """
-
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> None:
-        return None
-
-
 def stop_run(run_id: str) -> None:
     """Run on every worker: the run's regions that have not begun are skipped."""
     _stopped_runs.add(run_id)
 
 
+def _blocks_in(region: Selection, shape: Sequence[int], blocks: Sequence[int]) -> Iterator[tuple[tuple[int, ...], Selection]]:
+    """Grid position and selection (cut at the array's edge) of every block, chunk or shard, in a region of whole blocks, in C order."""
+    positions = [range(part.start // step, math.ceil(part.stop / step)) for part, step in zip(region, blocks, strict=True)]
+    for position in itertools.product(*positions):
+        yield position, tuple(slice(at * step, min((at + 1) * step, size)) for at, step, size in zip(position, blocks, shape, strict=True))
+
+
 def chunks_in(region: Selection, shape: Sequence[int], chunks: Sequence[int]) -> Iterator[tuple[int, Selection]]:
     """Index and selection of every chunk in a region made of whole chunks, in C order."""
     grid = tuple(math.ceil(size / step) for size, step in zip(shape, chunks, strict=True))
-    positions = [range(part.start // step, math.ceil(part.stop / step)) for part, step in zip(region, chunks, strict=True)]
-    for position in itertools.product(*positions):
-        selection = tuple(
-            slice(at * step, min((at + 1) * step, size)) for at, step, size in zip(position, chunks, shape, strict=True)
-        )
+    for position, selection in _blocks_in(region, shape, chunks):
         yield int(np.ravel_multi_index(position, grid)), selection
-
-
-def _positions_in(region: Selection, shape: Sequence[int], blocks: Sequence[int]) -> Iterator[tuple[tuple[int, ...], Selection]]:
-    """Grid position and selection of every block (shard) in a region made of whole blocks, in C order."""
-    grid = tuple(math.ceil(size / step) for size, step in zip(shape, blocks, strict=True))
-    for index, selection in chunks_in(region, shape, blocks):
-        yield tuple(int(at) for at in np.unravel_index(index, grid)), selection
 
 
 def chunk_selections(shape: Sequence[int], chunks: Sequence[int]) -> list[Selection]:
@@ -112,30 +95,26 @@ def random_shard(seed: int, shard: Selection, target: Any, dtype: str) -> bytear
     the object: zarr would assemble the shard, then cut it into chunks again
     one by one, which took the workers twice the CPU of generating and storing it.
     """
-    chunks, shape = tuple(target.chunks), target.shape
+    chunks = tuple(target.chunks)
     per_shard = tuple(size // step for size, step in zip(target.shards, chunks, strict=True))
     first = tuple(part.start // step for part, step in zip(shard, chunks, strict=True))
-    grid = tuple(math.ceil(size / step) for size, step in zip(shape, chunks, strict=True))
     little_endian = np.dtype(dtype).newbyteorder("<")
-    held = [
-        position
-        for position in (tuple(start + at for start, at in zip(first, local, strict=True)) for local in np.ndindex(per_shard))
-        if all(at < count for at, count in zip(position, grid, strict=True))
-    ]
+    # The shard's selection is cut at the array's edge: these are the chunks it holds.
+    held = list(chunks_in(shard, target.shape, chunks))
     chunk_bytes = math.prod(chunks) * little_endian.itemsize
     index = np.full((*per_shard, 2), _NO_CHUNK, dtype="<u8")
     data = bytearray(len(held) * chunk_bytes + index.nbytes + 4)
-    for number, position in enumerate(held):
-        selection = tuple(slice(at * step, min((at + 1) * step, size)) for at, step, size in zip(position, chunks, shape, strict=True))
+    for number, (chunk_index, selection) in enumerate(held):
         place = np.frombuffer(data, dtype=little_endian, count=math.prod(chunks), offset=number * chunk_bytes).reshape(chunks)
-        chunk_index = int(np.ravel_multi_index(position, grid))
-        if all(part.stop - part.start == step for part, step in zip(selection, chunks, strict=True)):
+        values_shape = tuple(part.stop - part.start for part in selection)
+        if values_shape == chunks:
             random_chunk(seed, chunk_index, selection, dtype, out=place)
         else:
             place[...] = target.fill_value
-            values = random_chunk(seed, chunk_index, selection, dtype)
-            place[tuple(slice(0, size) for size in values.shape)] = values
-        index[tuple(at - start for at, start in zip(position, first, strict=True))] = (number * chunk_bytes, chunk_bytes)
+            place[tuple(slice(0, size) for size in values_shape)] = random_chunk(seed, chunk_index, selection, dtype)
+        index[tuple(part.start // step - start for part, step, start in zip(selection, chunks, first, strict=True))] = (
+            number * chunk_bytes, chunk_bytes,
+        )  # fmt: skip
     end = len(held) * chunk_bytes
     data[end : end + index.nbytes] = index.tobytes()
     data[end + index.nbytes :] = np.uint32(google_crc32c.value(index.tobytes())).tobytes()
@@ -156,7 +135,7 @@ def write_random_region(region: Selection, *, run_id: str, target: Any, seed: in
         array = target.async_array
         writes = [
             functools.partial(_put, array, position, random_shard(seed, selection, target, dtype))
-            for position, selection in _positions_in(region, target.shape, target.shards)
+            for position, selection in _blocks_in(region, target.shape, target.shards)
         ]
     else:
         writes = [

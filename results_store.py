@@ -33,8 +33,6 @@ import zarr
 import zarr.storage
 from fsspec.implementations.local import LocalFileSystem
 
-from random_chunks import NewResultStore
-
 if TYPE_CHECKING:
     # Only for the annotation: the job module imports this one.
     from random_array_job import RandomArraySpec
@@ -181,7 +179,7 @@ class ResultsStore:
             ARRAY_NAME, shape=spec.shape, chunks=spec.chunks, shards=spec.shards, dtype=spec.dtype, compressors=None, **by_format
         )
         zarr.consolidate_metadata(group.store)
-        array_path = zarr.storage.StorePath(NewResultStore(self._zarr_store), f"{place}/{ARRAY_NAME}")
+        array_path = zarr.storage.StorePath(self._zarr_store, f"{place}/{ARRAY_NAME}")
         in_array = {key: buffer.to_bytes() for key, buffer in documents.items() if key.startswith(f"{ARRAY_NAME}/")}
         return PendingResult(
             job_id=job_id,

@@ -27,7 +27,7 @@ from distributed import Client, wait
 from zarr.core.sync import sync
 
 from random_array_job import MAX_TASK_BYTES, RandomArraySpec
-from random_chunks import NewResultStore, chunks_in, random_chunk, task_regions, write_random_region
+from random_chunks import chunks_in, random_chunk, task_regions, write_random_region
 
 STORES = ("generation", "fsspec", "fsspec without checksums", "obstore")
 
@@ -85,7 +85,7 @@ def measure(client: Client, bucket: str, spec: RandomArraySpec, job_id: str, on_
             store = _store(kind, bucket)
             _warm_up(client, store)
             target = zarr.create_array(
-                NewResultStore(store), name=f"{prefix}/data", shape=spec.shape, chunks=spec.chunks,
+                store, name=f"{prefix}/data", shape=spec.shape, chunks=spec.chunks,
                 shards=spec.shards, dtype=spec.dtype, compressors=None, chunk_key_encoding={"name": "default", "separator": "."},
                 config={"write_empty_chunks": True},
             )  # fmt: skip

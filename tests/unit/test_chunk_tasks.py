@@ -10,7 +10,7 @@ import zarr
 import zarr.storage
 
 from random_array_job import MAX_TASK_BYTES, RandomArraySpec
-from random_chunks import NewResultStore, chunk_selections, random_chunk, stop_run, task_regions, write_random_region
+from random_chunks import chunk_selections, random_chunk, stop_run, task_regions, write_random_region
 from results_store import ResultsStore
 
 
@@ -85,9 +85,8 @@ def test_a_result_has_no_group_metadata_until_it_is_marked_complete(tmp_path: Pa
 @pytest.mark.parametrize(("shape", "chunks", "shards"), [((250, 120), (50, 40), (100, 80)), ((1000, 1000), (100, 100), (1000, 1000))])
 def test_a_sharded_array_is_the_unsharded_one_value_for_value_and_one_object_per_shard(shape, chunks, shards) -> None:
     objects: dict = {}
-    # Written as a new result is: through a store that reads nothing back.
     target = zarr.create_array(
-        NewResultStore(zarr.storage.MemoryStore(objects)), shape=shape, chunks=chunks, shards=shards, dtype="float32", compressors=None
+        zarr.storage.MemoryStore(objects), shape=shape, chunks=chunks, shards=shards, dtype="float32", compressors=None
     )
     written = sum(
         write_random_region(region, run_id="sharded", target=target, seed=9, dtype="float32")
