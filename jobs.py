@@ -628,7 +628,7 @@ class JobManager:
             result = self._store.pending_result(record.job_id, record.place, spec, self._settings.zarr_format)
             self._store.begin_result(result, self._stored(record))
             client = self._cluster.client()
-            writes = ChunkWrites(client, result.array, spec, record.job_id, min_tasks=self._settings.n_workers)
+            writes = ChunkWrites(client, result.target, spec, record.job_id, min_tasks=self._settings.n_workers)
             with self._lock:
                 self._running[record.job_id] = writes
                 if self._stop_requested.is_set() or record.job_id in self._cancel_requested:

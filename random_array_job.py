@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import zarr
 from distributed import CancelledError, Client, as_completed
 from distributed.comm import CommClosedError
 from distributed.scheduler import KilledWorker
 
-from random_chunks import stop_run, task_regions, write_random_region
+from random_chunks import ArrayTarget, stop_run, task_regions, write_random_region
 from results_store import StorageError, describe_storage_failure
 
 logger = logging.getLogger(__name__)
@@ -258,7 +257,7 @@ class ChunkWrites:
     job over the cluster), and more for a job of more than ``MAX_TASK_BYTES`` a task.
     """
 
-    def __init__(self, client: Client, target: zarr.Array, spec: RandomArraySpec, job_id: str, min_tasks: int) -> None:
+    def __init__(self, client: Client, target: ArrayTarget, spec: RandomArraySpec, job_id: str, min_tasks: int) -> None:
         self._client = client
         self._job_id = job_id
         # Unique to this run: an id submitted again after a cancel must not inherit the stop.
@@ -275,7 +274,6 @@ class ChunkWrites:
             run_id=self._run_id,
             target=target,
             seed=spec.seed,
-            dtype=spec.dtype,
             pure=False,
         )
         self._cancelled = False

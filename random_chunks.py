@@ -1,10 +1,15 @@
 """What a Dask worker runs for a job: generate a region of chunks from their seeds and store it.
 
-Kept apart, with nothing but numpy and zarr, because workers import it: chunk ``i`` of a
-job with seed ``s`` is ``numpy.random.default_rng([s, i]).random(...)``, where
-``i`` is the chunk's position in C order, so the same seed, shape and chunks
-give a bit-identical array however the chunks are grouped into tasks, however
-many workers share them and in whatever order they write.
+Kept apart, with nothing but numpy, zarr's metadata and the workers' store,
+because workers import it: chunk ``i`` of a job with seed ``s`` is
+``numpy.random.default_rng([s, i]).random(...)``, where ``i`` is the chunk's
+position in C order, so the same seed, shape and chunks give a bit-identical
+array however the chunks are grouped into tasks, however many workers share
+them and in whatever order they write.
+
+Each object (a chunk, or a shard of chunks) is encoded here, generated straight
+into the bytes sent, and written with one PUT: zarr's own write of a chunk (its
+indexing and codec pipeline) cost ten times the CPU of generating it.
 """
 
 from __future__ import annotations
@@ -14,17 +19,20 @@ import functools
 import itertools
 import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import google_crc32c
 import numpy as np
-import zarr
-from zarr.core.buffer import default_buffer_prototype
+from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 from zarr.core.sync import sync
+
+import results_objects
 
 Selection = tuple[slice, ...]
 # A chunk's offset and length in a shard's index when the shard does not hold it.
 _NO_CHUNK = 2**64 - 1
+# Objects a task writes at once.
+WRITES_IN_FLIGHT = 10
 
 # Runs whose remaining regions must not be written, in this worker process. A
 # running task cannot be interrupted, so a stopped job waits for its tasks to
@@ -33,7 +41,39 @@ _stopped_runs: set[str] = set()
 
 
 class StoreWriteFailed(OSError):
-    """Storing chunks failed; the cause as text, because botocore's errors do not pickle back to the client."""
+    """Storing chunks failed; the cause as text, as the client gets it whatever the store library's errors are."""
+
+
+@dataclass(frozen=True)
+class ArrayTarget:
+    """A job's array as its tasks write it: the results URL, the array's key under it, and zarr's metadata of the array.
+
+    It holds no credential: each worker opens the results URL with its own (:mod:`results_objects`).
+    """
+
+    results_url: str
+    path: str
+    metadata: ArrayV2Metadata | ArrayV3Metadata
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.metadata.shape)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.metadata.chunks)
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        return getattr(self.metadata, "shards", None)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.metadata.dtype.to_native_dtype())
+
+    def key(self, position: Sequence[int]) -> str:
+        """The key of the object at ``position`` in the grid of shards, or of chunks when unsharded."""
+        return f"{self.path}/{self.metadata.encode_chunk_key(tuple(position))}"
 
 
 def stop_run(run_id: str) -> None:
@@ -65,7 +105,7 @@ def task_regions(shape: Sequence[int], chunks: Sequence[int], n_tasks: int) -> l
     """Split the array into about ``n_tasks`` regions of whole chunks, cutting the first axis first.
 
     Fewer, larger tasks keep Dask's per-task cost out of the job's time, and
-    zarr writes the chunks of one region concurrently.
+    a task writes the objects of its region concurrently.
     """
     cuts_per_axis = []
     remaining = n_tasks
@@ -84,34 +124,47 @@ def random_chunk(seed: int, chunk_index: int, selection: Selection, dtype: str, 
     return np.random.default_rng([seed, chunk_index]).random(block_shape, dtype=np.dtype(dtype), out=out)
 
 
-def random_shard(seed: int, shard: Selection, target: Any, dtype: str) -> bytearray:
+def _generate_into(data: bytearray, offset: int, seed: int, chunk_index: int, selection: Selection, target: ArrayTarget) -> None:
+    """Chunk ``chunk_index``'s raw little-endian values at ``offset`` of ``data``, at the full chunk shape: an edge chunk is padded with the fill value."""
+    chunks = target.chunks
+    place = np.frombuffer(data, dtype=target.dtype.newbyteorder("<"), count=math.prod(chunks), offset=offset).reshape(chunks)
+    values_shape = tuple(part.stop - part.start for part in selection)
+    if values_shape == chunks:
+        random_chunk(seed, chunk_index, selection, target.dtype.name, out=place)
+    else:
+        place[...] = target.metadata.fill_value
+        place[tuple(slice(0, size) for size in values_shape)] = random_chunk(seed, chunk_index, selection, target.dtype.name)
+
+
+def random_chunk_object(seed: int, chunk: Selection, target: ArrayTarget) -> bytearray:
+    """The object of one chunk of ``target``, as zarr encodes the gateway's uncompressed arrays: the raw values, little-endian."""
+    grid = tuple(math.ceil(size / step) for size, step in zip(target.shape, target.chunks, strict=True))
+    position = tuple(part.start // step for part, step in zip(chunk, target.chunks, strict=True))
+    data = bytearray(math.prod(target.chunks) * target.dtype.itemsize)
+    _generate_into(data, 0, seed, int(np.ravel_multi_index(position, grid)), chunk, target)
+    return data
+
+
+def random_shard(seed: int, shard: Selection, target: ArrayTarget) -> bytearray:
     """The object of one shard of ``target``, encoded as zarr's sharding codec encodes the gateway's arrays.
 
-    That is: each chunk's raw little-endian bytes at its full chunk shape (an
-    edge chunk padded with the fill value), then the index, an (offset,
-    length) pair of little-endian uint64 for every chunk of the shard in C
-    order (2**64-1 twice for one wholly outside the array), then the index's
-    crc32c. Each chunk is generated from its seed straight into its place in
-    the object: zarr would assemble the shard, then cut it into chunks again
-    one by one, which took the workers twice the CPU of generating and storing it.
+    That is: each chunk's object (see :func:`random_chunk_object`), then the
+    index, an (offset, length) pair of little-endian uint64 for every chunk of
+    the shard in C order (2**64-1 twice for one wholly outside the array), then
+    the index's crc32c. zarr would assemble the shard, then cut it into chunks
+    again one by one, which took the workers twice the CPU of generating and storing it.
     """
-    chunks = tuple(target.chunks)
-    per_shard = tuple(size // step for size, step in zip(target.shards, chunks, strict=True))
+    chunks, shards = target.chunks, target.shards
+    assert shards is not None
+    per_shard = tuple(size // step for size, step in zip(shards, chunks, strict=True))
     first = tuple(part.start // step for part, step in zip(shard, chunks, strict=True))
-    little_endian = np.dtype(dtype).newbyteorder("<")
     # The shard's selection is cut at the array's edge: these are the chunks it holds.
     held = list(chunks_in(shard, target.shape, chunks))
-    chunk_bytes = math.prod(chunks) * little_endian.itemsize
+    chunk_bytes = math.prod(chunks) * target.dtype.itemsize
     index = np.full((*per_shard, 2), _NO_CHUNK, dtype="<u8")
     data = bytearray(len(held) * chunk_bytes + index.nbytes + 4)
     for number, (chunk_index, selection) in enumerate(held):
-        place = np.frombuffer(data, dtype=little_endian, count=math.prod(chunks), offset=number * chunk_bytes).reshape(chunks)
-        values_shape = tuple(part.stop - part.start for part in selection)
-        if values_shape == chunks:
-            random_chunk(seed, chunk_index, selection, dtype, out=place)
-        else:
-            place[...] = target.fill_value
-            place[tuple(slice(0, size) for size in values_shape)] = random_chunk(seed, chunk_index, selection, dtype)
+        _generate_into(data, number * chunk_bytes, seed, chunk_index, selection, target)
         index[tuple(part.start // step - start for part, step, start in zip(selection, chunks, first, strict=True))] = (
             number * chunk_bytes, chunk_bytes,
         )  # fmt: skip
@@ -121,43 +174,32 @@ def random_shard(seed: int, shard: Selection, target: Any, dtype: str) -> bytear
     return data
 
 
-def write_random_region(region: Selection, *, run_id: str, target: Any, seed: int, dtype: str) -> int:
-    """Generate every chunk of ``region`` and write them into the zarr array ``target``.
+def region_objects(region: Selection, target: ArrayTarget, seed: int) -> list[tuple[str, bytearray]]:
+    """Key and bytes of every object of ``region``: one per shard when sharded, else one per chunk."""
+    blocks, encode = (target.shards, random_shard) if target.shards else (target.chunks, random_chunk_object)
+    return [(target.key(position), encode(seed, selection, target)) for position, selection in _blocks_in(region, target.shape, blocks)]
 
-    A sharded array is written one whole shard at a time, each one object;
-    else one chunk at a time, through zarr.
+
+def write_random_region(region: Selection, *, run_id: str, target: ArrayTarget, seed: int) -> int:
+    """Generate every chunk of ``region`` and write them into the gateway's array ``target``, all of the region's objects at once.
+
     Return the number of chunks written, or 0 when the run was stopped and nothing was written.
     """
     if run_id in _stopped_runs:
         return 0
-    writes: list[Callable[[], Awaitable[None]]]
-    if target.shards:
-        array = target.async_array
-        writes = [
-            functools.partial(_put, array, position, random_shard(seed, selection, target, dtype))
-            for position, selection in _blocks_in(region, target.shape, target.shards)
-        ]
-    else:
-        writes = [
-            functools.partial(target.async_array.setitem, selection, random_chunk(seed, index, selection, dtype))
-            for index, selection in chunks_in(region, target.shape, target.chunks)
-        ]
+    store = results_objects.open_results(target.results_url)
+    writes = [functools.partial(results_objects.put, store, key, data) for key, data in region_objects(region, target, seed)]
     try:
-        sync(_store_all_or_none_pending(writes))
+        sync(store_all_or_none_pending(writes))
     except Exception as exc:
-        cause = f"{type(exc).__name__}: {exc}"
+        cause = results_objects.describe(exc)
     else:
         return math.prod(math.ceil((part.stop - part.start) / step) for part, step in zip(region, target.chunks, strict=True))
-    # Raised outside the except block: Dask pickles an error with its context, and botocore's do not pickle.
+    # Raised outside the except block: Dask pickles an error with its context, and not every library's errors pickle.
     raise StoreWriteFailed(cause)
 
 
-async def _put(array: zarr.AsyncArray, position: tuple[int, ...], data: bytearray) -> None:
-    key = array.metadata.encode_chunk_key(position)
-    await (array.store_path / key).set(default_buffer_prototype().buffer.from_bytes(data))
-
-
-async def _store_all_or_none_pending(writes: list[Callable[[], Awaitable[None]]]) -> None:
+async def store_all_or_none_pending(writes: list[Callable[[], Awaitable[None]]]) -> None:
     """Run the writes (of chunks or shards) concurrently; once one fails, cancel the others and raise its error.
 
     zarr's own write of a region (``array[region] = block``) gathers its chunk
@@ -166,7 +208,7 @@ async def _store_all_or_none_pending(writes: list[Callable[[], Awaitable[None]]]
     seed land, once S3 was back, in the new job of the same id. A task group
     cancels them, so that when this returns no write of the region is pending.
     """
-    slots = asyncio.Semaphore(zarr.config.get("async.concurrency"))
+    slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
 
     async def store(write: Callable[[], Awaitable[None]]) -> None:
         async with slots:
