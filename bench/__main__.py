@@ -27,7 +27,7 @@ from distributed import Client, LocalCluster
 from bench import worker_cpu
 from bench.measure import Run, count_requests, rss_megabytes, run_jobs
 from bench.report import write_report
-from bench.workloads import Baseline, Floor, Gateway
+from bench.workloads import Baseline, Floor, Gateway, ObstoreFloor
 from bench.workshop import PREVIOUS_DESIGN_ENVIRON, run_workshop
 from cluster import WORKER_MALLOC_ENVIRON
 from random_array_job import RandomArraySpec, auto_shards
@@ -35,7 +35,7 @@ from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_ga
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
 
-# The S3 buckets: one per way of writing; the gateway's sharded jobs share its bucket.
+# The S3 buckets: one per way of writing; the gateway's sharded jobs share its bucket, the obstore floor the floor's.
 BUCKETS = ("floor", "baseline", "gateway")
 BATCH_SIZES = (8, 16, 32, 64, 128)
 # The room measured before the workshop work: 40 callers of 6000x6000 jobs made 9 of 53 probes fail.
@@ -56,7 +56,7 @@ def job_ids(prefix: str, count: int) -> list[str]:
 
 
 def best_batch_size(floor: Floor, jobs: int) -> tuple[int, dict[int, float]]:
-    """The floor's concurrency (requests in flight) with the lowest median job time."""
+    """A floor's concurrency (requests in flight) with the lowest median job time."""
     medians = {}
     for size in BATCH_SIZES:
         floor.batch_size = size
@@ -114,16 +114,21 @@ def main() -> int:
     try:
         gateway_pid = psutil.Process(served.process.pid).children()[0].pid
         floor, baseline, gateway = Floor("floor", BATCH_SIZES[0]), Baseline(client, "baseline"), Gateway(served.url)
+        obstore_floor = ObstoreFloor("floor", BATCH_SIZES[0])
         sharded = Gateway(served.url, shards="auto")
-        workloads = {"floor": floor.run, "baseline": baseline.run, "gateway": gateway.run, "sharded": sharded.run}
+        workloads = {
+            "floor": floor.run, "floor-obstore": obstore_floor.run, "baseline": baseline.run, "gateway": gateway.run, "sharded": sharded.run,
+        }  # fmt: skip
         results: dict = {"machine": machine()}
 
         print("warming up", flush=True)
         for name, run_job in workloads.items():
             run_jobs(name, run_job, job_ids("warm", 5), 1)
-        batch_size, batch_medians = best_batch_size(floor, 3 if args.quick else 7)
-        results["floor_batch_size"] = {"chosen": batch_size, "p50_seconds": batch_medians}
-        print(f"floor: {batch_size} requests in flight ({batch_medians})", flush=True)
+        results["floor_batch_size"] = {}
+        for name, each in (("floor", floor), ("floor-obstore", obstore_floor)):
+            batch_size, batch_medians = best_batch_size(each, 3 if args.quick else 7)
+            results["floor_batch_size"][name] = {"chosen": batch_size, "p50_seconds": batch_medians}
+            print(f"{name}: {batch_size} requests in flight ({batch_medians})", flush=True)
 
         memory_start = rss_megabytes(gateway_pid)
         runs = [

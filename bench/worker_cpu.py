@@ -6,14 +6,15 @@ implementation in turn, and the worker processes' CPU seconds (user + system,
 from /proc) are read around each run:
 
 - generation: the same chunks made and thrown away, nothing stored;
-- fsspec: zarr's ``FsspecStore`` over s3fs (what the gateway uses);
+- obstore: the job's task as the gateway runs it, obstore's ``S3Store`` (Rust's object_store);
+- fsspec: the same objects through zarr's ``FsspecStore`` over s3fs (the gateway's own client);
 - fsspec without checksums: the same, with botocore's request checksums off
-  (``request_checksum_calculation=when_required``);
-- obstore: zarr's ``ObjectStore`` over obstore's ``S3Store`` (Rust's object_store).
+  (``request_checksum_calculation=when_required``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -24,45 +25,45 @@ import psutil
 import zarr
 import zarr.storage
 from distributed import Client, wait
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+import results_objects
 from random_array_job import MAX_TASK_BYTES, RandomArraySpec
-from random_chunks import chunks_in, random_chunk, task_regions, write_random_region
+from random_chunks import ArrayTarget, chunks_in, random_chunk, region_objects, store_all_or_none_pending, task_regions, write_random_region
 
-STORES = ("generation", "fsspec", "fsspec without checksums", "obstore")
+STORES = ("generation", "obstore", "fsspec", "fsspec without checksums")
+# botocore's request checksums off: the only difference of the second fsspec store.
+WITHOUT_CHECKSUMS = {"config_kwargs": {"request_checksum_calculation": "when_required"}}
 
 
 def _generate_only(region: Any, *, seed: int, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str) -> int:
     return sum(random_chunk(seed, index, selection, dtype).size for index, selection in chunks_in(region, shape, chunks))
 
 
-def _store(kind: str, bucket: str) -> zarr.abc.store.Store:
-    # As the gateway makes it (results_store.py): each worker keeps one S3 client per store.
-    if kind == "fsspec":
-        return zarr.storage.FsspecStore.from_url(f"s3://{bucket}")
-    if kind == "fsspec without checksums":
-        options = {"config_kwargs": {"request_checksum_calculation": "when_required"}}
-        return zarr.storage.FsspecStore.from_url(f"s3://{bucket}", storage_options=options)
-    from obstore.store import S3Store
+def _fsspec_store(bucket: str, options: dict) -> zarr.storage.FsspecStore:
+    return zarr.storage.FsspecStore.from_url(f"s3://{bucket}", storage_options=options)
 
-    s3 = S3Store(
-        bucket,
-        endpoint=os.environ["AWS_ENDPOINT_URL"],
-        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-        access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
-        secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-        client_options={"allow_http": True},
-    )
-    return zarr.storage.ObjectStore(s3)
+
+def _write_with_fsspec(region: Any, *, target: ArrayTarget, seed: int, store: zarr.storage.FsspecStore) -> int:
+    """The job's objects, encoded as the gateway's task encodes them, written through zarr's fsspec store."""
+    prototype = default_buffer_prototype().buffer
+    objects = region_objects(region, target, seed)
+    sync(store_all_or_none_pending([functools.partial(store.set, key, prototype.from_bytes(data)) for key, data in objects]))
+    return len(objects)
 
 
 def _touch(store: zarr.abc.store.Store) -> bool:
     return sync(store.exists("warm-up"))
 
 
-def _warm_up(client: Client, store: zarr.abc.store.Store) -> None:
+def _touch_obstore(results_url: str) -> None:
+    sync(results_objects.put(results_objects.open_results(results_url), "warm-up", b""))
+
+
+def _warm_up(client: Client, touch: Callable[[], Any]) -> None:
     """Make each worker's S3 client before the clock starts, in the thread its tasks run in, as a busy gateway's workers have theirs."""
-    wait([client.submit(_touch, store, workers=[address], pure=False) for address in client.scheduler_info()["workers"]])
+    wait([client.submit(touch, workers=[address], pure=False) for address in client.scheduler_info()["workers"]])
 
 
 def _workers_cpu_seconds(client: Client) -> float:
@@ -82,14 +83,18 @@ def measure(client: Client, bucket: str, spec: RandomArraySpec, job_id: str, on_
         if kind == "generation":
             tasks = client.map(_generate_only, regions, seed=spec.seed, shape=spec.shape, chunks=spec.chunks, dtype=spec.dtype, pure=False)
         else:
-            store = _store(kind, bucket)
-            _warm_up(client, store)
-            target = zarr.create_array(
-                store, name=f"{prefix}/data", shape=spec.shape, chunks=spec.chunks,
-                shards=spec.shards, dtype=spec.dtype, compressors=None, chunk_key_encoding={"name": "default", "separator": "."},
-                config={"write_empty_chunks": True},
+            store = _fsspec_store(bucket, WITHOUT_CHECKSUMS if kind == "fsspec without checksums" else {})
+            array = zarr.create_array(
+                store, name=f"{prefix}/data", shape=spec.shape, chunks=spec.chunks, shards=spec.shards, dtype=spec.dtype,
+                compressors=None, chunk_key_encoding={"name": "default", "separator": "."},
             )  # fmt: skip
-            tasks = client.map(write_random_region, regions, run_id=prefix, target=target, seed=spec.seed, dtype=spec.dtype, pure=False)
+            target = ArrayTarget(f"s3://{bucket}", f"{prefix}/data", array.metadata)
+            if kind == "obstore":
+                _warm_up(client, functools.partial(_touch_obstore, target.results_url))
+                tasks = client.map(write_random_region, regions, run_id=prefix, target=target, seed=spec.seed, pure=False)
+            else:
+                _warm_up(client, functools.partial(_touch, store))
+                tasks = client.map(_write_with_fsspec, regions, target=target, seed=spec.seed, store=store, pure=False)
         before, started = _workers_cpu_seconds(client), time.perf_counter()
         wait(tasks)
         seconds, cpu = time.perf_counter() - started, _workers_cpu_seconds(client) - before

@@ -2,7 +2,8 @@
 
 - floor: the job's objects (the array metadata, then the chunks as bytes,
   concurrently) written straight to S3 from this process, with no Dask and no
-  HTTP: what the S3 server and its client library allow.
+  HTTP: what the S3 server and its client library allow, with s3fs.
+- floor-obstore: the same objects written with obstore, the workers' S3 client.
 - baseline: the straightforward Dask approach, ``da.random.random`` then
   ``da.store`` into a zarr array, on a 3-worker LocalCluster like the gateway's.
 - gateway: ``GET /submit_job/<id>`` over HTTP, end to end, one object per chunk.
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Sequence
@@ -22,6 +24,9 @@ import s3fs
 import zarr
 import zarr.storage
 from distributed import Client
+from zarr.core.sync import sync
+
+import results_objects
 
 Shape = tuple[int, int]
 
@@ -61,13 +66,39 @@ class Floor:
             self._chunks_of = (shape, chunks)
         return self._chunks
 
+    @staticmethod
+    def _metadata(shape: Shape) -> bytes:
+        return json.dumps({"zarr_format": 3, "node_type": "array", "shape": list(shape)}).encode()
+
     def run(self, job_id: str, shape: Shape = (1000, 1000), chunks: Shape = (100, 100)) -> None:
         objects = self._chunk_bytes(shape, chunks)
         prefix = f"{self._bucket}/{job_id}/data"
-        metadata = json.dumps({"zarr_format": 3, "node_type": "array", "shape": list(shape)}).encode()
         # In the gateway's order: the metadata, then the chunks into the prefix it made.
-        self._fs.pipe(f"{prefix}/zarr.json", metadata)
+        self._fs.pipe(f"{prefix}/zarr.json", self._metadata(shape))
         self._fs.pipe({f"{prefix}/{key}": data for key, data in objects.items()}, batch_size=self.batch_size)
+
+
+class ObstoreFloor(Floor):
+    """The same objects in the same order, written with obstore, the client the gateway's workers write with."""
+
+    def __init__(self, bucket: str, batch_size: int) -> None:
+        super().__init__(bucket, batch_size)
+        self._store = results_objects.open_results(f"s3://{bucket}")
+
+    def run(self, job_id: str, shape: Shape = (1000, 1000), chunks: Shape = (100, 100)) -> None:
+        objects = self._chunk_bytes(shape, chunks)
+        prefix = f"{job_id}/data"
+        sync(results_objects.put(self._store, f"{prefix}/zarr.json", self._metadata(shape)))
+        slots = asyncio.Semaphore(self.batch_size)
+
+        async def put(key: str, data: bytes) -> None:
+            async with slots:
+                await results_objects.put(self._store, f"{prefix}/{key}", data)
+
+        async def put_all() -> None:
+            await asyncio.gather(*(put(key, data) for key, data in objects.items()))
+
+        sync(put_all())
 
 
 class Baseline:

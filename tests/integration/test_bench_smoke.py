@@ -20,12 +20,16 @@ def test_a_quick_benchmark_runs_every_workload_without_a_failed_job(tmp_path: Pa
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "latest.json").read_text())
     ran = {(run["workload"], run["concurrency"]) for run in results["runs"] if run["jobs"] > 0}
-    assert ran == {(name, concurrency) for name in ("floor", "baseline", "gateway", "sharded") for concurrency in (1, 8)}
+    workloads = ("floor", "floor-obstore", "baseline", "gateway", "sharded")
+    assert ran == {(name, concurrency) for name in workloads for concurrency in (1, 8)}
     assert all(not run["failures"] for run in results["runs"])
     assert results["requests_per_job"]["floor"] >= 101, "the floor writes 100 chunks and the array metadata"
+    assert results["requests_per_job"]["floor-obstore"] >= 101, "so does the floor written with obstore"
     assert results["requests_per_job"]["gateway"] <= 110
     assert results["requests_per_job"]["sharded"] <= 8, "the default job sharded: one object for its array"
     assert (tmp_path / "latest.png").read_bytes().startswith(b"\x89PNG")
+    stores = {row["store"] for row in results["worker_cpu"] if row["complete"]}
+    assert stores == {"generation", "obstore", "fsspec", "fsspec without checksums"}, "every store's objects read back"
     assert "| gateway | 8 |" in completed.stdout
     rooms = {room["design"]: room for room in results["workshop"]}
     assert set(rooms) == {"previous design", "today"}
