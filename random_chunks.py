@@ -41,7 +41,7 @@ _stopped_runs: set[str] = set()
 
 
 class StoreWriteFailed(OSError):
-    """Storing chunks failed; the cause as text, as the client gets it whatever the store library's errors are."""
+    """Storing chunks failed; the cause as text, because not every store library's errors pickle back to the client."""
 
 
 @dataclass(frozen=True)

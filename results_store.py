@@ -12,9 +12,9 @@ asked for, are at ``<results_url>/.previews/<place>/<finished at, digits>-<size>
 Each job's record (its status and parameters, as JSON) is kept at
 ``<results_url>/.jobs/<job_id>.json``, so that the jobs outlive the process.
 
-S3 credentials and endpoint are never passed in code: botocore reads the
-standard ``AWS_*`` variables, on the gateway and on each worker, so no secret
-travels inside a task graph.
+S3 credentials and endpoint are never passed in code: botocore (s3fs) and
+obstore (:mod:`results_objects`) read the standard ``AWS_*`` variables, on the
+gateway and on each worker, so no secret travels inside a task graph.
 """
 
 from __future__ import annotations
