@@ -49,8 +49,27 @@ def open_results(url: str) -> ObjectStore:
 
 
 def describe(exc: BaseException) -> str:
-    """An error's type and message, without the debugging dump obstore adds after its message."""
-    return f"{type(exc).__name__}: {str(exc).split(chr(10) * 2 + 'Debug source:')[0].strip()}"
+    """An error's type and message on one line: of the debugging dump obstore adds, only the root cause."""
+    message, _, dump = str(exc).partition("\n\nDebug source:")
+    cause = _root_cause(dump)
+    return f"{type(exc).__name__}: {message.strip()}" + (f" ({cause})" if cause else "")
+
+
+def _root_cause(dump: str) -> str:
+    """The innermost error of obstore's dump, which nests each error in the one it caused.
+
+    E.g. ``error: InvalidCertificate(UnknownIssuer)`` or ``Os { code: 111, kind: ConnectionRefused, ... }``.
+    """
+    lines = [line for line in dump.splitlines() if line.strip(" ,(){}")]
+    if not lines:
+        return ""
+    indents = [len(line) - len(line.lstrip()) for line in lines]
+    first = indents.index(max(indents))
+    leaves = ", ".join(line.strip().rstrip(",") for line, indent in zip(lines, indents, strict=True) if indent == max(indents))
+    parent = lines[first - 1].strip() if first else ""
+    if parent.endswith("("):
+        return f"{parent}{leaves})"
+    return f"{parent} {leaves} }}" if parent.endswith("{") else leaves
 
 
 @functools.lru_cache(maxsize=8)

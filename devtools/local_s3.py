@@ -75,6 +75,7 @@ def start_local_s3(
     log_file: Path | None = None,
     remote_control: bool = False,
     read_only: bool = False,
+    tls: tuple[Path, Path] | None = None,
     timeout: float = 20,
 ) -> LocalS3:
     """Start the server on 127.0.0.1 with the given buckets and return once it listens.
@@ -84,6 +85,7 @@ def start_local_s3(
     With ``read_only`` it serves ``data_dir`` for reading alone (rclone has no
     per-key permissions: a second server on another server's directory stands
     in for a read-only key), listing it afresh at every request.
+    With ``tls`` (a PEM certificate chain and its key) it serves https.
     """
     data_dir = Path(data_dir)
     for bucket in buckets:
@@ -99,6 +101,8 @@ def start_local_s3(
         command += ["--rc", f"--rc-addr=127.0.0.1:{control_port}", "--rc-no-auth"]
     if read_only:
         command += ["--read-only", "--dir-cache-time", "0s"]
+    if tls:
+        command += ["--cert", str(tls[0]), "--key", str(tls[1])]
     process = start_process(command, env={**os.environ, "RCLONE_CONFIG": "/dev/null"}, log_file=log_file)
     try:
         wait_for_port(port, process, timeout)
@@ -107,4 +111,4 @@ def start_local_s3(
         process.wait()
         raise
     control_url = f"http://127.0.0.1:{control_port}" if control_port else None
-    return LocalS3(f"http://127.0.0.1:{port}", access_key, secret_key, data_dir, process, control_url)
+    return LocalS3(f"{'https' if tls else 'http'}://127.0.0.1:{port}", access_key, secret_key, data_dir, process, control_url)
