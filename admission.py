@@ -10,13 +10,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from errors import GatewayError
 
 # What a refused caller is told to wait before trying again.
 RETRY_AFTER_SECONDS = 10
 
 
-class AdmissionRefused(RuntimeError):
-    """A request over one of the gateway's limits (429); the message names the limit and its setting."""
+class AdmissionRefused(GatewayError, RuntimeError):
+    """A request over one of the gateway's limits; the message names the limit and its setting."""
+
+    status = 429
 
     def __init__(self, code: str, what: str, limit: int, setting: str, advice: str, usage: int | None = None) -> None:
         super().__init__(f"{what}: the limit is {limit} ({setting}); {advice}")
@@ -25,6 +30,12 @@ class AdmissionRefused(RuntimeError):
         self.setting = setting
         # How much of the limit is taken, where that is a quantity (stored bytes).
         self.usage = usage
+
+    def details(self) -> dict[str, Any]:
+        return {"limit": self.limit, "setting": self.setting} | ({"usage": self.usage} if self.usage is not None else {})
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class WaitingCallers:

@@ -18,21 +18,30 @@ import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
 
+from errors import GatewayError
 from settings import Settings
 
 
-class NotAuthenticated(Exception):
-    """No token, or one the hub does not know (wrong, expired or revoked): 401."""
+class NotAuthenticated(GatewayError):
+    """No token, or one the hub does not know (wrong, expired or revoked)."""
+
+    status, code = 401, "not_authenticated"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'token realm="JupyterHub"'}
 
 
-class NotAuthorized(Exception):
-    """A valid token that does not grant access to this service: 403."""
+class NotAuthorized(GatewayError):
+    """A valid token that does not grant access to this service."""
+
+    status, code = 403, "forbidden"
 
 
-class AuthUnavailable(Exception):
-    """The hub could not be asked about a token: 503."""
+class AuthUnavailable(GatewayError):
+    """The hub could not be asked about a token."""
+
+    status, code = 503, "auth_unavailable"
 
 
 @dataclass(frozen=True)

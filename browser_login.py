@@ -29,14 +29,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from auth import NotAuthenticated
+from errors import GatewayError
 from settings import Settings
 
 # How long a browser may take at the hub's login page.
 LOGIN_SECONDS = 600
 
 
-class CrossSiteRequest(Exception):
-    """A request another site made the browser send: its login cookie does not count (403)."""
+class CrossSiteRequest(GatewayError):
+    """A request another site made the browser send: its login cookie does not count."""
+
+    status, code = 403, "cross_site_request"
 
 
 def safe_return_path(path: str | None) -> str:

@@ -23,6 +23,7 @@ from dask_gateway.client import GatewayServerError
 from distributed import Client, LocalCluster
 
 from auth import why_dask_gateway_refused
+from errors import GatewayError
 from settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ def _stop_left_cluster(gateway: Gateway, cluster: Any, why: str) -> None:
     gateway.stop_cluster(cluster.name)
 
 
-class ClusterNotReady(RuntimeError):
+class ClusterNotReady(GatewayError, RuntimeError):
     """The service has no working Dask cluster at the moment; the message says why."""
+
+    status, code = 503, "cluster_not_ready"
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ from flask import Flask, Response, g, jsonify, redirect, render_template, reques
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from admission import RETRY_AFTER_SECONDS, AdmissionRefused, WaitingCallers
-from auth import ANYONE, AuthUnavailable, Caller, HubCallers, NotAuthenticated, NotAuthorized
-from browser_login import LOGIN_SECONDS, BrowserLogin, CrossSiteRequest
-from cluster import ClusterConnection, ClusterNotReady
-from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, GatewayStopping, JobManager, JobRecord
+from admission import WaitingCallers
+from auth import ANYONE, Caller, HubCallers, NotAuthenticated
+from browser_login import LOGIN_SECONDS, BrowserLogin
+from cluster import ClusterConnection
+from errors import GatewayError, status_of
+from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobManager, JobRecord
 from metrics import GatewayMetrics, JsonFormatter
 from openapi import JOB_ID_PATTERN, PAIR_PATTERN, PREVIEW_SIZES, openapi_document
 from random_array_job import (
@@ -31,11 +32,7 @@ from random_array_job import (
     JOB_ID_RULE,
     InvalidJobId,
     InvalidParameters,
-    JobAlreadyExists,
-    JobFailed,
-    JobNotFound,
-    JobTimedOut,
-    JobTooLarge,
+    JobCancelled,
     PARAMETERS,
     RandomArraySpec,
     parse_spec,
@@ -280,8 +277,8 @@ def _register_routes(app: Flask, gateway: GatewayServices) -> None:
         if finished.status == QUEUED:
             message = f"the gateway is stopping; job {job_id!r} stays queued and runs when the gateway is back"
             return error_response(503, "gateway_stopping", message, job=finished.to_json())
-        error = finished.error or {"code": "job_cancelled", "message": f"job {job_id!r} was cancelled"}
-        return error_response(STATUS_OF_JOB_ERROR.get(error["code"], 500), error["code"], error["message"], job=finished.to_json())
+        error = finished.error or {"code": JobCancelled.code, "message": f"job {job_id!r} was cancelled"}
+        return error_response(status_of(error["code"]), error["code"], error["message"], job=finished.to_json())
 
     @app.post("/jobs")
     def post_job() -> Any:
@@ -447,54 +444,16 @@ def _jobs_page(gateway: GatewayServices) -> Response:
     return response
 
 
-# Each failure the service knows: its HTTP status and its error code.
-KNOWN_ERRORS: dict[type[Exception], tuple[int, str]] = {
-    InvalidJobId: (400, "invalid_job_id"),
-    InvalidParameters: (400, "invalid_parameters"),
-    JobNotFound: (404, "job_not_found"),
-    JobTooLarge: (413, "job_too_large"),
-    ClusterNotReady: (503, "cluster_not_ready"),
-    GatewayStopping: (503, "gateway_stopping"),
-    StorageError: (502, "storage_error"),
-    NotAuthenticated: (401, "not_authenticated"),
-    NotAuthorized: (403, "forbidden"),
-    CrossSiteRequest: (403, "cross_site_request"),
-    AuthUnavailable: (503, "auth_unavailable"),
-    JobTimedOut: (504, "job_timeout"),
-    JobFailed: (500, "job_failed"),
-}
-# The HTTP status of a job that failed while a caller waited for it.
-STATUS_OF_JOB_ERROR = {code: status for status, code in KNOWN_ERRORS.values()} | {"interrupted": 503, "job_cancelled": 409}
-
-
 def _register_error_handlers(app: Flask) -> None:
-    def known_error(exc: Exception) -> Any:
-        status, code = KNOWN_ERRORS[type(exc)]
+    @app.errorhandler(GatewayError)
+    def known_error(exc: GatewayError) -> Any:
         if isinstance(exc, StorageError):
             services(app).metrics.s3_errors.inc()
-        if status >= 500:
+        if exc.status >= 500:
             logger.error("%s", exc)
-        response, status = error_response(status, code, str(exc))
-        if status == 401:
-            response.headers["WWW-Authenticate"] = 'token realm="JupyterHub"'
-        if isinstance(exc, GatewayStopping):
-            # The next pod takes submissions within about this long.
-            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        response, status = error_response(exc.status, exc.code, str(exc), **exc.details())
+        response.headers.update(exc.headers())
         return response, status
-
-    for exc_type in KNOWN_ERRORS:
-        app.register_error_handler(exc_type, known_error)
-
-    @app.errorhandler(AdmissionRefused)
-    def refused(exc: AdmissionRefused) -> Any:
-        usage = {"usage": exc.usage} if exc.usage is not None else {}
-        response, status = error_response(429, exc.code, str(exc), limit=exc.limit, setting=exc.setting, **usage)
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response, status
-
-    @app.errorhandler(JobAlreadyExists)
-    def job_exists(exc: JobAlreadyExists) -> Any:
-        return error_response(409, "job_exists", str(exc), url=exc.url)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, UTC
 from typing import Any
 
-from admission import AdmissionRefused
-from cluster import ClusterConnection, ClusterNotReady
+from admission import RETRY_AFTER_SECONDS, AdmissionRefused
+from cluster import ClusterConnection
+from errors import GatewayError
 from fair_queue import FairQueue
 from metrics import GatewayMetrics, job_event_fields
 from random_array_job import (
@@ -32,8 +33,8 @@ from random_array_job import (
     JobAlreadyExists,
     JobCancelled,
     JobFailed,
+    JobInterrupted,
     JobNotFound,
-    JobTimedOut,
     RandomArraySpec,
     new_job_id,
     parse_spec,
@@ -52,14 +53,7 @@ TAKING_SPACE = (QUEUED, RUNNING, DONE)
 # A finished job of these may be submitted again under the same id.
 RESUBMITTABLE = (FAILED, CANCELLED)
 MAX_PAGE = 1000
-INTERRUPTED = {"code": "interrupted", "message": "the gateway stopped while this job was running; submit it again"}
-# The error code recorded for each way a job can fail.
-ERROR_CODES: dict[type[Exception], str] = {
-    StorageError: "storage_error",
-    JobTimedOut: "job_timeout",
-    JobFailed: "job_failed",
-    ClusterNotReady: "cluster_not_ready",
-}
+INTERRUPTED = {"code": JobInterrupted.code, "message": "the gateway stopped while this job was running; submit it again"}
 
 
 def _now() -> str:
@@ -210,8 +204,14 @@ def _is_job_id(job_id: str) -> bool:
     return True
 
 
-class GatewayStopping(RuntimeError):
+class GatewayStopping(GatewayError, RuntimeError):
     """The gateway is shutting down and starts no more jobs."""
+
+    status, code = 503, "gateway_stopping"
+
+    def headers(self) -> dict[str, str]:
+        # The next pod takes submissions within about this long.
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class JobManager:
@@ -639,10 +639,10 @@ class JobManager:
             status = FAILED if self._stop_requested.is_set() else CANCELLED
             error = INTERRUPTED if self._stop_requested.is_set() else None
         except Exception as exc:
-            code = next((code for kind, code in ERROR_CODES.items() if isinstance(exc, kind)), None)
-            if code is None:
+            if not isinstance(exc, GatewayError):
                 logger.exception("job %s failed unexpectedly", record.job_id)
-            status, error = FAILED, {"code": code or "job_failed", "message": str(exc)}
+            code = exc.code if isinstance(exc, GatewayError) else JobFailed.code
+            status, error = FAILED, {"code": code, "message": str(exc)}
             if isinstance(exc, StorageError):
                 self._metrics.s3_errors.inc()
         if status != DONE:

@@ -21,6 +21,7 @@ from distributed import CancelledError, Client, as_completed
 from distributed.comm import CommClosedError
 from distributed.scheduler import KilledWorker
 
+from errors import GatewayError
 from random_chunks import ArrayTarget, stop_run, task_regions, write_random_region
 from results_store import StorageError, describe_storage_failure
 
@@ -50,41 +51,66 @@ WRITES_PER_TASK = 4
 MAX_SHARD_BYTES = 256 * 2**20
 
 
-class InvalidJobId(ValueError):
+class InvalidJobId(GatewayError, ValueError):
     """The job id is not one the service accepts; the message says what is allowed."""
 
+    status, code = 400, "invalid_job_id"
 
-class InvalidParameters(ValueError):
+
+class InvalidParameters(GatewayError, ValueError):
     """A job parameter is malformed or out of range; the message names it."""
 
+    status, code = 400, "invalid_parameters"
 
-class JobTooLarge(ValueError):
+
+class JobTooLarge(GatewayError, ValueError):
     """The job is over a size limit; the message names the limit and its setting."""
 
+    status, code = 413, "job_too_large"
 
-class JobAlreadyExists(RuntimeError):
+
+class JobAlreadyExists(GatewayError, RuntimeError):
     """A result is stored, or a job is queued or running, under this id."""
+
+    status, code = 409, "job_exists"
 
     def __init__(self, job_id: str, url: str, status: str | None = None) -> None:
         state = f" and is {status}" if status else ""
         super().__init__(f"job {job_id!r} already exists at {url}{state}; results are never overwritten, choose another id")
         self.url = url
 
+    def details(self) -> dict[str, Any]:
+        return {"url": self.url}
 
-class JobNotFound(LookupError):
+
+class JobNotFound(GatewayError, LookupError):
     """No job has this id."""
 
+    status, code = 404, "job_not_found"
 
-class JobTimedOut(RuntimeError):
+
+class JobTimedOut(GatewayError, RuntimeError):
     """The job did not finish within the job timeout; its Dask work was cancelled."""
 
+    status, code = 504, "job_timeout"
 
-class JobFailed(RuntimeError):
+
+class JobFailed(GatewayError, RuntimeError):
     """The Dask work of the job failed; the message says why."""
 
+    status, code = 500, "job_failed"
 
-class JobCancelled(RuntimeError):
+
+class JobCancelled(GatewayError, RuntimeError):
     """The job was cancelled before it finished."""
+
+    status, code = 409, "job_cancelled"
+
+
+class JobInterrupted(GatewayError, RuntimeError):
+    """The gateway stopped while the job ran; it may be submitted again."""
+
+    status, code = 503, "interrupted"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ import functools
 import json
 import os
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from fsspec.implementations.local import LocalFileSystem
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
 import results_objects
+from errors import GatewayError
 from random_chunks import ArrayTarget
 
 if TYPE_CHECKING:
@@ -84,8 +84,10 @@ class PendingResult:
     group_metadata: dict[str, bytes]
 
 
-class StorageError(RuntimeError):
+class StorageError(GatewayError, RuntimeError):
     """The results store failed or cannot be reached; the message names the cause."""
+
+    status, code = 502, "storage_error"
 
 
 def describe_storage_failure(action: str, exc: BaseException) -> str:
