@@ -26,13 +26,15 @@ from cluster import ClusterConnection
 from errors import GatewayError, status_of
 from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobManager, JobRecord
 from metrics import GatewayMetrics, JsonFormatter
-from openapi import JOB_ID_PATTERN, PAIR_PATTERN, PREVIEW_SIZES, openapi_document
+from openapi import OPEN_PATHS, PREVIEW_SIZES, openapi_document
 from random_array_job import (
     DTYPES,
+    JOB_ID_PATTERN,
     JOB_ID_RULE,
     InvalidJobId,
     InvalidParameters,
     JobCancelled,
+    PAIR_PATTERN,
     PARAMETERS,
     RandomArraySpec,
     parse_spec,
@@ -41,7 +43,7 @@ from random_array_job import (
 )
 from readiness import Readiness
 from results_store import ResultsStore, StorageError
-from settings import Settings, load_settings
+from settings import Settings, load_settings, parse_flag
 
 logger = logging.getLogger("gateway")
 
@@ -187,11 +189,10 @@ def _job_ttl(gateway: GatewayServices, value: Any) -> int | None:
 
 
 def _flag(name: str, value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise InvalidParameters(f"{name} must be true or false, got {value!r}")
+    flag = parse_flag(value)
+    if flag is None:
+        raise InvalidParameters(f"{name} must be true or false, got {value!r}")
+    return flag
 
 
 def _query(allowed: tuple[str, ...]) -> dict[str, str]:
@@ -206,10 +207,6 @@ def _query(allowed: tuple[str, ...]) -> dict[str, str]:
 
 def _accepted(record: JobRecord) -> tuple[Response, int, dict[str, str]]:
     return jsonify(record.to_json()), 202, {"Location": f"/jobs/{record.job_id}"}
-
-
-# The endpoints of openapi.OPEN_PATHS: what a probe or a Prometheus scrape reaches without a token.
-OPEN_ENDPOINTS = ("healthz", "readyz", "metrics")
 
 
 def _caller() -> Caller:
@@ -375,7 +372,8 @@ def _register_authentication(app: Flask, callers: HubCallers, login: BrowserLogi
 
     @app.before_request
     def identify_caller() -> Response | None:
-        if request.endpoint in OPEN_ENDPOINTS or request.endpoint == "oauth_callback":
+        # The API document's open paths (a probe, a Prometheus scrape), and the hub's way back from a login.
+        if (request.url_rule is not None and request.url_rule.rule in OPEN_PATHS) or request.endpoint == "oauth_callback":
             return None
         authorization = request.headers.get("Authorization")
         cookie_token = None

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from jobs import MAX_PAGE, STATUSES
-from random_array_job import AUTO_SHARDS, DTYPES, JOB_ID_RULE, MAX_SEED, NO_SHARDS
+from random_array_job import AUTO_SHARDS, DTYPES, JOB_ID_PATTERN, JOB_ID_RULE, MAX_SEED, NO_SHARDS, PAIR_PATTERN
 
-JOB_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 PREVIEW_SIZES = ("full", "thumbnail")
 
 
@@ -49,7 +48,6 @@ _JOB_ID = {
     "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
 }
 _PAIR = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
-PAIR_PATTERN = r"^[1-9][0-9]*,[1-9][0-9]*$"
 _PAIR_QUERY = {"type": "string", "pattern": PAIR_PATTERN}
 SHARDS_DESCRIPTION = (
     "Zarr 3 shards: rows,columns (whole multiples of chunks, each shard one object), 'auto' (about 8 MiB each) "

@@ -35,7 +35,10 @@ STOP_TIMEOUT = 60
 MAX_TASK_BYTES = 8 * 2**20
 
 JOB_ID_RULE = "1 to 128 characters of letters, digits, '.', '_' and '-', not starting with '.'"
-_JOB_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}", re.ASCII)
+# The rules as regular expressions, whole values only: the API document and the jobs page's form take them from here.
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+# Two positive integers in a query string, as shape=1000,1000.
+PAIR_PATTERN = r"^[1-9][0-9]*,[1-9][0-9]*$"
 DTYPES = ("float32", "float64")
 PARAMETERS = ("seed", "shape", "chunks", "dtype", "shards")
 MAX_SEED = 2**63 - 1
@@ -146,7 +149,7 @@ class RandomArraySpec:
 
 def validate_job_id(job_id: str) -> str:
     """Return the id unchanged, or raise :class:`InvalidJobId`."""
-    if not _JOB_ID.fullmatch(job_id):
+    if not re.fullmatch(JOB_ID_PATTERN, job_id, re.ASCII):
         shown = job_id if len(job_id) <= 40 else job_id[:40] + "..."
         raise InvalidJobId(f"invalid job id {shown!r}: a job id is {JOB_ID_RULE}")
     return job_id
@@ -175,6 +178,9 @@ def _integers(name: str, value: Any) -> tuple[int, ...]:
         raise malformed
     if any(number <= 0 for number in numbers):
         raise InvalidParameters(f"{name} must be positive, got {list(numbers)}")
+    # Written as the API document says, in digits alone: int() would also take " 10", "+10" and "0010".
+    if isinstance(value, str) and not re.fullmatch(PAIR_PATTERN, value, re.ASCII):
+        raise malformed
     return numbers
 
 

@@ -70,6 +70,10 @@ class Settings:
         return self.dask_gateway_address is not None
 
 
+# Each setting's default is written once, in Settings; the reading below takes it from here.
+_DEFAULTS = Settings()
+
+
 def _positive_number(environ: Mapping[str, str], name: str, default: float, kind: type) -> Any:
     raw = environ.get(name, "").strip()
     if not raw:
@@ -88,7 +92,7 @@ def _adaptive_max_workers(environ: Mapping[str, str]) -> int | None:
     if not environ.get("GATEWAY_ADAPTIVE_MAX_WORKERS", "").strip():
         return None
     maximum = _positive_number(environ, "GATEWAY_ADAPTIVE_MAX_WORKERS", 0, int)
-    minimum = _positive_number(environ, "GATEWAY_N_WORKERS", 3, int)
+    minimum = _positive_number(environ, "GATEWAY_N_WORKERS", _DEFAULTS.n_workers, int)
     if maximum < minimum:
         raise SettingsError(f"GATEWAY_ADAPTIVE_MAX_WORKERS={maximum} must be at least GATEWAY_N_WORKERS ({minimum}), the minimum")
     return maximum
@@ -107,7 +111,7 @@ def _expiry_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         # With only a maximum, a job that asks for no ttl is kept that long, not for ever.
         "result_ttl": default if default is not None else maximum,
         "max_result_ttl": maximum,
-        "expiry_interval": _positive_number(environ, "GATEWAY_EXPIRY_INTERVAL", 60.0, float),
+        "expiry_interval": _positive_number(environ, "GATEWAY_EXPIRY_INTERVAL", _DEFAULTS.expiry_interval, float),
     }
 
 
@@ -123,7 +127,7 @@ def _results_url(environ: Mapping[str, str]) -> str:
 
 
 def _zarr_format(environ: Mapping[str, str]) -> int:
-    raw = environ.get("GATEWAY_ZARR_FORMAT", "").strip() or "3"
+    raw = environ.get("GATEWAY_ZARR_FORMAT", "").strip() or str(_DEFAULTS.zarr_format)
     if raw not in ("2", "3"):
         raise SettingsError(f"GATEWAY_ZARR_FORMAT={raw!r} must be 2 or 3")
     return int(raw)
@@ -158,15 +162,28 @@ def _address(environ: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
-def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
-    raw = environ.get(name, "").strip() or choices[0]
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = environ.get(name, "").strip() or default
     if raw not in choices:
         raise SettingsError(f"{name}={raw!r} must be {' or '.join(choices)}")
     return raw
 
 
-def _flag(environ: Mapping[str, str], name: str) -> bool:
-    return _choice(environ, name, ("false", "true")) == "true"
+# How a yes or no is written, in a setting or a query parameter; any case.
+_FLAG_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_flag(text: str) -> bool | None:
+    """True or False for a yes-or-no word (true/false, 1/0, yes/no); None for anything else."""
+    return _FLAG_WORDS.get(text.strip().lower())
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip()
+    value = parse_flag(raw) if raw else default
+    if value is None:
+        raise SettingsError(f"{name}={raw!r} must be true or false")
+    return value
 
 
 def _url(environ: Mapping[str, str], name: str, example: str) -> str | None:
@@ -190,41 +207,41 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     return Settings(
         results_url=_results_url(environ),
-        n_workers=_positive_number(environ, "GATEWAY_N_WORKERS", 3, int),
+        n_workers=_positive_number(environ, "GATEWAY_N_WORKERS", _DEFAULTS.n_workers, int),
         adaptive_max_workers=_adaptive_max_workers(environ),
         zarr_format=_zarr_format(environ),
-        default_shards=_choice(environ, "GATEWAY_DEFAULT_SHARDS", ("auto", "none")),
+        default_shards=_choice(environ, "GATEWAY_DEFAULT_SHARDS", ("auto", "none"), _DEFAULTS.default_shards),
         dask_gateway_address=_dask_gateway_address(environ),
         cluster_options=_cluster_options(environ),
-        cluster_start_timeout=_positive_number(environ, "GATEWAY_CLUSTER_START_TIMEOUT", 120.0, float),
-        job_timeout=_positive_number(environ, "GATEWAY_JOB_TIMEOUT", 600.0, float),
-        max_elements=_positive_number(environ, "GATEWAY_MAX_ELEMENTS", 10**8, int),
-        max_chunks=_positive_number(environ, "GATEWAY_MAX_CHUNKS", 10_000, int),
-        max_running_jobs=_positive_number(environ, "GATEWAY_MAX_RUNNING_JOBS", 4, int),
-        max_queued_jobs=_positive_number(environ, "GATEWAY_MAX_QUEUED_JOBS", 1000, int),
-        max_jobs_per_owner=_positive_number(environ, "GATEWAY_MAX_JOBS_PER_OWNER", 20, int),
-        max_waiting_callers=_positive_number(environ, "GATEWAY_MAX_WAITING_CALLERS", 16, int),
+        cluster_start_timeout=_positive_number(environ, "GATEWAY_CLUSTER_START_TIMEOUT", _DEFAULTS.cluster_start_timeout, float),
+        job_timeout=_positive_number(environ, "GATEWAY_JOB_TIMEOUT", _DEFAULTS.job_timeout, float),
+        max_elements=_positive_number(environ, "GATEWAY_MAX_ELEMENTS", _DEFAULTS.max_elements, int),
+        max_chunks=_positive_number(environ, "GATEWAY_MAX_CHUNKS", _DEFAULTS.max_chunks, int),
+        max_running_jobs=_positive_number(environ, "GATEWAY_MAX_RUNNING_JOBS", _DEFAULTS.max_running_jobs, int),
+        max_queued_jobs=_positive_number(environ, "GATEWAY_MAX_QUEUED_JOBS", _DEFAULTS.max_queued_jobs, int),
+        max_jobs_per_owner=_positive_number(environ, "GATEWAY_MAX_JOBS_PER_OWNER", _DEFAULTS.max_jobs_per_owner, int),
+        max_waiting_callers=_positive_number(environ, "GATEWAY_MAX_WAITING_CALLERS", _DEFAULTS.max_waiting_callers, int),
         **_expiry_settings(environ),
         owner_quota_bytes=_optional_positive(environ, "GATEWAY_OWNER_QUOTA_BYTES"),
-        probe_address=_address(environ, "GATEWAY_PROBE_ADDRESS", "0.0.0.0:8001"),
-        shutdown_timeout=_positive_number(environ, "GATEWAY_SHUTDOWN_TIMEOUT", 540.0, float),
-        log_format=_choice(environ, "GATEWAY_LOG_FORMAT", ("text", "json")),
+        probe_address=_address(environ, "GATEWAY_PROBE_ADDRESS", _DEFAULTS.probe_address),
+        shutdown_timeout=_positive_number(environ, "GATEWAY_SHUTDOWN_TIMEOUT", _DEFAULTS.shutdown_timeout, float),
+        log_format=_choice(environ, "GATEWAY_LOG_FORMAT", ("text", "json"), _DEFAULTS.log_format),
         **_auth_settings(environ),
     )
 
 
 def _auth_settings(environ: Mapping[str, str]) -> dict[str, Any]:
-    auth = _choice(environ, "GATEWAY_AUTH", ("none", "jupyterhub"))
-    results_per_user = _flag(environ, "GATEWAY_RESULTS_PER_USER")
+    auth = _choice(environ, "GATEWAY_AUTH", ("none", "jupyterhub"), _DEFAULTS.auth)
+    results_per_user = _flag(environ, "GATEWAY_RESULTS_PER_USER", _DEFAULTS.results_per_user)
     if results_per_user and auth == "none":
         raise SettingsError("GATEWAY_RESULTS_PER_USER=true needs GATEWAY_AUTH=jupyterhub: without it no caller has a name")
     return {
         "auth": auth,
         "jupyterhub_api_url": _jupyterhub_api_url(environ, auth),
         "jupyterhub_api_token": environ.get("JUPYTERHUB_API_TOKEN", "").strip(),
-        "jupyterhub_service_name": environ.get("JUPYTERHUB_SERVICE_NAME", "").strip() or "science-gateway",
-        "admin_group": environ.get("GATEWAY_ADMIN_GROUP", "").strip() or "gateway-admins",
-        "auth_cache_seconds": _positive_number(environ, "GATEWAY_AUTH_CACHE_SECONDS", 60.0, float),
+        "jupyterhub_service_name": environ.get("JUPYTERHUB_SERVICE_NAME", "").strip() or _DEFAULTS.jupyterhub_service_name,
+        "admin_group": environ.get("GATEWAY_ADMIN_GROUP", "").strip() or _DEFAULTS.admin_group,
+        "auth_cache_seconds": _positive_number(environ, "GATEWAY_AUTH_CACHE_SECONDS", _DEFAULTS.auth_cache_seconds, float),
         "results_per_user": results_per_user,
         "oauth_callback_url": _url(environ, "JUPYTERHUB_OAUTH_CALLBACK_URL", "https://gateway.example.org/oauth_callback"),
         "oauth_client_id": environ.get("JUPYTERHUB_CLIENT_ID", "").strip(),

@@ -34,6 +34,10 @@ def test_query_strings_and_json_values_mean_the_same() -> None:
         ({"shape": [1000, 1000.5]}, "shape must be two integers"),
         ({"shape": [True, 3]}, "shape must be two integers"),
         ({"shape": "0,10"}, "shape must be positive"),
+        # The API document's pattern for a pair in a query string: digits alone, no sign, space or leading zero.
+        ({"shape": "+300,200"}, "shape must be two integers"),
+        ({"shape": "300, 200"}, "shape must be two integers"),
+        ({"chunks": "0100,50"}, "chunks must be two integers"),
         ({"chunks": "-1,10"}, "chunks must be positive"),
         ({"chunks": "2000,10"}, "must be no larger than shape"),
         ({"dtype": "int8"}, "dtype must be one of float32, float64"),

@@ -1,6 +1,13 @@
+import dask.config
 import pytest
 
-from settings import DEFAULT_RESULTS_URL, Settings, SettingsError, load_settings
+from settings import DEFAULT_RESULTS_URL, Settings, SettingsError, load_settings, parse_flag
+
+
+@pytest.fixture(autouse=True)
+def no_dask_config_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings read dask-gateway's YAML files too: these tests must not depend on the host's."""
+    monkeypatch.setattr(dask.config, "paths", [])
 
 
 def test_defaults_are_the_embedded_local_service() -> None:
@@ -58,6 +65,9 @@ def test_values_are_read_from_the_environment() -> None:
         ("JUPYTERHUB_OAUTH_CALLBACK_URL", "/oauth_callback"),
         ("JUPYTERHUB_HOST", "hub.example.org"),
         ("GATEWAY_MAX_WAITING_CALLERS", "0"),
+        ("GATEWAY_MAX_ELEMENTS", "1e8"),
+        ("GATEWAY_MAX_CHUNKS", "0"),
+        ("GATEWAY_MAX_RUNNING_JOBS", "four"),
         ("GATEWAY_MAX_QUEUED_JOBS", "many"),
         ("GATEWAY_MAX_JOBS_PER_OWNER", "-3"),
         ("GATEWAY_PROBE_ADDRESS", "8001"),
@@ -112,3 +122,14 @@ def test_expiry_and_quota_settings() -> None:
     assert load_settings({"GATEWAY_MAX_RESULT_TTL": "600"}).result_ttl == 600, "a maximum alone is also the default"
     with pytest.raises(SettingsError, match="GATEWAY_RESULT_TTL=700 is over GATEWAY_MAX_RESULT_TTL=600"):
         load_settings({"GATEWAY_RESULT_TTL": "700", "GATEWAY_MAX_RESULT_TTL": "600"})
+
+
+@pytest.mark.parametrize(("word", "value"), [("true", True), ("Yes", True), ("1", True), ("FALSE", False), ("no", False), ("0", False), ("maybe", None), ("", None)])
+def test_a_setting_and_a_query_parameter_take_the_same_yes_or_no_words(word: str, value: bool | None) -> None:
+    assert parse_flag(word) is value
+    environ = {"GATEWAY_AUTH": "jupyterhub", "JUPYTERHUB_API_URL": "http://hub:8081/hub/api", "GATEWAY_RESULTS_PER_USER": word}
+    if value is None and word:
+        with pytest.raises(SettingsError, match="GATEWAY_RESULTS_PER_USER"):
+            load_settings(environ)
+    else:
+        assert load_settings(environ).results_per_user is bool(value)
