@@ -6,6 +6,7 @@ from typing import Any
 
 from jobs import MAX_PAGE, STATUSES
 from random_array_job import AUTO_SHARDS, DTYPES, JOB_ID_PATTERN, JOB_ID_RULE, MAX_SEED, NO_SHARDS, PAIR_PATTERN
+from settings import LONGEST_TTL
 
 PREVIEW_SIZES = ("full", "thumbnail")
 
@@ -89,7 +90,7 @@ _SCHEMAS: dict[str, Any] = {
                 "oneOf": [_PAIR, {"type": "string", "enum": [AUTO_SHARDS, NO_SHARDS]}, {"type": "null"}],
                 "description": SHARDS_DESCRIPTION,
             },
-            "ttl": {"type": ["integer", "null"], "minimum": 1, "description": TTL_DESCRIPTION},
+            "ttl": {"type": ["integer", "null"], "minimum": 1, "maximum": LONGEST_TTL, "description": TTL_DESCRIPTION},
         },
     },
     "Job": {
@@ -173,7 +174,7 @@ def openapi_document() -> dict[str, Any]:
         {"name": "shape", "in": "query", "schema": _PAIR_QUERY, "description": "Rows,columns; default 1000,1000"},
         {"name": "chunks", "in": "query", "schema": _PAIR_QUERY, "description": "Chunk rows,columns; default 100,100"},
         {"name": "dtype", "in": "query", "schema": {"type": "string", "enum": list(DTYPES)}, "description": "Default float32"},
-        {"name": "ttl", "in": "query", "schema": {"type": "integer", "minimum": 1}, "description": TTL_DESCRIPTION},
+        {"name": "ttl", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": LONGEST_TTL}, "description": TTL_DESCRIPTION},
         {"name": "shards", "in": "query", "schema": {"anyOf": [_PAIR_QUERY, {"type": "string", "enum": [AUTO_SHARDS, NO_SHARDS]}]}, "description": SHARDS_DESCRIPTION},
     ]
     return {

@@ -24,6 +24,7 @@ from distributed.scheduler import KilledWorker
 from errors import GatewayError
 from random_chunks import ArrayTarget, stop_run, task_regions, write_random_region
 from results_store import StorageError, describe_storage_failure
+from settings import LONGEST_TTL
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +211,8 @@ def parse_ttl(value: Any, default: int | None, maximum: int | None) -> int | Non
         raise InvalidParameters(f"ttl must be a whole number of seconds above 0, got {value!r}")
     if maximum is not None and ttl > maximum:
         raise InvalidParameters(f"ttl {ttl} is over the limit of {maximum} s (GATEWAY_MAX_RESULT_TTL)")
+    if ttl > LONGEST_TTL:
+        raise InvalidParameters(f"ttl {ttl} is over {LONGEST_TTL} s (100 years); leave ttl out to keep the result until it is deleted")
     return ttl
 
 
@@ -253,9 +256,9 @@ def _shards(value: Any, shape: tuple[int, ...], chunks: tuple[int, ...], itemsiz
         # Zarr 2 cannot shard: there "auto" is one object per chunk. A shard of one chunk would only add an index.
         shards = auto_shards(shape, chunks, itemsize) if zarr_format == 3 else chunks
         return shards if shards != chunks else None
-    shards = _integers("shards", value) if not isinstance(value, str) or "," in value else None
-    if shards is None:
+    if isinstance(value, str) and "," not in value:
         raise InvalidParameters(f"shards must be {NO_SHARDS!r}, {AUTO_SHARDS!r} or two integers, as shards=1000,1000")
+    shards = _integers("shards", value)
     if zarr_format != 3:
         raise InvalidParameters("shards need Zarr 3, and this gateway writes Zarr 2 (GATEWAY_ZARR_FORMAT); leave shards out")
     covering = tuple(math.ceil(size / step) * step for size, step in zip(shape, chunks, strict=True))
@@ -333,7 +336,7 @@ class ChunkWrites:
     def _skip_regions_not_begun(self) -> None:
         try:
             self._client.run(stop_run, self._run_id, on_error="ignore")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the futures are cancelled instead, whatever failed
             # No word reaches the workers: cancelling the futures is what is left.
             logger.warning("job %s: could not tell the workers to stop (%s)", self._job_id, exc)
             self._client.cancel(self._futures)

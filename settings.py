@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import dask.config
 
@@ -29,7 +29,7 @@ class Settings:
     n_workers: int = 3
     # None: always n_workers; else Dask's adaptive scaling between n_workers and this.
     adaptive_max_workers: int | None = None
-    zarr_format: int = 3
+    zarr_format: Literal[2, 3] = 3
     # What a job without a shards parameter gets: "auto" (shards of about 8 MiB) or "none".
     default_shards: str = "auto"
     dask_gateway_address: str | None = None
@@ -70,6 +70,10 @@ class Settings:
         return self.dask_gateway_address is not None
 
 
+# The longest a result can be kept by a ttl: 100 years. An expiry time must be a date, and a ttl of
+# 10**14 s is none (the fuzz test found one that stopped a job runner).
+LONGEST_TTL = 100 * 365 * 24 * 3600
+
 # Each setting's default is written once, in Settings; the reading below takes it from here.
 _DEFAULTS = Settings()
 
@@ -107,6 +111,9 @@ def _expiry_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     default, maximum = _optional_positive(environ, "GATEWAY_RESULT_TTL"), _optional_positive(environ, "GATEWAY_MAX_RESULT_TTL")
     if default is not None and maximum is not None and default > maximum:
         raise SettingsError(f"GATEWAY_RESULT_TTL={default} is over GATEWAY_MAX_RESULT_TTL={maximum}")
+    for name, seconds in (("GATEWAY_RESULT_TTL", default), ("GATEWAY_MAX_RESULT_TTL", maximum)):
+        if seconds is not None and seconds > LONGEST_TTL:
+            raise SettingsError(f"{name}={seconds} is over {LONGEST_TTL} s (100 years); leave it unset to keep results until deleted")
     return {
         # With only a maximum, a job that asks for no ttl is kept that long, not for ever.
         "result_ttl": default if default is not None else maximum,
@@ -126,11 +133,11 @@ def _results_url(environ: Mapping[str, str]) -> str:
     return url.rstrip("/")
 
 
-def _zarr_format(environ: Mapping[str, str]) -> int:
+def _zarr_format(environ: Mapping[str, str]) -> Literal[2, 3]:
     raw = environ.get("GATEWAY_ZARR_FORMAT", "").strip() or str(_DEFAULTS.zarr_format)
     if raw not in ("2", "3"):
         raise SettingsError(f"GATEWAY_ZARR_FORMAT={raw!r} must be 2 or 3")
-    return int(raw)
+    return 2 if raw == "2" else 3
 
 
 def _cluster_options(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from openapi_spec_validator import validate
 from openapi import openapi_document
 from random_array_job import AUTO_SHARD_BYTES, InvalidParameters, JobTooLarge, auto_shards, parse_spec, parse_ttl
 from random_chunks import chunk_selections, random_chunk
+from settings import LONGEST_TTL
 
 LIMITS = {"max_elements": 10**8, "max_chunks": 10_000}
 
@@ -109,7 +110,7 @@ def test_shards_default_to_the_gateways_setting_and_auto_makes_the_default_job_o
 def test_auto_shards_are_whole_chunks_of_at_most_a_tasks_bytes(shape, chunks, itemsize, shards) -> None:
     found = auto_shards(shape, chunks, itemsize)
     assert found == shards
-    assert all(shard % step == 0 for shard, step in zip(found, chunks))
+    assert all(shard % step == 0 for shard, step in zip(found, chunks, strict=True))
     assert math.prod(found) * itemsize <= max(AUTO_SHARD_BYTES, math.prod(chunks) * itemsize)
 
 
@@ -138,7 +139,17 @@ def test_a_jobs_ttl_or_the_default(value, expected) -> None:
     assert parse_ttl(value, default=60, maximum=3600) == expected
 
 
-@pytest.mark.parametrize(("value", "message"), [("0", "above 0"), ("soon", "whole number"), (1.5, "whole number"), (True, "whole number"), (3601, "GATEWAY_MAX_RESULT_TTL")])
+@pytest.mark.parametrize(
+    ("value", "message"), [("0", "above 0"), ("soon", "whole number"), (1.5, "whole number"), (True, "whole number"), (3601, "GATEWAY_MAX_RESULT_TTL")]
+)
 def test_a_bad_ttl_is_named(value, message) -> None:
     with pytest.raises(InvalidParameters, match=message):
         parse_ttl(value, default=60, maximum=3600)
+
+
+@pytest.mark.parametrize("value", ["355687428096000", 10**30, LONGEST_TTL + 1])
+def test_without_a_maximum_a_ttl_is_still_a_date_away(value) -> None:
+    """A ttl too large for a date once stopped a job runner: it is refused up front, even with no GATEWAY_MAX_RESULT_TTL."""
+    with pytest.raises(InvalidParameters, match="100 years"):
+        parse_ttl(value, default=None, maximum=None)
+    assert parse_ttl(LONGEST_TTL, default=None, maximum=None) == LONGEST_TTL

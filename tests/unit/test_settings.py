@@ -77,6 +77,8 @@ def test_values_are_read_from_the_environment() -> None:
         ("GATEWAY_DEFAULT_SHARDS", "1000,1000"),
         ("GATEWAY_RESULT_TTL", "a week"),
         ("GATEWAY_MAX_RESULT_TTL", "0"),
+        ("GATEWAY_MAX_RESULT_TTL", "355687428096000"),
+        ("GATEWAY_RESULT_TTL", "10000000000"),
         ("GATEWAY_EXPIRY_INTERVAL", "-5"),
         ("GATEWAY_OWNER_QUOTA_BYTES", "1.5e9"),
     ],
@@ -124,7 +126,9 @@ def test_expiry_and_quota_settings() -> None:
         load_settings({"GATEWAY_RESULT_TTL": "700", "GATEWAY_MAX_RESULT_TTL": "600"})
 
 
-@pytest.mark.parametrize(("word", "value"), [("true", True), ("Yes", True), ("1", True), ("FALSE", False), ("no", False), ("0", False), ("maybe", None), ("", None)])
+@pytest.mark.parametrize(
+    ("word", "value"), [("true", True), ("Yes", True), ("1", True), ("FALSE", False), ("no", False), ("0", False), ("maybe", None), ("", None)]
+)
 def test_a_setting_and_a_query_parameter_take_the_same_yes_or_no_words(word: str, value: bool | None) -> None:
     assert parse_flag(word) is value
     environ = {"GATEWAY_AUTH": "jupyterhub", "JUPYTERHUB_API_URL": "http://hub:8081/hub/api", "GATEWAY_RESULTS_PER_USER": word}
