@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import BUCKET, serve_for_module
+from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import start_process, stop_process
 from helpers import assert_all_gone, assert_complete_result, descendants, listing
-from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 
 
 def curl(url: str, *options: str) -> tuple[int, dict]:
@@ -79,3 +79,22 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path) -> Non
     finally:
         stop_process(process)
     assert "GATEWAY_N_WORKERS='three' is not a whole number" in log.read_text()
+
+
+def test_the_readmes_first_example_runs_as_written(served: RunningGateway, results_fs) -> None:
+    """The scientist's first screen: its code block, unchanged, in a fresh Python with a notebook's environment."""
+    readme = (PROJECT / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "/submit_job/my-first-job" in example and "xr.open_zarr" in example
+    # Here the gateway asks nobody's name: the token is sent and not checked.
+    environ = {**os.environ, "GATEWAY_URL": served.url, "JUPYTERHUB_API_TOKEN": "a-notebooks-token", "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, "-c", example], env=environ, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    status, record = curl(f"{served.url}/jobs/my-first-job")
+    assert status == 200
+    assert_complete_result(results_fs, record, BUCKET)
+    # Its picture is the gateway's full preview of such a job: a PNG of the same size.
+    picture = (PROJECT / "docs" / "preview.png").read_bytes()
+    assert "](docs/preview.png)" in readme.split("```sh", 1)[0]
+    drawn = subprocess.run(["curl", "--silent", "--fail", f"{served.url}/jobs/my-first-job/preview.png"], capture_output=True, check=True).stdout
+    assert picture[:8] == drawn[:8] == b"\x89PNG\r\n\x1a\n" and picture[16:24] == drawn[16:24], "the same width and height"
