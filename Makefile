@@ -39,7 +39,7 @@ run: $(STAMP)
 test: $(STAMP) $(TOOLS_STAMP) $(BROWSER_STAMP) $(PROXY)
 	$(BIN)/python -m pytest
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 # The slow part of the reliability checks, at scale: 3000 jobs from 16 clients,

@@ -74,7 +74,7 @@ class HubCallers:
         self.service_name = settings.jupyterhub_service_name
         self.admin_group = settings.admin_group
         self._token_pattern = HubAuth.auth_header_pat
-        self._hub_error: type[Exception] = HTTPError
+        self._hub_error: type[HTTPError] = HTTPError
         self._hub = HubAuth(
             api_url=settings.jupyterhub_api_url,
             api_token=settings.jupyterhub_api_token,

@@ -21,7 +21,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -31,6 +31,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from auth import NotAuthenticated
 from errors import GatewayError
 from settings import Settings
+
+if TYPE_CHECKING:
+    from werkzeug.datastructures import Headers
 
 # How long a browser may take at the hub's login page.
 LOGIN_SECONDS = 600
@@ -76,7 +79,7 @@ class BrowserLogin:
             oauth_redirect_uri=settings.oauth_callback_url,
             hub_host=settings.jupyterhub_host,
         )
-        self._hub_error: type[Exception] = HTTPError
+        self._hub_error: type[HTTPError] = HTTPError
         # A cookie read from a browser (or its disk) is no hub token: the key is derived
         # from the gateway's own token, which every replica holds and no browser sees.
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"science-gateway login cookie").derive(
@@ -122,7 +125,7 @@ class BrowserLogin:
         except (InvalidToken, UnicodeError):
             return None
 
-    def refuse_cross_site(self, headers: Mapping[str, str]) -> None:
+    def refuse_cross_site(self, headers: Mapping[str, str] | Headers) -> None:
         """Raise :class:`CrossSiteRequest` when the browser says another site made this request."""
         origin = headers.get("Origin")
         if headers.get("Sec-Fetch-Site") == "cross-site" or (origin is not None and origin != self.origin):

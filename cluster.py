@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -140,7 +140,7 @@ class ClusterConnection:
             identity = client.sync(
                 client.scheduler.identity, n_workers=-1, callback_timeout=SCHEDULER_QUERY_TIMEOUT
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the reason, readiness reports it
             reason = f"Dask scheduler does not answer: {type(exc).__name__}: {exc}"
             return ClusterStatus(False, self.kind, 0, wanted, reason)
         workers = len(identity.get("workers", {}))
@@ -191,7 +191,7 @@ class ClusterConnection:
         while not self._closing.is_set():
             try:
                 cluster, client = self._connect()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - every failed attempt is reported and retried
                 with self._lock:
                     self._failed_attempts += 1
                     self._reason = (

@@ -31,11 +31,11 @@ from random_array_job import (
     DTYPES,
     JOB_ID_PATTERN,
     JOB_ID_RULE,
+    PAIR_PATTERN,
+    PARAMETERS,
     InvalidJobId,
     InvalidParameters,
     JobCancelled,
-    PAIR_PATTERN,
-    PARAMETERS,
     RandomArraySpec,
     parse_spec,
     parse_ttl,
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.url_map.converters["job_id"] = AnyJobId
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's DefaultJSONProvider has it
     app.extensions["science_gateway"] = gateway
     _register_routes(app, gateway)
     _register_error_handlers(app)
@@ -391,7 +391,7 @@ def _register_authentication(app: Flask, callers: HubCallers, login: BrowserLogi
             if login is None or request.endpoint != "index" or request.method != "GET" or not _wants_html():
                 raise
             url, state = login.start(request.full_path.rstrip("?"))
-            response = redirect(url)
+            response: Response = redirect(url)  # type: ignore[assignment]  # Flask's redirect makes Flask's Response
             response.set_cookie(login.state_cookie, state, max_age=LOGIN_SECONDS, **login.cookie_options)
             return response
         return None
@@ -401,7 +401,7 @@ def _register_authentication(app: Flask, callers: HubCallers, login: BrowserLogi
         @app.get("/oauth_callback")
         def oauth_callback() -> Response:
             cookie, next_path = login.finish(request.args.get("code"), request.args.get("state"), request.cookies.get(login.state_cookie))
-            response = redirect(next_path)
+            response: Response = redirect(next_path)  # type: ignore[assignment]  # as above
             response.set_cookie(login.token_cookie, cookie, **login.cookie_options)
             response.delete_cookie(login.state_cookie, **login.cookie_options)
             return response

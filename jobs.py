@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from admission import RETRY_AFTER_SECONDS, AdmissionRefused
@@ -652,7 +652,7 @@ class JobManager:
         # Saved before it shows as finished, so that a DELETE of the finished job cannot race the save.
         self._save_quietly(final)
         # Counted and logged before it shows as finished: a caller who learns the job is done finds both.
-        self._metrics.job_finished(status, final.seconds)
+        self._metrics.job_finished(status, final.seconds or 0.0)
         logger.info(
             "job %s %s in %.3f s%s", record.job_id, status, final.seconds, f": {error['message']}" if error else "",
             extra=job_event_fields(record.job_id, status, status, final.seconds),

@@ -20,7 +20,7 @@ from distributed import Client
 from random_array_job import MAX_TASK_BYTES
 
 matplotlib.use("Agg")  # no display in a web process
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
 MAX_SIDE = 500
 # One value a pixel, small enough for a page that shows fifty at once (27 kB each for random values).

@@ -28,7 +28,7 @@ class ProbeServer:
         host, _, port = address.rpartition(":")
 
         class ProbeHandler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            def do_GET(self) -> None:
                 answer = answers(self.path.split("?", 1)[0])
                 status, body = answer or (404, {"error": {"code": "not_found", "message": "this port serves /healthz and /readyz"}})
                 payload = json.dumps(body).encode()

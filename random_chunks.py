@@ -191,7 +191,7 @@ def write_random_region(region: Selection, *, run_id: str, target: ArrayTarget, 
     writes = [functools.partial(results_objects.put, store, key, data) for key, data in region_objects(region, target, seed)]
     try:
         sync(store_all_or_none_pending(writes))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any store library's error, passed on as text
         cause = results_objects.describe(exc)
     else:
         return math.prod(math.ceil((part.stop - part.start) / step) for part, step in zip(region, target.chunks, strict=True))
@@ -199,7 +199,7 @@ def write_random_region(region: Selection, *, run_id: str, target: ArrayTarget, 
     raise StoreWriteFailed(cause)
 
 
-async def store_all_or_none_pending(writes: list[Callable[[], Awaitable[None]]]) -> None:
+async def store_all_or_none_pending(writes: Sequence[Callable[[], Awaitable[None]]]) -> None:
     """Run the writes (of chunks or shards) concurrently; once one fails, cancel the others and raise its error.
 
     zarr's own write of a region (``array[region] = block``) gathers its chunk

@@ -20,6 +20,7 @@ import functools
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -27,8 +28,12 @@ import obstore
 from obstore.store import LocalStore, ObjectStore, S3Store
 from zarr.core.sync import sync
 
+if TYPE_CHECKING:
+    # Typed dictionaries of obstore's stubs, not importable at run time.
+    from obstore.store import ClientConfig, RetryConfig
+
 # A store that fails keeps failing a job only this long: retried with backoff, then the job fails naming storage.
-RETRIES = {"max_retries": 5, "retry_timeout": timedelta(seconds=60)}
+RETRIES: RetryConfig = {"max_retries": 5, "retry_timeout": timedelta(seconds=60)}
 # Per request, from connecting to the last byte: a 256 MiB shard at 10 MB/s.
 REQUEST_TIMEOUT = timedelta(seconds=30 + 256 * 2**20 // 10**7)
 
@@ -80,7 +85,7 @@ def _open(url: str, environment: tuple[str | None, ...]) -> ObjectStore:
     if parsed.scheme != "s3":
         raise ValueError(f"results URL {url!r}: the workers write to s3:// or file:// URLs")
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
-    client_options: dict = {
+    client_options: ClientConfig = {
         # An http:// endpoint is the operator's explicit choice (an in-cluster store); obstore refuses it unless told.
         "allow_http": endpoint.startswith("http://"),
         "timeout": REQUEST_TIMEOUT,

@@ -32,6 +32,7 @@ import fsspec
 import zarr
 import zarr.storage
 from fsspec.implementations.local import LocalFileSystem
+from zarr.core.common import ZarrFormat
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
 import results_objects
@@ -103,7 +104,7 @@ def _json(record: dict[str, Any]) -> bytes:
 
 @functools.lru_cache(maxsize=64)
 def _new_array_metadata(
-    shape: tuple[int, ...], chunks: tuple[int, ...], shards: tuple[int, ...] | None, dtype: str, zarr_format: int
+    shape: tuple[int, ...], chunks: tuple[int, ...], shards: tuple[int, ...] | None, dtype: str, zarr_format: ZarrFormat
 ) -> tuple[ArrayV2Metadata | ArrayV3Metadata, tuple[tuple[str, bytes], ...], tuple[tuple[str, bytes], ...]]:
     """The array's zarr metadata, and the documents of the array and of its group, made by zarr in memory.
 
@@ -189,7 +190,7 @@ class ResultsStore:
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"checking {self.url_for(place)} failed", exc)) from exc
 
-    def pending_result(self, job_id: str, place: str, spec: RandomArraySpec, zarr_format: int) -> PendingResult:
+    def pending_result(self, job_id: str, place: str, spec: RandomArraySpec, zarr_format: ZarrFormat) -> PendingResult:
         """A new job's array, bound to its place in the store; nothing is written here.
 
         The metadata is made by zarr in memory and written by :meth:`begin_result`

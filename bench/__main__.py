@@ -30,10 +30,10 @@ from bench.report import write_report
 from bench.workloads import Baseline, Floor, Gateway, ObstoreFloor
 from bench.workshop import PREVIOUS_DESIGN_ENVIRON, run_workshop
 from cluster import WORKER_MALLOC_ENVIRON
-from random_array_job import RandomArraySpec, auto_shards
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
+from random_array_job import RandomArraySpec, auto_shards
 
 # The S3 buckets: one per way of writing; the gateway's sharded jobs share its bucket, the obstore floor the floor's.
 BUCKETS = ("floor", "baseline", "gateway")

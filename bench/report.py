@@ -6,14 +6,14 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - the backend is chosen first
+import matplotlib.pyplot as plt
 
 README_START = "<!-- bench:start -->"
 # The two floors: the job's objects written from one process with s3fs (the targets' reference) and with obstore.

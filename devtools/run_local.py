@@ -14,6 +14,7 @@ from pathlib import Path
 from devtools.gunicorn_gateway import PROJECT, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
+
 # Loopback-only development credentials for the embedded S3 server.
 DEV_ACCESS_KEY = "gateway-dev-access-key"
 DEV_SECRET_KEY = "gateway-dev-secret-key"

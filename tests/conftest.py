@@ -19,9 +19,7 @@ from playwright.sync_api import Browser, sync_playwright
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import stop_process
-from gateway import create_app, services
-from helpers import keep_responses, responses_log
-from settings import load_settings
+from helpers import keep_responses, responses_log, running_app
 
 # What `make test` said when it tried to install chromium.
 INSTALL_LOG = Path(__file__).parents[1] / ".venv" / ".browser"
@@ -107,10 +105,8 @@ def results_fs(s3: LocalS3) -> fsspec.AbstractFileSystem:
 @pytest.fixture(scope="session")
 def app(s3: LocalS3) -> Iterator[Flask]:
     """The gateway with a 3-worker LocalCluster, shared by the tests that need a ready service."""
-    app = create_app(load_settings({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}))
-    assert services(app).cluster.wait_until_ready(120), services(app).cluster.status().reason
-    yield app
-    services(app).close()
+    with running_app({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}, ready_within=120) as app:
+        yield app
 
 
 def serve_for_module(tmp_path_factory: pytest.TempPathFactory, name: str, results_url: str, **settings: str) -> Iterator[RunningGateway]:

@@ -6,7 +6,8 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,12 @@ import requests
 import websocket
 import xarray as xr
 import zarr
+from flask import Flask
 from nbclient import NotebookClient
 
+from gateway import create_app, services
 from random_chunks import chunk_selections, random_chunk
+from settings import load_settings
 
 SHAPE = (1000, 1000)
 CHUNKS = (100, 100)
@@ -182,3 +186,18 @@ def _text(output: nbformat.NotebookNode) -> str:
     if output.output_type == "error":
         return f"{output.ename}: {output.evalue}"
     return output.get("text", "") or output.get("data", {}).get("text/plain", "")
+
+
+@contextmanager
+def running_app(environ: Mapping[str, str], ready_within: float | None = None) -> Iterator[Flask]:
+    """The service built from these variables, as at start-up; its cluster and runners stopped on the way out.
+
+    With ``ready_within``, it first waits that many seconds for the Dask cluster, and fails with the reason if none came.
+    """
+    app = create_app(load_settings(environ))
+    try:
+        if ready_within is not None:
+            assert services(app).cluster.wait_until_ready(ready_within), services(app).cluster.status().reason
+        yield app
+    finally:
+        services(app).close()

@@ -18,7 +18,6 @@ import yaml
 from devtools.gunicorn_gateway import PROJECT
 from devtools.processes import free_port, start_process, wait_for_port, wait_while_running
 
-
 # configurable-http-proxy, which the Makefile installs from npm for the hub.
 PROXY_COMMAND = PROJECT / ".venv" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
 

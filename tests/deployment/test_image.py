@@ -23,7 +23,13 @@ import requests
 from artifacts import manifests
 from conftest import BUCKET, MEASUREMENTS
 from devtools.container_engine import (
-    EngineUnavailable, build_image, docker, ensure_debian_base, image_megabytes, running_engine, served_wheelhouse,
+    EngineUnavailable,
+    build_image,
+    docker,
+    ensure_debian_base,
+    image_megabytes,
+    running_engine,
+    served_wheelhouse,
 )  # fmt: skip
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process

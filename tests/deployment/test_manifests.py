@@ -13,10 +13,11 @@ from flask import Flask
 from artifacts import dockerfile_cmd, gunicorn_settings, helm_values, jupyterhub_values, manifests, options_handler
 from devtools.container_engine import DEBIAN_BASE_IMAGE
 from devtools.processes import free_port
-from gateway import create_app, probe_answer, services
+from gateway import probe_answer, services
+from helpers import running_app
 from probe_server import ProbeServer
-from servers import PROJECT
 from random_array_job import STOP_TIMEOUT
+from servers import PROJECT
 from settings import Settings, load_settings
 
 SECRET = "awsconfig"
@@ -25,9 +26,8 @@ SECRET = "awsconfig"
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
     environ = {"DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}", "GATEWAY_RESULTS_URL": str(tmp_path_factory.mktemp("r"))}
-    app = create_app(load_settings(environ))
-    yield app
-    services(app).close()
+    with running_app(environ) as app:
+        yield app
 
 
 def container():

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
+from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
-from hypothesis import HealthCheck, settings
 
 from conftest import BUCKET, serve_for_module
 from devtools.gunicorn_gateway import RunningGateway
@@ -63,7 +63,7 @@ def test_no_5xx_and_every_answer_is_documented(case: schemathesis.Case, fuzzed: 
 def _pair(value: object) -> tuple[float, ...] | None:
     items = value.split(",") if isinstance(value, str) else value
     try:
-        return tuple(float(item) for item in items)  # type: ignore[union-attr]
+        return tuple(float(item) for item in items)
     except (TypeError, ValueError):
         return None
 
@@ -76,12 +76,12 @@ def rule_beyond_the_document(case: schemathesis.Case) -> str | None:
         return "cursor is not one this service gave out"
     values = {**(case.query or {}), **(case.body if isinstance(case.body, dict) else {})}
     chunks, shape = _pair(values.get("chunks")), _pair(values.get("shape")) or (1000, 1000)
-    if chunks and any(step > size for step, size in zip(chunks, shape)):
+    if chunks and any(step > size for step, size in zip(chunks, shape, strict=False)):
         return "no larger than shape"
     shards = _pair(values.get("shards"))
     if shards:
         steps = chunks or tuple(min(100, size) for size in shape)
-        covering = [math.ceil(size / step) * step for size, step in zip(shape, steps)]
-        if any(shard % step or shard > whole for shard, step, whole in zip(shards, steps, covering)):
+        covering = [math.ceil(size / step) * step for size, step in zip(shape, steps, strict=False)]
+        if any(shard % step or shard > whole for shard, step, whole in zip(shards, steps, covering, strict=False)):
             return "must be whole multiples of chunks"
     return None

@@ -16,10 +16,10 @@ import requests
 from dask_gateway import BasicAuth, Gateway
 
 from conftest import BUCKET
+from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
 from helpers import assert_all_gone, assert_complete_result, descendants, wait_for
-from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from servers import DaskGatewayServer, start_dask_gateway_server
 
 USER = "scientist"

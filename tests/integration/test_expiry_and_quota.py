@@ -6,9 +6,9 @@ of the S3 server and settings of seconds.
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import replace
-import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,13 +16,12 @@ from flask import Flask
 
 from admission import AdmissionRefused
 from conftest import BUCKET
-from gateway import create_app, services
-from helpers import assert_made_from_its_seed, wait_for
+from gateway import services
+from helpers import assert_made_from_its_seed, running_app, wait_for
 from jobs import DONE, RUNNING, JobManager
 from metrics import GatewayMetrics
 from random_array_job import JobNotFound, RandomArraySpec
 from results_store import ResultsStore
-from settings import load_settings
 
 SMALL = RandomArraySpec(seed=4, shape=(200, 200), chunks=(100, 100))
 
@@ -120,10 +119,8 @@ def test_the_api_shows_ttl_expiry_usage_and_quota(s3, results_fs) -> None:
     prefix = f"{BUCKET}/quota-api-{uuid.uuid4().hex[:8]}"
     quota = SMALL.nbytes + 1000
     settings = {"GATEWAY_RESULTS_URL": f"s3://{prefix}", "GATEWAY_OWNER_QUOTA_BYTES": str(quota), "GATEWAY_MAX_RESULT_TTL": "3600"}
-    app = create_app(load_settings({**os.environ, **settings}))
-    client = app.test_client()
-    try:
-        assert services(app).cluster.wait_until_ready(120)
+    with running_app({**os.environ, **settings}, ready_within=120) as app:
+        client = app.test_client()
         done = client.get("/submit_job/kept-an-hour?shape=200,200&ttl=3600")
         assert done.status_code == 200, done.json
         assert done.json["ttl"] == 3600 and done.json["expires_at"] is not None
@@ -136,5 +133,4 @@ def test_the_api_shows_ttl_expiry_usage_and_quota(s3, results_fs) -> None:
         without = client.post("/jobs", json={"shape": [10, 10], "chunks": [10, 10]})
         assert without.json["ttl"] == 3600, "with only a maximum, that is the default"
         assert f"gateway_stored_bytes {float(SMALL.nbytes + 400)}".encode() in client.get("/metrics").data
-    finally:
-        services(app).close()
+

@@ -5,10 +5,10 @@ array never carries the completion marker, and the service stays up.
 """
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 import secrets
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 

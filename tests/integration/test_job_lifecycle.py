@@ -11,11 +11,9 @@ from flask import Flask
 
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
-from gateway import create_app, services
-from helpers import expected_objects, wait_for
+from helpers import expected_objects, running_app, wait_for
 from openapi_check import CheckedClient
 from random_chunks import chunk_selections, random_chunk
-from settings import load_settings
 
 PREFIX = f"{BUCKET}/lifecycle"
 # 10000 chunks in many tasks: long enough to be seen running and to be cancelled on the way.
@@ -27,10 +25,8 @@ SMALL_JOB = {"shape": [10, 10], "chunks": [10, 10]}
 def lifecycle_app(s3: LocalS3) -> Iterator[Flask]:
     """One job at a time, so that a second job is seen queued; results under their own prefix."""
     environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_MAX_RUNNING_JOBS": "1"}
-    app = create_app(load_settings(environ))
-    assert services(app).cluster.wait_until_ready(120)
-    yield app
-    services(app).close()
+    with running_app(environ, ready_within=120) as app:
+        yield app
 
 
 @pytest.fixture
@@ -215,8 +211,7 @@ def test_malformed_bodies_are_rejected(api: CheckedClient, kwargs: dict, status:
 
 def test_a_job_fails_with_a_storage_message_when_its_bucket_is_removed(s3: LocalS3, results_fs) -> None:
     results_fs.mkdir("doomed-bucket")
-    app = create_app(load_settings({**os.environ, "GATEWAY_RESULTS_URL": "s3://doomed-bucket", "GATEWAY_N_WORKERS": "1"}))
-    try:
+    with running_app({**os.environ, "GATEWAY_RESULTS_URL": "s3://doomed-bucket", "GATEWAY_N_WORKERS": "1"}) as app:
         api = CheckedClient(app.test_client())
         assert api.post("/jobs", json={"job_id": "doomed", **BIG_JOB}).status_code == 202
         wait_until_writing(api, "doomed")
@@ -239,5 +234,3 @@ def test_a_job_fails_with_a_storage_message_when_its_bucket_is_removed(s3: Local
         assert record["error"]["code"] == "storage_error"
         assert "doomed" in record["error"]["message"]
         assert s3.secret_key not in str(record)
-    finally:
-        services(app).close()

@@ -17,14 +17,22 @@ import zarr
 from flask import Flask
 from flask.testing import FlaskClient
 
+from admission import AdmissionRefused
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import create_app, services
 from helpers import (
-    assert_all_gone, assert_complete_result, assert_made_from_its_seed, chunk_objects, descendants, expected_objects, listing, wait_for,
+    assert_all_gone,
+    assert_complete_result,
+    assert_made_from_its_seed,
+    chunk_objects,
+    descendants,
+    expected_objects,
+    listing,
+    running_app,
+    wait_for,
 )  # fmt: skip
-from admission import AdmissionRefused
-from jobs import DONE, RUNNING, JobManager, JobRecord
+from jobs import DONE, RUNNING, GatewayStopping, JobManager, JobRecord
 from metrics import GatewayMetrics
 from random_array_job import JobAlreadyExists, JobNotFound, RandomArraySpec
 from results_store import ResultsStore
@@ -299,13 +307,13 @@ def test_a_job_over_its_timeout_is_cancelled_and_leaves_nothing(app: Flask, tmp_
 
 
 def test_a_missing_bucket_is_a_storage_error_without_credentials(s3: LocalS3) -> None:
-    app = create_app(load_settings({"GATEWAY_RESULTS_URL": "s3://no-such-bucket", "GATEWAY_N_WORKERS": "1"}))
-    try:
-        assert services(app).cluster.wait_until_ready(60)
+    with running_app({"GATEWAY_RESULTS_URL": "s3://no-such-bucket", "GATEWAY_N_WORKERS": "1"}, ready_within=60) as app:
         http = app.test_client()
         # Readiness is checked in the background every second: until the first check, the
         # answer may be the job records' loader's, which names the missing bucket too.
-        ready = wait_for(lambda: (answer := http.get("/readyz")).status_code == 503 and "readiness not checked yet" not in answer.text and answer, 10, "readiness")
+        ready = wait_for(
+            lambda: (answer := http.get("/readyz")).status_code == 503 and "readiness not checked yet" not in answer.text and answer, 10, "readiness"
+        )
         assert "s3://no-such-bucket does not exist" in ready.json["error"]["message"]
 
         response = http.get("/submit_job/nowhere")
@@ -314,8 +322,6 @@ def test_a_missing_bucket_is_a_storage_error_without_credentials(s3: LocalS3) ->
         assert "s3://no-such-bucket" in response.json["error"]["message"]
         assert "does not exist" in response.json["error"]["message"]
         assert s3.secret_key not in response.get_data(as_text=True)
-    finally:
-        services(app).close()
     assert not (s3.data_dir / "no-such-bucket").exists(), "the service must never create buckets"
 
 
@@ -353,3 +359,40 @@ def test_adaptive_workers_rise_under_a_burst_and_return_to_the_minimum(s3: Local
     finally:
         services(app).close()
     measured(f"adaptive: 1 to {most} workers under a burst of 4 jobs, back to 1 once idle")
+
+
+def test_zarr_2_on_s3_reads_back_with_zarr_and_xarray(app: Flask) -> None:
+    url = f"s3://{BUCKET}/zarr2-{uuid.uuid4().hex[:8]}"
+    manager = manager_on(app, url, zarr_format=2)
+    manager.start()
+    try:
+        record = manager.wait(manager.submit("on-s3", RandomArraySpec(seed=8, shape=(250, 120), chunks=(100, 50))).job_id)
+    finally:
+        manager.close()
+    assert record.status == DONE, record.error
+    array = zarr.open_group(record.url, mode="r")["data"]
+    assert array.metadata.zarr_format == 2 and array.shards is None, "zarr 2 cannot shard: one object per chunk"
+    assert_made_from_its_seed(record.url, seed=8)
+    assert xr.open_zarr(record.url)["data"].dims == ("y", "x")
+
+
+def test_a_result_in_the_bucket_without_a_record_is_never_overwritten(client: FlaskClient, results_fs, job_id: str) -> None:
+    """Someone else's array where the id would write, with no job record of this gateway: 409, and it stays."""
+    results_fs.pipe(f"{BUCKET}/{job_id}/data/zarr.json", b'{"theirs": true}')
+    response = client.get(f"/submit_job/{job_id}")
+    assert response.status_code == 409 and response.json["error"]["code"] == "job_exists"
+    assert response.json["error"]["url"] == f"s3://{BUCKET}/{job_id}"
+    assert results_fs.cat(f"{BUCKET}/{job_id}/data/zarr.json") == b'{"theirs": true}'
+    assert client.get(f"/jobs/{job_id}").status_code == 404, "and no record was made of it"
+
+
+def test_a_stopping_gateway_takes_no_new_job(app: Flask) -> None:
+    manager = manager_on(app, f"s3://{BUCKET}/stopping-{uuid.uuid4().hex[:8]}")
+    manager.start()
+    manager.stop_starting_jobs()
+    try:
+        with pytest.raises(GatewayStopping, match="takes no new jobs") as refused:
+            manager.submit("late", RandomArraySpec(seed=1))
+    finally:
+        manager.close()
+    assert (refused.value.status, refused.value.code, refused.value.headers()) == (503, "gateway_stopping", {"Retry-After": "10"})

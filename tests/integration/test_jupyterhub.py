@@ -42,6 +42,7 @@ from servers import (
 USERS = ["alice", "bob", "carol", "gateway-bot"]
 ADMINS = "gateway-admins"
 SMALL = "shape=100,100"
+FINISHED = ("done", "failed", "cancelled")
 
 
 def hub_token() -> str:
@@ -482,7 +483,8 @@ def test_a_workshop_of_200_callers_from_three_users_never_starves_the_probes(
                 body = {"job_id": f"workshop-{run}-{index}", "seed": seed, "shape": [100, 100]}
                 posted = session.post(f"{url}/jobs", json=body, headers=headers, timeout=60)
                 # As the example notebook does: poll the job's Location until it is finished.
-                while posted.status_code == 202 and session.get(f"{url}{posted.headers['Location']}", headers=headers, timeout=60).json()["status"] in ("queued", "running"):
+                location = f"{url}{posted.headers.get('Location', '')}"
+                while posted.status_code == 202 and session.get(location, headers=headers, timeout=60).json()["status"] in ("queued", "running"):
                     time.sleep(0.5)
                 return [(kind, posted, seed)]
             if kind == "list":
@@ -500,7 +502,7 @@ def test_a_workshop_of_200_callers_from_three_users_never_starves_the_probes(
         def finished(job: dict) -> dict:
             headers = as_user(tokens[job["owner"]])
             return wait_for(
-                lambda: (record := requests.get(f"{url}/jobs/{job['job_id']}", headers=headers, timeout=30).json())["status"] in ("done", "failed", "cancelled") and record,
+                lambda: (record := requests.get(f"{url}/jobs/{job['job_id']}", headers=headers, timeout=30).json())["status"] in FINISHED and record,
                 300, f"job {job['job_id']}",
             )  # fmt: skip
 

@@ -63,7 +63,9 @@ def test_jobs_from_sixteen_clients_all_complete_and_memory_stays_bounded(loaded:
     responses = run_jobs(loaded, job_ids)
 
     after = gateway_rss_mb(loaded)
-    failures = [(job_id, response.status_code, response.text[:200]) for job_id, response in zip(job_ids, responses) if response.status_code != 200]
+    failures = [
+        (job_id, response.status_code, response.text[:200]) for job_id, response in zip(job_ids, responses, strict=True) if response.status_code != 200
+    ]
     assert not failures, f"{len(failures)} of {JOBS} jobs failed, the first: {failures[0]}"
     assert all(response.json()["status"] == "done" for response in responses)
 

@@ -10,6 +10,7 @@ from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
 from helpers import outputs, run_example_notebook
 
+
 @pytest.fixture(scope="module")
 def notebook_gateway(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     yield from serve_for_module(tmp_path_factory, "notebook", f"s3://{BUCKET}")

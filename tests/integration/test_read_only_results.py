@@ -14,15 +14,12 @@ from collections.abc import Iterator
 import fsspec
 import pytest
 import xarray as xr
-from flask import Flask
 from flask.testing import FlaskClient
 
 from conftest import BUCKET
 from devtools.processes import stop_process
-from gateway import create_app, services
-from helpers import wait_for
+from helpers import running_app, wait_for
 from servers import PROJECT, PolicedS3, start_policed_s3
-from settings import load_settings
 
 POLICIES = {name: json.loads((PROJECT / f"results_{name}_policy.json").read_text()) for name in ("writer", "reader")}
 
@@ -41,12 +38,8 @@ def writer(policed_s3: PolicedS3) -> Iterator[FlaskClient]:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in policed_s3.environ("writer").items():
             patch.setenv(name, value)
-        app: Flask = create_app(load_settings({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}", "GATEWAY_N_WORKERS": "1"}))
-        try:
-            assert services(app).cluster.wait_until_ready(120), services(app).cluster.status().reason
+        with running_app({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}", "GATEWAY_N_WORKERS": "1"}, ready_within=120) as app:
             yield app.test_client()
-        finally:
-            services(app).close()
 
 
 def readers_files(policed_s3: PolicedS3) -> fsspec.AbstractFileSystem:

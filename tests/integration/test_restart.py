@@ -7,10 +7,10 @@ import psutil
 import requests
 
 from conftest import BUCKET
+from devtools.gunicorn_gateway import start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import stop_process
 from helpers import assert_all_gone, wait_for
-from devtools.gunicorn_gateway import start_gunicorn_gateway
 
 PREFIX = f"{BUCKET}/restart"
 

@@ -12,8 +12,8 @@ from flask.testing import FlaskClient
 
 from browser_login import safe_return_path
 from devtools.processes import free_port
-from gateway import create_app, services
-from settings import load_settings
+from gateway import services
+from helpers import running_app
 
 HTML = {"Accept": "text/html"}
 
@@ -29,9 +29,8 @@ def auth_app(tmp_path_factory: pytest.TempPathFactory, callback: str) -> Iterato
         "JUPYTERHUB_OAUTH_CALLBACK_URL": callback,
         "JUPYTERHUB_HOST": "https://hub.example.org",
     }
-    app = create_app(load_settings(environ))
-    yield app
-    services(app).close()
+    with running_app(environ) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,10 @@ def test_task_regions_tile_the_array_in_whole_chunks(shape: tuple, chunks: tuple
     covered = np.zeros(shape, dtype=int)
     for region in regions:
         covered[region] += 1
-        for part, step, size in zip(region, chunks, shape):
+        for part, step, size in zip(region, chunks, shape, strict=True):
             assert part.start % step == 0 and (part.stop % step == 0 or part.stop == size), "regions are whole chunks"
     assert (covered == 1).all()
-    n_chunks = math.prod(math.ceil(size / step) for size, step in zip(shape, chunks))
+    n_chunks = math.prod(math.ceil(size / step) for size, step in zip(shape, chunks, strict=True))
     assert min(n_tasks, n_chunks) <= len(regions) <= n_tasks * 2
 
 
@@ -96,9 +96,9 @@ def test_a_sharded_array_is_the_unsharded_one_value_for_value_and_one_object_per
     )
     target = ArrayTarget(tmp_path.as_uri(), "data", array.metadata)
     written = sum(write_random_region(region, run_id="sharded", target=target, seed=9) for region in task_regions(shape, shards, 3))
-    assert written == math.prod(math.ceil(size / step) for size, step in zip(shape, chunks)), "progress counts chunks"
+    assert written == math.prod(math.ceil(size / step) for size, step in zip(shape, chunks, strict=True)), "progress counts chunks"
     stored = zarr.open_array(zarr.storage.LocalStore(tmp_path), path="data", mode="r")
     assert (stored.chunks, stored.shards) == (chunks, shards), "readers still read chunks of the requested size"
     np.testing.assert_array_equal(stored[:], expected_array(9, shape, chunks, "float32"))
     data_objects = [path for path in (tmp_path / "data").iterdir() if path.name != "zarr.json"]
-    assert len(data_objects) == math.prod(math.ceil(size / step) for size, step in zip(shape, shards))
+    assert len(data_objects) == math.prod(math.ceil(size / step) for size, step in zip(shape, shards, strict=True))

@@ -8,6 +8,7 @@ import gateway
 from devtools.processes import free_port
 from errors import GatewayError, status_of
 from random_array_job import JobNotFound
+from results_store import StorageError
 from settings import load_settings
 
 
@@ -35,18 +36,29 @@ def test_a_job_that_failed_while_its_caller_waited_answers_with_the_status_of_it
     assert status_of(code) == status
 
 
-def test_a_subclass_of_a_known_failure_answers_as_that_failure(tmp_path: Path) -> None:
+def test_a_subclass_of_a_known_failure_answers_as_that_failure_and_storage_errors_are_counted(tmp_path: Path) -> None:
     class NoSuchRegion(JobNotFound):
         """A more particular kind of not found."""
 
-    def raise_it() -> None:
+    def not_found() -> None:
         raise NoSuchRegion("no region 7 in job 'x'")
 
+    def store_failed() -> None:
+        raise StorageError("results store error: the test's store failed")
+
+    # The results store is a local directory that exists, so readiness counts no storage error of its own.
     app = gateway.create_app(load_settings({"DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}", "GATEWAY_RESULTS_URL": str(tmp_path)}))
+    metrics = gateway.services(app).metrics.registry
     try:
-        app.add_url_rule("/raises", "raises", raise_it)
-        response = app.test_client().get("/raises")
+        app.add_url_rule("/not-found", "not_found", not_found)
+        app.add_url_rule("/store-failed", "store_failed", store_failed)
+        client = app.test_client()
+        response = client.get("/not-found")
+        counted = metrics.get_sample_value("gateway_s3_errors_total")
+        failed = client.get("/store-failed")
+        assert metrics.get_sample_value("gateway_s3_errors_total") == counted + 1
     finally:
         gateway.services(app).close()
     assert response.status_code == 404
     assert response.json["error"] == {"code": "job_not_found", "message": "no region 7 in job 'x'"}
+    assert failed.status_code == 502 and failed.json["error"]["code"] == "storage_error"

@@ -8,19 +8,17 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from devtools.processes import free_port
-from gateway import create_app, services
-from helpers import wait_for
+from gateway import services
+from helpers import running_app, wait_for
 from openapi import OPEN_PATHS
-from settings import load_settings
 
 
 @pytest.fixture(scope="module")
 def unready_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     results = tmp_path_factory.mktemp("results")
     environ = {"DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}", "GATEWAY_RESULTS_URL": str(results)}
-    app = create_app(load_settings(environ))
-    yield app
-    services(app).close()
+    with running_app(environ) as app:
+        yield app
 
 
 @pytest.fixture
@@ -86,15 +84,12 @@ def test_with_jupyterhub_authentication_and_no_hub_a_token_cannot_be_checked(tmp
         "GATEWAY_AUTH": "jupyterhub",
         "JUPYTERHUB_API_URL": f"http://127.0.0.1:{free_port()}/hub/api",
     }
-    app = create_app(load_settings(environ))
-    try:
+    with running_app(environ) as app:
         client = app.test_client()
         # Open without a token: /readyz says not ready (no Dask Gateway, no hub), never 401.
         assert {path: client.get(path).status_code for path in OPEN_PATHS} == {"/healthz": 200, "/readyz": 503, "/metrics": 200}
         missing = client.get("/jobs")
         unchecked = client.get("/jobs", headers={"Authorization": "Bearer some-token"})
-    finally:
-        services(app).close()
 
     assert missing.status_code == 401 and missing.json["error"]["code"] == "not_authenticated"
     assert unchecked.status_code == 503 and unchecked.json["error"]["code"] == "auth_unavailable"
@@ -120,9 +115,8 @@ def small_queue_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]
     environ = {
         "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}", "GATEWAY_RESULTS_URL": str(results), "GATEWAY_MAX_QUEUED_JOBS": "2",
     }  # fmt: skip
-    app = create_app(load_settings(environ))
-    yield app
-    services(app).close()
+    with running_app(environ) as app:
+        yield app
 
 
 def test_beyond_the_queues_limit_a_submission_gets_429_naming_it_with_retry_after(small_queue_app: Flask) -> None:

@@ -9,7 +9,7 @@ import pytest
 import results_objects
 from devtools.processes import free_port
 from random_array_job import RandomArraySpec
-from results_store import ResultsStore
+from results_store import ResultsStore, describe_storage_failure
 
 SECRET = "unit-secret-key-0123456789"
 
@@ -54,3 +54,9 @@ def test_a_results_directory_that_does_not_exist_is_never_made(tmp_path: Path) -
     with pytest.raises(Exception, match="missing"):
         results_objects.open_results(missing.as_uri())
     assert not missing.exists()
+
+
+def test_a_storage_error_that_quotes_the_secret_key_shows_it_masked(s3_environment: str) -> None:
+    message = describe_storage_failure("writing chunks of job 'x' failed", OSError(f"SignatureDoesNotMatch for secret {SECRET}"))
+    assert SECRET not in message
+    assert message == "results store error: writing chunks of job 'x' failed: OSError: SignatureDoesNotMatch for secret ***"
