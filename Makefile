@@ -51,7 +51,7 @@ soak: $(STAMP)
 		tests/integration/test_faults.py tests/integration/test_secrets_audit.py
 
 # Speed and memory against the S3 floor and the plain Dask approach: prints the
-# table and targets, writes bench/results/latest.{json,png}, updates the README.
+# table and targets, writes bench/results/latest.{json,png}, updates docs/contributing.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

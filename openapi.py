@@ -33,7 +33,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS), or the body over 16 KiB",
         415: "The Content-Type is not application/json, even with no body",
         429: "Over a limit on waiting callers, queued jobs, one owner's jobs or stored bytes (error.limit, error.setting; error.usage for quota_exceeded); Retry-After says when to try again",
-        500: "The job failed on the cluster",
+        500: "The job failed on the cluster (job_failed), or the gateway failed unexpectedly (internal_error; its log says more)",
         502: "The results store failed; the message names the cause",
         503: "No working Dask cluster, not ready, the gateway is stopping, or JupyterHub cannot be asked about a token",
         504: "The job ran over GATEWAY_JOB_TIMEOUT and was cancelled",

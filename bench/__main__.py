@@ -95,7 +95,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few jobs, no large jobs: a smoke run, not a measurement")
     parser.add_argument("--output-dir", type=Path, default=PROJECT / "bench" / "results")
-    parser.add_argument("--readme", type=Path, default=PROJECT / "README.md", help="whose performance section to update")
+    parser.add_argument("--readme", type=Path, default=PROJECT / "docs" / "contributing.md", help="the document whose performance section to update")
     args = parser.parse_args()
     jobs_c1, jobs_c8, rounds, memory_jobs = (4, 8, 1, 40) if args.quick else (10, 16, 3, 500)
 

@@ -1,4 +1,4 @@
-"""The benchmark's table, its targets, the raw numbers as JSON, a chart, and the README's performance section."""
+"""The benchmark's table, its targets, the raw numbers as JSON, a chart, and the performance section of docs/contributing.md."""
 
 from __future__ import annotations
 

@@ -60,4 +60,4 @@ def test_notebooks_read_results_with_keys_of_their_own() -> None:
 
 def test_the_values_file_is_one_yaml_document_that_the_readme_shows() -> None:
     assert len(list(yaml.safe_load_all((PROJECT / "jupyterhub_values.yaml").read_text()))) == 1
-    assert "--values jupyterhub_values.yaml" in (PROJECT / "README.md").read_text()
+    assert "--values jupyterhub_values.yaml" in (PROJECT / "docs" / "deployment.md").read_text()

@@ -98,3 +98,17 @@ def test_the_readmes_first_example_runs_as_written(served: RunningGateway, resul
     assert "](docs/preview.png)" in readme.split("```sh", 1)[0]
     drawn = subprocess.run(["curl", "--silent", "--fail", f"{served.url}/jobs/my-first-job/preview.png"], capture_output=True, check=True).stdout
     assert picture[:8] == drawn[:8] == b"\x89PNG\r\n\x1a\n" and picture[16:24] == drawn[16:24], "the same width and height"
+
+
+def test_the_user_guides_first_job_answers_as_shown_and_its_polling_example_runs(served: RunningGateway) -> None:
+    guide = (PROJECT / "docs" / "user-guide.md").read_text().split("## Your first job", 1)[1]
+    console = guide.split("```console\n", 1)[1].split("```", 1)[0]
+    shown = json.loads(console.split("\n", 1)[1])
+    status, record = curl(f"{served.url}/submit_job/run-7")
+    assert status == 200 and list(record) == list(shown), "the record shown has the fields, in the order, of a real one"
+    example = guide.split("```python\n", 1)[1].split("```", 1)[0]
+    done = subprocess.run([sys.executable, "-c", example], env={**os.environ, "GATEWAY_URL": served.url}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    progress = [json.loads(line.replace("'", '"')) for line in done.stdout.splitlines()[:-1]]
+    assert progress and progress[-1] == {"chunks_written": 400, "chunks_total": 400}
+    assert done.stdout.splitlines()[-1].startswith("done s3://")

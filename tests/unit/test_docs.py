@@ -1,0 +1,92 @@
+"""The documentation says what the code does: the configuration table against load_settings."""
+
+import re
+
+import dask.config
+import pytest
+
+from auth import NotAuthenticated
+from servers import PROJECT
+from settings import LONGEST_TTL, Settings, load_settings
+
+TABLE = PROJECT / "docs" / "configuration.md"
+# Read by the libraries (botocore, obstore, dask-gateway), not by load_settings: documented all the same.
+READ_ELSEWHERE = re.compile(r"AWS_\w+|DASK_GATEWAY__\w+")
+
+
+class RecordingEnvironment(dict):
+    """An environment that notes every variable asked for."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: set[str] = set()
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:
+        self.asked.add(key)
+        return super().__contains__(key)
+
+
+def documented() -> dict[str, str | None]:
+    """Each variable of the table's first column, with the default its second column writes (None: unset)."""
+    rows = [line for line in TABLE.read_text().splitlines() if line.startswith("| `")]
+    found = {}
+    for row in rows:
+        variables, default = row.split(" | ")[:2]
+        value = re.fullmatch(r"`([^`]*)`", default.strip())
+        for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", variables):
+            found[name] = value.group(1) if value else None
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_dask_config_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dask.config, "paths", [])
+
+
+def test_every_variable_the_service_reads_is_in_the_table_and_every_one_in_it_is_read() -> None:
+    environment = RecordingEnvironment()
+    load_settings(environment)
+    # The hub's settings are read only with GATEWAY_AUTH=jupyterhub.
+    with_hub = RecordingEnvironment({"GATEWAY_AUTH": "jupyterhub", "JUPYTERHUB_API_URL": "http://hub:8081/hub/api"})
+    load_settings(with_hub)
+    # Dask's own configuration reads DASK_* variables of its own (DASK_INTERNAL_INHERIT_CONFIG): dask documents those.
+    read = {name for name in environment.asked | with_hub.asked if not name.startswith("DASK_")}
+    table = set(documented())
+    assert read - table == set(), "read by load_settings but not in docs/configuration.md"
+    assert {name for name in table if not READ_ELSEWHERE.fullmatch(name)} - read == set(), "in the table but never read"
+    assert {"AWS_ACCESS_KEY_ID", "AWS_CA_BUNDLE", "DASK_GATEWAY__ADDRESS"} <= table
+
+
+@pytest.mark.parametrize(("name", "default"), [(name, default) for name, default in documented().items() if default is not None])
+def test_setting_a_variable_to_its_documented_default_changes_nothing(name: str, default: str) -> None:
+    assert load_settings({name: default}) == load_settings({}) == Settings()
+
+
+def test_the_longest_ttl_in_the_table_is_the_codes() -> None:
+    assert f"({LONGEST_TTL} s)" in TABLE.read_text()
+
+
+def test_the_api_documents_error_table_has_every_known_failure_with_its_status() -> None:
+    import gateway  # noqa: F401 - every module that defines a failure is imported with it
+    from errors import GatewayError
+
+    table = (PROJECT / "docs" / "api.md").read_text().split("Every error is JSON of one shape", 1)[1]
+    rows = re.findall(r"^\| (\d{3}) \| ([^|]+) \|", table, flags=re.MULTILINE)
+    documented_pairs = {(int(status), code) for status, codes in rows for code in re.findall(r"`(\w+)`", codes)}
+    kinds, known = [GatewayError], set()
+    while kinds:
+        kind = kinds.pop()
+        kinds += kind.__subclasses__()
+        if "code" in vars(kind) or kind is GatewayError:
+            known.add((kind.status, kind.code))
+    assert known - documented_pairs == set(), "failures the service knows but docs/api.md does not list"
+    challenge = NotAuthenticated("no token").headers()["WWW-Authenticate"]
+    assert f"`WWW-Authenticate: {challenge}`" in table, "the 401's header as the service sends it"
