@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
@@ -126,7 +126,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.converters["job_id"] = AnyJobId
     app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's DefaultJSONProvider has it
     app.extensions["science_gateway"] = gateway
-    _register_routes(app, gateway)
+    if callers is not None:
+        _register_authentication(app, callers, browser_login)
+    app.register_blueprint(routes)
     _register_error_handlers(app)
     cluster.start()
     gateway.jobs.start()
@@ -219,131 +221,158 @@ def _visible_to() -> str | None:
     return None if caller.sees_all else caller.name
 
 
-def _register_routes(app: Flask, gateway: GatewayServices) -> None:
+# Every route of the service but the browser login's (see _register_authentication).
+routes = Blueprint("gateway", __name__)
+
+
+def _services() -> GatewayServices:
+    return services(current_app)
+
+
+@routes.get("/")
+def index() -> Response:
+    gateway = _services()
+    if _wants_html():
+        response = _jobs_page(gateway)
+    else:
+        response = Response("Gateway up and running!", mimetype="text/plain")
+    response.vary.add("Accept")
+    return response
+
+
+@routes.get("/healthz")
+def healthz() -> Response:
+    return jsonify(HEALTHY)
+
+
+@routes.get("/readyz")
+def readyz() -> Any:
+    gateway = _services()
+    status, body = readiness_answer(gateway)
+    return jsonify(body), status
+
+
+@routes.get("/metrics")
+def metrics() -> Response:
+    gateway = _services()
+    body, content_type = gateway.metrics.render()
+    return Response(body, content_type=content_type)
+
+
+@routes.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())
+
+
+@routes.get("/submit_job/", defaults={"job_id": ""})
+@routes.get("/submit_job/<job_id:job_id>")
+def submit_job(job_id: str) -> Any:
+    gateway = _services()
     jobs = gateway.jobs
+    validate_job_id(job_id)
+    parameters: dict[str, Any] = _query(("wait", "ttl", *PARAMETERS))
+    wait = _flag("wait", parameters.pop("wait", "true"))
+    ttl = _job_ttl(gateway, parameters.pop("ttl", None))
+    spec = _job_spec(gateway, parameters)
+    if not wait:
+        return _accepted(jobs.submit(job_id, spec, _caller().name, ttl))
+    # A caller who waits learns at once that there is no cluster, rather than after a long wait.
+    gateway.cluster.raise_if_failing()
+    with gateway.waiting.slot("submit with wait=false (or POST /jobs) and poll the job's Location instead"):
+        finished = jobs.wait(jobs.submit(job_id, spec, _caller().name, ttl).job_id, gateway.settings.job_timeout)
+    if finished.status == DONE:
+        return jsonify(finished.to_json())
+    if finished.status in (QUEUED, RUNNING) and not jobs.stopping:
+        # Waited GATEWAY_JOB_TIMEOUT, mostly in the queue: the job goes on, the caller polls.
+        return _accepted(finished)
+    if finished.status == QUEUED:
+        message = f"the gateway is stopping; job {job_id!r} stays queued and runs when the gateway is back"
+        return error_response(503, "gateway_stopping", message, job=finished.to_json())
+    error = finished.error or {"code": JobCancelled.code, "message": f"job {job_id!r} was cancelled"}
+    return error_response(status_of(error["code"]), error["code"], error["message"], job=finished.to_json())
 
-    if gateway.callers is not None:
-        _register_authentication(app, gateway.callers, gateway.browser_login)
 
-    @app.get("/")
-    def index() -> Response:
-        if _wants_html():
-            response = _jobs_page(gateway)
-        else:
-            response = Response("Gateway up and running!", mimetype="text/plain")
-        response.vary.add("Accept")
-        return response
+@routes.post("/jobs")
+def post_job() -> Any:
+    gateway = _services()
+    jobs = gateway.jobs
+    _query(())
+    # Even without a body: a form on another site can send any other type, a script of this page sends this one.
+    if request.mimetype != "application/json":
+        return error_response(415, "unsupported_media_type", "send the job as a JSON object with Content-Type: application/json")
+    body = request.get_json(silent=True) if request.content_length else {}
+    if not isinstance(body, dict):
+        raise InvalidParameters("the request body must be a JSON object, such as {\"seed\": 7}")
+    job_id = body.pop("job_id", None)
+    if job_id is not None and not isinstance(job_id, str):
+        raise InvalidJobId(f"job_id must be a string, got {type(job_id).__name__}")
+    ttl = _job_ttl(gateway, body.pop("ttl", None))
+    return _accepted(jobs.submit(job_id, _job_spec(gateway, body), _caller().name, ttl))
 
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return jsonify(HEALTHY)
 
-    @app.get("/readyz")
-    def readyz() -> Any:
-        status, body = readiness_answer(gateway)
-        return jsonify(body), status
+@routes.get("/jobs")
+def list_jobs() -> Any:
+    jobs = _services().jobs
+    query = _query(("status", "limit", "cursor"))
+    status = query.get("status")
+    if status is not None and status not in STATUSES:
+        raise InvalidParameters(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    try:
+        limit = int(query.get("limit", DEFAULT_PAGE))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidParameters(f"limit must be an integer from 1 to {MAX_PAGE}, got {query.get('limit')!r}")
+    page, next_cursor = jobs.list(status, limit, query.get("cursor"), _visible_to())
+    return jsonify({"jobs": [record.to_json() for record in page], "next_cursor": next_cursor})
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        body, content_type = gateway.metrics.render()
-        return Response(body, content_type=content_type)
 
-    @app.get("/openapi.json")
-    def openapi() -> Response:
-        return jsonify(openapi_document())
+@routes.get("/usage")
+def usage() -> Any:
+    gateway = _services()
+    jobs = gateway.jobs
+    _query(())
+    owner = _caller().name
+    stored_bytes, job_count = jobs.usage(owner)
+    quota = gateway.settings.owner_quota_bytes
+    return jsonify({"owner": owner, "stored_bytes": stored_bytes, "jobs": job_count, "quota_bytes": quota})
 
-    @app.get("/submit_job/", defaults={"job_id": ""})
-    @app.get("/submit_job/<job_id:job_id>")
-    def submit_job(job_id: str) -> Any:
-        validate_job_id(job_id)
-        parameters: dict[str, Any] = _query(("wait", "ttl", *PARAMETERS))
-        wait = _flag("wait", parameters.pop("wait", "true"))
-        ttl = _job_ttl(gateway, parameters.pop("ttl", None))
-        spec = _job_spec(gateway, parameters)
-        if not wait:
-            return _accepted(jobs.submit(job_id, spec, _caller().name, ttl))
-        # A caller who waits learns at once that there is no cluster, rather than after a long wait.
-        gateway.cluster.raise_if_failing()
-        with gateway.waiting.slot("submit with wait=false (or POST /jobs) and poll the job's Location instead"):
-            finished = jobs.wait(jobs.submit(job_id, spec, _caller().name, ttl).job_id, gateway.settings.job_timeout)
-        if finished.status == DONE:
-            return jsonify(finished.to_json())
-        if finished.status in (QUEUED, RUNNING) and not jobs.stopping:
-            # Waited GATEWAY_JOB_TIMEOUT, mostly in the queue: the job goes on, the caller polls.
-            return _accepted(finished)
-        if finished.status == QUEUED:
-            message = f"the gateway is stopping; job {job_id!r} stays queued and runs when the gateway is back"
-            return error_response(503, "gateway_stopping", message, job=finished.to_json())
-        error = finished.error or {"code": JobCancelled.code, "message": f"job {job_id!r} was cancelled"}
-        return error_response(status_of(error["code"]), error["code"], error["message"], job=finished.to_json())
 
-    @app.post("/jobs")
-    def post_job() -> Any:
-        _query(())
-        # Even without a body: a form on another site can send any other type, a script of this page sends this one.
-        if request.mimetype != "application/json":
-            return error_response(415, "unsupported_media_type", "send the job as a JSON object with Content-Type: application/json")
-        body = request.get_json(silent=True) if request.content_length else {}
-        if not isinstance(body, dict):
-            raise InvalidParameters("the request body must be a JSON object, such as {\"seed\": 7}")
-        job_id = body.pop("job_id", None)
-        if job_id is not None and not isinstance(job_id, str):
-            raise InvalidJobId(f"job_id must be a string, got {type(job_id).__name__}")
-        ttl = _job_ttl(gateway, body.pop("ttl", None))
-        return _accepted(jobs.submit(job_id, _job_spec(gateway, body), _caller().name, ttl))
+@routes.get("/jobs/<job_id:job_id>")
+def get_job(job_id: str) -> Any:
+    jobs = _services().jobs
+    _query(())
+    return jsonify(jobs.get(validate_job_id(job_id), _visible_to()).to_json())
 
-    @app.get("/jobs")
-    def list_jobs() -> Any:
-        query = _query(("status", "limit", "cursor"))
-        status = query.get("status")
-        if status is not None and status not in STATUSES:
-            raise InvalidParameters(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-        try:
-            limit = int(query.get("limit", DEFAULT_PAGE))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidParameters(f"limit must be an integer from 1 to {MAX_PAGE}, got {query.get('limit')!r}")
-        page, next_cursor = jobs.list(status, limit, query.get("cursor"), _visible_to())
-        return jsonify({"jobs": [record.to_json() for record in page], "next_cursor": next_cursor})
 
-    @app.get("/usage")
-    def usage() -> Any:
-        _query(())
-        owner = _caller().name
-        stored_bytes, job_count = jobs.usage(owner)
-        quota = gateway.settings.owner_quota_bytes
-        return jsonify({"owner": owner, "stored_bytes": stored_bytes, "jobs": job_count, "quota_bytes": quota})
+@routes.get("/jobs/<job_id>/preview.png")
+def preview(job_id: str) -> Any:
+    gateway = _services()
+    jobs = gateway.jobs
+    size = _query(("size",)).get("size", "full")
+    if size not in PREVIEW_SIZES:
+        raise InvalidParameters(f"size must be one of {', '.join(PREVIEW_SIZES)}, got {size!r}")
+    record = jobs.get(validate_job_id(job_id), _visible_to())
+    if record.status != DONE:
+        message = f"job {job_id!r} is {record.status}; its preview exists once it is done"
+        return error_response(409, "job_not_done", message, job=record.to_json())
+    # A finished array never changes; an id submitted again finishes at another time.
+    etag = f"{job_id}-{record.finished_at}-{size}"
+    if request.if_none_match.contains(etag):
+        return _preview_response(b"", etag, 304)
+    # Drawn once, on the cluster, then read from beside the result: a jobs page asks for fifty.
+    png = gateway.store.read_preview(record.place, str(record.finished_at), size)
+    if png is None:
+        png = _draw_preview(gateway, record, size)
+    return _preview_response(png, etag, 200)
 
-    @app.get("/jobs/<job_id:job_id>")
-    def get_job(job_id: str) -> Any:
-        _query(())
-        return jsonify(jobs.get(validate_job_id(job_id), _visible_to()).to_json())
 
-    @app.get("/jobs/<job_id>/preview.png")
-    def preview(job_id: str) -> Any:
-        size = _query(("size",)).get("size", "full")
-        if size not in PREVIEW_SIZES:
-            raise InvalidParameters(f"size must be one of {', '.join(PREVIEW_SIZES)}, got {size!r}")
-        record = jobs.get(validate_job_id(job_id), _visible_to())
-        if record.status != DONE:
-            message = f"job {job_id!r} is {record.status}; its preview exists once it is done"
-            return error_response(409, "job_not_done", message, job=record.to_json())
-        # A finished array never changes; an id submitted again finishes at another time.
-        etag = f"{job_id}-{record.finished_at}-{size}"
-        if request.if_none_match.contains(etag):
-            return _preview_response(b"", etag, 304)
-        # Drawn once, on the cluster, then read from beside the result: a jobs page asks for fifty.
-        png = gateway.store.read_preview(record.place, str(record.finished_at), size)
-        if png is None:
-            png = _draw_preview(gateway, record, size)
-        return _preview_response(png, etag, 200)
-
-    @app.delete("/jobs/<job_id:job_id>")
-    def delete_job(job_id: str) -> Any:
-        _query(())
-        cancelled = jobs.cancel_or_delete(validate_job_id(job_id), _visible_to())
-        return jsonify(cancelled.to_json()) if cancelled else Response(status=204)
+@routes.delete("/jobs/<job_id:job_id>")
+def delete_job(job_id: str) -> Any:
+    jobs = _services().jobs
+    _query(())
+    cancelled = jobs.cancel_or_delete(validate_job_id(job_id), _visible_to())
+    return jsonify(cancelled.to_json()) if cancelled else Response(status=204)
 
 
 def _draw_preview(gateway: GatewayServices, record: JobRecord, size: str) -> bytes:
@@ -379,16 +408,16 @@ def _register_authentication(app: Flask, callers: HubCallers, login: BrowserLogi
         cookie_token = None
         # /submit_job makes a job on a GET, which a link on another site can send
         # with a SameSite=Lax cookie: it takes the Authorization header alone.
-        if login is not None and not authorization and request.endpoint != "submit_job":
+        if login is not None and not authorization and request.endpoint != "gateway.submit_job":
             cookie_token = login.token(request.cookies.get(login.token_cookie))
             # A link from another site may open the page: showing it changes nothing, and no other site can read or frame it.
-            opens_the_page = request.endpoint == "index" and request.method == "GET" and request.headers.get("Sec-Fetch-Mode") == "navigate"
+            opens_the_page = request.endpoint == "gateway.index" and request.method == "GET" and request.headers.get("Sec-Fetch-Mode") == "navigate"
             if cookie_token is not None and not opens_the_page:
                 login.refuse_cross_site(request.headers)
         try:
             g.caller = callers.caller(authorization, cookie_token)
         except NotAuthenticated:
-            if login is None or request.endpoint != "index" or request.method != "GET" or not _wants_html():
+            if login is None or request.endpoint != "gateway.index" or request.method != "GET" or not _wants_html():
                 raise
             url, state = login.start(request.full_path.rstrip("?"))
             response: Response = redirect(url)  # type: ignore[assignment]  # Flask's redirect makes Flask's Response
@@ -428,7 +457,7 @@ def _jobs_page(gateway: GatewayServices) -> Response:
         "jobs.html",
         jobs=[record.to_json() for record in recent],
         placeholder=placeholder,
-        jobs_url=url_for("list_jobs"),
+        jobs_url=url_for("gateway.list_jobs"),
         page_size=PAGE_JOBS,
         refresh_seconds=PAGE_REFRESH_SECONDS,
         results_url=gateway.store.url,
