@@ -120,12 +120,22 @@ def keep_responses(session: requests.Session, log: Path) -> requests.Session:
 EXAMPLE_NOTEBOOK = Path(__file__).parents[1] / "examples" / "gateway_demo.ipynb"
 
 
-def run_example_notebook(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> list[nbformat.NotebookNode]:
-    """Run examples/gateway_demo.ipynb top to bottom on a real kernel, which inherits this process's environment; its code cells."""
+def run_example_notebook(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
+    """Run examples/gateway_demo.ipynb top to bottom on a real kernel, which inherits this process's environment; the notebook run."""
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     notebook = nbformat.read(EXAMPLE_NOTEBOOK, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    # No timings in the cells' metadata: the notebook is committed with a run's outputs.
+    NotebookClient(notebook, timeout=300, kernel_name="python3", record_timing=False, resources={"metadata": {"path": str(workdir)}}).execute()
+    return notebook
+
+
+def code_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def output_kinds(notebook: nbformat.NotebookNode) -> list[set[tuple[str, ...]]]:
+    """For each code cell, the kinds of output it shows: type and, for data, MIME types (a progress bar writes a varying number of streams)."""
+    return [{(output.output_type, *sorted(output.get("data", {}))) for output in cell.outputs} for cell in code_cells(notebook)]
 
 
 def run_notebook_on_server(server_url: str, token: str, notebook: Path = EXAMPLE_NOTEBOOK, timeout: float = 300) -> list[nbformat.NotebookNode]:
@@ -141,6 +151,9 @@ def run_notebook_on_server(server_url: str, token: str, notebook: Path = EXAMPLE
     started.raise_for_status()
     kernel_url = f"{server_url}/api/kernels/{started.json()['id']}"
     cells = [cell for cell in nbformat.read(notebook, as_version=4).cells if cell.cell_type == "code"]
+    # The committed notebook carries a run's outputs: none of them may pass for this run's.
+    for cell in cells:
+        cell.outputs, cell.execution_count = [], None
     channels = websocket.create_connection(f"ws{kernel_url.removeprefix('http')}/channels", header=[f"Authorization: token {token}"], timeout=timeout)
     try:
         session = uuid.uuid4().hex
