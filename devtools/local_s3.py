@@ -85,6 +85,11 @@ def start_local_s3(
     With ``read_only`` it serves ``data_dir`` for reading alone (rclone has no
     per-key permissions: a second server on another server's directory stands
     in for a read-only key), listing it afresh at every request.
+    A writing server keeps its directory listings for one second: rclone can
+    store a PUT whose client was killed and still drop it from its cached
+    listing, where real S3 lists every object it stored. Listing afresh at
+    every request instead makes each PUT re-read its directories (1000 PUTs
+    took 176 s instead of 1.3 s; with one second, 1.3 s).
     With ``tls`` (a PEM certificate chain and its key) it serves https.
     """
     data_dir = Path(data_dir)
@@ -99,8 +104,7 @@ def start_local_s3(
     ]  # fmt: skip
     if control_port:
         command += ["--rc", f"--rc-addr=127.0.0.1:{control_port}", "--rc-no-auth"]
-    if read_only:
-        command += ["--read-only", "--dir-cache-time", "0s"]
+    command += ["--read-only", "--dir-cache-time", "0s"] if read_only else ["--dir-cache-time", "1s"]
     if tls:
         command += ["--cert", str(tls[0]), "--key", str(tls[1])]
     process = start_process(command, env={**os.environ, "RCLONE_CONFIG": "/dev/null"}, log_file=log_file)

@@ -19,6 +19,13 @@ def record(url: str, job_id: str) -> dict:
     return requests.get(f"{url}/jobs/{job_id}", timeout=10).json()
 
 
+def lists_what_it_stored(s3: LocalS3, results_fs, prefix: str) -> bool:
+    # The tests' S3 server can take up to a second to list an object whose writer was killed mid-request.
+    stored = {path.relative_to(s3.data_dir).as_posix() for path in (s3.data_dir / prefix).rglob("*") if path.is_file()}
+    results_fs.invalidate_cache()
+    return set(results_fs.find(prefix)) == stored
+
+
 def test_records_survive_a_crash_and_the_running_job_is_marked_failed(s3: LocalS3, results_fs, tmp_path: Path) -> None:
     environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_MAX_RUNNING_JOBS": "1"}
     first = start_gunicorn_gateway(environ, log_file=tmp_path / "first.log")
@@ -34,6 +41,7 @@ def test_records_survive_a_crash_and_the_running_job_is_marked_failed(s3: LocalS
         for process in processes:
             process.kill()
         assert_all_gone(processes, timeout=30)
+    wait_for(lambda: lists_what_it_stored(s3, results_fs, PREFIX), 10, "the S3 server to list every object it stored")
 
     second = start_gunicorn_gateway(environ, log_file=tmp_path / "second.log")
     try:
