@@ -52,7 +52,7 @@ RUN groupadd --gid 10001 gateway \
     && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin gateway
 
 WORKDIR /app
-COPY gateway.py settings.py errors.py admission.py auth.py browser_login.py cluster.py fair_queue.py jobs.py probe_server.py random_array_job.py random_chunks.py \
+COPY gateway.py settings.py errors.py admission.py auth.py browser_login.py cluster.py fair_queue.py jobs.py probe_server.py job_parameters.py chunk_writes.py random_chunks.py \
      readiness.py results_objects.py results_store.py metrics.py preview.py openapi.py gunicorn.conf.py ./
 # The jobs page at GET /: its template, script and style.
 COPY templates/ templates/

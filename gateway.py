@@ -22,12 +22,10 @@ from werkzeug.routing import PathConverter
 from admission import WaitingCallers
 from auth import ANYONE, Caller, HubCallers, NotAuthenticated
 from browser_login import LOGIN_SECONDS, BrowserLogin
+from chunk_writes import JobCancelled
 from cluster import ClusterConnection
 from errors import GatewayError, status_of
-from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobManager, JobRecord
-from metrics import GatewayMetrics, JsonFormatter
-from openapi import OPEN_PATHS, PREVIEW_SIZES, openapi_document
-from random_array_job import (
+from job_parameters import (
     DTYPES,
     JOB_ID_PATTERN,
     JOB_ID_RULE,
@@ -35,12 +33,14 @@ from random_array_job import (
     PARAMETERS,
     InvalidJobId,
     InvalidParameters,
-    JobCancelled,
     RandomArraySpec,
     parse_spec,
     parse_ttl,
     validate_job_id,
 )
+from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobManager, JobRecord
+from metrics import GatewayMetrics, JsonFormatter
+from openapi import OPEN_PATHS, PREVIEW_SIZES, openapi_document
 from readiness import Readiness
 from results_store import ResultsStore, StorageError
 from settings import Settings, load_settings, parse_flag

@@ -22,28 +22,43 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from admission import RETRY_AFTER_SECONDS, AdmissionRefused
+from chunk_writes import ChunkWrites, JobCancelled, JobFailed
 from cluster import ClusterConnection
 from errors import GatewayError
 from fair_queue import FairQueue
+from job_parameters import InvalidJobId, InvalidParameters, RandomArraySpec, new_job_id, parse_spec, validate_job_id
 from metrics import GatewayMetrics, job_event_fields
-from random_array_job import (
-    ChunkWrites,
-    InvalidJobId,
-    InvalidParameters,
-    JobAlreadyExists,
-    JobCancelled,
-    JobFailed,
-    JobInterrupted,
-    JobNotFound,
-    RandomArraySpec,
-    new_job_id,
-    parse_spec,
-    validate_job_id,
-)
 from results_store import ARRAY_NAME, ResultsStore, StorageError, owner_prefix, place_for
 from settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+class JobAlreadyExists(GatewayError, RuntimeError):
+    """A result is stored, or a job is queued or running, under this id."""
+
+    status, code = 409, "job_exists"
+
+    def __init__(self, job_id: str, url: str, status: str | None = None) -> None:
+        state = f" and is {status}" if status else ""
+        super().__init__(f"job {job_id!r} already exists at {url}{state}; results are never overwritten, choose another id")
+        self.url = url
+
+    def details(self) -> dict[str, Any]:
+        return {"url": self.url}
+
+
+class JobNotFound(GatewayError, LookupError):
+    """No job has this id."""
+
+    status, code = 404, "job_not_found"
+
+
+class JobInterrupted(GatewayError, RuntimeError):
+    """The gateway stopped while the job ran; it may be submitted again."""
+
+    status, code = 503, "interrupted"
+
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)

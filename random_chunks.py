@@ -33,6 +33,10 @@ Selection = tuple[slice, ...]
 _NO_CHUNK = 2**64 - 1
 # Objects a task writes at once.
 WRITES_IN_FLIGHT = 10
+# A task's region is about this large (under twice as large, as tasks are cut in
+# whole rows of chunks), so that a worker's memory, a cancel's wait and the steps
+# of progress stay small whatever the job's size.
+MAX_TASK_BYTES = 8 * 2**20
 
 # Runs whose remaining regions must not be written, in this worker process. A
 # running task cannot be interrupted, so a stopped job waits for its tasks to

@@ -41,7 +41,7 @@ from random_chunks import ArrayTarget
 
 if TYPE_CHECKING:
     # Only for the annotation: the job module imports this one.
-    from random_array_job import RandomArraySpec
+    from job_parameters import RandomArraySpec
 
 # Consolidated metadata is what lets xarray.open_zarr open a result with one read
 # and without a warning; zarr-python reads it in format 3 too, so its caveat that

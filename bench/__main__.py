@@ -33,7 +33,7 @@ from cluster import WORKER_MALLOC_ENVIRON
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
-from random_array_job import RandomArraySpec, auto_shards
+from job_parameters import RandomArraySpec, auto_shards
 
 # The S3 buckets: one per way of writing; the gateway's sharded jobs share its bucket, the obstore floor the floor's.
 BUCKETS = ("floor", "baseline", "gateway")

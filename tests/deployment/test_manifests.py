@@ -11,12 +11,12 @@ from dask_gateway_server.models import User
 from flask import Flask
 
 from artifacts import dockerfile_cmd, gunicorn_settings, helm_values, jupyterhub_values, manifests, options_handler
+from chunk_writes import STOP_TIMEOUT
 from devtools.container_engine import DEBIAN_BASE_IMAGE
 from devtools.processes import free_port
 from gateway import probe_answer, services
 from helpers import running_app
 from probe_server import ProbeServer
-from random_array_job import STOP_TIMEOUT
 from servers import PROJECT
 from settings import Settings, load_settings
 

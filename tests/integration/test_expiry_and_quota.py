@@ -18,9 +18,9 @@ from admission import AdmissionRefused
 from conftest import BUCKET
 from gateway import services
 from helpers import assert_made_from_its_seed, running_app, wait_for
-from jobs import DONE, RUNNING, JobManager
+from job_parameters import RandomArraySpec
+from jobs import DONE, RUNNING, JobManager, JobNotFound
 from metrics import GatewayMetrics
-from random_array_job import JobNotFound, RandomArraySpec
 from results_store import ResultsStore
 
 SMALL = RandomArraySpec(seed=4, shape=(200, 200), chunks=(100, 100))

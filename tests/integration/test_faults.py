@@ -26,8 +26,8 @@ from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import free_port, stop_process
 from gateway import services
 from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, wait_for
+from job_parameters import RandomArraySpec
 from jobs import JobManager
-from random_array_job import RandomArraySpec
 from random_chunks import chunk_selections, random_chunk
 from results_store import ResultsStore
 

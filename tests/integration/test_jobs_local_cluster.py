@@ -32,9 +32,9 @@ from helpers import (
     running_app,
     wait_for,
 )  # fmt: skip
-from jobs import DONE, RUNNING, GatewayStopping, JobManager, JobRecord
+from job_parameters import RandomArraySpec
+from jobs import DONE, RUNNING, GatewayStopping, JobAlreadyExists, JobManager, JobNotFound, JobRecord
 from metrics import GatewayMetrics
-from random_array_job import JobAlreadyExists, JobNotFound, RandomArraySpec
 from results_store import ResultsStore
 from settings import load_settings
 

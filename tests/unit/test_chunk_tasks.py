@@ -9,8 +9,8 @@ import pytest
 import zarr
 import zarr.storage
 
-from random_array_job import MAX_TASK_BYTES, RandomArraySpec
-from random_chunks import ArrayTarget, chunk_selections, random_chunk, stop_run, task_regions, write_random_region
+from job_parameters import RandomArraySpec
+from random_chunks import MAX_TASK_BYTES, ArrayTarget, chunk_selections, random_chunk, stop_run, task_regions, write_random_region
 from results_store import ResultsStore
 
 # As the gateway makes its arrays: uncompressed, zarr 3's chunk keys with "." separators.

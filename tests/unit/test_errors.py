@@ -7,7 +7,7 @@ import pytest
 import gateway
 from devtools.processes import free_port
 from errors import GatewayError, status_of
-from random_array_job import JobNotFound
+from jobs import JobNotFound
 from results_store import StorageError
 from settings import load_settings
 

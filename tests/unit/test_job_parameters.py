@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from openapi_spec_validator import validate
 
+from job_parameters import AUTO_SHARD_BYTES, InvalidParameters, JobTooLarge, auto_shards, parse_spec, parse_ttl
 from openapi import openapi_document
-from random_array_job import AUTO_SHARD_BYTES, InvalidParameters, JobTooLarge, auto_shards, parse_spec, parse_ttl
 from random_chunks import chunk_selections, random_chunk
 from settings import LONGEST_TTL
 

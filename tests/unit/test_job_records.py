@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from job_parameters import RandomArraySpec
 from jobs import InvalidRecord, JobRecord, has_expired, record_from_stored
-from random_array_job import RandomArraySpec
 from results_store import owner_prefix, place_for
 
 

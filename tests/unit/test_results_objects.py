@@ -8,7 +8,7 @@ import pytest
 
 import results_objects
 from devtools.processes import free_port
-from random_array_job import RandomArraySpec
+from job_parameters import RandomArraySpec
 from results_store import ResultsStore, describe_storage_failure
 
 SECRET = "unit-secret-key-0123456789"

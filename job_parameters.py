@@ -1,39 +1,19 @@
-"""The job: its parameters and their limits, and running it on the Dask cluster.
-
-The gateway process writes only the result's metadata and sends a few tasks,
-each a region of whole chunks; every chunk is generated and stored by a worker
-(``random_chunks``), so no array data passes through the web process.
-"""
+"""A job's parameters and id: what callers may ask for, checked against the limits."""
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import secrets
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from distributed import CancelledError, Client, as_completed
-from distributed.comm import CommClosedError
-from distributed.scheduler import KilledWorker
 
 from errors import GatewayError
-from random_chunks import ArrayTarget, stop_run, task_regions, write_random_region
-from results_store import StorageError, describe_storage_failure
+from random_chunks import MAX_TASK_BYTES
 from settings import LONGEST_TTL
-
-logger = logging.getLogger(__name__)
-
-# How long a stopped job waits for its running tasks to end before it removes what they wrote.
-STOP_TIMEOUT = 60
-# A task's region is about this large (under twice as large, as tasks are cut in
-# whole rows of chunks), so that a worker's memory, a cancel's wait and the steps
-# of progress stay small whatever the job's size.
-MAX_TASK_BYTES = 8 * 2**20
 
 JOB_ID_RULE = "1 to 128 characters of letters, digits, '.', '_' and '-', not starting with '.'"
 # The rules as regular expressions, whole values only: the API document and the jobs page's form take them from here.
@@ -49,8 +29,6 @@ NO_SHARDS, AUTO_SHARDS = "none", "auto"
 # About a task's size: a default job is one shard, and a large job's shards
 # still spread over the workers.
 AUTO_SHARD_BYTES = MAX_TASK_BYTES
-# Objects a task has in flight at least, when they are large (shards, or chunks of megabytes).
-WRITES_PER_TASK = 4
 # A worker holds a whole shard, and its encoded copy, while it writes it.
 MAX_SHARD_BYTES = 256 * 2**20
 
@@ -71,50 +49,6 @@ class JobTooLarge(GatewayError, ValueError):
     """The job is over a size limit; the message names the limit and its setting."""
 
     status, code = 413, "job_too_large"
-
-
-class JobAlreadyExists(GatewayError, RuntimeError):
-    """A result is stored, or a job is queued or running, under this id."""
-
-    status, code = 409, "job_exists"
-
-    def __init__(self, job_id: str, url: str, status: str | None = None) -> None:
-        state = f" and is {status}" if status else ""
-        super().__init__(f"job {job_id!r} already exists at {url}{state}; results are never overwritten, choose another id")
-        self.url = url
-
-    def details(self) -> dict[str, Any]:
-        return {"url": self.url}
-
-
-class JobNotFound(GatewayError, LookupError):
-    """No job has this id."""
-
-    status, code = 404, "job_not_found"
-
-
-class JobTimedOut(GatewayError, RuntimeError):
-    """The job did not finish within the job timeout; its Dask work was cancelled."""
-
-    status, code = 504, "job_timeout"
-
-
-class JobFailed(GatewayError, RuntimeError):
-    """The Dask work of the job failed; the message says why."""
-
-    status, code = 500, "job_failed"
-
-
-class JobCancelled(GatewayError, RuntimeError):
-    """The job was cancelled before it finished."""
-
-    status, code = 409, "job_cancelled"
-
-
-class JobInterrupted(GatewayError, RuntimeError):
-    """The gateway stopped while the job ran; it may be submitted again."""
-
-    status, code = 503, "interrupted"
 
 
 @dataclass(frozen=True)
@@ -283,82 +217,3 @@ def auto_shards(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int) 
         counts.append(count)
         budget //= count
     return tuple(count * step for count, step in zip(reversed(counts), chunks, strict=True))
-
-
-class ChunkWrites:
-    """The tasks of one job on the cluster: started on creation, then waited on or cancelled.
-
-    There are at least ``min_tasks`` of them (one per worker spreads a small
-    job over the cluster), and more for a job of more than ``MAX_TASK_BYTES`` a task.
-    """
-
-    def __init__(self, client: Client, target: ArrayTarget, spec: RandomArraySpec, job_id: str, min_tasks: int) -> None:
-        self._client = client
-        self._job_id = job_id
-        # Unique to this run: an id submitted again after a cancel must not inherit the stop.
-        self._run_id = f"{job_id}/{uuid.uuid4().hex}"
-        # Regions of whole shards when sharded: each shard is written whole, by one task. A task
-        # writes its objects concurrently: with at least WRITES_PER_TASK of them, the S3 server
-        # always has several requests of each worker in hand.
-        unit_bytes = math.prod(spec.write_unit) * np.dtype(spec.dtype).itemsize
-        task_bytes = max(MAX_TASK_BYTES, WRITES_PER_TASK * unit_bytes)
-        regions = task_regions(spec.shape, spec.write_unit, max(min_tasks, math.ceil(spec.nbytes / task_bytes)))
-        self._futures = client.map(
-            write_random_region,
-            regions,
-            run_id=self._run_id,
-            target=target,
-            seed=spec.seed,
-            pure=False,
-        )
-        self._cancelled = False
-
-    def wait(self, timeout: float, on_chunks_written: Callable[[int], None]) -> None:
-        """Return once every chunk is stored; raise a job error naming the cause otherwise.
-
-        When it raises, no task of the job is running any more: what was written
-        stays written, and can be removed without a late chunk coming back.
-        """
-        try:
-            for future in as_completed(self._futures, loop=self._client.loop, timeout=timeout):
-                on_chunks_written(future.result())
-        except Exception as exc:
-            self._stop()
-            raise (JobCancelled(f"job {self._job_id!r} was cancelled") if self._cancelled else self._explain(exc, timeout)) from exc
-        if self._cancelled:
-            raise JobCancelled(f"job {self._job_id!r} was cancelled")
-
-    def cancel(self) -> None:
-        """Skip every region not yet begun; :meth:`wait` then raises :class:`JobCancelled`."""
-        self._cancelled = True
-        self._skip_regions_not_begun()
-
-    def _skip_regions_not_begun(self) -> None:
-        try:
-            self._client.run(stop_run, self._run_id, on_error="ignore")
-        except Exception as exc:  # noqa: BLE001 - the futures are cancelled instead, whatever failed
-            # No word reaches the workers: cancelling the futures is what is left.
-            logger.warning("job %s: could not tell the workers to stop (%s)", self._job_id, exc)
-            self._client.cancel(self._futures)
-
-    def _stop(self) -> None:
-        self._skip_regions_not_begun()
-        try:
-            for _ in as_completed(self._futures, loop=self._client.loop, timeout=STOP_TIMEOUT):
-                pass
-        except TimeoutError:
-            logger.warning("job %s: tasks still running %d s after the stop", self._job_id, STOP_TIMEOUT)
-        self._client.cancel(self._futures)
-
-    def _explain(self, exc: BaseException, timeout: float) -> BaseException:
-        if isinstance(exc, TimeoutError):
-            return JobTimedOut(f"job {self._job_id!r} did not finish within {timeout:g} s (GATEWAY_JOB_TIMEOUT)")
-        if isinstance(exc, CancelledError):
-            return JobFailed(f"job {self._job_id!r} lost its Dask tasks; the cluster may have restarted")
-        if isinstance(exc, CommClosedError):
-            return JobFailed(f"job {self._job_id!r} lost contact with the Dask cluster: {exc}")
-        if isinstance(exc, KilledWorker):
-            return JobFailed(f"job {self._job_id!r} failed: a Dask worker died while running it")
-        if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):
-            return StorageError(describe_storage_failure(f"writing chunks of job {self._job_id!r} failed", exc))
-        return JobFailed(f"job {self._job_id!r} failed: {type(exc).__name__}: {exc}")
