@@ -39,7 +39,7 @@ RUN python3 -m venv /opt/venv \
 
 FROM debian-python
 
-# PYTHONPATH: workers import the chunk code (random_chunks) from /app.
+# PYTHONPATH: workers import the chunk code (science_gateway.random_chunks) from /app.
 # MPLCONFIGDIR: matplotlib writes its font cache there (0.1 s, at the first preview); the root is read-only.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -52,8 +52,8 @@ RUN groupadd --gid 10001 gateway \
     && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin gateway
 
 WORKDIR /app
-COPY gateway.py settings.py errors.py admission.py auth.py browser_login.py cluster.py fair_queue.py jobs.py probe_server.py job_parameters.py chunk_writes.py random_chunks.py \
-     readiness.py results_objects.py results_store.py metrics.py preview.py openapi.py gunicorn.conf.py ./
+COPY gateway.py gunicorn.conf.py ./
+COPY science_gateway/ science_gateway/
 # The jobs page at GET /: its template, script and style.
 COPY templates/ templates/
 COPY static/ static/

@@ -19,13 +19,13 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect,
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from admission import WaitingCallers
-from auth import ANYONE, Caller, HubCallers, NotAuthenticated
-from browser_login import LOGIN_SECONDS, BrowserLogin
-from chunk_writes import JobCancelled
-from cluster import ClusterConnection
-from errors import GatewayError, status_of
-from job_parameters import (
+from science_gateway.admission import WaitingCallers
+from science_gateway.auth import ANYONE, Caller, HubCallers, NotAuthenticated
+from science_gateway.browser_login import LOGIN_SECONDS, BrowserLogin
+from science_gateway.chunk_writes import JobCancelled
+from science_gateway.cluster import ClusterConnection
+from science_gateway.errors import GatewayError, status_of
+from science_gateway.job_parameters import (
     DTYPES,
     JOB_ID_PATTERN,
     JOB_ID_RULE,
@@ -38,12 +38,12 @@ from job_parameters import (
     parse_ttl,
     validate_job_id,
 )
-from jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobManager, JobRecord
-from metrics import GatewayMetrics, JsonFormatter
-from openapi import OPEN_PATHS, PREVIEW_SIZES, openapi_document
-from readiness import Readiness
-from results_store import ResultsStore, StorageError
-from settings import Settings, load_settings, parse_flag
+from science_gateway.jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobManager, JobRecord
+from science_gateway.metrics import GatewayMetrics, JsonFormatter
+from science_gateway.openapi import OPEN_PATHS, PREVIEW_SIZES, openapi_document
+from science_gateway.readiness import Readiness
+from science_gateway.results_store import ResultsStore, StorageError
+from science_gateway.settings import Settings, load_settings, parse_flag
 
 logger = logging.getLogger("gateway")
 
@@ -378,7 +378,7 @@ def delete_job(job_id: str) -> Any:
 def _draw_preview(gateway: GatewayServices, record: JobRecord, size: str) -> bytes:
     # Imported at the first drawing: dask.array and matplotlib add 72 MB to the
     # process (measured), which a gateway that never draws one need not carry.
-    from preview import preview_png
+    from science_gateway.preview import preview_png
 
     with gateway.waiting.slot("ask for the picture again in a few seconds"):
         png = preview_png(gateway.cluster.client(), record.to_json()["array_url"], record.job_id, gateway.settings.n_workers, size)

@@ -6,7 +6,7 @@ import signal
 # One worker process: the Dask cluster belongs to the process that created it,
 # and several processes would each start a cluster of their own. Threads let
 # that one process serve many requests while jobs wait on the cluster.
-from settings import load_settings
+from science_gateway.settings import load_settings
 
 # Requests that hold their thread for long (a waiting /submit_job, a preview being
 # drawn) take at most GATEWAY_MAX_WAITING_CALLERS threads (admission.py); these
@@ -45,7 +45,7 @@ def post_worker_init(worker):
     meanwhile, and the time running jobs get to finish counts from the signal.
     """
     from gateway import probe_answer, services
-    from probe_server import ProbeServer
+    from science_gateway.probe_server import ProbeServer
 
     gateway = services(worker.wsgi)
     ProbeServer(gateway.settings.probe_address, lambda path: probe_answer(gateway, path)).start()

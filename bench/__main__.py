@@ -29,11 +29,11 @@ from bench.measure import Run, count_requests, rss_megabytes, run_jobs
 from bench.report import write_report
 from bench.workloads import Baseline, Floor, Gateway, ObstoreFloor
 from bench.workshop import PREVIOUS_DESIGN_ENVIRON, run_workshop
-from cluster import WORKER_MALLOC_ENVIRON
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
-from job_parameters import RandomArraySpec, auto_shards
+from science_gateway.cluster import WORKER_MALLOC_ENVIRON
+from science_gateway.job_parameters import RandomArraySpec, auto_shards
 
 # The S3 buckets: one per way of writing; the gateway's sharded jobs share its bucket, the obstore floor the floor's.
 BUCKETS = ("floor", "baseline", "gateway")

@@ -28,9 +28,18 @@ from distributed import Client, wait
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-import results_objects
-from job_parameters import RandomArraySpec
-from random_chunks import MAX_TASK_BYTES, ArrayTarget, chunks_in, random_chunk, region_objects, store_all_or_none_pending, task_regions, write_random_region
+from science_gateway import results_objects
+from science_gateway.job_parameters import RandomArraySpec
+from science_gateway.random_chunks import (
+    MAX_TASK_BYTES,
+    ArrayTarget,
+    chunks_in,
+    random_chunk,
+    region_objects,
+    store_all_or_none_pending,
+    task_regions,
+    write_random_region,
+)
 
 STORES = ("generation", "obstore", "fsspec", "fsspec without checksums")
 # botocore's request checksums off: the only difference of the second fsspec store.

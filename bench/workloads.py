@@ -26,7 +26,7 @@ import zarr.storage
 from distributed import Client
 from zarr.core.sync import sync
 
-import results_objects
+from science_gateway import results_objects
 
 Shape = tuple[int, int]
 

@@ -24,8 +24,8 @@ from flask import Flask
 from nbclient import NotebookClient
 
 from gateway import create_app, services
-from random_chunks import chunk_selections, random_chunk
-from settings import load_settings
+from science_gateway.random_chunks import chunk_selections, random_chunk
+from science_gateway.settings import load_settings
 
 SHAPE = (1000, 1000)
 CHUNKS = (100, 100)

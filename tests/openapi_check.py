@@ -9,7 +9,7 @@ import jsonschema
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from openapi import openapi_document
+from science_gateway.openapi import openapi_document
 
 DOCUMENT = openapi_document()
 

@@ -5,7 +5,7 @@ import pytest
 from dask_gateway_server.models import User
 
 from artifacts import chart, helm_values, options_handler
-from cluster import WORKER_MALLOC_ENVIRON
+from science_gateway.cluster import WORKER_MALLOC_ENVIRON
 
 
 def test_our_values_merged_over_the_charts_fit_its_schema() -> None:

@@ -11,14 +11,14 @@ from dask_gateway_server.models import User
 from flask import Flask
 
 from artifacts import dockerfile_cmd, gunicorn_settings, helm_values, jupyterhub_values, manifests, options_handler
-from chunk_writes import STOP_TIMEOUT
 from devtools.container_engine import DEBIAN_BASE_IMAGE
 from devtools.processes import free_port
 from gateway import probe_answer, services
 from helpers import running_app
-from probe_server import ProbeServer
+from science_gateway.chunk_writes import STOP_TIMEOUT
+from science_gateway.probe_server import ProbeServer
+from science_gateway.settings import Settings, load_settings
 from servers import PROJECT
-from settings import Settings, load_settings
 
 SECRET = "awsconfig"
 
@@ -160,16 +160,17 @@ def test_one_image_for_the_gateway_and_the_dask_cluster() -> None:
     assert dockerfile_cmd()[:1] == ["gunicorn"]
 
 
-def test_the_image_copies_every_module_the_service_imports() -> None:
+def test_the_image_copies_every_top_level_module() -> None:
     copied = set(re.findall(r"([\w.]+\.py)\b", (PROJECT / "Dockerfile").read_text()))
-    service_modules = {path.name for path in Path(PROJECT).glob("*.py")}
-    assert service_modules <= copied, f"missing from the image: {service_modules - copied}"
+    top_level_modules = {path.name for path in Path(PROJECT).glob("*.py")}
+    assert top_level_modules == {"gateway.py", "gunicorn.conf.py"}, "service modules belong in the science_gateway package"
+    assert top_level_modules <= copied, f"missing from the image: {top_level_modules - copied}"
     admitted = {line[1:] for line in (PROJECT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
-    assert service_modules | {"requirements.txt"} <= admitted, "the build context must hold what the Dockerfile copies"
+    assert top_level_modules | {"requirements.txt"} <= admitted, "the build context must hold what the Dockerfile copies"
 
 
-@pytest.mark.parametrize("folder", ["templates", "static"])
-def test_the_image_copies_the_jobs_page(folder: str) -> None:
+@pytest.mark.parametrize("folder", ["science_gateway", "templates", "static"])
+def test_the_image_copies_the_package_and_the_jobs_page(folder: str) -> None:
     assert re.search(rf"^COPY {folder}/ {folder}/$", (PROJECT / "Dockerfile").read_text(), flags=re.MULTILINE)
     assert f"!{folder}" in (PROJECT / ".dockerignore").read_text().splitlines()
     assert any((PROJECT / folder).iterdir())

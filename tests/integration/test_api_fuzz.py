@@ -18,7 +18,7 @@ from schemathesis.checks import positive_data_acceptance
 from conftest import BUCKET, serve_for_module
 from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
-from openapi import openapi_document
+from science_gateway.openapi import openapi_document
 
 # Examples per operation: make test runs 40, make soak more.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))

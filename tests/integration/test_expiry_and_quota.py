@@ -14,14 +14,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from flask import Flask
 
-from admission import AdmissionRefused
 from conftest import BUCKET
 from gateway import services
 from helpers import assert_made_from_its_seed, running_app, wait_for
-from job_parameters import RandomArraySpec
-from jobs import DONE, RUNNING, JobManager, JobNotFound
-from metrics import GatewayMetrics
-from results_store import ResultsStore
+from science_gateway.admission import AdmissionRefused
+from science_gateway.job_parameters import RandomArraySpec
+from science_gateway.jobs import DONE, RUNNING, JobManager, JobNotFound
+from science_gateway.metrics import GatewayMetrics
+from science_gateway.results_store import ResultsStore
 
 SMALL = RandomArraySpec(seed=4, shape=(200, 200), chunks=(100, 100))
 

@@ -26,10 +26,10 @@ from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import free_port, stop_process
 from gateway import services
 from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, wait_for
-from job_parameters import RandomArraySpec
-from jobs import JobManager
-from random_chunks import chunk_selections, random_chunk
-from results_store import ResultsStore
+from science_gateway.job_parameters import RandomArraySpec
+from science_gateway.jobs import JobManager
+from science_gateway.random_chunks import chunk_selections, random_chunk
+from science_gateway.results_store import ResultsStore
 
 # 400 MB in about 50 tasks: a few seconds, long enough to be cut short on the way.
 BIG_JOB = {"shape": [10000, 10000], "chunks": [1000, 1000]}

@@ -13,7 +13,7 @@ from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from helpers import expected_objects, running_app, wait_for
 from openapi_check import CheckedClient
-from random_chunks import chunk_selections, random_chunk
+from science_gateway.random_chunks import chunk_selections, random_chunk
 
 PREFIX = f"{BUCKET}/lifecycle"
 # 10000 chunks in many tasks: long enough to be seen running and to be cancelled on the way.

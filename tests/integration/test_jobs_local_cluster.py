@@ -17,7 +17,6 @@ import zarr
 from flask import Flask
 from flask.testing import FlaskClient
 
-from admission import AdmissionRefused
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import create_app, services
@@ -32,11 +31,12 @@ from helpers import (
     running_app,
     wait_for,
 )  # fmt: skip
-from job_parameters import RandomArraySpec
-from jobs import DONE, RUNNING, GatewayStopping, JobAlreadyExists, JobManager, JobNotFound, JobRecord
-from metrics import GatewayMetrics
-from results_store import ResultsStore
-from settings import load_settings
+from science_gateway.admission import AdmissionRefused
+from science_gateway.job_parameters import RandomArraySpec
+from science_gateway.jobs import DONE, RUNNING, GatewayStopping, JobAlreadyExists, JobManager, JobNotFound, JobRecord
+from science_gateway.metrics import GatewayMetrics
+from science_gateway.results_store import ResultsStore
+from science_gateway.settings import load_settings
 
 
 def test_a_job_writes_a_complete_array_that_zarr_and_xarray_open(client: FlaskClient, results_fs, job_id: str) -> None:

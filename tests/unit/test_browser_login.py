@@ -10,10 +10,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from browser_login import safe_return_path
 from devtools.processes import free_port
 from gateway import services
 from helpers import running_app
+from science_gateway.browser_login import safe_return_path
 
 HTML = {"Accept": "text/html"}
 

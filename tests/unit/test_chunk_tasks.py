@@ -9,9 +9,9 @@ import pytest
 import zarr
 import zarr.storage
 
-from job_parameters import RandomArraySpec
-from random_chunks import MAX_TASK_BYTES, ArrayTarget, chunk_selections, random_chunk, stop_run, task_regions, write_random_region
-from results_store import ResultsStore
+from science_gateway.job_parameters import RandomArraySpec
+from science_gateway.random_chunks import MAX_TASK_BYTES, ArrayTarget, chunk_selections, random_chunk, stop_run, task_regions, write_random_region
+from science_gateway.results_store import ResultsStore
 
 # As the gateway makes its arrays: uncompressed, zarr 3's chunk keys with "." separators.
 GATEWAYS_LAYOUT = {"compressors": None, "chunk_key_encoding": {"name": "default", "separator": "."}}

@@ -5,9 +5,9 @@ import re
 import dask.config
 import pytest
 
-from auth import NotAuthenticated
+from science_gateway.auth import NotAuthenticated
+from science_gateway.settings import LONGEST_TTL, Settings, load_settings
 from servers import PROJECT
-from settings import LONGEST_TTL, Settings, load_settings
 
 TABLE = PROJECT / "docs" / "configuration.md"
 # Read by the libraries (botocore, obstore, dask-gateway), not by load_settings: documented all the same.
@@ -76,7 +76,7 @@ def test_the_longest_ttl_in_the_table_is_the_codes() -> None:
 
 def test_the_api_documents_error_table_has_every_known_failure_with_its_status() -> None:
     import gateway  # noqa: F401 - every module that defines a failure is imported with it
-    from errors import GatewayError
+    from science_gateway.errors import GatewayError
 
     table = (PROJECT / "docs" / "api.md").read_text().split("Every error is JSON of one shape", 1)[1]
     rows = re.findall(r"^\| (\d{3}) \| ([^|]+) \|", table, flags=re.MULTILINE)

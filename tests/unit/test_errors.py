@@ -6,10 +6,10 @@ import pytest
 
 import gateway
 from devtools.processes import free_port
-from errors import GatewayError, status_of
-from jobs import JobNotFound
-from results_store import StorageError
-from settings import load_settings
+from science_gateway.errors import GatewayError, status_of
+from science_gateway.jobs import JobNotFound
+from science_gateway.results_store import StorageError
+from science_gateway.settings import load_settings
 
 
 def known_failures() -> list[type[GatewayError]]:

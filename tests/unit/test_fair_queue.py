@@ -1,6 +1,6 @@
 """Queued jobs start round-robin between owners, each owner's in submission order."""
 
-from fair_queue import FairQueue
+from science_gateway.fair_queue import FairQueue
 
 
 def test_one_owners_burst_holds_back_anothers_job_by_one_job_at_most() -> None:

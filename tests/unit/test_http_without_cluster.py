@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from devtools.processes import free_port
 from gateway import services
 from helpers import running_app, wait_for
-from openapi import OPEN_PATHS
+from science_gateway.openapi import OPEN_PATHS
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 import pytest
 
-from job_parameters import InvalidJobId, validate_job_id
+from science_gateway.job_parameters import InvalidJobId, validate_job_id
 
 
 @pytest.mark.parametrize("job_id", ["run-7", "a", "A_b.c-9", "x" * 128, "0", "_hidden", "-dash", "v1..2"])

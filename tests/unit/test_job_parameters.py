@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from openapi_spec_validator import validate
 
-from job_parameters import AUTO_SHARD_BYTES, InvalidParameters, JobTooLarge, auto_shards, parse_spec, parse_ttl
-from openapi import openapi_document
-from random_chunks import chunk_selections, random_chunk
-from settings import LONGEST_TTL
+from science_gateway.job_parameters import AUTO_SHARD_BYTES, InvalidParameters, JobTooLarge, auto_shards, parse_spec, parse_ttl
+from science_gateway.openapi import openapi_document
+from science_gateway.random_chunks import chunk_selections, random_chunk
+from science_gateway.settings import LONGEST_TTL
 
 LIMITS = {"max_elements": 10**8, "max_chunks": 10_000}
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from job_parameters import RandomArraySpec
-from jobs import InvalidRecord, JobRecord, has_expired, record_from_stored
-from results_store import owner_prefix, place_for
+from science_gateway.job_parameters import RandomArraySpec
+from science_gateway.jobs import InvalidRecord, JobRecord, has_expired, record_from_stored
+from science_gateway.results_store import owner_prefix, place_for
 
 
 def url_for(place: str) -> str:

@@ -6,10 +6,10 @@ from pathlib import Path
 import obstore
 import pytest
 
-import results_objects
 from devtools.processes import free_port
-from job_parameters import RandomArraySpec
-from results_store import ResultsStore, describe_storage_failure
+from science_gateway import results_objects
+from science_gateway.job_parameters import RandomArraySpec
+from science_gateway.results_store import ResultsStore, describe_storage_failure
 
 SECRET = "unit-secret-key-0123456789"
 

@@ -1,7 +1,7 @@
 import dask.config
 import pytest
 
-from settings import DEFAULT_RESULTS_URL, Settings, SettingsError, load_settings, parse_flag
+from science_gateway.settings import DEFAULT_RESULTS_URL, Settings, SettingsError, load_settings, parse_flag
 
 
 @pytest.fixture(autouse=True)

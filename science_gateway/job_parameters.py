@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from errors import GatewayError
-from random_chunks import MAX_TASK_BYTES
-from settings import LONGEST_TTL
+from .errors import GatewayError
+from .random_chunks import MAX_TASK_BYTES
+from .settings import LONGEST_TTL
 
 JOB_ID_RULE = "1 to 128 characters of letters, digits, '.', '_' and '-', not starting with '.'"
 # The rules as regular expressions, whole values only: the API document and the jobs page's form take them from here.

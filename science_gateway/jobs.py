@@ -21,15 +21,15 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from admission import RETRY_AFTER_SECONDS, AdmissionRefused
-from chunk_writes import ChunkWrites, JobCancelled, JobFailed
-from cluster import ClusterConnection
-from errors import GatewayError
-from fair_queue import FairQueue
-from job_parameters import InvalidJobId, InvalidParameters, RandomArraySpec, new_job_id, parse_spec, validate_job_id
-from metrics import GatewayMetrics, job_event_fields
-from results_store import ARRAY_NAME, ResultsStore, StorageError, owner_prefix, place_for
-from settings import Settings
+from .admission import RETRY_AFTER_SECONDS, AdmissionRefused
+from .chunk_writes import ChunkWrites, JobCancelled, JobFailed
+from .cluster import ClusterConnection
+from .errors import GatewayError
+from .fair_queue import FairQueue
+from .job_parameters import InvalidJobId, InvalidParameters, RandomArraySpec, new_job_id, parse_spec, validate_job_id
+from .metrics import GatewayMetrics, job_event_fields
+from .results_store import ARRAY_NAME, ResultsStore, StorageError, owner_prefix, place_for
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 

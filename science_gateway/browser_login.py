@@ -28,9 +28,9 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from auth import NotAuthenticated
-from errors import GatewayError
-from settings import Settings
+from .auth import NotAuthenticated
+from .errors import GatewayError
+from .settings import Settings
 
 if TYPE_CHECKING:
     from werkzeug.datastructures import Headers

@@ -17,10 +17,10 @@ from distributed import CancelledError, Client, as_completed
 from distributed.comm import CommClosedError
 from distributed.scheduler import KilledWorker
 
-from errors import GatewayError
-from job_parameters import RandomArraySpec
-from random_chunks import MAX_TASK_BYTES, ArrayTarget, stop_run, task_regions, write_random_region
-from results_store import StorageError, describe_storage_failure
+from .errors import GatewayError
+from .job_parameters import RandomArraySpec
+from .random_chunks import MAX_TASK_BYTES, ArrayTarget, stop_run, task_regions, write_random_region
+from .results_store import StorageError, describe_storage_failure
 
 logger = logging.getLogger(__name__)
 

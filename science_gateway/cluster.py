@@ -22,9 +22,9 @@ from dask_gateway import Gateway
 from dask_gateway.client import GatewayServerError
 from distributed import Client, LocalCluster
 
-from auth import why_dask_gateway_refused
-from errors import GatewayError
-from settings import Settings
+from .auth import why_dask_gateway_refused
+from .errors import GatewayError
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 

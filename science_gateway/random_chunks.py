@@ -26,7 +26,7 @@ import numpy as np
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 from zarr.core.sync import sync
 
-import results_objects
+from . import results_objects
 
 Selection = tuple[slice, ...]
 # A chunk's offset and length in a shard's index when the shard does not hold it.

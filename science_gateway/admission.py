@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from errors import GatewayError
+from .errors import GatewayError
 
 # What a refused caller is told to wait before trying again.
 RETRY_AFTER_SECONDS = 10

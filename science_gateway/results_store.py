@@ -35,13 +35,13 @@ from fsspec.implementations.local import LocalFileSystem
 from zarr.core.common import ZarrFormat
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
-import results_objects
-from errors import GatewayError
-from random_chunks import ArrayTarget
+from . import results_objects
+from .errors import GatewayError
+from .random_chunks import ArrayTarget
 
 if TYPE_CHECKING:
     # Only for the annotation: the job module imports this one.
-    from job_parameters import RandomArraySpec
+    from .job_parameters import RandomArraySpec
 
 # Consolidated metadata is what lets xarray.open_zarr open a result with one read
 # and without a warning; zarr-python reads it in format 3 too, so its caveat that

@@ -19,8 +19,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from errors import GatewayError
-from settings import Settings
+from .errors import GatewayError
+from .settings import Settings
 
 
 class NotAuthenticated(GatewayError):
