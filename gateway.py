@@ -22,7 +22,7 @@ from werkzeug.routing import PathConverter
 from science_gateway.admission import WaitingCallers
 from science_gateway.auth import ANYONE, Caller, HubCallers, NotAuthenticated
 from science_gateway.browser_login import LOGIN_SECONDS, BrowserLogin
-from science_gateway.chunk_writes import JobCancelled
+from science_gateway.chunk_writes import STOP_TIMEOUT, JobCancelled
 from science_gateway.cluster import ClusterConnection
 from science_gateway.errors import GatewayError, status_of
 from science_gateway.job_parameters import (
@@ -278,12 +278,17 @@ def submit_job(job_id: str) -> Any:
         return _accepted(jobs.submit(job_id, spec, _caller().name, ttl))
     # A caller who waits learns at once that there is no cluster, rather than after a long wait.
     gateway.cluster.raise_if_failing()
+    timeout = gateway.settings.job_timeout
     with gateway.waiting.slot("submit with wait=false (or POST /jobs) and poll the job's Location instead"):
-        finished = jobs.wait(jobs.submit(job_id, spec, _caller().name, ttl).job_id, gateway.settings.job_timeout)
+        finished = jobs.wait(jobs.submit(job_id, spec, _caller().name, ttl).job_id, timeout)
+        if finished.status == RUNNING:
+            # It started within the timeout, so its own GATEWAY_JOB_TIMEOUT and the stop of its
+            # tasks end it within this wait: the caller learns the outcome, 504 included.
+            finished = jobs.wait(job_id, timeout + STOP_TIMEOUT)
     if finished.status == DONE:
         return jsonify(finished.to_json())
     if finished.status in (QUEUED, RUNNING) and not jobs.stopping:
-        # Waited GATEWAY_JOB_TIMEOUT, mostly in the queue: the job goes on, the caller polls.
+        # Waited GATEWAY_JOB_TIMEOUT in the queue: the job goes on, the caller polls.
         return _accepted(finished)
     if finished.status == QUEUED:
         message = f"the gateway is stopping; job {job_id!r} stays queued and runs when the gateway is back"

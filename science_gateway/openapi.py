@@ -205,7 +205,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "Submit a job; by default answer once its array is completely written",
                     "parameters": [_JOB_ID, {"name": "wait", "in": "query", "schema": {"type": "boolean", "default": True}, "description": "false: answer 202 at once"}, *job_parameters],
-                    "responses": {"200": _json("Done", "Job"), "202": _json("Queued (wait=false), or not finished after GATEWAY_JOB_TIMEOUT: poll its Location", "Job", _LOCATION), **_errors(400, 404, 409, 413, 429, 500, 502, 503, 504)},
+                    "responses": {"200": _json("Done", "Job"), "202": _json("Queued (wait=false), or still queued after GATEWAY_JOB_TIMEOUT: poll its Location", "Job", _LOCATION), **_errors(400, 404, 409, 413, 429, 500, 502, 503, 504)},
                 }
             },
             "/jobs": {

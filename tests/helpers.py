@@ -214,3 +214,33 @@ def running_app(environ: Mapping[str, str], ready_within: float | None = None) -
         yield app
     finally:
         services(app).close()
+
+
+def _pause(dask_worker: Any) -> Any:
+    from distributed.core import Status
+
+    # Otherwise the worker's memory monitor resumes a paused worker whose memory is low.
+    fraction = dask_worker.memory_manager.memory_pause_fraction
+    dask_worker.memory_manager.memory_pause_fraction = False
+    dask_worker.status = Status.paused
+    return fraction
+
+
+def _resume(fraction: Any, dask_worker: Any) -> None:
+    from distributed.core import Status
+
+    dask_worker.status = Status.running
+    dask_worker.memory_manager.memory_pause_fraction = fraction
+
+
+@contextmanager
+def workers_held(client: Any) -> Iterator[None]:
+    """The cluster's workers paused: a job's tasks wait queued until the block ends, however fast the machine.
+
+    A paused worker still answers the scheduler and ``client.run``, so a job's stop reaches it.
+    """
+    fractions = client.run(_pause)
+    try:
+        yield
+    finally:
+        client.run(_resume, next(iter(fractions.values())))
