@@ -18,9 +18,13 @@ import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import GatewayError
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from tornado.web import HTTPError
 
 
 class NotAuthenticated(GatewayError):
@@ -42,6 +46,21 @@ class AuthUnavailable(GatewayError):
     """The hub could not be asked about a token."""
 
     status, code = 503, "auth_unavailable"
+
+
+def hub_failure(exc: HTTPError) -> str:
+    """jupyterhub's reason for a failed call to the hub, without its advice to notebook servers, which names this host."""
+    return str(exc.log_message).split("  ")[0]
+
+
+def hub_refused(exc: HTTPError) -> bool:
+    """Whether the hub answered the call with a 4xx other than 403, such as a refused OAuth code.
+
+    jupyterhub reports every failure as a 500 or 502 and tells them apart only in the
+    message: 4xx answers start it with "Failed to check authorization", without
+    "(upstream problem)"; an unreachable hub and a 403 to the gateway's own token do not.
+    """
+    return exc.status_code == 500 and str(exc.log_message).startswith("Failed to check authorization")
 
 
 @dataclass(frozen=True)
@@ -97,7 +116,7 @@ class HubCallers:
         try:
             model = self._hub.user_for_token(token)
         except self._hub_error as exc:
-            raise AuthUnavailable(f"cannot check the token with JupyterHub at {self._hub.api_url}: {exc.log_message}") from None
+            raise AuthUnavailable(f"cannot check the token with JupyterHub at {self._hub.api_url}: {hub_failure(exc)}") from None
         if model is None:
             raise NotAuthenticated("JupyterHub does not accept this token: it is wrong, expired or revoked")
         if not self._hub.check_scopes(self._hub.access_scopes, model):

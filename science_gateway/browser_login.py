@@ -28,7 +28,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .auth import NotAuthenticated
+from .auth import AuthUnavailable, NotAuthenticated, hub_failure, hub_refused
 from .errors import GatewayError
 from .settings import Settings
 
@@ -113,7 +113,9 @@ class BrowserLogin:
         try:
             token = self._hub.token_for_code(code)
         except self._hub_error as exc:
-            raise NotAuthenticated(f"JupyterHub did not complete the login: {exc.log_message}") from None
+            if hub_refused(exc):
+                raise NotAuthenticated(f"JupyterHub did not complete the login ({hub_failure(exc)}); open the page again") from None
+            raise AuthUnavailable(f"cannot complete the login with JupyterHub at {self._hub.api_url}: {hub_failure(exc)}") from None
         return self._cipher.encrypt(token.encode()).decode(), safe_return_path(next_path)
 
     def token(self, cookie: str | None) -> str | None:

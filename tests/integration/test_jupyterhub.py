@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import nbformat
 import pytest
@@ -405,6 +406,15 @@ def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
     assert record["owner"] == "alice"
     assert not [job for job in alices if job["submitted_at"] > record["submitted_at"]], "the other site's form made no job"
     assert cookies["service-science-gateway"]["httpOnly"], "the page's script never sees the token"
+
+
+def test_a_code_the_hub_did_not_issue_is_refused_with_a_401(hub_gateway: RunningGateway, http) -> None:
+    started = http.get(f"{hub_gateway.url}/", headers={"Accept": "text/html"}, allow_redirects=False)
+    state = parse_qs(urlsplit(started.headers["Location"]).query)["state"][0]
+    forged = http.get(f"{hub_gateway.url}/oauth_callback", params={"code": "not-a-code-the-hub-issued", "state": state}, allow_redirects=False)
+    assert forged.status_code == 401 and forged.json()["error"]["code"] == "not_authenticated"
+    assert "JupyterHub did not complete the login" in forged.json()["error"]["message"]
+    assert "Set-Cookie" not in forged.headers, "no login cookie"
 
 
 def refused_login(hub: JupyterHubServer, dask_gateway: DaskGatewayServer, token: str, log: Path, http) -> str:

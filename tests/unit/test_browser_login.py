@@ -3,6 +3,7 @@
 import base64
 import gc
 import json
+import socket
 import tracemalloc
 from collections.abc import Iterator
 
@@ -93,6 +94,14 @@ def test_a_login_that_did_not_start_here_is_refused(http: FlaskClient) -> None:
     state = http.get("/", headers=HTML).headers["Location"].split("state=")[1]
     forged = http.get(f"/oauth_callback?code=c&state={state}x")
     assert forged.status_code == 401 and "did not come back as it left" in forged.json["error"]["message"]
+
+
+def test_a_login_the_hub_cannot_complete_is_unavailable_and_names_no_host_of_ours(http: FlaskClient) -> None:
+    state = http.get("/", headers=HTML).headers["Location"].split("state=")[1]
+    unanswered = http.get(f"/oauth_callback?code=c&state={state}")
+    assert unanswered.status_code == 503 and unanswered.json["error"]["code"] == "auth_unavailable"
+    assert "cannot complete the login with JupyterHub" in unanswered.json["error"]["message"]
+    assert socket.gethostname() not in unanswered.json["error"]["message"]
 
 
 def test_a_cookie_the_gateway_did_not_encrypt_is_no_login(http: FlaskClient, https_app: Flask) -> None:
