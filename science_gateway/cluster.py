@@ -46,6 +46,10 @@ WORKER_MALLOC_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM
 LOCAL_WORKER_ENVIRON = {"JUPYTERHUB_API_TOKEN": ""}
 
 
+class ClusterOptionRefused(ValueError):
+    """Dask Gateway offers no such cluster option, or refuses its value; the message lists what it offers."""
+
+
 def _has_other_clients(cluster: Any) -> bool:
     """Whether a client besides this one is connected to the cluster's scheduler."""
     # A client of its own, not the cluster object's: closing that object closes its clients again.
@@ -245,7 +249,11 @@ class ClusterConnection:
         gateway = Gateway(address=self._settings.dask_gateway_address)
         options = gateway.cluster_options()
         for name, value in self._settings.cluster_options.items():
-            options[name] = value
+            try:
+                options[name] = value
+            except (KeyError, TypeError, ValueError) as exc:
+                offered = ", ".join(options) or "none"
+                raise ClusterOptionRefused(f"GATEWAY_CLUSTER_OPTIONS: {name}={value!r} is refused ({exc}); the options it offers: {offered}") from None
         cluster = self._adopt_left_cluster(gateway, dict(options)) or gateway.new_cluster(options, shutdown_on_close=True)
         self._size(cluster)
         return cluster, self._wait_for_workers(cluster, lambda: cluster.get_client(set_as_default=False))

@@ -260,6 +260,7 @@ def start_dask_gateway_server(
     authentication: str | None = None,
     results_writer: str | None = None,
     container_image: str | None = None,
+    operator_config: str = "",
 ) -> DaskGatewayServer:
     """dask-gateway-server with its local backend, on loopback, configured by dask_gateway_config.yaml's extraConfig.
 
@@ -276,7 +277,8 @@ def start_dask_gateway_server(
     in ``workdir/cluster-logs``. ``ports`` (API, scheduler proxy) are free
     ones unless given. With ``container_image``, schedulers and workers run in
     containers of that image (devtools/container_process.py), labelled with
-    the server's ``container_label``; else from this venv.
+    the server's ``container_label``; else from this venv. ``operator_config``
+    comes last, as an operator's own configuration would.
     """
     api_port, proxy_port = ports or (free_port(), free_port())
     container_label = f"dask-gateway-test-{api_port}"
@@ -352,6 +354,7 @@ def start_dask_gateway_server(
         )
         + (f"RESULTS_WRITER = {results_writer!r}\n" if results_writer else "")
         + textwrap.dedent(authentication or simple_authentication(password or ""))
+        + textwrap.dedent(operator_config)
     )
     server_env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     command = [str(Path(sys.executable).parent / "dask-gateway-server"), "-f", str(config)]

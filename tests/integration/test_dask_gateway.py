@@ -224,3 +224,49 @@ def test_an_unreachable_dask_gateway_at_start_up_is_retried_with_backoff_until_i
         stop_process(served.process, timeout=90)
         if server is not None:
             stop_process(server.process, timeout=60)
+
+
+# An operator's own cluster option, passed on to the workers' container env beside what the shipped handler gives.
+LABELLED_CLUSTERS = """
+from dask_gateway_server.options import String
+
+def labelled(options, user):
+    config = results_writer_only(options, user)
+    worker = dict(config.get("worker_extra_container_config") or get_property("gateway.backend.worker.extraContainerConfig") or {})
+    worker["env"] = [*worker.get("env", []), {"name": "JOB_LABEL", "value": options.label}]
+    return {**config, "worker_extra_container_config": worker}
+
+c.Backend.cluster_options = Options(String("label", default="unlabelled"), handler=labelled)
+"""
+
+
+def test_the_cluster_options_setting_reaches_dask_gateway_and_a_wrong_one_is_named(s3: LocalS3, tmp_path: Path, http) -> None:
+    (tmp_path / "dask-gateway").mkdir()
+    server = start_dask_gateway_server(
+        tmp_path / "dask-gateway", {"awsconfig": s3.environ()}, password="gateway-pw-1", results_writer=USER, operator_config=LABELLED_CLUSTERS
+    )
+    try:
+        environ = {**gateway_environ(server, server.password), "GATEWAY_N_WORKERS": "1"}
+        served = start_gunicorn_gateway({**environ, "GATEWAY_CLUSTER_OPTIONS": '{"label": "from-the-settings"}'}, log_file=tmp_path / "labelled.log")
+        try:
+            [cluster] = running_clusters(server)
+            assert cluster.options["label"] == "from-the-settings"
+            with gateway_client(server).connect(cluster.name, shutdown_on_close=False) as connected, connected.get_client() as client:
+                # A lambda travels by value; os.environ.get would carry this process's environment along.
+                assert set(client.run(lambda: os.environ.get("JOB_LABEL")).values()) == {"from-the-settings"}
+        finally:
+            stop_process(served.process, timeout=90)
+
+        served = start_gunicorn_gateway({**environ, "GATEWAY_CLUSTER_OPTIONS": '{"lable": "typo"}'}, log_file=tmp_path / "typo.log", ready_timeout=0)
+        try:
+            def refused() -> str | None:
+                answer = http.get(f"{served.url}/readyz", timeout=30)
+                return answer.text if answer.status_code == 503 and "lable" in answer.text else None
+
+            reason = wait_for(refused, 60, "the refusal")
+            assert "GATEWAY_CLUSTER_OPTIONS: lable='typo' is refused" in reason and "the options it offers: label" in reason
+            assert not running_clusters(server), "no cluster started with options other than asked"
+        finally:
+            stop_process(served.process, timeout=90)
+    finally:
+        stop_process(server.process, timeout=60)

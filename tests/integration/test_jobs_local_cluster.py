@@ -396,3 +396,26 @@ def test_a_stopping_gateway_takes_no_new_job(app: Flask) -> None:
     finally:
         manager.close()
     assert (refused.value.status, refused.value.code, refused.value.headers()) == (503, "gateway_stopping", {"Retry-After": "10"})
+
+
+def _close_soon(dask_scheduler) -> None:
+    # After this call has answered: the client then finds its scheduler gone, as when it dies.
+    dask_scheduler.loop.add_callback(dask_scheduler.close)
+
+
+def test_a_lost_local_cluster_is_reported_and_the_next_job_gets_a_new_one(s3: LocalS3, results_fs) -> None:
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}/local-lost", "GATEWAY_N_WORKERS": "1"}
+    with running_app(environ, ready_within=60) as app:
+        http = app.test_client()
+        lost = services(app).cluster.client()
+        lost_scheduler = lost.scheduler.address
+
+        lost.run_on_scheduler(_close_soon)
+
+        reported = wait_for(lambda: (answer := http.get("/readyz")).status_code == 503 and "was lost" in answer.text and answer, 60, "the loss reported")
+        assert "starting a new one" in reported.json["error"]["message"]
+        response = http.get("/submit_job/after-the-loss")
+        assert response.status_code == 200, response.json
+        assert_complete_result(results_fs, response.json, f"{BUCKET}/local-lost")
+        assert services(app).cluster.client().scheduler.address != lost_scheduler
+        wait_for(lambda: http.get("/readyz").status_code == 200, 10, "readiness with the new cluster")
