@@ -107,8 +107,8 @@ def test_concurrent_submissions_of_one_id_run_one_job(app: Flask, results_fs, jo
 def test_bad_ids_leave_the_bucket_unchanged(client: FlaskClient, results_fs, path: str) -> None:
     before = listing(results_fs, BUCKET)
     response = client.get(path)
-    assert response.status_code in (400, 404)
-    assert response.is_json and response.json["error"]["message"]
+    assert response.status_code == 400 and response.json["error"]["code"] == "invalid_job_id"
+    assert response.json["error"]["message"]
     assert listing(results_fs, BUCKET) == before
 
 

@@ -441,7 +441,7 @@ def test_readiness_says_when_the_hub_refuses_the_gateways_own_token(
 
     said = refused_login(hub, dask_gateway_server, token, tmp_path / "gateway.log", http)
 
-    assert "JupyterHub did not accept the token in JUPYTERHUB_API_TOKEN" in said, said
+    assert "JupyterHub did not accept the token in JUPYTERHUB_API_TOKEN: it is revoked, expired or wrong; the deployment takes it from" in said, said
 
 
 def test_a_token_that_may_not_use_dask_gateway_is_refused_too(
@@ -452,7 +452,8 @@ def test_a_token_that_may_not_use_dask_gateway_is_refused_too(
     audited_secrets.append(token)
     said = refused_login(hub, dask_gateway_server, token, tmp_path / "gateway.log", http)
 
-    assert "access:services" in said, said
+    # Not the message for a token the hub does not know, which mentions the scope too.
+    assert "JupyterHub knows the token in JUPYTERHUB_API_TOKEN (user 'gateway-bot'), but it lacks access:services!service=dask-gateway" in said, said
 
 
 def test_a_workshop_of_200_callers_from_three_users_never_starves_the_probes(
