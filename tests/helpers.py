@@ -244,3 +244,10 @@ def workers_held(client: Any) -> Iterator[None]:
         yield
     finally:
         client.run(_resume, next(iter(fractions.values())))
+
+
+def stop_reached(job_id: str) -> bool:
+    """On a worker: whether a stop of a run of this job has reached it (the job timed out or was cancelled)."""
+    from science_gateway import random_chunks
+
+    return any(run.startswith(f"{job_id}/") for run in random_chunks._stopped_runs)

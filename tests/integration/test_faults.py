@@ -25,7 +25,7 @@ from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import free_port, stop_process
 from gateway import services
-from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, wait_for
+from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, stop_reached, wait_for, workers_held
 from science_gateway.job_parameters import RandomArraySpec
 from science_gateway.jobs import JobManager
 from science_gateway.random_chunks import chunk_selections, random_chunk
@@ -144,13 +144,17 @@ def test_a_job_over_its_timeout_fails_and_its_dask_work_is_cancelled(app: Flask,
     settings = replace(services(app).settings, results_url=f"s3://{BUCKET}/timeout", job_timeout=1.0)
     manager = JobManager(services(app).cluster, ResultsStore(settings.results_url), settings, services(app).metrics)
     manager.start()
+    cluster = services(app).cluster.client()
     try:
-        job = manager.wait(manager.submit("overrun", RandomArraySpec(seed=1, shape=(10000, 10000))).job_id)
+        # Held, the job cannot finish within its timeout however fast the machine.
+        with workers_held(cluster):
+            submitted = manager.submit("overrun", RandomArraySpec(seed=1))
+            wait_for(lambda: all(cluster.run(stop_reached, "overrun").values()), 60, "the job's timeout to stop its tasks")
+        job = manager.wait(submitted.job_id)
     finally:
         manager.close()
     assert job.status == "failed"
     assert job.error["code"] == "job_timeout" and "GATEWAY_JOB_TIMEOUT" in job.error["message"]
-    cluster = services(app).cluster.client()
     wait_for(lambda: not cluster.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks)), 30, "no task left on the scheduler")
     assert not any(cluster.processing().values()), "no worker still running a task of the job"
     assert not results_fs.exists(f"{BUCKET}/timeout/overrun")

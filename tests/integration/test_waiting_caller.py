@@ -14,7 +14,7 @@ from flask import Flask
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import services
-from helpers import running_app, wait_for, workers_held
+from helpers import running_app, stop_reached, wait_for, workers_held
 from openapi_check import CheckedClient
 
 PREFIX = f"{BUCKET}/waiting"
@@ -36,19 +36,13 @@ def status_of(app: Flask, job_id: str) -> str | None:
     return response.json["status"] if response.status_code == 200 else None
 
 
-def stop_reached_the_workers() -> bool:
-    from science_gateway import random_chunks
-
-    return bool(random_chunks._stopped_runs)
-
-
 def test_a_waiting_caller_whose_job_runs_over_the_timeout_gets_504(one_worker_app: Flask, results_fs) -> None:
     client = services(one_worker_app).cluster.client()
     with ThreadPoolExecutor(1) as pool:
         with workers_held(client):
             answer = waiting_call(pool, one_worker_app, "overrun")
             # The job's own timeout has fired once its stop reaches the workers; it cannot finish before.
-            wait_for(lambda: all(client.run(stop_reached_the_workers).values()), 60, "the job's timeout to stop its tasks")
+            wait_for(lambda: all(client.run(stop_reached, "overrun").values()), 60, "the job's timeout to stop its tasks")
         response = answer.result(timeout=120)
     assert response.status_code == 504, response.json
     assert response.json["error"]["code"] == "job_timeout"
