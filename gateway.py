@@ -38,7 +38,8 @@ from science_gateway.job_parameters import (
     parse_ttl,
     validate_job_id,
 )
-from science_gateway.jobs import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobManager, JobRecord
+from science_gateway.job_records import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobRecord
+from science_gateway.jobs import JobManager
 from science_gateway.metrics import GatewayMetrics, JsonFormatter
 from science_gateway.openapi import OPEN_PATHS, PREVIEW_SIZES, openapi_document
 from science_gateway.readiness import Readiness

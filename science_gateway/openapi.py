@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .job_parameters import AUTO_SHARDS, DTYPES, JOB_ID_PATTERN, JOB_ID_RULE, MAX_SEED, NO_SHARDS, PAIR_PATTERN
-from .jobs import MAX_PAGE, STATUSES
+from .job_records import MAX_PAGE, STATUSES
 from .settings import LONGEST_TTL
 
 PREVIEW_SIZES = ("full", "thumbnail")

@@ -19,7 +19,8 @@ from gateway import services
 from helpers import assert_made_from_its_seed, running_app, wait_for
 from science_gateway.admission import AdmissionRefused
 from science_gateway.job_parameters import RandomArraySpec
-from science_gateway.jobs import DONE, RUNNING, JobManager, JobNotFound
+from science_gateway.job_records import DONE, RUNNING
+from science_gateway.jobs import JobManager, JobNotFound
 from science_gateway.metrics import GatewayMetrics
 from science_gateway.results_store import ResultsStore
 

@@ -33,7 +33,8 @@ from helpers import (
 )  # fmt: skip
 from science_gateway.admission import AdmissionRefused
 from science_gateway.job_parameters import RandomArraySpec
-from science_gateway.jobs import DONE, RUNNING, GatewayStopping, JobAlreadyExists, JobManager, JobNotFound, JobRecord
+from science_gateway.job_records import DONE, RUNNING, JobRecord
+from science_gateway.jobs import GatewayStopping, JobAlreadyExists, JobManager, JobNotFound
 from science_gateway.metrics import GatewayMetrics
 from science_gateway.results_store import ResultsStore
 from science_gateway.settings import load_settings

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from science_gateway.job_parameters import RandomArraySpec
-from science_gateway.jobs import InvalidRecord, JobRecord, has_expired, record_from_stored
+from science_gateway.job_records import InvalidRecord, JobRecord, has_expired, record_from_stored
 from science_gateway.results_store import owner_prefix, place_for
 
 
