@@ -90,3 +90,27 @@ def test_the_api_documents_error_table_has_every_known_failure_with_its_status()
     assert known - documented_pairs == set(), "failures the service knows but docs/api.md does not list"
     challenge = NotAuthenticated("no token").headers()["WWW-Authenticate"]
     assert f"`WWW-Authenticate: {challenge}`" in table, "the 401's header as the service sends it"
+
+
+API = (PROJECT / "docs" / "api.md").read_text()
+
+
+def test_the_api_documents_requests_are_the_openapi_documents_operations() -> None:
+    from science_gateway.openapi import openapi_document
+
+    rows = re.findall(r"^\| `(GET|POST|DELETE|PUT|PATCH) (/[^`]*)` \|", API, flags=re.MULTILINE)
+    documented_operations = {(method, path.replace("<job_id>", "{job_id}")) for method, path in rows}
+    paths = openapi_document()["paths"]
+    operations = {(method.upper(), path) for path, item in paths.items() for method in item if method in ("get", "post", "delete", "put", "patch")}
+    assert documented_operations == operations
+
+
+def test_the_api_documents_parameters_are_the_openapi_documents() -> None:
+    from science_gateway.openapi import openapi_document
+
+    table = API.split("**Parameters**", 1)[1].split("\n\n", 2)[1]
+    documented_parameters = set(re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE))
+    submit = openapi_document()["paths"]["/submit_job/{job_id}"]["get"]["parameters"]
+    query = {parameter["name"] for parameter in submit if parameter["in"] == "query"} - {"wait"}
+    assert documented_parameters == query
+    assert "`?wait=false`" in API, "the one query parameter outside the table is described with the request"
