@@ -9,7 +9,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from devtools.processes import free_port, start_process, stop_process, wait_for_port, wait_while_running
+from devtools.processes import free_port, on_a_free_port, start_process, stop_process, wait_for_port, wait_while_running
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -41,8 +41,12 @@ class RunningGateway:
 def start_gunicorn_gateway(
     environ: dict[str, str], *, port: int | None = None, log_file: Path | None = None, ready_timeout: float = 180
 ) -> RunningGateway:
-    """Start gunicorn and return once it listens and, unless ``ready_timeout`` is 0, is ready."""
-    port = port or free_port()
+    """Start gunicorn and return once it listens and, unless ``ready_timeout`` is 0, is ready.
+
+    Without ``port``, on a free one (another if a process takes it meanwhile).
+    """
+    if port is None:
+        return on_a_free_port(lambda free: start_gunicorn_gateway(environ, port=free, log_file=log_file, ready_timeout=ready_timeout))
     probe_address = environ.get("GATEWAY_PROBE_ADDRESS") or f"127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "gateway:app"]
     process = start_process(command, env={**environ, "GATEWAY_PROBE_ADDRESS": probe_address}, log_file=log_file, cwd=PROJECT)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devtools.processes import free_port, start_process, stop_process, wait_for_port
+from devtools.processes import free_port, on_a_free_port, start_process, stop_process, wait_for_port
 
 
 def rclone_executable() -> str:
@@ -91,11 +91,15 @@ def start_local_s3(
     every request instead makes each PUT re-read its directories (1000 PUTs
     took 176 s instead of 1.3 s; with one second, 1.3 s).
     With ``tls`` (a PEM certificate chain and its key) it serves https.
+    Without ``port``, on a free one (another if a process takes it meanwhile).
     """
+    if port is None:
+        options = {"log_file": log_file, "remote_control": remote_control, "read_only": read_only, "tls": tls, "timeout": timeout}
+        buckets = tuple(buckets)
+        return on_a_free_port(lambda free: start_local_s3(data_dir, buckets, access_key=access_key, secret_key=secret_key, port=free, **options))
     data_dir = Path(data_dir)
     for bucket in buckets:
         (data_dir / bucket).mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
     control_port = free_port() if remote_control else None
     command = [
         rclone_executable(), "serve", "s3", str(data_dir),

@@ -10,8 +10,12 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+import psutil
 
 _PR_SET_PDEATHSIG = 1
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -67,17 +71,59 @@ def wait_while_running(answers: Callable[[], bool], process: subprocess.Popen, t
     raise TimeoutError(f"no {what} within {timeout} s")
 
 
+class PortTaken(RuntimeError):
+    """Another process listens on the port a server was to use: free_port() found it free only a moment before."""
+
+
+def _listeners(port: int) -> set[int | None]:
+    # The processes listening on the port; None for one this user may not see.
+    return {
+        connection.pid
+        for connection in psutil.net_connections("tcp")
+        if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port
+    }
+
+
+def _tree(process: subprocess.Popen) -> set[int]:
+    try:
+        return {process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return {process.pid}
+
+
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
-    """Return once something listens on 127.0.0.1:port; fail if the process exits first."""
+    """Return once ``process`` (or a process it started) listens on 127.0.0.1:port.
+
+    Fail if it exits first, and with :class:`PortTaken` if another process has the
+    port, rather than let the caller talk to whatever holds it.
+    """
+
+    def taken() -> bool:
+        listeners = _listeners(port)
+        return bool(listeners) and not listeners & _tree(process)
 
     def listening() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        if taken():
+            raise PortTaken(f"127.0.0.1:{port} is another process's; start the server on another port")
+        return bool(_listeners(port) & _tree(process))
 
-    wait_while_running(listening, process, timeout, f"listening on 127.0.0.1:{port}")
+    try:
+        wait_while_running(listening, process, timeout, f"listening on 127.0.0.1:{port}")
+    except RuntimeError as exc:
+        if not isinstance(exc, PortTaken) and taken():
+            raise PortTaken(f"127.0.0.1:{port} is another process's ({exc})") from exc
+        raise
+
+
+def on_a_free_port(start: Callable[[int], T], attempts: int = 3) -> T:
+    """``start(port)`` on a port free at the time, again on another one if a process took it meanwhile."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start(free_port())
+        except PortTaken:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:
