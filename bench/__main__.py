@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import dask.config
@@ -27,7 +27,7 @@ from distributed import Client, LocalCluster
 from bench import worker_cpu
 from bench.measure import Run, count_requests, rss_megabytes, run_jobs
 from bench.report import write_report
-from bench.workloads import Baseline, Floor, Gateway, ObstoreFloor
+from bench.workloads import Baseline, Floor, Gateway, ObstoreFloor, Shape
 from bench.workshop import PREVIOUS_DESIGN_ENVIRON, run_workshop
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
@@ -57,17 +57,17 @@ def job_ids(prefix: str, count: int) -> list[str]:
 
 def best_batch_size(floor: Floor, jobs: int) -> tuple[int, dict[int, float]]:
     """A floor's concurrency (requests in flight) with the lowest median job time."""
-    medians = {}
+    medians: dict[int, float] = {}
     for size in BATCH_SIZES:
         floor.batch_size = size
         medians[size] = run_jobs("floor", floor.run, job_ids(f"batch{size}", jobs), 1).percentile(50)
-    best = min(medians, key=medians.get)
+    best = min(medians, key=lambda size: medians[size])
     floor.batch_size = best
     return best, medians
 
 
 def interleaved(
-    workloads: dict[str, Callable[[str], None]], concurrency: int, jobs: int, rounds: int, server_log: Path
+    workloads: Mapping[str, Callable[..., None]], concurrency: int, jobs: int, rounds: int, server_log: Path
 ) -> dict[str, Run]:
     """``jobs`` jobs of each workload in each of ``rounds`` rounds, the workloads taking turns."""
     runs = {name: Run(name, concurrency) for name in workloads}
@@ -205,8 +205,10 @@ def large_jobs(floor: Floor, gateway: Gateway, sharded: Gateway, data_dir: Path)
 
     For a sharded job the floor writes the same bytes in as many objects: one per shard.
     """
-    cases = [(shape, chunks, None) for shape, chunks in LARGE_JOBS]
-    cases += [(shape, chunks, auto_shards(shape, chunks, itemsize=4)) for shape, chunks in SHARDED_LARGE_JOBS]
+    cases: list[tuple[Shape, Shape, Shape | None]] = [(shape, chunks, None) for shape, chunks in LARGE_JOBS]
+    for shape, chunks in SHARDED_LARGE_JOBS:
+        rows, columns = auto_shards(shape, chunks, itemsize=4)
+        cases.append((shape, chunks, (rows, columns)))
     measured = []
     for (shape, chunks, shards), name in itertools.product(cases, ("floor", "gateway")):
         objects = shards or chunks

@@ -25,6 +25,7 @@ import psutil
 import zarr
 import zarr.storage
 from distributed import Client, wait
+from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
@@ -62,7 +63,7 @@ def _write_with_fsspec(region: Any, *, target: ArrayTarget, seed: int, store: za
     return len(objects)
 
 
-def _touch(store: zarr.abc.store.Store) -> bool:
+def _touch(store: Store) -> bool:
     return sync(store.exists("warm-up"))
 
 

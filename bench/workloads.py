@@ -24,6 +24,7 @@ import s3fs
 import zarr
 import zarr.storage
 from distributed import Client
+from zarr.core.chunk_key_encodings import ChunkKeyEncodingParams
 from zarr.core.sync import sync
 
 from science_gateway import results_objects
@@ -36,7 +37,7 @@ class JobFailed(RuntimeError):
 
 
 # The gateway's chunk keys (zarr 3's default encoding with "." separators), in the array's prefix.
-CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
+CHUNK_KEY_ENCODING: ChunkKeyEncodingParams = {"name": "default", "separator": "."}
 
 
 def chunk_keys(shape: Sequence[int], chunks: Sequence[int]) -> list[str]:
@@ -114,7 +115,7 @@ class Baseline:
             self._store, name=job_id, shape=shape, chunks=chunks, dtype="float32", chunk_key_encoding=CHUNK_KEY_ENCODING
         )
         data = da.random.random(shape, chunks=chunks).astype("float32")
-        da.store(data, target, lock=False, scheduler=self._client)
+        da.store(data, target, lock=False, scheduler=self._client)  # type: ignore[arg-type]  # dask's hints omit zarr arrays, which it writes
 
 
 class Gateway:

@@ -94,9 +94,13 @@ def start_local_s3(
     Without ``port``, on a free one (another if a process takes it meanwhile).
     """
     if port is None:
-        options = {"log_file": log_file, "remote_control": remote_control, "read_only": read_only, "tls": tls, "timeout": timeout}
-        buckets = tuple(buckets)
-        return on_a_free_port(lambda free: start_local_s3(data_dir, buckets, access_key=access_key, secret_key=secret_key, port=free, **options))
+        names = tuple(buckets)
+        return on_a_free_port(
+            lambda free: start_local_s3(
+                data_dir, names, access_key=access_key, secret_key=secret_key, port=free,
+                log_file=log_file, remote_control=remote_control, read_only=read_only, tls=tls, timeout=timeout,
+            )
+        )  # fmt: skip
     data_dir = Path(data_dir)
     for bucket in buckets:
         (data_dir / bucket).mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,9 @@ def wait_while_running(answers: Callable[[], bool], process: subprocess.Popen, t
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode} before {what}")
+            # The program alone: the other arguments may hold a server's keys.
+            program = str(process.args[0]) if isinstance(process.args, list) else "the server"
+            raise RuntimeError(f"{program} exited with code {process.returncode} before {what}")
         if answers():
             return
         time.sleep(0.05)

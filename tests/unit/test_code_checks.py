@@ -1,4 +1,4 @@
-"""The code passes its own checks (pyproject.toml): ruff's lint over everything, mypy over the service's modules."""
+"""The code passes its own checks (pyproject.toml): ruff's lint over everything, mypy over the service, the benchmark and the dev servers."""
 
 import subprocess
 import sys
