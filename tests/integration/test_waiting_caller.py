@@ -65,6 +65,22 @@ def test_a_waiting_caller_whose_job_loses_its_tasks_gets_500(one_worker_app: Fla
     assert not results_fs.exists(f"{PREFIX}/restarted/zarr.json"), "no completion marker"
 
 
+def test_a_waiting_caller_whose_job_is_cancelled_gets_409(one_worker_app: Flask, results_fs) -> None:
+    client = services(one_worker_app).cluster.client()
+    with ThreadPoolExecutor(2) as pool:
+        with workers_held(client):
+            answer = waiting_call(pool, one_worker_app, "called-off")
+            wait_for(lambda: status_of(one_worker_app, "called-off") == "running", 60, "the job to run")
+            cancelled = pool.submit(CheckedClient(one_worker_app.test_client()).delete, "/jobs/called-off")
+            wait_for(lambda: all(client.run(stop_reached, "called-off").values()), 60, "the cancel to reach the workers")
+        response = answer.result(timeout=120)
+    assert cancelled.result(timeout=120).json["status"] == "cancelled"
+    assert response.status_code == 409, response.json
+    assert response.json["error"]["code"] == "job_cancelled"
+    assert response.json["error"]["job"]["status"] == "cancelled"
+    assert not results_fs.exists(f"{PREFIX}/called-off"), "its partial array is removed"
+
+
 def test_a_waiting_caller_whose_bucket_goes_away_gets_502(s3: LocalS3, results_fs) -> None:
     results_fs.mkdir("doomed-bucket")
     with running_app({**os.environ, "GATEWAY_RESULTS_URL": "s3://doomed-bucket", "GATEWAY_N_WORKERS": "1"}, ready_within=60) as app:
