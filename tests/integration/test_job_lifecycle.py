@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 import zarr
 from flask import Flask
+from werkzeug.test import TestResponse
 
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
-from helpers import expected_objects, running_app, wait_for
+from gateway import services
+from helpers import expected_objects, running_app, stop_reached, wait_for, workers_held
 from openapi_check import CheckedClient
 from science_gateway.random_chunks import chunk_selections, random_chunk
 
 PREFIX = f"{BUCKET}/lifecycle"
-# 10000 chunks in many tasks: long enough to be seen running and to be cancelled on the way.
+# 10000 chunks in many tasks: seen writing, then held (cancel_while_held) until its cancel reaches the workers.
 BIG_JOB = {"shape": [10000, 10000], "chunks": [100, 100]}
 SMALL_JOB = {"shape": [10, 10], "chunks": [10, 10]}
 
@@ -46,6 +48,16 @@ def wait_until_writing(api: CheckedClient, job_id: str) -> dict:
     return wait_for(lambda: (record := job(api, job_id))["progress"]["chunks_written"] > 0 and record, 60, f"{job_id} to write")
 
 
+def cancel_while_held(app: Flask, job_id: str) -> TestResponse:
+    """DELETE a running job while its workers are held, so that it cannot finish first, however fast the machine."""
+    cluster = services(app).cluster.client()
+    with ThreadPoolExecutor(1) as pool:
+        with workers_held(cluster):
+            answer = pool.submit(CheckedClient(app.test_client()).delete, f"/jobs/{job_id}")
+            wait_for(lambda: all(cluster.run(stop_reached, job_id).values()), 60, f"the cancel of {job_id} to reach the workers")
+        return answer.result(timeout=120)
+
+
 def test_a_submitted_job_is_watched_to_done(api: CheckedClient, results_fs) -> None:
     response = api.post("/jobs", json={"job_id": "watched", "seed": 11})
     assert response.status_code == 202
@@ -65,7 +77,7 @@ def test_a_submitted_job_is_watched_to_done(api: CheckedClient, results_fs) -> N
     assert len([p for p in results_fs.find(f"{PREFIX}/watched/data") if "/c." in p]) == expected_objects(record)
 
 
-def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: CheckedClient, results_fs) -> None:
+def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: CheckedClient, lifecycle_app: Flask, results_fs) -> None:
     assert api.post("/jobs", json={"job_id": "big", **BIG_JOB}).status_code == 202
     wait_until_writing(api, "big")
     assert api.post("/jobs", json={"job_id": "waits", **SMALL_JOB}).status_code == 202
@@ -74,7 +86,7 @@ def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: Checke
 
     dropped = api.delete("/jobs/dropped")
     assert dropped.status_code == 200 and dropped.json["status"] == "cancelled"
-    cancelled = api.delete("/jobs/big")
+    cancelled = cancel_while_held(lifecycle_app, "big")
     assert cancelled.status_code == 200
     assert cancelled.json["status"] == "cancelled"
     assert 0 < cancelled.json["progress"]["chunks_written"] < 10000
@@ -85,10 +97,10 @@ def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: Checke
     assert not results_fs.exists(f"{PREFIX}/dropped")
 
 
-def test_a_cancelled_id_can_be_submitted_again_and_a_finished_job_deleted(api: CheckedClient, results_fs) -> None:
+def test_a_cancelled_id_can_be_submitted_again_and_a_finished_job_deleted(api: CheckedClient, lifecycle_app: Flask, results_fs) -> None:
     api.post("/jobs", json={"job_id": "again", **BIG_JOB})
     wait_until_writing(api, "again")
-    assert api.delete("/jobs/again").json["status"] == "cancelled"
+    assert cancel_while_held(lifecycle_app, "again").json["status"] == "cancelled"
 
     assert api.post("/jobs", json={"job_id": "again", "seed": 3, **SMALL_JOB}).status_code == 202
     assert wait_for_status(api, "again", "done")["progress"]["chunks_written"] == 1
