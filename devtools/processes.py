@@ -105,9 +105,12 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
         return bool(listeners) and not listeners & _tree(process)
 
     def listening() -> bool:
-        if taken():
+        listeners = _listeners(port)
+        if listeners & _tree(process):
+            return True
+        if listeners:
             raise PortTaken(f"127.0.0.1:{port} is another process's; start the server on another port")
-        return bool(_listeners(port) & _tree(process))
+        return False
 
     try:
         wait_while_running(listening, process, timeout, f"listening on 127.0.0.1:{port}")

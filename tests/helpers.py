@@ -251,3 +251,8 @@ def stop_reached(job_id: str) -> bool:
     from science_gateway import random_chunks
 
     return any(run.startswith(f"{job_id}/") for run in random_chunks._stopped_runs)
+
+
+def wait_for_the_stop(client: Any, job_id: str) -> None:
+    """Until the stop of the job's tasks reaches every worker: held by workers_held, the job has then failed or been cancelled."""
+    wait_for(lambda: all(client.run(stop_reached, job_id).values()), 60, f"the stop of {job_id} to reach the workers")

@@ -25,7 +25,7 @@ from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import free_port, stop_process
 from gateway import services
-from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, stop_reached, wait_for, workers_held
+from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, wait_for, wait_for_the_stop, workers_held
 from science_gateway.job_parameters import RandomArraySpec
 from science_gateway.jobs import JobManager
 from science_gateway.random_chunks import chunk_selections, random_chunk
@@ -149,7 +149,7 @@ def test_a_job_over_its_timeout_fails_and_its_dask_work_is_cancelled(app: Flask,
         # Held, the job cannot finish within its timeout however fast the machine.
         with workers_held(cluster):
             submitted = manager.submit("overrun", RandomArraySpec(seed=1))
-            wait_for(lambda: all(cluster.run(stop_reached, "overrun").values()), 60, "the job's timeout to stop its tasks")
+            wait_for_the_stop(cluster, "overrun")
         job = manager.wait(submitted.job_id)
     finally:
         manager.close()

@@ -13,7 +13,7 @@ from werkzeug.test import TestResponse
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import services
-from helpers import expected_objects, running_app, stop_reached, wait_for, workers_held
+from helpers import expected_objects, running_app, wait_for, wait_for_the_stop, workers_held
 from openapi_check import CheckedClient
 from science_gateway.random_chunks import chunk_selections, random_chunk
 
@@ -54,7 +54,7 @@ def cancel_while_held(app: Flask, job_id: str) -> TestResponse:
     with ThreadPoolExecutor(1) as pool:
         with workers_held(cluster):
             answer = pool.submit(CheckedClient(app.test_client()).delete, f"/jobs/{job_id}")
-            wait_for(lambda: all(cluster.run(stop_reached, job_id).values()), 60, f"the cancel of {job_id} to reach the workers")
+            wait_for_the_stop(cluster, job_id)
         return answer.result(timeout=120)
 
 

@@ -7,14 +7,16 @@ it runs, however fast the machine: a paused worker starts no task.
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
+from distributed import Client
 from flask import Flask
 
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import services
-from helpers import running_app, stop_reached, wait_for, workers_held
+from helpers import running_app, wait_for, wait_for_the_stop, workers_held
 from openapi_check import CheckedClient
 
 PREFIX = f"{BUCKET}/waiting"
@@ -27,23 +29,29 @@ def one_worker_app(s3: LocalS3) -> Iterator[Flask]:
         yield app
 
 
-def waiting_call(pool: ThreadPoolExecutor, app: Flask, job_id: str) -> Future:
-    return pool.submit(CheckedClient(app.test_client()).get, f"/submit_job/{job_id}")
-
-
 def status_of(app: Flask, job_id: str) -> str | None:
     response = app.test_client().get(f"/jobs/{job_id}")
     return response.json["status"] if response.status_code == 200 else None
 
 
-def test_a_waiting_caller_whose_job_runs_over_the_timeout_gets_504(one_worker_app: Flask, results_fs) -> None:
-    client = services(one_worker_app).cluster.client()
+@contextmanager
+def held_waiting_call(app: Flask, job_id: str) -> Iterator[tuple[Client, Future]]:
+    """A caller waiting on /submit_job for a job held running: the block makes it fail, then the workers go on.
+
+    Yields the cluster's client and the caller's future answer, which comes once the block has ended.
+    """
+    client = services(app).cluster.client()
     with ThreadPoolExecutor(1) as pool:
         with workers_held(client):
-            answer = waiting_call(pool, one_worker_app, "overrun")
-            # The job's own timeout has fired once its stop reaches the workers; it cannot finish before.
-            wait_for(lambda: all(client.run(stop_reached, "overrun").values()), 60, "the job's timeout to stop its tasks")
-        response = answer.result(timeout=120)
+            answer = pool.submit(CheckedClient(app.test_client()).get, f"/submit_job/{job_id}")
+            wait_for(lambda: status_of(app, job_id) == "running", 60, "the job to run")
+            yield client, answer
+
+
+def test_a_waiting_caller_whose_job_runs_over_the_timeout_gets_504(one_worker_app: Flask, results_fs) -> None:
+    with held_waiting_call(one_worker_app, "overrun") as (client, answer):
+        wait_for_the_stop(client, "overrun")  # sent once the job's own timeout has fired
+    response = answer.result(timeout=120)
     assert response.status_code == 504, response.json
     assert response.json["error"]["code"] == "job_timeout"
     assert "GATEWAY_JOB_TIMEOUT" in response.json["error"]["message"]
@@ -52,13 +60,9 @@ def test_a_waiting_caller_whose_job_runs_over_the_timeout_gets_504(one_worker_ap
 
 
 def test_a_waiting_caller_whose_job_loses_its_tasks_gets_500(one_worker_app: Flask, results_fs) -> None:
-    client = services(one_worker_app).cluster.client()
-    with ThreadPoolExecutor(1) as pool:
-        with workers_held(client):
-            answer = waiting_call(pool, one_worker_app, "restarted")
-            wait_for(lambda: status_of(one_worker_app, "restarted") == "running", 60, "the job to run")
-            client.restart()
-        response = answer.result(timeout=120)
+    with held_waiting_call(one_worker_app, "restarted") as (client, answer):
+        client.restart()
+    response = answer.result(timeout=120)
     assert response.status_code == 500, response.json
     assert response.json["error"]["code"] == "job_failed"
     assert "lost its Dask tasks" in response.json["error"]["message"]
@@ -66,14 +70,11 @@ def test_a_waiting_caller_whose_job_loses_its_tasks_gets_500(one_worker_app: Fla
 
 
 def test_a_waiting_caller_whose_job_is_cancelled_gets_409(one_worker_app: Flask, results_fs) -> None:
-    client = services(one_worker_app).cluster.client()
-    with ThreadPoolExecutor(2) as pool:
-        with workers_held(client):
-            answer = waiting_call(pool, one_worker_app, "called-off")
-            wait_for(lambda: status_of(one_worker_app, "called-off") == "running", 60, "the job to run")
-            cancelled = pool.submit(CheckedClient(one_worker_app.test_client()).delete, "/jobs/called-off")
-            wait_for(lambda: all(client.run(stop_reached, "called-off").values()), 60, "the cancel to reach the workers")
-        response = answer.result(timeout=120)
+    # The DELETE of a running job answers once it has ended, after the workers go on.
+    with ThreadPoolExecutor(1) as pool, held_waiting_call(one_worker_app, "called-off") as (client, answer):
+        cancelled = pool.submit(CheckedClient(one_worker_app.test_client()).delete, "/jobs/called-off")
+        wait_for_the_stop(client, "called-off")
+    response = answer.result(timeout=120)
     assert cancelled.result(timeout=120).json["status"] == "cancelled"
     assert response.status_code == 409, response.json
     assert response.json["error"]["code"] == "job_cancelled"
@@ -84,14 +85,10 @@ def test_a_waiting_caller_whose_job_is_cancelled_gets_409(one_worker_app: Flask,
 def test_a_waiting_caller_whose_bucket_goes_away_gets_502(s3: LocalS3, results_fs) -> None:
     results_fs.mkdir("doomed-bucket")
     with running_app({**os.environ, "GATEWAY_RESULTS_URL": "s3://doomed-bucket", "GATEWAY_N_WORKERS": "1"}, ready_within=60) as app:
-        client = services(app).cluster.client()
-        with ThreadPoolExecutor(1) as pool:
-            with workers_held(client):
-                answer = waiting_call(pool, app, "doomed")
-                wait_for(lambda: status_of(app, "doomed") == "running", 60, "the job to run")
-                results_fs.rm("doomed-bucket", recursive=True)  # its objects, then the bucket
-                assert not results_fs.exists("doomed-bucket")
-            response = answer.result(timeout=120)
+        with held_waiting_call(app, "doomed") as (_, answer):
+            results_fs.rm("doomed-bucket", recursive=True)  # its objects, then the bucket
+            assert not results_fs.exists("doomed-bucket")
+        response = answer.result(timeout=120)
     assert response.status_code == 502, response.json
     assert response.json["error"]["code"] == "storage_error"
     assert "doomed" in response.json["error"]["message"] and response.json["error"]["job"]["status"] == "failed"
