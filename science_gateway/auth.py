@@ -6,6 +6,9 @@ request carries ``Authorization: token <t>`` (or ``Bearer <t>``); the hub says
 whose token it is (``GET /hub/api/user`` with that token, cached for
 ``GATEWAY_AUTH_CACHE_SECONDS``), and the token must grant
 ``access:services!service=<JUPYTERHUB_SERVICE_NAME>``. Tokens are never logged.
+The hub is asked once per token and cache period however many requests carry
+it at once (a workshop's first minute, or a reader's concurrent range reads),
+and the answers are kept in memory only as the tokens' SHA-256 digests.
 
 A browser logs in through the hub instead (browser_login.py); the token it
 keeps in a cookie is checked here like any other.
@@ -13,14 +16,21 @@ keeps in a cookie is checked here like any other.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import GatewayError
+from .hub_calls import hub_loop
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -97,9 +107,10 @@ class HubCallers:
         self._hub = HubAuth(
             api_url=settings.jupyterhub_api_url,
             api_token=settings.jupyterhub_api_token,
-            cache_max_age=settings.auth_cache_seconds,
             access_scopes={f"access:services!service={self.service_name}"},
         )
+        self._loop = hub_loop()
+        self._answers = TokenAnswers(settings.auth_cache_seconds)
 
     def caller(self, authorization: str | None, cookie_token: str | None = None) -> Caller:
         """The caller whose token is in this ``Authorization`` header (or, from a browser, its login cookie).
@@ -113,10 +124,7 @@ class HubCallers:
                 "send a JupyterHub API token as 'Authorization: token <token>'; "
                 "in a JupyterHub notebook it is in JUPYTERHUB_API_TOKEN"
             )
-        try:
-            model = self._hub.user_for_token(token)
-        except self._hub_error as exc:
-            raise AuthUnavailable(f"cannot check the token with JupyterHub at {self._hub.api_url}: {hub_failure(exc)}") from None
+        model = self._answers.get(token, self._ask_hub)
         if model is None:
             raise NotAuthenticated("JupyterHub does not accept this token: it is wrong, expired or revoked")
         if not self._hub.check_scopes(self._hub.access_scopes, model):
@@ -129,6 +137,61 @@ class HubCallers:
         # As Dask Gateway does: a service's name cannot pass for a user's.
         name = model["name"] if model.get("kind", "user") == "user" else f"{model['kind']}:{model['name']}"
         return Caller(name=name, sees_all=self.admin_group in model.get("groups", []))
+
+    def _ask_hub(self, token: str) -> dict[str, Any] | None:
+        """The hub's model of the token's owner, with the token's scopes; None for a token it does not accept."""
+        try:
+            return self._loop.run(self._hub.user_for_token(token, use_cache=False, sync=False))
+        except self._hub_error as exc:
+            raise AuthUnavailable(f"cannot check the token with JupyterHub at {self._hub.api_url}: {hub_failure(exc)}") from None
+        except TimeoutError:
+            raise AuthUnavailable(f"cannot check the token with JupyterHub at {self._hub.api_url}: no answer in time") from None
+
+
+class TokenAnswers:
+    """What the hub said of each token, kept ``max_age`` seconds; one question per token at a time.
+
+    Requests that carry a token the hub is being asked about wait for that
+    answer instead of asking again. Tokens are kept only as SHA-256 digests, and
+    at most ``MAX_TOKENS`` answers (the oldest go first), so a flood of made-up
+    tokens costs bounded memory. A failed question is not kept: the next request asks again.
+    """
+
+    MAX_TOKENS = 10_000
+
+    def __init__(self, max_age: float) -> None:
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._answers: OrderedDict[str, tuple[float, dict[str, Any] | None]] = OrderedDict()
+        self._asking: dict[str, Future[dict[str, Any] | None]] = {}
+
+    def get(self, token: str, ask: Callable[[str], dict[str, Any] | None]) -> dict[str, Any] | None:
+        digest = hashlib.sha256(token.encode("utf8", "replace")).hexdigest()
+        with self._lock:
+            kept = self._answers.get(digest)
+            if kept is not None and kept[0] > time.monotonic():
+                return kept[1]
+            pending = self._asking.get(digest)
+            asker = pending is None
+            if pending is None:
+                pending = self._asking[digest] = Future()
+        if not asker:
+            return pending.result()
+        try:
+            answer = ask(token)
+        except BaseException as exc:
+            with self._lock:
+                del self._asking[digest]
+            pending.set_exception(exc)
+            raise
+        with self._lock:
+            del self._asking[digest]
+            self._answers[digest] = (time.monotonic() + self._max_age, answer)
+            self._answers.move_to_end(digest)
+            while len(self._answers) > self.MAX_TOKENS:
+                self._answers.popitem(last=False)
+        pending.set_result(answer)
+        return answer
 
 
 # Where the deployment takes the gateway's own token from (deploy_gateway.yaml).

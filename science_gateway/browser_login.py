@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .auth import AuthUnavailable, NotAuthenticated, hub_failure, hub_refused
 from .errors import GatewayError
+from .hub_calls import hub_loop
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class BrowserLogin:
             hub_host=settings.jupyterhub_host,
         )
         self._hub_error: type[HTTPError] = HTTPError
+        self._loop = hub_loop()
         # A cookie read from a browser (or its disk) is no hub token: the key is derived
         # from the gateway's own token, which every replica holds and no browser sees.
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"science-gateway login cookie").derive(
@@ -111,11 +113,13 @@ class BrowserLogin:
         except (ValueError, TypeError, KeyError, binascii.Error):
             next_path = "/"
         try:
-            token = self._hub.token_for_code(code)
+            token = self._loop.run(self._hub.token_for_code(code, sync=False))
         except self._hub_error as exc:
             if hub_refused(exc):
                 raise NotAuthenticated(f"JupyterHub did not complete the login ({hub_failure(exc)}); open the page again") from None
             raise AuthUnavailable(f"cannot complete the login with JupyterHub at {self._hub.api_url}: {hub_failure(exc)}") from None
+        except TimeoutError:
+            raise AuthUnavailable(f"cannot complete the login with JupyterHub at {self._hub.api_url}: no answer in time") from None
         return self._cipher.encrypt(token.encode()).decode(), safe_return_path(next_path)
 
     def token(self, cookie: str | None) -> str | None:
