@@ -19,12 +19,13 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect,
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from science_gateway.admission import WaitingCallers
+from science_gateway.admission import Places
 from science_gateway.auth import ANYONE, Caller, HubCallers, NotAuthenticated
 from science_gateway.browser_login import LOGIN_SECONDS, BrowserLogin
 from science_gateway.chunk_writes import STOP_TIMEOUT, JobCancelled
 from science_gateway.cluster import ClusterConnection
 from science_gateway.errors import GatewayError, status_of
+from science_gateway.hang_ups import HangUpWatch
 from science_gateway.job_parameters import (
     DTYPES,
     JOB_ID_PATTERN,
@@ -38,11 +39,12 @@ from science_gateway.job_parameters import (
     parse_ttl,
     validate_job_id,
 )
-from science_gateway.job_records import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobRecord
-from science_gateway.jobs import JobManager
+from science_gateway.job_records import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobKey, JobRecord
+from science_gateway.jobs import JobManager, JobNotFound
 from science_gateway.metrics import GatewayMetrics, JsonFormatter
 from science_gateway.openapi import OPEN_PATHS, PREVIEW_SIZES, openapi_document
 from science_gateway.readiness import Readiness
+from science_gateway.result_reads import JobNotDone, ResultReads
 from science_gateway.results_store import ResultsStore, StorageError
 from science_gateway.settings import Settings, load_settings, parse_flag
 
@@ -56,6 +58,9 @@ PAGE_REFRESH_SECONDS = 2
 # Job parameters fit in a few hundred bytes: a body beyond this is refused before it is read (413).
 MAX_BODY_BYTES = 16 * 1024
 PAGE_SECURITY_POLICY = "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+# A read beyond its owner's share waits this long for a place before it is refused: reads are short, and a
+# reader's library (fsspec, zarr) fails on a 429 rather than trying again.
+READ_PATIENCE_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,9 @@ class GatewayServices:
     callers: HubCallers | None
     # None: no login through the hub for browsers.
     browser_login: BrowserLogin | None
-    waiting: WaitingCallers
+    waiting: Places
+    hang_ups: HangUpWatch
+    reads: ResultReads
     readiness: Readiness
 
     def close(self) -> None:
@@ -86,16 +93,16 @@ def error_response(status: int, code: str, message: str, **details: Any) -> tupl
 
 
 class AnyJobId(PathConverter):
-    """Everything after the route's prefix, slashes and newlines included, except a preview's path.
+    """Everything after the route's prefix, slashes and newlines included, except a preview's or a result's path.
 
     Werkzeug's ``path`` stops at a newline and a leading slash, which would make
     such an id a bare 404; this way every malformed id reaches
     :func:`validate_job_id` and its caller learns what an id may be. A path
-    ending in ``/preview.png`` is left to the preview's route alone, so that
-    its ``Allow`` lists only that route's methods.
+    ending in ``/preview.png``, or ``/result`` and its objects, is left to that
+    route alone, so that its ``Allow`` lists only that route's methods.
     """
 
-    regex = r"(?![\s\S]*/preview\.png$)[\s\S]+?"
+    regex = r"(?![\s\S]*/(?:preview\.png|result(?:/[\s\S]*)?)$)[\s\S]+?"
     part_isolating = False
 
 
@@ -115,13 +122,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         queued=lambda: jobs.count(QUEUED),
         workers=lambda: readiness.current().get("cluster", {}).get("workers", 0),
         stored_bytes=lambda: jobs.stored_bytes(),
+        waiting_callers=lambda: waiting.taken,
+        result_reads=lambda: read_places.taken,
     )
     readiness = Readiness(lambda: _check_readiness(cluster, store, metrics))
     jobs = JobManager(cluster, store, settings, metrics)
     callers = HubCallers(settings) if settings.auth == "jupyterhub" else None
     browser_login = BrowserLogin(settings) if callers is not None and settings.oauth_callback_url else None
-    waiting = WaitingCallers(settings.max_waiting_callers)
-    gateway = GatewayServices(settings, cluster, store, jobs, metrics, callers, browser_login, waiting, readiness)
+    waiting = Places("waiting_callers", settings.max_waiting_callers, settings.max_waiting_callers_per_owner)
+    read_places = Places("reads", None, settings.max_reads_per_owner, patience=READ_PATIENCE_SECONDS)
+    reads = ResultReads(store.url, read_places)
+    gateway = GatewayServices(settings, cluster, store, jobs, metrics, callers, browser_login, waiting, HangUpWatch(), reads, readiness)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.url_map.converters["job_id"] = AnyJobId
@@ -208,12 +219,46 @@ def _query(allowed: tuple[str, ...]) -> dict[str, str]:
     return request.args.to_dict()
 
 
-def _accepted(record: JobRecord) -> tuple[Response, int, dict[str, str]]:
-    return jsonify(record.to_json()), 202, {"Location": f"/jobs/{record.job_id}"}
+def _job_json(record: JobRecord) -> dict[str, Any]:
+    """A record as callers see it: with ``http_url``, its result's Zarr group as this gateway serves it to them."""
+    http_url = url_for("gateway.read_result", owner=record.owner, job_id=record.job_id, key="", _external=True)
+    return {**record.to_json(), "http_url": http_url}
+
+
+def _submitted(record: JobRecord) -> tuple[Response, int] | tuple[Response, int, dict[str, str]]:
+    """The answer to a submission that does not wait: the job done already (a repeat), or queued or running to poll."""
+    if record.status == DONE:
+        return jsonify(_job_json(record)), 200
+    return jsonify(_job_json(record)), 202, {"Location": url_for("gateway.get_job", job_id=record.job_id)}
+
+
+def _left_to_gateway(seed: Any, ttl: Any) -> set[str]:
+    """The parameters a submission leaves to the gateway, which any value of an existing job of its id matches."""
+    return {name for name, value in (("seed", seed), ("ttl", ttl)) if value is None}
+
+
+def _connection() -> Any:
+    """The caller's socket, from gunicorn or Werkzeug's own server; None from a server that does not give it."""
+    return request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
 
 
 def _caller() -> Caller:
     return g.get("caller", ANYONE)
+
+
+def _job_key(job_id: str, owner: str | None) -> JobKey:
+    """The job a request names: the caller's own, or with ``/users/<owner>/`` that owner's.
+
+    Only the owner and admins reach a job through its owner's path; for anyone
+    else it is not found, as a job that does not exist, so that no name or id leaks.
+    """
+    validate_job_id(job_id)
+    caller = _caller()
+    if owner is None:
+        return JobKey(caller.name, job_id)
+    if caller.sees_all or caller.name == owner:
+        return JobKey(owner, job_id)
+    raise JobNotFound(f"no job {job_id!r}")
 
 
 def _visible_to() -> str | None:
@@ -273,35 +318,42 @@ def submit_job(job_id: str) -> Any:
     validate_job_id(job_id)
     parameters: dict[str, Any] = _query(("wait", "ttl", *PARAMETERS))
     wait = _flag("wait", parameters.pop("wait", "true"))
-    ttl = _job_ttl(gateway, parameters.pop("ttl", None))
+    asked_ttl = parameters.pop("ttl", None)
+    left_to_gateway = _left_to_gateway(parameters.get("seed"), asked_ttl)
     spec = _job_spec(gateway, parameters)
+    ttl = _job_ttl(gateway, asked_ttl)
+    owner = _caller().name
     if not wait:
-        return _accepted(jobs.submit(job_id, spec, _caller().name, ttl))
+        return _submitted(jobs.submit(job_id, spec, owner, ttl, left_to_gateway)[0])
     # A caller who waits learns at once that there is no cluster, rather than after a long wait.
     gateway.cluster.raise_if_failing()
     timeout = gateway.settings.job_timeout
-    with gateway.waiting.slot("submit with wait=false (or POST /jobs) and poll the job's Location instead"):
-        finished = jobs.wait(jobs.submit(job_id, spec, _caller().name, ttl).job_id, timeout)
-        if finished.status == RUNNING:
+    advice = "submit with wait=false (or POST /jobs) and poll the job's Location instead"
+    with gateway.waiting.place(owner, advice), gateway.hang_ups.watching(_connection()) as waiter:
+        key = jobs.submit(job_id, spec, owner, ttl, left_to_gateway)[0].key
+        finished = jobs.wait(key, timeout, waiter)
+        if finished.status == RUNNING and not waiter.gone:
             # It started within the timeout, so its own GATEWAY_JOB_TIMEOUT and the stop of its
             # tasks end it within this wait: the caller learns the outcome, 504 included.
-            finished = jobs.wait(job_id, timeout + STOP_TIMEOUT)
+            finished = jobs.wait(key, timeout + STOP_TIMEOUT, waiter)
+    if waiter.gone:
+        # Nobody reads this answer; the access log shows the caller left, and the job goes on.
+        return error_response(499, "caller_gone", f"the caller hung up while job {job_id!r} was {finished.status}")
     if finished.status == DONE:
-        return jsonify(finished.to_json())
+        return jsonify(_job_json(finished))
     if finished.status in (QUEUED, RUNNING) and not jobs.stopping:
         # Waited GATEWAY_JOB_TIMEOUT in the queue: the job goes on, the caller polls.
-        return _accepted(finished)
+        return _submitted(finished)
     if finished.status == QUEUED:
         message = f"the gateway is stopping; job {job_id!r} stays queued and runs when the gateway is back"
-        return error_response(503, "gateway_stopping", message, job=finished.to_json())
+        return error_response(503, "gateway_stopping", message, job=_job_json(finished))
     error = finished.error or {"code": JobCancelled.code, "message": f"job {job_id!r} was cancelled"}
-    return error_response(status_of(error["code"]), error["code"], error["message"], job=finished.to_json())
+    return error_response(status_of(error["code"]), error["code"], error["message"], job=_job_json(finished))
 
 
 @routes.post("/jobs")
 def post_job() -> Any:
     gateway = _services()
-    jobs = gateway.jobs
     _query(())
     # Even without a body: a form on another site can send any other type, a script of this page sends this one.
     if request.mimetype != "application/json":
@@ -312,8 +364,11 @@ def post_job() -> Any:
     job_id = body.pop("job_id", None)
     if job_id is not None and not isinstance(job_id, str):
         raise InvalidJobId(f"job_id must be a string, got {type(job_id).__name__}")
-    ttl = _job_ttl(gateway, body.pop("ttl", None))
-    return _accepted(jobs.submit(job_id, _job_spec(gateway, body), _caller().name, ttl))
+    asked_ttl = body.pop("ttl", None)
+    left_to_gateway = _left_to_gateway(body.get("seed"), asked_ttl)
+    spec = _job_spec(gateway, body)
+    ttl = _job_ttl(gateway, asked_ttl)
+    return _submitted(gateway.jobs.submit(job_id, spec, _caller().name, ttl, left_to_gateway)[0])
 
 
 @routes.get("/jobs")
@@ -330,7 +385,7 @@ def list_jobs() -> Any:
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidParameters(f"limit must be an integer from 1 to {MAX_PAGE}, got {query.get('limit')!r}")
     page, next_cursor = jobs.list(status, limit, query.get("cursor"), _visible_to())
-    return jsonify({"jobs": [record.to_json() for record in page], "next_cursor": next_cursor})
+    return jsonify({"jobs": [_job_json(record) for record in page], "next_cursor": next_cursor})
 
 
 @routes.get("/usage")
@@ -344,24 +399,26 @@ def usage() -> Any:
     return jsonify({"owner": owner, "stored_bytes": stored_bytes, "jobs": job_count, "quota_bytes": quota})
 
 
-@routes.get("/jobs/<job_id:job_id>")
-def get_job(job_id: str) -> Any:
+# Each job's routes at /jobs/<id> (the caller's own job) and at /users/<owner>/jobs/<id> (the owner's or an admin's).
+@routes.get("/jobs/<job_id:job_id>", defaults={"owner": None})
+@routes.get("/users/<owner>/jobs/<job_id:job_id>")
+def get_job(job_id: str, owner: str | None) -> Any:
     jobs = _services().jobs
     _query(())
-    return jsonify(jobs.get(validate_job_id(job_id), _visible_to()).to_json())
+    return jsonify(_job_json(jobs.get(_job_key(job_id, owner))))
 
 
-@routes.get("/jobs/<job_id>/preview.png")
-def preview(job_id: str) -> Any:
+@routes.get("/jobs/<job_id>/preview.png", defaults={"owner": None})
+@routes.get("/users/<owner>/jobs/<job_id>/preview.png")
+def preview(job_id: str, owner: str | None) -> Any:
     gateway = _services()
     jobs = gateway.jobs
     size = _query(("size",)).get("size", "full")
     if size not in PREVIEW_SIZES:
         raise InvalidParameters(f"size must be one of {', '.join(PREVIEW_SIZES)}, got {size!r}")
-    record = jobs.get(validate_job_id(job_id), _visible_to())
+    record = jobs.get(_job_key(job_id, owner))
     if record.status != DONE:
-        message = f"job {job_id!r} is {record.status}; its preview exists once it is done"
-        return error_response(409, "job_not_done", message, job=record.to_json())
+        raise JobNotDone(f"job {job_id!r} is {record.status}; its preview exists once it is done", _job_json(record))
     # A finished array never changes; an id submitted again finishes at another time.
     etag = f"{job_id}-{record.finished_at}-{size}"
     if request.if_none_match.contains(etag):
@@ -373,12 +430,25 @@ def preview(job_id: str) -> Any:
     return _preview_response(png, etag, 200)
 
 
-@routes.delete("/jobs/<job_id:job_id>")
-def delete_job(job_id: str) -> Any:
+@routes.get("/jobs/<job_id>/result", defaults={"owner": None, "key": ""})
+@routes.get("/jobs/<job_id>/result/<path:key>", defaults={"owner": None})
+@routes.get("/users/<owner>/jobs/<job_id>/result", defaults={"key": ""})
+@routes.get("/users/<owner>/jobs/<job_id>/result/<path:key>")
+def read_result(job_id: str, owner: str | None, key: str) -> Any:
+    """An object of a done job's result (the record's ``http_url`` is this route's root), read-only."""
+    gateway = _services()
+    _query(())
+    record = gateway.jobs.get(_job_key(job_id, owner))
+    return gateway.reads.response(record, _job_json(record), key, request)
+
+
+@routes.delete("/jobs/<job_id:job_id>", defaults={"owner": None})
+@routes.delete("/users/<owner>/jobs/<job_id:job_id>")
+def delete_job(job_id: str, owner: str | None) -> Any:
     jobs = _services().jobs
     _query(())
-    cancelled = jobs.cancel_or_delete(validate_job_id(job_id), _visible_to())
-    return jsonify(cancelled.to_json()) if cancelled else Response(status=204)
+    cancelled = jobs.cancel_or_delete(_job_key(job_id, owner))
+    return jsonify(_job_json(cancelled)) if cancelled else Response(status=204)
 
 
 def _draw_preview(gateway: GatewayServices, record: JobRecord, size: str) -> bytes:
@@ -386,7 +456,7 @@ def _draw_preview(gateway: GatewayServices, record: JobRecord, size: str) -> byt
     # process (measured), which a gateway that never draws one need not carry.
     from science_gateway.preview import preview_png
 
-    with gateway.waiting.slot("ask for the picture again in a few seconds"):
+    with gateway.waiting.place(_caller().name, "ask for the picture again in a few seconds"):
         png = preview_png(gateway.cluster.client(), record.to_json()["array_url"], record.job_id, gateway.settings.n_workers, size)
     try:
         gateway.store.write_preview(record.place, str(record.finished_at), size, png)
@@ -458,10 +528,10 @@ def _html_pattern(pattern: str) -> str:
 
 def _jobs_page(gateway: GatewayServices) -> Response:
     recent, _ = gateway.jobs.list(None, PAGE_JOBS, None, _visible_to())
-    placeholder = JobRecord(job_id="", spec=RandomArraySpec(seed=0), url="").to_json()
+    placeholder = {**JobRecord(job_id="", spec=RandomArraySpec(seed=0), url="").to_json(), "http_url": ""}
     html = render_template(
         "jobs.html",
-        jobs=[record.to_json() for record in recent],
+        jobs=[_job_json(record) for record in recent],
         placeholder=placeholder,
         jobs_url=url_for("gateway.list_jobs"),
         page_size=PAGE_JOBS,

@@ -9,16 +9,20 @@ the rotation, however many each has queued.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+Job = TypeVar("Job", bound=Hashable)
 
 
-class FairQueue:
-    """Job ids by owner (None for a gateway without authentication), taken one owner at a time in turn."""
+class FairQueue(Generic[Job]):
+    """Jobs by owner (None for a gateway without authentication), taken one owner at a time in turn."""
 
     def __init__(self) -> None:
-        self._by_owner: dict[str | None, deque[str]] = {}
+        self._by_owner: dict[str | None, deque[Job]] = {}
         # Owners with queued jobs, the next to start first.
         self._turns: deque[str | None] = deque()
-        self._owner_of: dict[str, str | None] = {}
+        self._owner_of: dict[Job, str | None] = {}
 
     def __len__(self) -> int:
         return len(self._owner_of)
@@ -26,14 +30,14 @@ class FairQueue:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._owner_of
 
-    def append(self, job_id: str, owner: str | None) -> None:
+    def append(self, job_id: Job, owner: str | None) -> None:
         if owner not in self._by_owner:
             self._by_owner[owner] = deque()
             self._turns.append(owner)
         self._by_owner[owner].append(job_id)
         self._owner_of[job_id] = owner
 
-    def popleft(self) -> str:
+    def popleft(self) -> Job:
         """The next job to start: the oldest of the owner whose turn it is."""
         owner = self._turns.popleft()
         jobs = self._by_owner[owner]
@@ -45,7 +49,7 @@ class FairQueue:
         del self._owner_of[job_id]
         return job_id
 
-    def remove(self, job_id: str) -> None:
+    def remove(self, job_id: Job) -> None:
         owner = self._owner_of.pop(job_id)
         jobs = self._by_owner[owner]
         jobs.remove(job_id)

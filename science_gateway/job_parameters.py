@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,6 +203,19 @@ def _shards(value: Any, shape: tuple[int, ...], chunks: tuple[int, ...], itemsiz
     if math.prod(shards) * itemsize > MAX_SHARD_BYTES:
         raise InvalidParameters(f"a shard of {list(shards)} is over {MAX_SHARD_BYTES // 2**20} MiB; use smaller shards")
     return shards
+
+
+def differences(existing: Mapping[str, Any], requested: Mapping[str, Any], left_to_gateway: Collection[str]) -> dict[str, dict[str, Any]]:
+    """Each requested parameter whose value is not the existing job's, with both values.
+
+    A parameter the caller left out for the gateway to choose (``left_to_gateway``:
+    a seed drawn at random, the default ttl) matches whatever the existing job has.
+    """
+    return {
+        name: {"existing": existing.get(name), "requested": value}
+        for name, value in requested.items()
+        if name not in left_to_gateway and existing.get(name) != value
+    }
 
 
 def auto_shards(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int) -> tuple[int, ...]:

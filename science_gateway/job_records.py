@@ -10,13 +10,13 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from .job_parameters import InvalidJobId, InvalidParameters, RandomArraySpec, parse_spec, validate_job_id
-from .results_store import ARRAY_NAME, owner_prefix, place_for
+from .results_store import ARRAY_NAME, owner_prefix, place_for, record_name
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
@@ -30,6 +30,20 @@ MAX_PAGE = 1000
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+class JobKey(NamedTuple):
+    """What names a job: its owner (None without authentication) and the id the owner gave it.
+
+    Each owner's ids are their own: alice's and bob's ``my-first-job`` are two jobs.
+    """
+
+    owner: str | None
+    job_id: str
+
+    def __str__(self) -> str:
+        # For log lines: "my-first-job of alice".
+        return self.job_id if self.owner is None else f"{self.job_id} of {self.owner}"
 
 
 @dataclass
@@ -55,6 +69,15 @@ class JobRecord:
         # Records written before places had none: their result is at the job id.
         # Never empty, which would name the whole results location.
         self.place = self.place or self.job_id
+
+    @property
+    def key(self) -> JobKey:
+        return JobKey(self.owner, self.job_id)
+
+    @property
+    def record_name(self) -> str:
+        """Its name under the records prefix."""
+        return record_name(self.owner, self.job_id)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,18 +115,19 @@ def has_expired(record: JobRecord, now: datetime) -> bool:
     return record.status in FINISHED and record.expires_at is not None and datetime.fromisoformat(record.expires_at) <= now
 
 
-def sort_key(record: JobRecord) -> tuple[str, str]:
-    return (record.submitted_at, record.job_id)
+def sort_key(record: JobRecord) -> tuple[str, str, str]:
+    # Two owners' jobs of one id may be submitted in the same microsecond.
+    return (record.submitted_at, record.job_id, record.owner or "")
 
 
 def encode_cursor(record: JobRecord) -> str:
     return base64.urlsafe_b64encode(json.dumps(sort_key(record)).encode()).decode()
 
 
-def decode_cursor(cursor: str) -> tuple[str, str]:
+def decode_cursor(cursor: str) -> tuple[str, str, str]:
     try:
-        submitted_at, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return str(submitted_at), str(job_id)
+        submitted_at, job_id, owner = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return str(submitted_at), str(job_id), str(owner)
     except (ValueError, TypeError, binascii.Error):
         raise InvalidParameters("cursor is not one this service gave out; use next_cursor from a listing") from None
 
@@ -116,7 +140,7 @@ def _places(job_id: str, owner: str | None) -> set[str]:
     """Where this service puts (or, before owners' prefixes were encoded, put) the result of ``owner``'s job."""
     if owner is None:
         return {job_id}
-    places = {job_id, place_for(job_id, owner, per_user=True)}
+    places = {job_id, place_for(job_id, owner)}
     if owner_prefix(owner).split("/", 1)[1] == owner:
         # Before the .users prefix: "<owner>/<job_id>", for names that are a plain path segment.
         places.add(f"{owner}/{job_id}")
@@ -124,7 +148,10 @@ def _places(job_id: str, owner: str | None) -> set[str]:
 
 
 def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str]) -> JobRecord:
-    """The job record stored as ``name`` (``<job_id>.json``); :class:`InvalidRecord` unless this service could have written it.
+    """The job record stored as ``name``; :class:`InvalidRecord` unless this service could have written it.
+
+    Its name is its own (:func:`record_name`), or ``<job_id>.json`` for a record
+    of an owner from before each owner had ids of their own, which the job manager then renames.
 
     A record in the bucket is untrusted input: its place is what a DELETE removes
     and its URL what a preview reads, so both must be the job's own.
@@ -138,10 +165,10 @@ def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str])
     except (ValueError, TypeError, KeyError) as exc:
         raise InvalidRecord(f"job record {name!r} is malformed ({type(exc).__name__}: {exc})") from None
     job_id, owner = record.job_id, record.owner
-    valid_owner = owner is None or (isinstance(owner, str) and owner != "")
+    valid_owner = owner is None or (isinstance(owner, str) and owner != "" and _is_utf8(owner))
     checks = {
         "spec": record.spec.to_json() == stored["spec"],
-        "job_id": isinstance(job_id, str) and name == f"{job_id}.json" and _is_job_id(job_id),
+        "job_id": isinstance(job_id, str) and _is_job_id(job_id) and valid_owner and name in (f"{job_id}.json", record_name(owner, job_id)),
         "owner": valid_owner,
         "place": valid_owner and isinstance(job_id, str) and record.place in _places(job_id, owner),
         "url": isinstance(record.place, str) and record.url == url_for(record.place),
@@ -159,6 +186,56 @@ def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str])
     return record
 
 
+@dataclass
+class TrustedRecords:
+    """What a start-up makes of the stored records."""
+
+    # The records to load, oldest first.
+    records: list[JobRecord]
+    # Why each of the others is skipped.
+    skipped: list[str]
+    # Records of owners still under their name from before each owner had ids of their own:
+    # each old name, and the record to store under its own name first (None: it is there already).
+    renames: list[tuple[str, JobRecord | None]]
+
+
+def trusted_records(stored: Mapping[str, bytes], url_for: Callable[[str], str]) -> TrustedRecords:
+    """The stored records (by name under the records prefix) that this service could have written, one per job and place.
+
+    A job stored under both its old and its own name (a rename cut short) is the
+    one under its own name. Two records claiming one place would let a DELETE of
+    one remove the other's result: the one under its own name, or else the older, is kept.
+    """
+    skipped: list[str] = []
+    candidates = []
+    for name, content in stored.items():
+        try:
+            candidates.append((name, record_from_stored(name, content, url_for)))
+        except InvalidRecord as exc:
+            skipped.append(str(exc))
+    # Records under their own names first: those are what this version wrote last.
+    candidates.sort(key=lambda candidate: (candidate[0] != candidate[1].record_name, sort_key(candidate[1])))
+    records: dict[JobKey, JobRecord] = {}
+    places: dict[str, JobKey] = {}
+    renames: list[tuple[str, JobRecord | None]] = []
+    for name, record in candidates:
+        own_name = name == record.record_name
+        if record.key in records:
+            if own_name:
+                skipped.append(f"job record {name!r} is a second record of job {record.key}")
+            else:
+                renames.append((name, None))
+            continue
+        if record.place in places:
+            skipped.append(f"job record {name!r} claims the place of job {places[record.place]}, {record.place!r}")
+            continue
+        records[record.key] = record
+        places[record.place] = record.key
+        if not own_name:
+            renames.append((name, record))
+    return TrustedRecords(sorted(records.values(), key=sort_key), skipped, renames)
+
+
 def _is_time_or_none(value: Any) -> bool:
     if value is None:
         return True
@@ -166,6 +243,15 @@ def _is_time_or_none(value: Any) -> bool:
         return isinstance(value, str) and datetime.fromisoformat(value).tzinfo is not None
     except ValueError:
         return False
+
+
+def _is_utf8(text: str) -> bool:
+    # A lone surrogate ("\ud800") is a str that has no UTF-8 form: no prefix or key can be made of it.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_job_id(job_id: str) -> bool:

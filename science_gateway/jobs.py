@@ -1,10 +1,12 @@
 """The job lifecycle: submit, queue, run, watch, cancel, delete, expire; records that outlive the process.
 
-A job is ``queued``, then ``running``, then ``done``, ``failed`` or ``cancelled``.
-Its record is written to the results store at every change of status, so that a
+A job is named by its owner and the id they gave it (:class:`JobKey`): each
+owner's ids are their own. It is ``queued``, then ``running``, then ``done``,
+``failed`` or ``cancelled``. Its record is written to the results store at every change of status, so that a
 new gateway process lists every job: what was running when the old process
 died is marked ``failed`` (the work stopped with it), what was queued runs.
-Progress (chunks written) is kept in memory while the job runs.
+Progress (chunks written) is kept in memory while the job runs. Submitting an
+id again with the same parameters is the same job, not a new one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +24,8 @@ from .chunk_writes import ChunkWrites, JobCancelled, JobFailed
 from .cluster import ClusterConnection
 from .errors import GatewayError
 from .fair_queue import FairQueue
-from .job_parameters import RandomArraySpec, new_job_id, validate_job_id
+from .hang_ups import Waiter
+from .job_parameters import RandomArraySpec, differences, new_job_id, validate_job_id
 from .job_records import (
     CANCELLED,
     DONE,
@@ -31,15 +35,15 @@ from .job_records import (
     RESUBMITTABLE,
     RUNNING,
     TAKING_SPACE,
-    InvalidRecord,
+    JobKey,
     JobRecord,
     decode_cursor,
     encode_cursor,
     finish,
     has_expired,
     now,
-    record_from_stored,
     sort_key,
+    trusted_records,
 )
 from .metrics import GatewayMetrics, job_event_fields
 from .results_store import ResultsStore, StorageError, place_for
@@ -49,21 +53,26 @@ logger = logging.getLogger(__name__)
 
 
 class JobAlreadyExists(GatewayError, RuntimeError):
-    """A result is stored, or a job is queued or running, under this id."""
+    """The caller's id names a job with other parameters, or a result is stored there without a job."""
 
     status, code = 409, "job_exists"
 
-    def __init__(self, job_id: str, url: str, status: str | None = None) -> None:
-        state = f" and is {status}" if status else ""
-        super().__init__(f"job {job_id!r} already exists at {url}{state}; results are never overwritten, choose another id")
+    def __init__(self, job_id: str, url: str, differing: dict[str, dict[str, Any]] | None = None) -> None:
+        if differing:
+            said = "; ".join(f"{name} is {values['existing']!r}, not {values['requested']!r}" for name, values in differing.items())
+            what = f"job {job_id!r} exists with other parameters ({said}); submit it with its own parameters to get it, or choose another id"
+        else:
+            what = f"a result is stored at {url} without a job; results are never overwritten, choose another id"
+        super().__init__(what)
         self.url = url
+        self.differing = differing or {}
 
     def details(self) -> dict[str, Any]:
-        return {"url": self.url}
+        return {"url": self.url} | ({"differences": self.differing} if self.differing else {})
 
 
 class JobNotFound(GatewayError, LookupError):
-    """No job has this id."""
+    """The caller has no job of this id (another owner's job is not found either)."""
 
     status, code = 404, "job_not_found"
 
@@ -97,13 +106,15 @@ class JobManager:
         self._metrics = metrics
         # One condition guards all in-memory state and is notified at every change.
         self._lock = threading.Condition()
-        self._records: dict[str, JobRecord] = {}
-        self._queue = FairQueue()
-        # Ids being submitted or deleted: reserved, so that the two never interleave on one id.
-        self._reserved: set[str] = set()
+        self._records: dict[JobKey, JobRecord] = {}
+        self._queue: FairQueue[JobKey] = FairQueue()
+        # Jobs being submitted or deleted: reserved, so that the two never interleave on one job.
+        self._reserved: set[JobKey] = set()
         # Every job a runner has taken; its tasks once they are sent to the cluster.
-        self._running: dict[str, ChunkWrites | None] = {}
-        self._cancel_requested: set[str] = set()
+        self._running: dict[JobKey, ChunkWrites | None] = {}
+        self._cancel_requested: set[JobKey] = set()
+        # Callers waiting for each job, woken at each change of its status.
+        self._waiters: dict[JobKey, set[Waiter]] = {}
         # Cancelling and deleting touch the store; one at a time keeps it consistent.
         self._delete_lock = threading.Lock()
         self._stop_requested = threading.Event()
@@ -144,7 +155,8 @@ class JobManager:
                 return
             self._drain_deadline = deadline = time.monotonic() + self._settings.shutdown_timeout
             logger.info("stopping: %d running jobs get %g s to finish", len(self._running), self._settings.shutdown_timeout)
-            self._lock.notify_all()
+            # Callers waiting for a queued job learn that it starts in the next process.
+            self._changed(*self._waiters)
         self._interrupter = threading.Thread(
             target=self._interrupt_at_deadline, args=(deadline,), name="job-interrupter", daemon=True
         )
@@ -163,9 +175,9 @@ class JobManager:
             self._lock.wait_for(lambda: not self._running, timeout=max(0.0, deadline - time.monotonic()))
             self._stop_requested.set()
             running = list(self._running.items())
-            self._lock.notify_all()
-        for job_id, writes in running:
-            logger.warning("job %s interrupted: the gateway is stopping", job_id)
+            self._changed()
+        for key, writes in running:
+            logger.warning("job %s interrupted: the gateway is stopping", key)
             # A job whose tasks are not sent yet sees the stop before it sends them.
             if writes is not None:
                 writes.cancel()
@@ -195,14 +207,16 @@ class JobManager:
         self._threads.append(sweeper)
 
     def _load_records(self) -> None:
-        records = []
-        for name, content in self._store.read_records().items():
-            try:
-                records.append(record_from_stored(name, content, self._store.url_for))
-            except InvalidRecord as exc:
-                self._metrics.records_skipped.inc()
-                logger.warning("%s; skipped it", exc)
-        records.sort(key=sort_key)
+        trusted = trusted_records(self._store.read_records(), self._store.url_for)
+        for reason in trusted.skipped:
+            self._metrics.records_skipped.inc()
+            logger.warning("%s; skipped it", reason)
+        # Under its own name first, then the old name removed: a rename cut short is finished at the next start.
+        for old_name, record in trusted.renames:
+            if record is not None:
+                self._save(record)
+            self._store.delete_record(old_name)
+        records = trusted.records
         interrupted = []
         with self._lock:
             # A failed attempt may have filled these in part.
@@ -213,12 +227,14 @@ class JobManager:
                     record = finish(record, FAILED, error=INTERRUPTED)
                     interrupted.append(record)
                 elif record.status == QUEUED:
-                    self._queue.append(record.job_id, record.owner)
-                self._records[record.job_id] = record
+                    self._queue.append(record.key, record.owner)
+                self._records[record.key] = record
         for record in interrupted:
             self._discard_result(record)
             self._save(record)
-        logger.info("read %d job records (%d interrupted, %d queued)", len(records), len(interrupted), len(self._queue))
+        logger.info(
+            "read %d job records (%d interrupted, %d queued, %d renamed)", len(records), len(interrupted), len(self._queue), len(trusted.renames)
+        )
         self._loaded.set()
 
     # -- the API ----------------------------------------------------------
@@ -228,47 +244,55 @@ class JobManager:
         if not self._loaded.wait(0 if self._load_failed else 10):
             raise StorageError(self._load_error)
 
-    def submit(self, job_id: str | None, spec: RandomArraySpec, owner: str | None = None, ttl: int | None = None) -> JobRecord:
-        """Queue a new job of ``owner`` and return its record; :class:`JobAlreadyExists` if the id is taken.
+    def submit(
+        self, job_id: str | None, spec: RandomArraySpec, owner: str | None = None, ttl: int | None = None, left_to_gateway: Collection[str] = ()
+    ) -> tuple[JobRecord, bool]:
+        """The record of ``owner``'s job of this id and these parameters, and whether it is new.
 
-        Ids are one namespace for all owners. An id another owner holds is not
-        found, as everywhere else, and never used again.
+        A new id, or one whose job failed or was cancelled, queues a new job. An
+        id whose job is queued, running or done is that job when the parameters
+        are its own (those in ``left_to_gateway``, such as a seed the gateway
+        draws, match any value), and :class:`JobAlreadyExists` naming each
+        parameter that differs otherwise.
         """
         job_id = validate_job_id(job_id) if job_id is not None else new_job_id()
         self._require_loaded()
-        place = place_for(job_id, owner, self._settings.results_per_user)
+        key = JobKey(owner, job_id)
+        place = place_for(job_id, owner)
         url = self._store.url_for(place)
         with self._lock:
             if self._drain_deadline is not None:
                 raise GatewayStopping("the gateway is stopping and takes no new jobs; submit the job again in a minute")
-            previous = self._records.get(job_id)
-            if previous is not None and previous.owner != owner and owner is not None:
-                raise JobNotFound(f"no job {job_id!r} of yours, and the id is not free; choose another id")
-            if job_id in self._reserved or (previous is not None and previous.status not in RESUBMITTABLE):
-                raise JobAlreadyExists(job_id, url, QUEUED if previous is None else previous.status)
+            # A submission or deletion of this job under way decides what this one finds.
+            self._lock.wait_for(lambda: key not in self._reserved)
+            previous = self._records.get(key)
+            if previous is not None and previous.status not in RESUBMITTABLE:
+                requested = {**spec.to_json(), "ttl": ttl}
+                differing = differences({**previous.spec.to_json(), "ttl": previous.ttl}, requested, left_to_gateway)
+                if differing:
+                    raise JobAlreadyExists(job_id, previous.url, differing)
+                return replace(previous), False
             self._admit(owner, spec)
-            # Reserved until its record is saved: a concurrent submission of this id gets 409.
-            self._reserved.add(job_id)
+            # Reserved until its record is saved: a concurrent submission of this job waits for it.
+            self._reserved.add(key)
         try:
             if previous is not None:
                 self._store.delete(previous.place)
-            elif self._store.exists(place):
+            if self._store.exists(place):
                 raise JobAlreadyExists(job_id, url)
             record = JobRecord(job_id, spec, url, owner=owner, place=place, ttl=ttl)
-            self._store.write_record(job_id, record.to_stored())
+            self._store.write_record(record.record_name, record.to_stored())
             with self._lock:
-                self._records[job_id] = record
-                self._queue.append(job_id, owner)
-                self._lock.notify_all()
+                self._records[key] = record
+                self._queue.append(key, owner)
                 queued = replace(record)
         finally:
             with self._lock:
-                self._reserved.discard(job_id)
-                self._lock.notify_all()
+                self._reserved.discard(key)
+                self._changed(key)
         self._metrics.jobs_submitted.inc()
-        by = f" by {owner}" if owner else ""
-        logger.info("job %s submitted%s: %s", job_id, by, spec.to_json(), extra=job_event_fields(job_id, "submitted", QUEUED))
-        return queued
+        logger.info("job %s submitted: %s", key, spec.to_json(), extra=job_event_fields(job_id, "submitted", QUEUED))
+        return queued, True
 
     def _admit(self, owner: str | None, spec: RandomArraySpec) -> None:
         """:class:`AdmissionRefused` if a job of ``owner`` would be over a limit on queued jobs or stored bytes; called with the lock held."""
@@ -289,7 +313,7 @@ class JobManager:
         # Without authentication every caller is one owner: the queue's limit is the only one.
         if owner is None:
             return
-        running = sum(self._records[job_id].owner == owner for job_id in self._running)
+        running = sum(key.owner == owner for key in self._running)
         if self._queue.count(owner) + running >= settings.max_jobs_per_owner:
             raise AdmissionRefused(
                 "too_many_jobs_of_owner", f"{owner} has {self._queue.count(owner) + running} jobs queued or running",
@@ -315,36 +339,66 @@ class JobManager:
         with self._lock:
             return sum(record.spec.nbytes for record in self._taking_space())
 
-    def get(self, job_id: str, visible_to: str | None = None) -> JobRecord:
-        """The job's record; with ``visible_to``, :class:`JobNotFound` for a job of another owner."""
+    def get(self, key: JobKey) -> JobRecord:
+        """The job's record; :class:`JobNotFound` if there is none."""
         self._require_loaded()
         with self._lock:
-            return replace(self._visible(job_id, visible_to))
+            return replace(self._record(key))
 
-    def _visible(self, job_id: str, visible_to: str | None) -> JobRecord:
-        # Another owner's job is not found, rather than forbidden: ids do not leak.
-        record = self._records.get(job_id)
-        if record is None or (visible_to is not None and record.owner != visible_to):
-            raise JobNotFound(f"no job {job_id!r}")
+    def _record(self, key: JobKey) -> JobRecord:
+        record = self._records.get(key)
+        if record is None:
+            raise JobNotFound(f"no job {key.job_id!r}")
         return record
 
     @property
     def stopping(self) -> bool:
         return self._drain_deadline is not None
 
-    def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
-        """Block until the job is finished, will not start before the gateway stops, or ``timeout`` s have passed; its record."""
-        def finished() -> bool:
-            record = self._records.get(job_id)
+    def wait(self, key: JobKey, timeout: float | None = None, waiter: Waiter | None = None) -> JobRecord:
+        """Block until the job is finished, will not start before the gateway stops, ``timeout`` s have passed or the waiter hangs up; its record.
+
+        The waiter is woken at each change of this job's status only, so that
+        a room of waiting callers costs no more than its jobs' changes.
+        """
+        waiter = waiter or Waiter()
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def over() -> bool:
+            record = self._records.get(key)
             if record is None or record.status in FINISHED:
                 return True
             return record.status == QUEUED and self._drain_deadline is not None
 
         with self._lock:
-            self._lock.wait_for(finished, timeout)
-            if job_id not in self._records:
-                raise JobNotFound(f"job {job_id!r} was deleted")
-            return replace(self._records[job_id])
+            self._waiters.setdefault(key, set()).add(waiter)
+        try:
+            while True:
+                waiter.wake.clear()
+                with self._lock:
+                    if over():
+                        break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if waiter.gone or (remaining is not None and remaining <= 0):
+                    break
+                waiter.wake.wait(remaining)
+        finally:
+            with self._lock:
+                waiting = self._waiters[key]
+                waiting.discard(waiter)
+                if not waiting:
+                    del self._waiters[key]
+        with self._lock:
+            if key not in self._records:
+                raise JobNotFound(f"job {key.job_id!r} was deleted")
+            return replace(self._records[key])
+
+    def _changed(self, *keys: JobKey) -> None:
+        """Wake what waits on the manager's state and the callers waiting for these jobs; called with the lock held."""
+        self._lock.notify_all()
+        for key in keys:
+            for waiter in self._waiters.get(key, ()):
+                waiter.wake.set()
 
     def list(
         self, status: str | None, limit: int, cursor: str | None, visible_to: str | None = None
@@ -363,49 +417,49 @@ class JobManager:
         page = [replace(record) for record in records[:limit]]
         return page, (encode_cursor(page[-1]) if len(records) > limit else None)
 
-    def cancel_or_delete(self, job_id: str, visible_to: str | None = None) -> JobRecord | None:
+    def cancel_or_delete(self, key: JobKey) -> JobRecord | None:
         """Cancel a queued or running job and return its record; delete a finished one and return None."""
         self._require_loaded()
         with self._delete_lock:
             with self._lock:
-                # A submission of this id under way decides which run there is to cancel or delete.
-                self._lock.wait_for(lambda: job_id not in self._reserved)
-                record = self._visible(job_id, visible_to)
+                # A submission of this job under way decides which run there is to cancel or delete.
+                self._lock.wait_for(lambda: key not in self._reserved)
+                record = self._record(key)
                 if record.status == RUNNING:
-                    self._cancel_requested.add(job_id)
+                    self._cancel_requested.add(key)
                     # A job whose tasks are not sent yet sees the request before it sends them.
-                    if (writes := self._running.get(job_id)) is not None:
+                    if (writes := self._running.get(key)) is not None:
                         writes.cancel()
-                    self._lock.wait_for(lambda: self._records[job_id].status in FINISHED)
-                    return replace(self._records[job_id])
+                    self._lock.wait_for(lambda: self._records[key].status in FINISHED)
+                    return replace(self._records[key])
                 if record.status == QUEUED:
-                    self._queue.remove(job_id)
-                    cancelled = finish(record, CANCELLED)
-                    self._records[job_id] = cancelled
+                    self._queue.remove(key)
+                    cancelled = self._records[key] = finish(record, CANCELLED)
+                    self._changed(key)
                 else:
-                    self._reserved.add(job_id)
+                    self._reserved.add(key)
             if record.status == QUEUED:
                 self._save_quietly(cancelled)
                 return replace(cancelled)
             self._delete_reserved(record)
-        logger.info("job %s deleted", job_id)
+        logger.info("job %s deleted", key)
         return None
 
     def _delete_reserved(self, record: JobRecord) -> None:
         """Remove a finished job's result and record.
 
-        Its id is reserved meanwhile: a submission of this id gets 409, rather
-        than a new run whose chunks and record this deletion would remove.
+        The job is reserved meanwhile: a submission of its id waits until it is
+        gone, rather than finding it and then losing it to this deletion.
         """
         try:
             self._store.delete(record.place)
-            self._store.delete_record(record.job_id)
+            self._store.delete_record(record.record_name)
             with self._lock:
-                del self._records[record.job_id]
+                del self._records[record.key]
         finally:
             with self._lock:
-                self._reserved.discard(record.job_id)
-                self._lock.notify_all()
+                self._reserved.discard(record.key)
+                self._changed(record.key)
 
     # -- expiry -----------------------------------------------------------
 
@@ -418,28 +472,28 @@ class JobManager:
         while not self._stop_requested.wait(self._settings.expiry_interval):
             now = datetime.now(UTC)
             with self._lock:
-                due = [record.job_id for record in self._records.values() if has_expired(record, now)]
-            for job_id in due:
+                due = [key for key, record in self._records.items() if has_expired(record, now)]
+            for key in due:
                 try:
-                    self._delete_if_expired(job_id, now)
+                    self._delete_if_expired(key, now)
                 except StorageError as exc:
                     self._metrics.s3_errors.inc()
-                    logger.error("expired job %s could not be deleted, trying again at the next sweep: %s", job_id, exc)
+                    logger.error("expired job %s could not be deleted, trying again at the next sweep: %s", key, exc)
                 except Exception:
-                    logger.exception("expired job %s could not be deleted", job_id)
+                    logger.exception("expired job %s could not be deleted", key)
 
-    def _delete_if_expired(self, job_id: str, now: datetime) -> None:
+    def _delete_if_expired(self, key: JobKey, now: datetime) -> None:
         with self._delete_lock:
             with self._lock:
-                self._lock.wait_for(lambda: job_id not in self._reserved)
+                self._lock.wait_for(lambda: key not in self._reserved)
                 # Submitted again since the sweep looked, or deleted: then it is not this one's time.
-                record = self._records.get(job_id)
+                record = self._records.get(key)
                 if record is None or not has_expired(record, now):
                     return
-                self._reserved.add(job_id)
+                self._reserved.add(key)
             self._delete_reserved(record)
         self._metrics.jobs_expired.inc()
-        logger.info("job %s expired and was deleted", job_id, extra=job_event_fields(job_id, "expired", record.status))
+        logger.info("job %s expired and was deleted", key, extra=job_event_fields(key.job_id, "expired", record.status))
 
     # -- running ----------------------------------------------------------
 
@@ -461,8 +515,9 @@ class JobManager:
                     continue
                 record = self._records[self._queue.popleft()]
                 record.status, record.started_at = RUNNING, now()
-                self._running[record.job_id] = None
-            logger.info("job %s started", record.job_id, extra=job_event_fields(record.job_id, "started", RUNNING))
+                self._running[record.key] = None
+                self._changed(record.key)
+            logger.info("job %s started", record.key, extra=job_event_fields(record.job_id, "started", RUNNING))
             return record
 
     def _run_queued_jobs(self) -> None:
@@ -476,19 +531,20 @@ class JobManager:
             except Exception:
                 # A runner that died would leave its slot empty for the process's life.
                 self._metrics.runner_errors.inc()
-                logger.exception("a job runner failed%s; it goes on", f" on job {record.job_id}" if record else "")
+                logger.exception("a job runner failed%s; it goes on", f" on job {record.key}" if record else "")
                 if record is not None:
                     self._end_unexpectedly(record)
 
     def _end_unexpectedly(self, record: JobRecord) -> None:
         error = {"code": "internal_error", "message": "the gateway failed while running this job; see its log"}
+        key = record.key
         with self._lock:
             final = None
-            if self._records.get(record.job_id) is record and record.status == RUNNING:
-                final = self._records[record.job_id] = finish(record, FAILED, error=error)
-            self._running.pop(record.job_id, None)
-            self._cancel_requested.discard(record.job_id)
-            self._lock.notify_all()
+            if self._records.get(key) is record and record.status == RUNNING:
+                final = self._records[key] = finish(record, FAILED, error=error)
+            self._running.pop(key, None)
+            self._cancel_requested.discard(key)
+            self._changed(key)
         if final is not None:
             self._discard_result(record)
             self._save_quietly(final)
@@ -496,15 +552,16 @@ class JobManager:
     def _run(self, record: JobRecord) -> None:
         started = time.monotonic()
         status, error = DONE, None
+        key = record.key
         try:
             spec = record.spec
-            result = self._store.pending_result(record.job_id, record.place, spec, self._settings.zarr_format)
+            result = self._store.pending_result(record.record_name, record.place, spec, self._settings.zarr_format)
             self._store.begin_result(result, self._stored(record))
             client = self._cluster.client()
             writes = ChunkWrites(client, result.target, spec, record.job_id, min_tasks=self._settings.n_workers)
             with self._lock:
-                self._running[record.job_id] = writes
-                if self._stop_requested.is_set() or record.job_id in self._cancel_requested:
+                self._running[key] = writes
+                if self._stop_requested.is_set() or key in self._cancel_requested:
                     writes.cancel()
             writes.wait(self._settings.job_timeout, lambda written: self._count_chunks(record, written))
             self._store.mark_complete(result)
@@ -513,7 +570,7 @@ class JobManager:
             error = INTERRUPTED if self._stop_requested.is_set() else None
         except Exception as exc:
             if not isinstance(exc, GatewayError):
-                logger.exception("job %s failed unexpectedly", record.job_id)
+                logger.exception("job %s failed unexpectedly", key)
             code = exc.code if isinstance(exc, GatewayError) else JobFailed.code
             status, error = FAILED, {"code": code, "message": str(exc)}
             if isinstance(exc, StorageError):
@@ -527,14 +584,14 @@ class JobManager:
         # Counted and logged before it shows as finished: a caller who learns the job is done finds both.
         self._metrics.job_finished(status, final.seconds or 0.0)
         logger.info(
-            "job %s %s in %.3f s%s", record.job_id, status, final.seconds, f": {error['message']}" if error else "",
+            "job %s %s in %.3f s%s", key, status, final.seconds, f": {error['message']}" if error else "",
             extra=job_event_fields(record.job_id, status, status, final.seconds),
         )  # fmt: skip
         with self._lock:
-            self._records[record.job_id] = final
-            self._running.pop(record.job_id, None)
-            self._cancel_requested.discard(record.job_id)
-            self._lock.notify_all()
+            self._records[key] = final
+            self._running.pop(key, None)
+            self._cancel_requested.discard(key)
+            self._changed(key)
 
     def _count_chunks(self, record: JobRecord, written: int) -> None:
         with self._lock:
@@ -546,14 +603,14 @@ class JobManager:
             return record.to_stored()
 
     def _save(self, record: JobRecord) -> None:
-        self._store.write_record(record.job_id, self._stored(record))
+        self._store.write_record(record.record_name, self._stored(record))
 
     def _save_quietly(self, record: JobRecord) -> None:
         try:
             self._save(record)
         except StorageError:
             self._metrics.s3_errors.inc()
-            logger.exception("the final record of job %s could not be saved", record.job_id)
+            logger.exception("the final record of job %s could not be saved", record.key)
 
     def _discard_result(self, record: JobRecord) -> None:
         # A half-written array must not stand where a result is expected.
@@ -561,4 +618,4 @@ class JobManager:
             self._store.delete(record.place)
         except StorageError:
             self._metrics.s3_errors.inc()
-            logger.exception("the partial result of job %s could not be removed", record.job_id)
+            logger.exception("the partial result of job %s could not be removed", record.key)

@@ -23,7 +23,13 @@ class GatewayMetrics:
     """The service's counters, gauges and histogram, in a registry of their own."""
 
     def __init__(
-        self, running: Callable[[], int], queued: Callable[[], int], workers: Callable[[], int], stored_bytes: Callable[[], int] = lambda: 0
+        self,
+        running: Callable[[], int],
+        queued: Callable[[], int],
+        workers: Callable[[], int],
+        stored_bytes: Callable[[], int] = lambda: 0,
+        waiting_callers: Callable[[], int] = lambda: 0,
+        result_reads: Callable[[], int] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry()
         self.jobs_submitted = Counter("gateway_jobs_submitted", "Jobs accepted into the queue", registry=self.registry)
@@ -49,6 +55,10 @@ class GatewayMetrics:
         Gauge("gateway_jobs_running", "Jobs running on the cluster", registry=self.registry).set_function(running)
         Gauge("gateway_jobs_queued", "Jobs waiting for a runner", registry=self.registry).set_function(queued)
         Gauge("gateway_cluster_workers", "Dask workers the scheduler reports", registry=self.registry).set_function(workers)
+        Gauge(
+            "gateway_waiting_callers", "Requests holding a place in the waiting room (a waiting /submit_job, a preview being drawn)", registry=self.registry
+        ).set_function(waiting_callers)
+        Gauge("gateway_result_reads", "Objects of results being sent to their readers", registry=self.registry).set_function(result_reads)
 
     def job_finished(self, outcome: str, seconds: float) -> None:
         self.jobs_finished.labels(outcome).inc()

@@ -27,12 +27,13 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "Malformed job id or parameter; the message says what is allowed",
         401: "With GATEWAY_AUTH=jupyterhub: no JupyterHub token, or one the hub does not accept",
         403: "With GATEWAY_AUTH=jupyterhub: the token does not grant access:services!service=<this service>, or another site made a browser send its login cookie",
-        404: "No such job or route; for a submission, an id that another user holds",
+        404: "No such job of the caller's (another user's job is not found either), no such object in its result, or no such route",
         405: "Method not allowed",
-        409: "The job id is taken (the message and error.url name it), the job was cancelled, or it is not done",
+        409: "The id names a job of other parameters (error.differences names each), the job was cancelled, or it is not done",
         413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS), or the body over 16 KiB",
         415: "The Content-Type is not application/json, even with no body",
-        429: "Over a limit on waiting callers, queued jobs, one owner's jobs or stored bytes (error.limit, error.setting; error.usage for quota_exceeded); Retry-After says when to try again",
+        416: "No byte of the requested range is in the object; Content-Range says its size",
+        429: "Over a limit on waiting callers (all, or one owner's), queued jobs, one owner's jobs, stored bytes or one owner's reads (error.limit, error.setting; error.usage for quota_exceeded); Retry-After says when to try again",
         500: "The job failed on the cluster (job_failed), or the gateway failed unexpectedly (internal_error; its log says more)",
         502: "The results store failed; the message names the cause",
         503: "No working Dask cluster, not ready, the gateway is stopping, or JupyterHub cannot be asked about a token",
@@ -56,6 +57,25 @@ SHARDS_DESCRIPTION = (
 )
 TTL_DESCRIPTION = "Seconds the result is kept once the job has finished, at most GATEWAY_MAX_RESULT_TTL; absent: GATEWAY_RESULT_TTL"
 _LOCATION = {"Location": {"description": "The job's record", "schema": {"type": "string"}}}
+_OWNER = {
+    "name": "owner",
+    "in": "path",
+    "required": True,
+    "description": "The job's owner: the caller (any caller) or, for members of GATEWAY_ADMIN_GROUP, any user; for anyone else, 404",
+    "schema": {"type": "string"},
+}
+_OBJECT_KEY = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "description": "An object of the result's Zarr group, such as zarr.json or data/c.0.0: path segments of letters, digits, '.', '_' and '-'",
+    "schema": {"type": "string"},
+}
+_RESULT_HEADERS = {
+    "ETag": {"schema": {"type": "string"}},
+    "Last-Modified": {"schema": {"type": "string"}},
+    "Accept-Ranges": {"schema": {"const": "bytes"}},
+}
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -69,6 +89,11 @@ _SCHEMAS: dict[str, Any] = {
                     "code": {"type": "string"},
                     "message": {"type": "string"},
                     "url": {"type": "string", "description": "With job_exists: the existing result"},
+                    "differences": {
+                        "type": "object",
+                        "description": "With job_exists: each parameter of the request that differs from the existing job's",
+                        "additionalProperties": {"type": "object", "required": ["existing", "requested"], "properties": {"existing": {}, "requested": {}}},
+                    },
                     "limit": {"type": "integer", "description": "With 429: the limit that was reached"},
                     "setting": {"type": "string", "description": "With 429: the setting that sets that limit"},
                     "usage": {"type": "integer", "description": "With quota_exceeded: the owner's stored bytes"},
@@ -95,13 +120,18 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Job": {
         "type": "object",
-        "required": ["job_id", "status", "url", "array_url", "seed", "shape", "chunks", "dtype", "progress", "submitted_at"],
+        "required": ["job_id", "status", "url", "array_url", "http_url", "seed", "shape", "chunks", "dtype", "progress", "submitted_at"],
         "properties": {
             "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
             "owner": {"type": ["string", "null"], "description": "The JupyterHub user who submitted it; null without authentication"},
             "status": {"type": "string", "enum": list(STATUSES)},
             "url": {"type": "string", "description": "The result: a Zarr group holding the array 'data'"},
             "array_url": {"type": "string", "description": "The Zarr array itself"},
+            "http_url": {
+                "type": "string",
+                "format": "uri",
+                "description": "The result's Zarr group, read through this gateway by its owner (and admins) with their token: xr.open_zarr(http_url, storage_options={'headers': {'Authorization': 'token <token>'}})",
+            },
             "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
             "shape": _PAIR,
             "chunks": _PAIR,
@@ -168,6 +198,49 @@ def _with_authentication(paths: dict[str, Any]) -> dict[str, Any]:
     return paths
 
 
+def _job_paths(prefix: str, owner: list[dict[str, Any]]) -> dict[str, Any]:
+    """A job's operations under ``prefix``: the caller's own job at /jobs/{job_id}, an owner's at /users/{owner}/jobs/{job_id}.
+
+    The more specific paths come first, as the routes take them.
+    """
+    job = [*owner, _JOB_ID]
+    result = {
+        "summary": "An object of a done job's result (its Zarr group, the record's http_url), read-only: Range of one part, ETag, If-None-Match",
+        "responses": {
+            "200": {"description": "The whole object", "headers": _RESULT_HEADERS, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "206": {"description": "The requested bytes; Content-Range says which", "headers": _RESULT_HEADERS, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "304": {"description": "Unchanged since the ETag given in If-None-Match"},
+            **_errors(400, 404, 409, 416, 429, 502),
+        },
+    }
+    return {
+        f"{prefix}/preview.png": {
+            "get": {
+                "summary": "A colour-mapped picture of a finished job's array, averaged down on the workers to at most 500 values a side",
+                "parameters": [
+                    *job,
+                    {"name": "size", "in": "query", "schema": {"type": "string", "enum": list(PREVIEW_SIZES), "default": "full"}, "description": "thumbnail: at most 96 pixels a side, one per averaged value, no title or colour bar"},
+                ],
+                "responses": {
+                    "200": {"description": "PNG: 600x500 pixels with title and colour bar, or the thumbnail", "headers": {"ETag": {"schema": {"type": "string"}}}, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+                    "304": {"description": "Unchanged since the ETag given in If-None-Match"},
+                    **_errors(400, 404, 409, 429, 500, 502, 503),
+                },
+            }
+        },
+        f"{prefix}/result/{{key}}": {"get": {**result, "parameters": [*job, _OBJECT_KEY]}},
+        f"{prefix}/result": {"get": {**result, "summary": "The result's root: it has no object of its own (404); its objects are below it", "parameters": job}},
+        prefix: {
+            "get": {"summary": "A job's record", "parameters": job, "responses": {"200": _json("The record", "Job"), **_errors(400, 404, 502)}},
+            "delete": {
+                "summary": "Cancel a queued or running job; delete a finished job's array and record",
+                "parameters": job,
+                "responses": {"200": _json("Cancelled", "Job"), "204": {"description": "Deleted"}, **_errors(400, 404, 502)},
+            },
+        },
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     job_parameters = [
         {"name": "seed", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEED}, "description": "Same seed, shape and chunks: a bit-identical array"},
@@ -203,8 +276,8 @@ def openapi_document() -> dict[str, Any]:
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/submit_job/{job_id}": {
                 "get": {
-                    "summary": "Submit a job; by default answer once its array is completely written",
-                    "parameters": [_JOB_ID, {"name": "wait", "in": "query", "schema": {"type": "boolean", "default": True}, "description": "false: answer 202 at once"}, *job_parameters],
+                    "summary": "Submit a job (or, for an id of the caller's with these parameters, that job); by default answer once its array is completely written",
+                    "parameters": [_JOB_ID, {"name": "wait", "in": "query", "schema": {"type": "boolean", "default": True}, "description": "false: answer at once, 202 (200 for a job of this id and these parameters that is done)"}, *job_parameters],
                     "responses": {"200": _json("Done", "Job"), "202": _json("Queued (wait=false), or still queued after GATEWAY_JOB_TIMEOUT: poll its Location", "Job", _LOCATION), **_errors(400, 404, 409, 413, 429, 500, 502, 503, 504)},
                 }
             },
@@ -221,7 +294,11 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Submit a job without waiting",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobRequest")}}},
-                    "responses": {"202": _json("Queued", "Job", _LOCATION), **_errors(400, 404, 409, 413, 415, 429, 502, 503)},
+                    "responses": {
+                        "200": _json("The caller's job of this id and these parameters, done already", "Job"),
+                        "202": _json("Queued (or, for an id of the caller's with these parameters, that job, queued or running)", "Job", _LOCATION),
+                        **_errors(400, 409, 413, 415, 429, 502, 503),
+                    },
                 },
             },
             "/usage": {
@@ -230,28 +307,8 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json("Usage", "Usage"), **_errors(502)},
                 }
             },
-            "/jobs/{job_id}/preview.png": {
-                "get": {
-                    "summary": "A colour-mapped picture of a finished job's array, averaged down on the workers to at most 500 values a side",
-                    "parameters": [
-                        _JOB_ID,
-                        {"name": "size", "in": "query", "schema": {"type": "string", "enum": list(PREVIEW_SIZES), "default": "full"}, "description": "thumbnail: at most 96 pixels a side, one per averaged value, no title or colour bar"},
-                    ],
-                    "responses": {
-                        "200": {"description": "PNG: 600x500 pixels with title and colour bar, or the thumbnail", "headers": {"ETag": {"schema": {"type": "string"}}}, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
-                        "304": {"description": "Unchanged since the ETag given in If-None-Match"},
-                        **_errors(400, 404, 409, 429, 500, 502, 503),
-                    },
-                }
-            },
-            "/jobs/{job_id}": {
-                "get": {"summary": "A job's record", "parameters": [_JOB_ID], "responses": {"200": _json("The record", "Job"), **_errors(400, 404, 502)}},
-                "delete": {
-                    "summary": "Cancel a queued or running job; delete a finished job's array and record",
-                    "parameters": [_JOB_ID],
-                    "responses": {"200": _json("Cancelled", "Job"), "204": {"description": "Deleted"}, **_errors(400, 404, 502)},
-                },
-            },
+            **_job_paths("/jobs/{job_id}", []),
+            **_job_paths("/users/{owner}/jobs/{job_id}", [_OWNER]),
         }),
         "components": {
             "schemas": _SCHEMAS,

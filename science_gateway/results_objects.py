@@ -39,7 +39,7 @@ REQUEST_TIMEOUT = timedelta(seconds=30 + 256 * 2**20 // 10**7)
 
 
 # The variables a store is configured from: a process whose environment changes opens the store anew.
-_CONFIGURED_BY = (
+CONFIGURED_BY = (
     "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_CA_BUNDLE",
 )  # fmt: skip
@@ -50,7 +50,7 @@ def open_results(url: str) -> ObjectStore:
 
     It raises for a directory that does not exist: the service never makes the results location.
     """
-    return _open(url, tuple(os.environ.get(name) for name in _CONFIGURED_BY))
+    return _open(url, tuple(os.environ.get(name) for name in CONFIGURED_BY))
 
 
 def describe(exc: BaseException) -> str:

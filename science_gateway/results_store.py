@@ -1,8 +1,9 @@
 """Where job results live: one Zarr group per job under the results URL.
 
-Layout of a job's result at ``<results_url>/<place>``, where the place is the job id
-(or ``.users/<owner>/<job_id>`` with ``GATEWAY_RESULTS_PER_USER``, the owner's name
-encoded by :func:`owner_prefix`): a Zarr group holding one
+Layout of a job's result at ``<results_url>/<place>``, where the place is
+``.users/<owner>/<job_id>`` for a job of a named owner (the owner's name encoded
+by :func:`owner_prefix`: each owner's ids are their own, and no two owners'
+places meet), and the job id alone without authentication: a Zarr group holding one
 array, ``data``, with dimension names ``("y", "x")``, so that both
 ``zarr.open_group(url)["data"]`` and ``xarray.open_zarr(url)`` open it. The
 group's metadata, consolidated, is written after the last chunk: a result that
@@ -10,7 +11,7 @@ has it is complete, and an unfinished one has none. Its pictures, once first
 asked for, are at ``<results_url>/.previews/<place>/<finished at, digits>-<size>.png``.
 
 Each job's record (its status and parameters, as JSON) is kept at
-``<results_url>/.jobs/<job_id>.json``, so that the jobs outlive the process.
+``<results_url>/.jobs/<record name>`` (:func:`record_name`), so that the jobs outlive the process.
 
 S3 credentials and endpoint are never passed in code: botocore (s3fs) and
 obstore (:mod:`results_objects`) read the standard ``AWS_*`` variables, on the
@@ -69,16 +70,25 @@ def owner_prefix(owner: str) -> str:
     return f"{OWNERS_PREFIX}/{encoded}"
 
 
-def place_for(job_id: str, owner: str | None, per_user: bool) -> str:
-    """The place of a job's result under the results URL."""
-    return f"{owner_prefix(owner)}/{job_id}" if per_user and owner is not None else job_id
+def place_for(job_id: str, owner: str | None) -> str:
+    """The place of a new job's result under the results URL: under its owner's prefix, when it has one."""
+    return job_id if owner is None else f"{owner_prefix(owner)}/{job_id}"
+
+
+def record_name(owner: str | None, job_id: str) -> str:
+    """A job record's name under the records prefix: ``<job_id>.json``, under its owner's prefix when it has one.
+
+    Records of owners from before each owner had ids of their own are named
+    ``<job_id>.json`` too; the job manager renames them at start-up.
+    """
+    return f"{job_id}.json" if owner is None else f"{owner_prefix(owner)}/{job_id}.json"
 
 
 @dataclass(frozen=True)
 class PendingResult:
     """A job's array as its tasks write it, and the metadata documents of the array and its group."""
 
-    job_id: str
+    record_name: str
     place: str
     target: ArrayTarget
     array_metadata: dict[str, bytes]
@@ -190,7 +200,7 @@ class ResultsStore:
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"checking {self.url_for(place)} failed", exc)) from exc
 
-    def pending_result(self, job_id: str, place: str, spec: RandomArraySpec, zarr_format: ZarrFormat) -> PendingResult:
+    def pending_result(self, record_name: str, place: str, spec: RandomArraySpec, zarr_format: ZarrFormat) -> PendingResult:
         """A new job's array, bound to its place in the store; nothing is written here.
 
         The metadata is made by zarr in memory and written by :meth:`begin_result`
@@ -199,7 +209,7 @@ class ResultsStore:
         """
         metadata, array_documents, group_documents = _new_array_metadata(spec.shape, spec.chunks, spec.shards, spec.dtype, zarr_format)
         return PendingResult(
-            job_id=job_id,
+            record_name=record_name,
             place=place,
             target=ArrayTarget(self.url, f"{place}/{ARRAY_NAME}", metadata),
             array_metadata=dict(array_documents),
@@ -217,7 +227,7 @@ class ResultsStore:
         """
         failure = f"starting {self.url_for(result.place)} failed"
         (first_key, first_document), *rest = self._documents(result, result.array_metadata).items()
-        self._write({self._record_path(result.job_id): _json(record), first_key: first_document}, failure)
+        self._write({self._record_path(result.record_name): _json(record), first_key: first_document}, failure)
         if rest:
             self._write(dict(rest), failure)
 
@@ -264,14 +274,14 @@ class ResultsStore:
     def write_preview(self, place: str, run: str, size: str, png: bytes) -> None:
         self._write({self._preview_path(place, run, size): png}, f"saving the preview of {self.url_for(place)} failed")
 
-    def _record_path(self, job_id: str) -> str:
-        return f"{self._root}/{RECORDS_PREFIX}/{job_id}.json"
+    def _record_path(self, name: str) -> str:
+        return f"{self._root}/{RECORDS_PREFIX}/{name}"
 
-    def write_record(self, job_id: str, record: dict[str, Any]) -> None:
-        self._write({self._record_path(job_id): _json(record)}, f"saving the record of job {job_id!r} failed")
+    def write_record(self, name: str, record: dict[str, Any]) -> None:
+        self._write({self._record_path(name): _json(record)}, f"saving the job record {name!r} failed")
 
     def read_records(self) -> dict[str, bytes]:
-        """Every stored job record as it is stored, by its name under the records prefix (``<job_id>.json``)."""
+        """Every stored job record as it is stored, by its name under the records prefix (:func:`record_name`)."""
         prefix = f"{self._root}/{RECORDS_PREFIX}/"
         try:
             paths = [path for path in self._fs.find(prefix) if path.endswith(".json")]
@@ -280,10 +290,10 @@ class ResultsStore:
             raise StorageError(describe_storage_failure(f"reading the job records in {self.url} failed", exc)) from exc
         return {path.removeprefix(prefix): content for path, content in contents.items()}
 
-    def delete_record(self, job_id: str) -> None:
+    def delete_record(self, name: str) -> None:
         try:
-            self._fs.rm(self._record_path(job_id))
+            self._fs.rm(self._record_path(name))
         except FileNotFoundError:
             pass
         except Exception as exc:
-            raise StorageError(describe_storage_failure(f"deleting the record of job {job_id!r} failed", exc)) from exc
+            raise StorageError(describe_storage_failure(f"deleting the job record {name!r} failed", exc)) from exc

@@ -41,7 +41,11 @@ class Settings:
     max_running_jobs: int = 4
     max_queued_jobs: int = 1000
     max_jobs_per_owner: int = 20
-    max_waiting_callers: int = 16
+    # A room of 200 people running the README's cell at once all wait, each user at most 16 times.
+    max_waiting_callers: int = 256
+    max_waiting_callers_per_owner: int = 16
+    # Objects of results one owner's readers are sent at once (one notebook's reads: up to aiohttp's 100 connections).
+    max_reads_per_owner: int = 64
     # Seconds a finished job's result and record are kept (None: until deleted), and the most a job may ask for.
     result_ttl: int | None = None
     max_result_ttl: int | None = None
@@ -59,7 +63,6 @@ class Settings:
     jupyterhub_service_name: str = "science-gateway"
     admin_group: str = "gateway-admins"
     auth_cache_seconds: float = 60.0
-    results_per_user: bool = False
     # Browser login through the hub (OAuth): where the hub sends the browser back, and the hub as browsers reach it.
     oauth_callback_url: str | None = None
     oauth_client_id: str = ""
@@ -176,21 +179,13 @@ def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], def
     return raw
 
 
-# How a yes or no is written, in a setting or a query parameter; any case.
+# How a yes or no is written in a query parameter (wait=false); any case.
 _FLAG_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def parse_flag(text: str) -> bool | None:
     """True or False for a yes-or-no word (true/false, 1/0, yes/no); None for anything else."""
     return _FLAG_WORDS.get(text.strip().lower())
-
-
-def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name, "").strip()
-    value = parse_flag(raw) if raw else default
-    if value is None:
-        raise SettingsError(f"{name}={raw!r} must be true or false")
-    return value
 
 
 def _url(environ: Mapping[str, str], name: str, example: str) -> str | None:
@@ -228,6 +223,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_queued_jobs=_positive_number(environ, "GATEWAY_MAX_QUEUED_JOBS", _DEFAULTS.max_queued_jobs, int),
         max_jobs_per_owner=_positive_number(environ, "GATEWAY_MAX_JOBS_PER_OWNER", _DEFAULTS.max_jobs_per_owner, int),
         max_waiting_callers=_positive_number(environ, "GATEWAY_MAX_WAITING_CALLERS", _DEFAULTS.max_waiting_callers, int),
+        max_waiting_callers_per_owner=_positive_number(
+            environ, "GATEWAY_MAX_WAITING_CALLERS_PER_OWNER", _DEFAULTS.max_waiting_callers_per_owner, int
+        ),
+        max_reads_per_owner=_positive_number(environ, "GATEWAY_MAX_READS_PER_OWNER", _DEFAULTS.max_reads_per_owner, int),
         **_expiry_settings(environ),
         owner_quota_bytes=_optional_positive(environ, "GATEWAY_OWNER_QUOTA_BYTES"),
         probe_address=_address(environ, "GATEWAY_PROBE_ADDRESS", _DEFAULTS.probe_address),
@@ -239,9 +238,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 def _auth_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     auth = _choice(environ, "GATEWAY_AUTH", ("none", "jupyterhub"), _DEFAULTS.auth)
-    results_per_user = _flag(environ, "GATEWAY_RESULTS_PER_USER", _DEFAULTS.results_per_user)
-    if results_per_user and auth == "none":
-        raise SettingsError("GATEWAY_RESULTS_PER_USER=true needs GATEWAY_AUTH=jupyterhub: without it no caller has a name")
     return {
         "auth": auth,
         "jupyterhub_api_url": _jupyterhub_api_url(environ, auth),
@@ -249,7 +245,6 @@ def _auth_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         "jupyterhub_service_name": environ.get("JUPYTERHUB_SERVICE_NAME", "").strip() or _DEFAULTS.jupyterhub_service_name,
         "admin_group": environ.get("GATEWAY_ADMIN_GROUP", "").strip() or _DEFAULTS.admin_group,
         "auth_cache_seconds": _positive_number(environ, "GATEWAY_AUTH_CACHE_SECONDS", _DEFAULTS.auth_cache_seconds, float),
-        "results_per_user": results_per_user,
         "oauth_callback_url": _url(environ, "JUPYTERHUB_OAUTH_CALLBACK_URL", "https://gateway.example.org/oauth_callback"),
         "oauth_client_id": environ.get("JUPYTERHUB_CLIENT_ID", "").strip(),
         "jupyterhub_host": (_url(environ, "JUPYTERHUB_HOST", "https://hub.example.org") or "").rstrip("/"),

@@ -6,6 +6,11 @@ function jobsUrl() {
   return document.body.dataset.jobsUrl;
 }
 
+// A job's own address: its result's (http_url) without "/result"; another owner's job is under /users/<owner>/.
+function jobUrl(job) {
+  return job.http_url.replace(/\/result$/, "");
+}
+
 function formatSeconds(seconds) {
   return seconds === null || seconds === undefined ? "" : `${seconds.toFixed(1)} s`;
 }
@@ -32,7 +37,7 @@ function showPreview(cell, job) {
   }
   if (cell.querySelector("img")) return;
   const link = document.createElement("a");
-  link.href = `${jobsUrl()}/${job.job_id}/preview.png`;
+  link.href = `${jobUrl(job)}/preview.png`;
   const image = document.createElement("img");
   image.src = `${link.href}?size=thumbnail`;
   image.alt = `preview of ${job.job_id}`;
@@ -45,12 +50,13 @@ function showPreview(cell, job) {
 // Fills a row (server-rendered, or cloned from the page's template) from a job record.
 function fillRow(row, job) {
   row.dataset.jobId = job.job_id;
+  row.dataset.owner = job.owner || "";
   row.dataset.status = job.status;
   const record = row.querySelector("a.record");
-  record.href = `${jobsUrl()}/${job.job_id}`;
+  record.href = jobUrl(job);
   record.textContent = job.job_id;
   row.querySelector(".owner").textContent = job.owner ? `by ${job.owner}` : "";
-  row.querySelector(".array-url").textContent = job.array_url;
+  row.querySelector(".result-url").textContent = job.http_url;
   row.querySelector(".badge").textContent = job.status;
   row.querySelector(".error").textContent = job.error ? job.error.message : "";
   const progress = row.querySelector("progress");
@@ -67,15 +73,17 @@ function fillRow(row, job) {
   showPreview(row.querySelector(".preview"), job);
 }
 
-function rowOf(jobId) {
-  return document.querySelector(`#jobs tbody tr[data-job-id="${CSS.escape(jobId)}"]`);
+// Each owner's ids are their own: an admin's page may show alice's and bob's job of one id.
+function rowOf(job) {
+  const owner = CSS.escape(job.owner || "");
+  return document.querySelector(`#jobs tbody tr[data-job-id="${CSS.escape(job.job_id)}"][data-owner="${owner}"]`);
 }
 
 // Updates the row of each listed job, adding rows for jobs not yet shown, newest on top.
 function showJobs(jobs) {
   const body = document.querySelector("#jobs tbody");
   for (const job of [...jobs].reverse()) {
-    let row = rowOf(job.job_id);
+    let row = rowOf(job);
     if (!row) {
       row = document.querySelector("#job-row").content.firstElementChild.cloneNode(true);
       body.prepend(row);
@@ -132,7 +140,7 @@ async function submitJob(event) {
     if (response.ok) {
       showJobs([answer]);
       result.className = "";
-      result.textContent = `Job ${answer.job_id} is ${answer.status}; it will be written to ${answer.array_url}`;
+      result.textContent = `Job ${answer.job_id} is ${answer.status}; its result will be at ${answer.http_url}`;
     } else {
       result.className = "failed";
       result.textContent = `Not submitted: ${answer.error.message}`;

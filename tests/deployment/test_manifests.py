@@ -184,4 +184,3 @@ def test_the_deployment_checks_its_callers_with_the_hub_that_dask_gateway_uses()
     assert settings.jupyterhub_api_url == "http://hub:8081/hub/api"
     # Dask Gateway checks the scope that the hub configuration grants the gateway's service.
     assert helm_values()["gateway"]["auth"]["jupyterhub"]["jupyterhubServiceName"] == "dask-gateway"
-    assert not settings.results_per_user, "results stay where notebooks expect them unless asked"

@@ -39,11 +39,11 @@ def objects_under(results_fs, path: str) -> list[str]:
 def test_an_expired_result_and_its_record_are_deleted_and_another_owners_are_not(app: Flask, results_fs) -> None:
     prefix = f"{BUCKET}/expiry-{uuid.uuid4().hex[:8]}"
     metrics = GatewayMetrics(running=lambda: 0, queued=lambda: 0, workers=lambda: 0)
-    manager = manager_on(app, prefix, metrics, expiry_interval=0.2, results_per_user=True)
+    manager = manager_on(app, prefix, metrics, expiry_interval=0.2)
     manager.start()
     try:
-        alices = manager.wait(manager.submit("alices", SMALL, "alice", ttl=2).job_id)
-        bobs = manager.wait(manager.submit("bobs", SMALL, "bob").job_id)
+        alices = manager.wait(manager.submit("alices", SMALL, "alice", ttl=2)[0].key)
+        bobs = manager.wait(manager.submit("bobs", SMALL, "bob")[0].key)
         assert (alices.status, bobs.status) == (DONE, DONE)
         finished = datetime.fromisoformat(alices.finished_at)
         assert datetime.fromisoformat(alices.expires_at) == finished + timedelta(seconds=2)
@@ -53,7 +53,7 @@ def test_an_expired_result_and_its_record_are_deleted_and_another_owners_are_not
 
         def gone() -> bool:
             try:
-                manager.get("alices")
+                manager.get(alices.key)
             except JobNotFound:
                 return True
             return False
@@ -61,9 +61,9 @@ def test_an_expired_result_and_its_record_are_deleted_and_another_owners_are_not
         wait_for(gone, timeout=30, what="alice's job to expire")
         assert datetime.now(UTC) >= datetime.fromisoformat(alices.expires_at), "not before its time"
         assert not objects_under(results_fs, alices_place), "the result's objects are gone"
-        assert not results_fs.exists(f"{prefix}/.jobs/alices.json"), "and its record"
-        assert manager.get("bobs").status == DONE and objects_under(results_fs, f"{prefix}/{bobs.place}")
-        assert results_fs.exists(f"{prefix}/.jobs/bobs.json")
+        assert not results_fs.exists(f"{prefix}/.jobs/.users/alice/alices.json"), "and its record"
+        assert manager.get(bobs.key).status == DONE and objects_under(results_fs, f"{prefix}/{bobs.place}")
+        assert results_fs.exists(f"{prefix}/.jobs/.users/bob/bobs.json")
     finally:
         manager.close()
     assert b"gateway_jobs_expired_total 1.0" in metrics.render()[0]
@@ -74,10 +74,10 @@ def test_a_running_job_never_expires_and_the_next_gateway_deletes_what_expired_w
     first = manager_on(app, prefix, expiry_interval=0.2)
     first.start()
     try:
-        slow = first.submit("slow", RandomArraySpec(seed=6, shape=(4000, 4000), chunks=(500, 500)), ttl=1)
-        running = wait_for(lambda: (record := first.get(slow.job_id)).status == RUNNING and record, 60, "the slow job to start")
+        slow, _ = first.submit("slow", RandomArraySpec(seed=6, shape=(4000, 4000), chunks=(500, 500)), ttl=1)
+        running = wait_for(lambda: (record := first.get(slow.key)).status == RUNNING and record, 60, "the slow job to start")
         assert running.expires_at is None, "a job that has not finished has no expiry time, whatever its ttl"
-        done = first.wait(slow.job_id)
+        done = first.wait(slow.key)
         assert done.status == DONE, done.error
     finally:
         # Its sweeper stops with it: what expires next is the next gateway's to delete.
@@ -90,7 +90,7 @@ def test_a_running_job_never_expires_and_the_next_gateway_deletes_what_expired_w
         wait_for(lambda: not results_fs.exists(f"{prefix}/.jobs/slow.json"), timeout=30, what="the next gateway to expire it")
         assert not objects_under(results_fs, f"{prefix}/slow")
         with pytest.raises(JobNotFound):
-            second.get("slow")
+            second.get(slow.key)
     finally:
         second.close()
 
@@ -101,13 +101,13 @@ def test_a_submission_over_the_owners_quota_is_refused_naming_usage_limit_and_se
     manager = manager_on(app, prefix, owner_quota_bytes=quota)
     manager.start()
     try:
-        first = manager.wait(manager.submit(None, SMALL, "alice").job_id)
+        first = manager.wait(manager.submit(None, SMALL, "alice")[0].key)
         manager.submit(None, SMALL, "alice")
         with pytest.raises(AdmissionRefused, match="GATEWAY_OWNER_QUOTA_BYTES") as refused:
             manager.submit(None, SMALL, "alice")
         assert manager.usage("alice") == (quota, 2)
         assert manager.submit(None, SMALL, "bob"), "another owner's quota is their own"
-        manager.cancel_or_delete(first.job_id)
+        manager.cancel_or_delete(first.key)
         assert manager.submit(None, SMALL, "alice"), "deleting a result frees its bytes"
     finally:
         manager.close()

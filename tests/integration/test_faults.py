@@ -148,9 +148,9 @@ def test_a_job_over_its_timeout_fails_and_its_dask_work_is_cancelled(app: Flask,
     try:
         # Held, the job cannot finish within its timeout however fast the machine.
         with workers_held(cluster):
-            submitted = manager.submit("overrun", RandomArraySpec(seed=1))
+            submitted, _ = manager.submit("overrun", RandomArraySpec(seed=1))
             wait_for_the_stop(cluster, "overrun")
-        job = manager.wait(submitted.job_id)
+        job = manager.wait(submitted.key)
     finally:
         manager.close()
     assert job.status == "failed"

@@ -33,8 +33,8 @@ from helpers import (
 )  # fmt: skip
 from science_gateway.admission import AdmissionRefused
 from science_gateway.job_parameters import RandomArraySpec
-from science_gateway.job_records import DONE, RUNNING, JobRecord
-from science_gateway.jobs import GatewayStopping, JobAlreadyExists, JobManager, JobNotFound
+from science_gateway.job_records import DONE, RUNNING, JobKey, JobRecord
+from science_gateway.jobs import GatewayStopping, JobManager, JobNotFound
 from science_gateway.metrics import GatewayMetrics
 from science_gateway.results_store import ResultsStore
 from science_gateway.settings import load_settings
@@ -77,28 +77,47 @@ def test_two_jobs_give_different_arrays(client: FlaskClient, results_fs) -> None
     assert not np.array_equal(values_a, values_b)
 
 
-def test_a_duplicate_id_is_409_and_leaves_the_first_array_intact(client: FlaskClient, results_fs, job_id: str) -> None:
-    first = client.get(f"/submit_job/{job_id}")
+def test_a_repeat_is_the_same_job_and_other_parameters_are_409_naming_each_and_the_array_stays(
+    client: FlaskClient, results_fs, job_id: str
+) -> None:
+    first = client.get(f"/submit_job/{job_id}?shape=200,300&chunks=100,100")
     assert first.status_code == 200
     before = listing(results_fs, f"{BUCKET}/{job_id}")
     values = zarr.open_group(first.json["url"], mode="r")["data"][:]
 
-    again = client.get(f"/submit_job/{job_id}")
-    assert again.status_code == 409
-    assert again.json["error"]["code"] == "job_exists"
-    assert again.json["error"]["url"] == first.json["url"]
+    again = client.get(f"/submit_job/{job_id}?shape=200,300&chunks=100,100")
+    assert again.status_code == 200 and again.json == first.json, "the same job, its seed drawn the first time"
+    posted = client.post("/jobs", json={"job_id": job_id, "shape": [200, 300], "chunks": [100, 100], "seed": first.json["seed"]})
+    assert posted.status_code == 200 and posted.json == first.json, "done: 200, not 202"
+    other = client.get(f"/submit_job/{job_id}?seed=7&shape=200,300&chunks=100,50&ttl=60")
+    assert other.status_code == 409 and other.json["error"]["code"] == "job_exists"
+    assert other.json["error"]["differences"] == {
+        "seed": {"existing": first.json["seed"], "requested": 7},
+        "chunks": {"existing": [100, 100], "requested": [100, 50]},
+        "ttl": {"existing": None, "requested": 60},
+    }
+    assert other.json["error"]["url"] == first.json["url"]
+    default_shape = client.get(f"/submit_job/{job_id}")
+    assert default_shape.json["error"]["differences"]["shape"] == {"existing": [200, 300], "requested": [1000, 1000]}
     assert listing(results_fs, f"{BUCKET}/{job_id}") == before
     assert np.array_equal(zarr.open_group(first.json["url"], mode="r")["data"][:], values)
 
 
-def test_concurrent_submissions_of_one_id_run_one_job(app: Flask, results_fs, job_id: str) -> None:
-    def submit(_: int):
-        return app.test_client().get(f"/submit_job/{job_id}")
+def test_concurrent_submissions_of_one_id_run_one_job_and_all_get_it(app: Flask, results_fs, job_id: str) -> None:
+    def submit(index: int):
+        if index % 2:
+            return app.test_client().post("/jobs", json={"job_id": job_id, "seed": 11})
+        return app.test_client().get(f"/submit_job/{job_id}?seed=11")
 
-    with ThreadPoolExecutor(4) as pool:
-        responses = sorted(pool.map(submit, range(4)), key=lambda response: response.status_code)
-    assert [response.status_code for response in responses] == [200, 409, 409, 409]
-    assert len([p for p in results_fs.find(f"{BUCKET}/{job_id}/data") if "/c." in p]) == expected_objects(responses[0].json)
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(submit, range(16)))
+    waited = [response for index, response in enumerate(responses) if index % 2 == 0]
+    posted = [response for index, response in enumerate(responses) if index % 2]
+    assert [response.status_code for response in waited] == [200] * 8
+    assert {response.status_code for response in posted} <= {200, 202} and len(posted) == 8
+    assert {response.json["submitted_at"] for response in responses} == {waited[0].json["submitted_at"]}, "one job"
+    assert len([p for p in results_fs.find(f"{BUCKET}/{job_id}/data") if "/c." in p]) == expected_objects(waited[0].json)
+    assert_made_from_its_seed(waited[0].json["url"], 11)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +150,7 @@ def run_with_store(app: Flask, directory: Path, **settings_changes) -> JobRecord
     manager = manager_on(app, str(directory), **settings_changes)
     manager.start()
     try:
-        return manager.wait(manager.submit("on-disk", RandomArraySpec(seed=1)).job_id)
+        return manager.wait(manager.submit("on-disk", RandomArraySpec(seed=1))[0].key)
     finally:
         manager.close()
 
@@ -146,7 +165,7 @@ def test_malformed_and_foreign_records_are_skipped_and_counted_and_the_others_ru
     prefix = f"{BUCKET}/forged-{uuid.uuid4().hex[:8]}"
     store = ResultsStore(f"s3://{prefix}")
     queued = JobRecord("queued-before", RandomArraySpec(seed=3, shape=(10, 10), chunks=(10, 10)), store.url_for("queued-before"))
-    store.write_record(queued.job_id, queued.to_stored())
+    store.write_record(queued.record_name, queued.to_stored())
     # A record rewritten to name another result: deleting its job would delete that result.
     stolen = {**queued.to_stored(), "job_id": "stolen", "place": "queued-before", "owner": "mallory"}
     results_fs.pipe({f"{prefix}/.jobs/broken.json": b'{"job_id": ', f"{prefix}/.jobs/stolen.json": json.dumps(stolen).encode()})
@@ -154,8 +173,8 @@ def test_malformed_and_foreign_records_are_skipped_and_counted_and_the_others_ru
     manager = manager_on(app, f"s3://{prefix}", metrics)
     manager.start()
     try:
-        assert manager.get("queued-before").status in ("queued", "running"), "read once the records are loaded"
-        assert manager.wait("queued-before").status == DONE
+        assert manager.get(queued.key).status in ("queued", "running"), "read once the records are loaded"
+        assert manager.wait(queued.key).status == DONE
         assert manager.readiness() == (True, "")
         assert [record.job_id for record in manager.list(None, 10, None)[0]] == ["queued-before"]
     finally:
@@ -164,32 +183,54 @@ def test_malformed_and_foreign_records_are_skipped_and_counted_and_the_others_ru
     assert results_fs.exists(f"{prefix}/.jobs/stolen.json"), "skipped, not deleted: an operator looks at it"
 
 
-def test_owners_results_never_land_in_the_records_or_an_old_jobs_prefix(app: Flask, results_fs) -> None:
+def test_owners_results_never_land_in_the_records_or_an_anonymous_jobs_place(app: Flask, results_fs) -> None:
     prefix = f"{BUCKET}/owners-{uuid.uuid4().hex[:8]}"
-    before = manager_on(app, f"s3://{prefix}")
-    before.start()
+    manager = manager_on(app, f"s3://{prefix}")
+    manager.start()
     try:
-        assert before.wait(before.submit("alice", RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10))).job_id).status == DONE
-    finally:
-        before.close()
-    per_user = manager_on(app, f"s3://{prefix}", results_per_user=True)
-    per_user.start()
-    try:
+        small = RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10))
+        assert manager.wait(manager.submit("alice", small)[0].key).status == DONE
         for owner in ("alice", ".jobs", "../alice"):
-            job = per_user.wait(per_user.submit("run", RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), owner).job_id)
+            job = manager.wait(manager.submit("run", RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), owner)[0].key)
             assert job.status == DONE and job.url.startswith(f"s3://{prefix}/.users/"), job.url
-            per_user.cancel_or_delete("run")
+            manager.cancel_or_delete(JobKey(owner, "run"))
     finally:
-        per_user.close()
-    assert {path.rsplit("/", 1)[-1] for path in results_fs.ls(f"{prefix}/alice")} == {"zarr.json", "data"}, "the old job alone"
-    assert {path.rsplit("/", 1)[-1] for path in results_fs.ls(f"{prefix}/.jobs")} == {"alice.json"}
+        manager.close()
+    assert {path.rsplit("/", 1)[-1] for path in results_fs.ls(f"{prefix}/alice")} == {"zarr.json", "data"}, "the anonymous job alone"
+    assert results_fs.find(f"{prefix}/.jobs") == [f"{prefix}/.jobs/alice.json"]
 
 
-def remove(manager: JobManager, job_id: str) -> None:
+def test_alice_and_bob_each_have_their_own_job_of_one_id_and_an_old_record_is_renamed(app: Flask, results_fs) -> None:
+    prefix = f"{BUCKET}/own-ids-{uuid.uuid4().hex[:8]}"
+    store = ResultsStore(f"s3://{prefix}")
+    # As a gateway from before per-owner ids left it: carol's record under her job's id alone.
+    carols = JobRecord("my-first-job", RandomArraySpec(seed=3, shape=(10, 10), chunks=(10, 10)), store.url_for("my-first-job"), owner="carol")
+    store.write_record("my-first-job.json", carols.to_stored())
+    manager = manager_on(app, f"s3://{prefix}")
+    manager.start()
+    try:
+        alices, alice_new = manager.submit("my-first-job", RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10)), "alice")
+        bobs, bob_new = manager.submit("my-first-job", RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), "bob")
+        finished = [manager.wait(key) for key in (alices.key, bobs.key, carols.key)]
+    finally:
+        manager.close()
+    assert alice_new and bob_new and [record.status for record in finished] == [DONE, DONE, DONE], "carol's queued job ran too"
+    assert [record.url for record in finished] == [
+        f"s3://{prefix}/.users/alice/my-first-job", f"s3://{prefix}/.users/bob/my-first-job", f"s3://{prefix}/my-first-job",
+    ]  # fmt: skip
+    assert_made_from_its_seed(finished[0].url, 1)
+    assert_made_from_its_seed(finished[1].url, 2)
+    assert sorted(results_fs.find(f"{prefix}/.jobs")) == [
+        f"{prefix}/.jobs/.users/alice/my-first-job.json", f"{prefix}/.jobs/.users/bob/my-first-job.json",
+        f"{prefix}/.jobs/.users/carol/my-first-job.json",
+    ]  # fmt: skip
+
+
+def remove(manager: JobManager, key: JobKey) -> None:
     """Cancel the job if it is queued or running, then delete it."""
     while True:
         try:
-            manager.cancel_or_delete(job_id)
+            manager.cancel_or_delete(key)
         except JobNotFound:
             return
 
@@ -200,20 +241,18 @@ def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the
     manager = manager_on(app, f"s3://{prefix}", metrics, max_running_jobs=2)
     manager.start()
     small = RandomArraySpec(seed=4, shape=(10, 10), chunks=(10, 10))
+    contested = JobKey(None, "contested")
     outcomes: list[str] = []
 
     def resubmit(start: threading.Barrier) -> None:
         start.wait()
-        try:
-            manager.submit("contested", small)
-            outcomes.append("submitted")
-        except JobAlreadyExists:
-            outcomes.append("refused while reserved")
+        _, new = manager.submit("contested", small)
+        outcomes.append("submitted" if new else "the same job")
 
     def delete(start: threading.Barrier) -> None:
         start.wait()
         try:
-            manager.cancel_or_delete("contested")
+            manager.cancel_or_delete(contested)
             outcomes.append("deleted or cancelled")
         except JobNotFound:
             outcomes.append("already gone")
@@ -221,10 +260,10 @@ def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the
     try:
         for round in range(30):
             manager.submit("contested", small)
-            remove(manager, "contested")
+            remove(manager, contested)
             manager.submit("contested", small)
-            manager.cancel_or_delete("contested")
-            assert manager.wait("contested").status in ("cancelled", "done"), "an id that may be submitted again, or done"
+            manager.cancel_or_delete(contested)
+            assert manager.wait(contested).status in ("cancelled", "done"), "an id that may be submitted again, or done"
             start = threading.Barrier(2)
             racers = [threading.Thread(target=action, args=(start,)) for action in ((delete, resubmit) if round % 2 else (resubmit, delete))]
             for racer in racers:
@@ -232,14 +271,14 @@ def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the
             for racer in racers:
                 racer.join(timeout=60)
             try:
-                final = manager.wait("contested")
+                final = manager.wait(contested)
             except JobNotFound:
                 assert not results_fs.exists(f"{prefix}/contested") and not results_fs.exists(f"{prefix}/.jobs/contested.json")
                 continue
             if final.status == DONE:
                 assert_made_from_its_seed(final.url, small.seed)
-            remove(manager, "contested")
-        assert manager.wait(manager.submit("after-the-race", small).job_id).status == DONE, "the runners still run jobs"
+            remove(manager, contested)
+        assert manager.wait(manager.submit("after-the-race", small)[0].key).status == DONE, "the runners still run jobs"
     finally:
         manager.close()
     assert b"gateway_job_runner_errors_total 0.0" in metrics.render()[0]
@@ -252,12 +291,12 @@ def test_alices_burst_delays_bobs_job_by_one_job_at_most(app: Flask) -> None:
     small = RandomArraySpec(seed=1, shape=(100, 100), chunks=(10, 10))
     try:
         # A long first job holds the one slot while the burst queues.
-        alices = [manager.submit(None, RandomArraySpec(seed=1, shape=(8000, 8000), chunks=(500, 500), dtype="float64"), "alice").job_id]
+        alices = [manager.submit(None, RandomArraySpec(seed=1, shape=(8000, 8000), chunks=(500, 500), dtype="float64"), "alice")[0].key]
         wait_for(lambda: manager.get(alices[0]).status == RUNNING, timeout=60, what="alice's first job to start")
-        alices += [manager.submit(None, small, "alice").job_id for _ in range(11)]
-        bobs = manager.submit(None, small, "bob").job_id
+        alices += [manager.submit(None, small, "alice")[0].key for _ in range(11)]
+        bobs = manager.submit(None, small, "bob")[0].key
         bob_queued_by = datetime.now(UTC).isoformat(timespec="microseconds")
-        finished = [manager.wait(job_id) for job_id in [*alices, bobs]]
+        finished = [manager.wait(key) for key in [*alices, bobs]]
     finally:
         manager.close()
     assert all(record.status == DONE for record in finished)
@@ -274,12 +313,12 @@ def test_an_owner_over_the_cap_of_queued_and_running_jobs_is_refused_and_others_
     manager.start()
     slow = RandomArraySpec(seed=1, shape=(4000, 4000), chunks=(500, 500))
     try:
-        alices = [manager.submit(None, slow, "alice").job_id for _ in range(3)]
+        alices = [manager.submit(None, slow, "alice")[0].key for _ in range(3)]
         with pytest.raises(AdmissionRefused, match="GATEWAY_MAX_JOBS_PER_OWNER") as refused:
             manager.submit(None, slow, "alice")
-        bobs = manager.submit(None, RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), "bob").job_id
-        for job_id in alices:
-            manager.cancel_or_delete(job_id)
+        bobs = manager.submit(None, RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), "bob")[0].key
+        for key in alices:
+            manager.cancel_or_delete(key)
         assert manager.wait(bobs).status == DONE
         assert manager.submit(None, slow, "alice"), "finished jobs no longer count"
     finally:
@@ -367,7 +406,7 @@ def test_zarr_2_on_s3_reads_back_with_zarr_and_xarray(app: Flask) -> None:
     manager = manager_on(app, url, zarr_format=2)
     manager.start()
     try:
-        record = manager.wait(manager.submit("on-s3", RandomArraySpec(seed=8, shape=(250, 120), chunks=(100, 50))).job_id)
+        record = manager.wait(manager.submit("on-s3", RandomArraySpec(seed=8, shape=(250, 120), chunks=(100, 50)))[0].key)
     finally:
         manager.close()
     assert record.status == DONE, record.error

@@ -103,7 +103,7 @@ def test_a_browser_gets_the_page_with_a_policy_that_allows_only_its_own_script(c
     assert response.status_code == 200 and response.mimetype == "text/html" and "Accept" in response.vary
     assert "script-src" not in response.headers["Content-Security-Policy"], "default-src 'self' covers scripts"
     assert "default-src 'self'" in response.headers["Content-Security-Policy"]
-    assert 'data-job-id="on-the-page" data-status="done"' in response.text
+    assert 'data-job-id="on-the-page" data-owner="" data-status="done"' in response.text
     assert 'src="/jobs/on-the-page/preview.png?size=thumbnail"' in response.text
     assert "<script>" not in response.text, "no inline script: the policy would block it"
     for asset in ("jobs.js", "jobs.css", "favicon.svg"):

@@ -5,13 +5,18 @@ it runs, however fast the machine: a paused worker starts no task.
 """
 
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from distributed import Client
 from flask import Flask
+from werkzeug.serving import make_server
 
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
@@ -93,3 +98,56 @@ def test_a_waiting_caller_whose_bucket_goes_away_gets_502(s3: LocalS3, results_f
     assert response.json["error"]["code"] == "storage_error"
     assert "doomed" in response.json["error"]["message"] and response.json["error"]["job"]["status"] == "failed"
     assert s3.secret_key not in response.get_data(as_text=True)
+
+
+@pytest.fixture
+def room_of_one(s3: LocalS3) -> Iterator[tuple[Flask, str]]:
+    """A gateway whose waiting room has one place, served over real connections by Werkzeug's threaded server; its URL."""
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_N_WORKERS": "1", "GATEWAY_MAX_WAITING_CALLERS": "1"}
+    with running_app(environ, ready_within=60) as app:
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            yield app, f"http://127.0.0.1:{server.server_port}"
+        finally:
+            server.shutdown()
+            thread.join(30)
+
+
+def open_waiting_call(url: str, job_id: str) -> socket.socket:
+    """A waiting /submit_job on a connection the test can close, as an interrupted notebook cell does."""
+    address = urlsplit(url)
+    connection = socket.create_connection((address.hostname, address.port), timeout=30)
+    connection.sendall(f"GET /submit_job/{job_id}?shape=100,100 HTTP/1.1\r\nHost: {address.netloc}\r\n\r\n".encode())
+    return connection
+
+
+def test_a_caller_who_hangs_up_frees_its_place_at_once_and_reads_never_take_one(room_of_one: tuple[Flask, str], results_fs) -> None:
+    app, url = room_of_one
+    room = services(app).waiting
+    done = requests.get(f"{url}/submit_job/read-while-full?shape=100,100", timeout=120).json()
+    assert done["status"] == "done"
+    connections: list[socket.socket] = []
+    try:
+        with workers_held(services(app).cluster.client()):
+            connections.append(open_waiting_call(url, "hangs-up"))
+            wait_for(lambda: room.taken == 1, 60, "the caller to take the one place")
+            full = requests.get(f"{url}/submit_job/turned-away?shape=100,100", timeout=60)
+            assert (full.status_code, full.json()["error"]["code"]) == (429, "too_many_waiting_callers")
+            with ThreadPoolExecutor(16) as pool:
+                reads = list(pool.map(lambda _: requests.get(f"{done['http_url']}/zarr.json", timeout=60).status_code, range(32)))
+            assert reads == [200] * 32, "reads are no waiting callers"
+
+            connections.pop().close()
+            # Noticed as soon as the closed connection is readable; the bound only turns a failure into a report.
+            # Before, the place stayed taken until the job ended, which the paused workers never let happen here.
+            wait_for(lambda: room.taken == 0, 10, "the place of the caller who hung up to come free")
+            connections.append(open_waiting_call(url, "takes-the-place"))
+            wait_for(lambda: room.taken == 1, 60, "a new caller to take the place")
+    finally:
+        for connection in connections:
+            connection.close()
+    client = app.test_client()
+    wait_for(lambda: all(client.get(f"/jobs/{job_id}").json["status"] == "done" for job_id in ("hangs-up", "takes-the-place")), 60, "both jobs")
+    assert client.get("/jobs/turned-away").status_code == 404, "a refused caller's job was never made"

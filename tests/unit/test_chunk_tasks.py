@@ -73,7 +73,7 @@ def test_a_stopped_run_writes_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_a_result_has_no_group_metadata_until_it_is_marked_complete(tmp_path: Path, zarr_format: int) -> None:
     store = ResultsStore(str(tmp_path))
-    result = store.pending_result("job-1", "job-1", RandomArraySpec(seed=5, shape=(20, 30), chunks=(10, 10)), zarr_format)
+    result = store.pending_result("job-1.json", "job-1", RandomArraySpec(seed=5, shape=(20, 30), chunks=(10, 10)), zarr_format)
     assert not any(tmp_path.iterdir()), "nothing is written before the job begins"
 
     store.begin_result(result, {"job_id": "job-1", "status": "running"})

@@ -99,7 +99,7 @@ def test_the_api_documents_requests_are_the_openapi_documents_operations() -> No
     from science_gateway.openapi import openapi_document
 
     rows = re.findall(r"^\| `(GET|POST|DELETE|PUT|PATCH) (/[^`]*)` \|", API, flags=re.MULTILINE)
-    documented_operations = {(method, path.replace("<job_id>", "{job_id}")) for method, path in rows}
+    documented_operations = {(method, re.sub(r"<(\w+)>", r"{\1}", path)) for method, path in rows}
     paths = openapi_document()["paths"]
     operations = {(method.upper(), path) for path, item in paths.items() for method in item if method in ("get", "post", "delete", "put", "patch")}
     assert documented_operations == operations

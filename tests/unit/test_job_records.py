@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from science_gateway.job_parameters import RandomArraySpec
-from science_gateway.job_records import InvalidRecord, JobRecord, has_expired, record_from_stored
-from science_gateway.results_store import owner_prefix, place_for
+from science_gateway.job_parameters import RandomArraySpec, differences
+from science_gateway.job_records import InvalidRecord, JobKey, JobRecord, has_expired, record_from_stored, trusted_records
+from science_gateway.results_store import owner_prefix, place_for, record_name
 
 
 def url_for(place: str) -> str:
@@ -46,9 +46,61 @@ def test_a_place_is_never_empty() -> None:
 
 
 @pytest.mark.parametrize("place", ["run-7", ".users/alice/run-7", "alice/run-7"])
-def test_an_owners_record_keeps_its_owner_and_place_in_each_layout_the_service_wrote(place: str) -> None:
-    record = record_from_stored("run-7.json", stored(alices(place)), url_for)
-    assert (record.owner, record.place) == ("alice", place)
+@pytest.mark.parametrize("name", ["run-7.json", ".users/alice/run-7.json"])
+def test_an_owners_record_keeps_its_owner_and_place_in_each_layout_the_service_wrote(place: str, name: str) -> None:
+    record = record_from_stored(name, stored(alices(place)), url_for)
+    assert (record.owner, record.place, record.key) == ("alice", place, JobKey("alice", "run-7"))
+    assert record.record_name == ".users/alice/run-7.json", "its own name, whatever it was stored under"
+
+
+def test_each_owner_has_ids_of_their_own_in_places_and_record_names_that_never_meet() -> None:
+    names = {record_name(owner, "my-first-job") for owner in (None, "alice", "bob", "a/b", "a_2fb")}
+    places = {place_for("my-first-job", owner) for owner in (None, "alice", "bob", "a/b", "a_2fb")}
+    assert len(names) == len(places) == 5
+    assert record_name(None, "my-first-job") == "my-first-job.json" and place_for("my-first-job", None) == "my-first-job"
+    assert record_name("alice", "my-first-job") == ".users/alice/my-first-job.json"
+
+
+def test_a_record_under_another_owners_name_is_refused() -> None:
+    with pytest.raises(InvalidRecord, match="job_id"):
+        record_from_stored(".users/bob/run-7.json", stored(alices(".users/alice/run-7")), url_for)
+
+
+def test_a_record_of_an_owner_whose_name_has_no_utf8_form_is_refused_not_raised() -> None:
+    with pytest.raises(InvalidRecord, match="owner"):
+        record_from_stored("run-7.json", stored(alices("run-7"), owner="\ud800"), url_for)
+
+
+def test_records_under_their_old_names_are_renamed_and_a_rename_cut_short_is_finished() -> None:
+    old = alices(".users/alice/run-7")
+    carols = JobRecord("run-8", RandomArraySpec(seed=8), url_for(".users/carol/run-8"), owner="carol", place=".users/carol/run-8")
+    trusted = trusted_records(
+        {"run-7.json": stored(old), ".users/alice/run-7.json": stored(old), "run-8.json": stored(carols)}, url_for
+    )
+    assert [record.key for record in trusted.records] == [JobKey("alice", "run-7"), JobKey("carol", "run-8")]
+    assert trusted.skipped == []
+    assert sorted((name, record.key if record else None) for name, record in trusted.renames) == [
+        ("run-7.json", None), ("run-8.json", JobKey("carol", "run-8")),
+    ]  # fmt: skip
+
+
+def test_of_two_records_claiming_one_place_only_one_is_loaded() -> None:
+    """A DELETE of the second would remove the first's result."""
+    anonymous = JobRecord("run-7", RandomArraySpec(seed=7), url_for("run-7"), submitted_at="2026-01-01T00:00:00+00:00")
+    alices_legacy = replace(alices("run-7"), submitted_at="2026-02-01T00:00:00+00:00")
+    trusted = trusted_records({"run-7.json": stored(anonymous), ".users/alice/run-7.json": stored(alices_legacy)}, url_for)
+    assert [record.key for record in trusted.records] == [JobKey(None, "run-7")], "both under their own names: the older"
+    assert len(trusted.skipped) == 1 and "'.users/alice/run-7.json' claims the place of job run-7, 'run-7'" in trusted.skipped[0]
+
+
+def test_differences_name_each_parameter_with_both_values_and_a_drawn_one_matches_any() -> None:
+    existing = {**RandomArraySpec(seed=42).to_json(), "ttl": 60}
+    requested = {**RandomArraySpec(seed=7, shape=(2000, 2000)).to_json(), "ttl": None}
+    assert differences(existing, requested, {"ttl"}) == {
+        "seed": {"existing": 42, "requested": 7}, "shape": {"existing": [1000, 1000], "requested": [2000, 2000]},
+    }  # fmt: skip
+    assert differences(existing, requested, {"ttl", "seed"}) == {"shape": {"existing": [1000, 1000], "requested": [2000, 2000]}}
+    assert differences(existing, {**existing}, ()) == {}
 
 
 @pytest.mark.parametrize(
@@ -93,7 +145,8 @@ def test_no_owners_prefix_is_the_records_prefix_or_a_job_id_or_more_than_one_seg
     prefix = owner_prefix(name)
     owners, segment = prefix.split("/")
     assert owners == ".users" and segment not in ("", ".", "..", ".jobs") and not segment.startswith(".")
-    assert place_for("run-7", name, per_user=True) == f"{prefix}/run-7"
+    assert place_for("run-7", name) == f"{prefix}/run-7"
+    assert record_name(name, "run-7") == f"{prefix}/run-7.json"
 
 
 def test_owners_prefixes_are_one_to_one() -> None:
