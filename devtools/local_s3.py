@@ -74,7 +74,6 @@ def start_local_s3(
     port: int | None = None,
     log_file: Path | None = None,
     remote_control: bool = False,
-    read_only: bool = False,
     tls: tuple[Path, Path] | None = None,
     timeout: float = 20,
 ) -> LocalS3:
@@ -82,10 +81,7 @@ def start_local_s3(
 
     With ``remote_control``, rclone's control API also listens on loopback, without
     authentication, so that :meth:`LocalS3.set_log_level` can turn request logging on.
-    With ``read_only`` it serves ``data_dir`` for reading alone (rclone has no
-    per-key permissions: a second server on another server's directory stands
-    in for a read-only key), listing it afresh at every request.
-    A writing server keeps its directory listings for one second: rclone can
+    The server keeps its directory listings for one second: rclone can
     store a PUT whose client was killed and still drop it from its cached
     listing, where real S3 lists every object it stored. Listing afresh at
     every request instead makes each PUT re-read its directories (1000 PUTs
@@ -98,7 +94,7 @@ def start_local_s3(
         return on_a_free_port(
             lambda free: start_local_s3(
                 data_dir, names, access_key=access_key, secret_key=secret_key, port=free,
-                log_file=log_file, remote_control=remote_control, read_only=read_only, tls=tls, timeout=timeout,
+                log_file=log_file, remote_control=remote_control, tls=tls, timeout=timeout,
             )
         )  # fmt: skip
     data_dir = Path(data_dir)
@@ -112,7 +108,7 @@ def start_local_s3(
     ]  # fmt: skip
     if control_port:
         command += ["--rc", f"--rc-addr=127.0.0.1:{control_port}", "--rc-no-auth"]
-    command += ["--read-only", "--dir-cache-time", "0s"] if read_only else ["--dir-cache-time", "1s"]
+    command += ["--dir-cache-time", "1s"]
     if tls:
         command += ["--cert", str(tls[0]), "--key", str(tls[1])]
     process = start_process(command, env={**os.environ, "RCLONE_CONFIG": "/dev/null"}, log_file=log_file)

@@ -81,17 +81,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
 
 
 @pytest.fixture(scope="session")
-def s3_reader(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
-    """The same buckets for reading only, with keys of their own: what notebooks hold (the read-only Secret)."""
-    server = start_local_s3(
-        s3.data_dir, (), access_key=f"test-reader-{secrets.token_hex(4)}", secret_key=f"test-secret-{secrets.token_hex(12)}",
-        log_file=tmp_path_factory.mktemp("s3-reader") / "server.log", read_only=True,
-    )  # fmt: skip
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
 def audited_secrets(pytestconfig: pytest.Config) -> list[str]:
     """Secrets the tests were handed in a form no pattern knows (tokens a hub issued): the audit looks for each."""
     return pytestconfig.stash.setdefault(AUDITED_SECRETS, [])

@@ -62,6 +62,10 @@ class JupyterHubServer:
         created = self._api("POST", f"/users/{user}/tokens", json=body).json()
         return created["token"], created["id"]
 
+    def create_users(self, users: list[str]) -> None:
+        """Users the hub did not start with, as its admin page adds them."""
+        self._api("POST", "/users", json={"usernames": users})
+
     def revoke(self, user: str, token_id: str) -> None:
         self._api("DELETE", f"/users/{user}/tokens/{token_id}")
 

@@ -70,6 +70,16 @@ def jupyterhub_values() -> dict[str, Any]:
     return yaml.safe_load((PROJECT / "jupyterhub_values.yaml").read_text())
 
 
+# Where docs/security.md shows the values that give notebooks the read-only key, for an operator who chooses to.
+READERS_OPT_IN_HEADING = "### Giving notebooks the read-only key"
+
+
+def readers_opt_in_values() -> dict[str, Any]:
+    """The zero-to-jupyterhub values of that section: its first YAML block."""
+    section = (PROJECT / "docs" / "security.md").read_text().split(READERS_OPT_IN_HEADING, 1)[1]
+    return yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+
+
 # The charts' own values and schemas, kept beside the project as data.
 CHARTS = PROJECT.parent / "shared" / "reference"
 

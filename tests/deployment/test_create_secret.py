@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from artifacts import jupyterhub_values
+from artifacts import readers_opt_in_values
 from servers import PROJECT
 
 VALUES = {
@@ -43,14 +43,14 @@ def test_a_good_file_gives_the_secret_with_every_value_redacted(tmp_path: Path) 
     assert_no_secret_shown(done)
 
 
-def test_the_readers_secret_is_the_one_notebooks_read(tmp_path: Path) -> None:
+def test_the_readers_secret_is_the_one_the_documented_opt_in_gives_notebooks(tmp_path: Path) -> None:
     config = write_config(tmp_path / "my_aws_reader_config", [f"{key}={value}" for key, value in VALUES.items()])
     done = create_secret("--readers", "--dry-run", str(config))
     assert done.returncode == 0, done.stderr
     assert "name: gateway-results-reader" in done.stdout and "name: awsconfig" not in done.stdout
     referenced = {
         entry["valueFrom"]["secretKeyRef"]["name"]
-        for entry in jupyterhub_values()["singleuser"]["extraEnv"].values()
+        for entry in readers_opt_in_values()["singleuser"]["extraEnv"].values()
         if isinstance(entry, dict) and "secretKeyRef" in entry.get("valueFrom", {})
     }
     assert referenced == {"gateway-results-reader"}

@@ -3,7 +3,7 @@
 import yaml
 from jupyterhub.roles import get_default_roles
 
-from artifacts import chart, helm_values, jupyterhub_values, manifests
+from artifacts import chart, helm_values, jupyterhub_values, manifests, readers_opt_in_values
 from servers import PROJECT
 
 ACCESS_SCOPES = {"access:services!service=science-gateway", "access:services!service=dask-gateway"}
@@ -48,12 +48,18 @@ def test_notebooks_are_told_where_the_gateway_and_dask_gateway_are() -> None:
         assert environment[name] == gateways[name], f"notebooks reach Dask Gateway as the gateway does: {name}"
 
 
-def test_notebooks_read_results_with_keys_of_their_own() -> None:
+def test_notebooks_hold_no_storage_key_unless_the_operator_gives_them_the_readers_as_documented() -> None:
     environment = jupyterhub_values()["singleuser"]["extraEnv"]
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
-        reference = environment[name]["valueFrom"]["secretKeyRef"]
+    assert not [name for name in environment if name.startswith("AWS_")], "each user reads their own results through the gateway"
+    opted_in = readers_opt_in_values()["singleuser"]["extraEnv"]
+    assert set(opted_in) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"}
+    for name, entry in opted_in.items():
+        reference = entry["valueFrom"]["secretKeyRef"]
         assert (reference["name"], reference["key"]) == ("gateway-results-reader", name)
         assert reference.get("optional", False) == (name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"))
+    merged = {**jupyterhub_values(), "singleuser": {**jupyterhub_values()["singleuser"], "extraEnv": {**environment, **opted_in}}}
+    errors = chart("zero-to-jupyterhub-chart").errors(merged)
+    assert not errors, "\n".join(errors)
     gateway_secrets = {source.secret_ref.name for source in manifests().deployment.spec.template.spec.containers[0].env_from}
     assert "gateway-results-reader" not in gateway_secrets
 

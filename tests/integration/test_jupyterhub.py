@@ -1,36 +1,44 @@
 """Authentication with a real JupyterHub: notebooks' and callers' tokens, and the gateway's own login to Dask Gateway.
 
 The whole chain runs on real processes, the hub configured from
-jupyterhub_values.yaml: alice's notebook server, spawned by the hub, runs the
-example notebook with the token the hub minted for it -> the gateway -> the
-hub's check (jupyterhub's service-auth helper); the gateway's service token ->
+jupyterhub_values.yaml: alice's and bob's notebook servers, spawned by the hub,
+run code with the tokens the hub minted for them -> the gateway -> the hub's
+check (jupyterhub's service-auth helper); the gateway's service token ->
 dask-gateway-server -> the hub's check (its JupyterHub authenticator).
-Tokens made through the hub's REST API serve the tests of owners and refusals.
-Notebooks hold the reader's S3 keys, of a read-only server on the gateway's
-buckets, as the read-only Secret gives them.
+Notebooks hold no storage key: they read their results through the gateway.
+Tokens made through the hub's REST API serve the tests of admins, refusals and
+the room of 200 users.
 """
 
+import hashlib
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import cloudpickle
 import nbformat
+import numpy as np
 import pytest
 import requests
 import yaml
+import zarr
 from dask_gateway import Gateway, JupyterHubAuth
 from playwright.sync_api import Browser, expect
 
+import helpers
 from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
-from helpers import assert_made_from_its_seed, descendants, outputs, run_notebook_on_server, wait_for
+from helpers import assert_made_from_its_seed, descendants, outputs, run_notebook_on_server, wait_for, workers_held
 from servers import (
     HUB_VALUES,
     DaskGatewayServer,
@@ -63,39 +71,42 @@ def dask_gateway_ports() -> tuple[int, int]:
     return free_port(), free_port()
 
 
-def notebook_environment(gateway_url: str, dask_gateway_ports: tuple[int, int], s3_reader: LocalS3) -> dict[str, str]:
-    """singleuser.extraEnv of jupyterhub_values.yaml, each variable pointed at this machine's stand-in."""
+def notebook_environment(gateway_url: str, dask_gateway_ports: tuple[int, int]) -> dict[str, str]:
+    """singleuser.extraEnv of jupyterhub_values.yaml, each variable pointed at this machine's stand-in: no storage key."""
     api_port, proxy_port = dask_gateway_ports
-    reader = s3_reader.environ()
     return {
         "GATEWAY_URL": gateway_url,
         "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{api_port}",
         "DASK_GATEWAY__PROXY_ADDRESS": f"gateway://127.0.0.1:{proxy_port}",
         "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
-        **{name: reader[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")},
     }
 
 
-def start_hub(workdir: Path, gateway_port: int, dask_gateway_ports: tuple[int, int], s3_reader: LocalS3, **options) -> JupyterHubServer:
+def start_hub(workdir: Path, gateway_port: int, dask_gateway_ports: tuple[int, int], **options) -> JupyterHubServer:
     services = {"science-gateway": hub_token(), "dask-gateway": hub_token()}
     return start_jupyterhub(
         workdir, USERS, {ADMINS: ["carol"]}, services, admin_token=hub_token(),
-        notebook_environment=notebook_environment(f"http://127.0.0.1:{gateway_port}", dask_gateway_ports, s3_reader),
-        local_environment={"AWS_RESPONSE_CHECKSUM_VALIDATION": s3_reader.environ()["AWS_RESPONSE_CHECKSUM_VALIDATION"]},
-        **options,
+        notebook_environment=notebook_environment(f"http://127.0.0.1:{gateway_port}", dask_gateway_ports), **options,
     )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def hub(
-    tmp_path_factory: pytest.TempPathFactory, hub_gateway_port: int, dask_gateway_ports: tuple[int, int], s3_reader: LocalS3
-) -> Iterator[JupyterHubServer]:
+def hub(tmp_path_factory: pytest.TempPathFactory, hub_gateway_port: int, dask_gateway_ports: tuple[int, int]) -> Iterator[JupyterHubServer]:
     server = start_hub(
-        tmp_path_factory.mktemp("jupyterhub"), hub_gateway_port, dask_gateway_ports, s3_reader,
+        tmp_path_factory.mktemp("jupyterhub"), hub_gateway_port, dask_gateway_ports,
         oauth_redirects={"science-gateway": f"http://127.0.0.1:{hub_gateway_port}/oauth_callback"},
     )  # fmt: skip
     yield server
     stop_process(server.process, timeout=60)
+
+
+def servers_token(hub: JupyterHubServer, user: str) -> str:
+    """The token the hub minted for ``user``'s spawned server: its JUPYTERHUB_API_TOKEN, as its notebooks have it."""
+    (server,) = [
+        process for process in descendants(hub.process.pid)
+        if "jupyterhub-singleuser" in " ".join(process.cmdline()) and process.environ().get("JUPYTERHUB_USER") == user
+    ]  # fmt: skip
+    return server.environ()["JUPYTERHUB_API_TOKEN"]
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +114,20 @@ def alices_server(hub: JupyterHubServer) -> Iterator[str]:
     """alice's notebook server, spawned by the hub as her home page spawns it; its URL."""
     yield hub.start_server("alice")
     hub.stop_server("alice")
+
+
+@pytest.fixture(scope="module")
+def bobs_server(hub: JupyterHubServer) -> Iterator[str]:
+    yield hub.start_server("bob")
+    hub.stop_server("bob")
+
+
+@pytest.fixture(scope="module")
+def notebook_tokens(hub: JupyterHubServer, alices_server: str, bobs_server: str, audited_secrets: list[str]) -> dict[str, str]:
+    """The tokens the hub minted for alice's and bob's spawned servers: a notebook's token, the `server` role's scopes."""
+    minted = {user: servers_token(hub, user) for user in ("alice", "bob")}
+    audited_secrets.extend(minted.values())
+    return minted
 
 
 @pytest.fixture(scope="module")
@@ -208,27 +233,36 @@ def test_a_revoked_token_is_refused_and_one_without_the_access_scope_is_forbidde
     assert "access:services!service=science-gateway" in forbidden.json()["error"]["message"]
 
 
-def test_each_user_sees_only_their_own_jobs_and_an_admin_sees_all(hub_gateway: RunningGateway, tokens: dict[str, str], http) -> None:
+def test_each_user_sees_only_their_own_jobs_and_an_admin_reaches_anyones_explicitly(hub_gateway: RunningGateway, tokens: dict[str, str], http) -> None:
     url = hub_gateway.url
     alice, bob, carol = as_user(tokens["alice"]), as_user(tokens["bob"]), as_user(tokens["carol"])
     mine = http.get(f"{url}/submit_job/alices-run?{SMALL}", headers=alice, timeout=60).json()
     theirs = http.get(f"{url}/submit_job/bobs-run?{SMALL}", headers=bob, timeout=60).json()
     assert (mine["owner"], theirs["owner"]) == ("alice", "bob")
+    assert theirs["http_url"] == f"{url}/users/bob/jobs/bobs-run/result"
 
     listed = {job["job_id"] for job in http.get(f"{url}/jobs", headers=alice, timeout=30).json()["jobs"]}
     assert "alices-run" in listed and "bobs-run" not in listed
-    for method, path in (("GET", "/jobs/bobs-run"), ("GET", "/jobs/bobs-run/preview.png"), ("DELETE", "/jobs/bobs-run")):
+    for method, path in (
+        ("GET", "/jobs/bobs-run"), ("GET", "/jobs/bobs-run/preview.png"), ("DELETE", "/jobs/bobs-run"),
+        ("GET", "/users/bob/jobs/bobs-run"), ("GET", "/users/bob/jobs/bobs-run/preview.png"), ("DELETE", "/users/bob/jobs/bobs-run"),
+        ("GET", "/users/bob/jobs/bobs-run/result/zarr.json"), ("GET", "/users/nobody/jobs/bobs-run"),
+    ):  # fmt: skip
         response = http.request(method, f"{url}{path}", headers=alice, timeout=60)
         assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found", (method, path)
-    taken = http.get(f"{url}/submit_job/bobs-run?{SMALL}", headers=alice, timeout=60)
-    assert taken.status_code == 404 and taken.json()["error"]["code"] == "job_not_found", "as bob's job is everywhere else"
-    assert "url" not in taken.json()["error"], "neither where nor whose"
-    assert "bob" not in taken.json()["error"]["message"].replace("bobs-run", "")
+        assert "bob" not in response.json()["error"]["message"].replace("bobs-run", ""), "neither where nor whose"
+    own = http.get(f"{url}/submit_job/bobs-run?{SMALL}", headers=alice, timeout=60).json()
+    assert own["owner"] == "alice" and own["url"].endswith("/.users/alice/bobs-run"), "alice's own job of that id"
 
-    everyone = {job["job_id"]: job["owner"] for job in http.get(f"{url}/jobs", headers=carol, timeout=30).json()["jobs"]}
-    assert everyone["alices-run"] == "alice" and everyone["bobs-run"] == "bob"
-    assert http.get(f"{url}/jobs/bobs-run/preview.png?size=thumbnail", headers=carol, timeout=60).status_code == 200
-    assert http.delete(f"{url}/jobs/bobs-run", headers=bob, timeout=60).status_code == 204
+    everyone = [(job["owner"], job["job_id"]) for job in http.get(f"{url}/jobs?limit=1000", headers=carol, timeout=30).json()["jobs"]]
+    assert {("alice", "alices-run"), ("bob", "bobs-run"), ("alice", "bobs-run")} <= set(everyone)
+    assert http.get(f"{url}/jobs/bobs-run", headers=carol, timeout=60).status_code == 404, "an admin's own ids are their own too"
+    assert http.get(f"{url}/users/bob/jobs/bobs-run", headers=carol, timeout=60).json()["owner"] == "bob"
+    assert http.get(f"{url}/users/bob/jobs/bobs-run/preview.png?size=thumbnail", headers=carol, timeout=60).status_code == 200
+    assert http.get(f"{url}/users/bob/jobs/bobs-run", headers=bob, timeout=60).json() == http.get(f"{url}/jobs/bobs-run", headers=bob, timeout=60).json()
+    assert http.delete(f"{url}/users/bob/jobs/bobs-run", headers=carol, timeout=60).status_code == 204
+    assert http.get(f"{url}/jobs/bobs-run", headers=bob, timeout=60).status_code == 404
+    assert http.get(f"{url}/jobs/bobs-run", headers=alice, timeout=60).json()["status"] == "done", "alice's job of that id stays"
 
 
 def test_a_user_cancels_only_their_own_running_job(hub_gateway: RunningGateway, tokens: dict[str, str], http) -> None:
@@ -318,13 +352,13 @@ print(f"cluster {cluster.name} started, listed, stopped")
 
 @pytest.fixture(scope="module")
 def hub_with_default_server_role(
-    tmp_path_factory: pytest.TempPathFactory, dask_gateway_ports: tuple[int, int], s3_reader: LocalS3
+    tmp_path_factory: pytest.TempPathFactory, dask_gateway_ports: tuple[int, int]
 ) -> Iterator[tuple[JupyterHubServer, int]]:
     """A hub configured from jupyterhub_values.yaml less its `server` role, so notebooks' tokens get JupyterHub's default."""
     values = yaml.safe_load(HUB_VALUES.read_text())
     del values["hub"]["loadRoles"]["server"]
     gateway_port = free_port()
-    server = start_hub(tmp_path_factory.mktemp("jupyterhub-default-server-role"), gateway_port, dask_gateway_ports, s3_reader, values=values)
+    server = start_hub(tmp_path_factory.mktemp("jupyterhub-default-server-role"), gateway_port, dask_gateway_ports, values=values)
     yield server, gateway_port
     stop_process(server.process, timeout=60)
 
@@ -347,23 +381,6 @@ def test_without_the_server_role_the_notebook_is_told_which_scope_and_setting_it
     assert "RuntimeError: the gateway answered 403: alice's token does not grant access:services!service=science-gateway" in said, said
     assert "`server` role" in said and "hub.loadRoles.server.scopes" in said
     assert not any(cell.outputs for cell in rest), "the notebook stops at the refusal"
-
-
-def test_results_go_under_the_users_prefix_when_asked(
-    hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, tokens: dict[str, str], results_fs, tmp_path: Path, http
-) -> None:
-    environ = gateway_environ(
-        hub, dask_gateway_server, f"s3://{BUCKET}/per-user", hub.service_tokens["science-gateway"], GATEWAY_RESULTS_PER_USER="true"
-    )
-    gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log")
-    try:
-        job = http.get(f"{gateway.url}/submit_job/in-my-folder?{SMALL}", headers=as_user(tokens["alice"]), timeout=60).json()
-    finally:
-        stop_process(gateway.process, timeout=60)
-
-    assert job["url"] == f"s3://{BUCKET}/per-user/.users/alice/in-my-folder"
-    assert results_fs.exists(f"{BUCKET}/per-user/.users/alice/in-my-folder/zarr.json")
-    assert not results_fs.exists(f"{BUCKET}/per-user/in-my-folder")
 
 
 def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
@@ -456,19 +473,189 @@ def test_a_token_that_may_not_use_dask_gateway_is_refused_too(
     assert "JupyterHub knows the token in JUPYTERHUB_API_TOKEN (user 'gateway-bot'), but it lacks access:services!service=dask-gateway" in said, said
 
 
-def test_a_workshop_of_200_callers_from_three_users_never_starves_the_probes(
-    hub_gateway: RunningGateway, tokens: dict[str, str], measured
-) -> None:
-    """Waiting /submit_job, POST /jobs with polling, GET /jobs and pictures at once, while the kubelet's probes poll
-    (on the probe port, as deploy_gateway.yaml sends them)."""
-    url = hub_gateway.url
-    owners = ["alice", "bob", "carol"]
-    run = secrets.token_hex(3)
-    with requests.Session() as session:
-        for owner in owners:
-            shown = session.get(f"{url}/submit_job/workshop-{run}-{owner}-picture?{SMALL}", headers=as_user(tokens[owner]), timeout=120)
-            assert shown.status_code == 200, shown.text
 
+
+# -- users kept apart: their own ids, private reads, the waiting room ---------------------
+
+
+@pytest.fixture(scope="module")
+def my_first_jobs(hub_gateway: RunningGateway, notebook_tokens: dict[str, str], http) -> dict[str, dict[str, Any]]:
+    """alice's and bob's my-first-job, each submitted from their own notebook's token as the README's cell does."""
+    jobs = {}
+    for user in ("alice", "bob"):
+        answer = http.get(f"{hub_gateway.url}/submit_job/my-first-job", headers=as_user(notebook_tokens[user]), timeout=300)
+        assert answer.status_code == 200, answer.text
+        jobs[user] = answer.json()
+    return jobs
+
+
+def test_alice_and_bob_each_own_my_first_job_a_repeat_is_the_same_job_and_another_seed_is_409_naming_it(
+    hub_gateway: RunningGateway, notebook_tokens: dict[str, str], my_first_jobs: dict[str, dict[str, Any]], http
+) -> None:
+    alices, bobs = my_first_jobs["alice"], my_first_jobs["bob"]
+    assert (alices["owner"], bobs["owner"], alices["status"], bobs["status"]) == ("alice", "bob", "done", "done")
+    assert (alices["url"], bobs["url"]) == (f"s3://{BUCKET}/hub/.users/alice/my-first-job", f"s3://{BUCKET}/hub/.users/bob/my-first-job")
+    assert_made_from_its_seed(alices["url"], alices["seed"])
+    assert_made_from_its_seed(bobs["url"], bobs["seed"])
+
+    alice = as_user(notebook_tokens["alice"])
+    again = http.get(f"{hub_gateway.url}/submit_job/my-first-job", headers=alice, timeout=300)
+    assert again.status_code == 200 and again.json() == alices, "the README's cell run again: the same job"
+    other = (alices["seed"] + 1) % 2**63
+    conflict = http.get(f"{hub_gateway.url}/submit_job/my-first-job?seed={other}", headers=alice, timeout=60)
+    assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "job_exists"
+    assert conflict.json()["error"]["differences"] == {"seed": {"existing": alices["seed"], "requested": other}}
+    assert http.get(f"{hub_gateway.url}/jobs/my-first-job", headers=as_user(notebook_tokens["bob"]), timeout=30).json() == bobs
+
+
+# Run in a notebook server's kernel: its result read through http_url with the server's own token, no storage key.
+READ_IN_THE_KERNEL = """
+import hashlib, os, requests, xarray as xr
+assert not [name for name in os.environ if name.startswith("AWS_")], "a notebook holds no storage key"
+headers = {"Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}"}
+job = requests.get(f"{os.environ['GATEWAY_URL']}/jobs/my-first-job", headers=headers, timeout=60).json()
+data = xr.open_zarr(job["http_url"], storage_options={"headers": headers})["data"]
+print("read", job["owner"], data.shape, hashlib.sha256(data.values.tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("user", ["alice", "bob"])
+def test_each_reads_their_result_through_http_url_with_xarray_in_their_spawned_servers_kernel(
+    hub: JupyterHubServer, alices_server: str, bobs_server: str, my_first_jobs: dict[str, dict[str, Any]], user: str, tmp_path: Path
+) -> None:
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(READ_IN_THE_KERNEL)])
+    nbformat.write(notebook, tmp_path / "read.ipynb")
+
+    (cell,) = run_notebook_on_server({"alice": alices_server, "bob": bobs_server}[user], hub.admin_token, tmp_path / "read.ipynb")
+
+    stored = zarr.open_group(my_first_jobs[user]["url"], mode="r")["data"][:]
+    assert outputs(cell).strip() == f"read {user} (1000, 1000) {hashlib.sha256(stored.tobytes()).hexdigest()}", outputs(cell)
+
+
+def test_bobs_token_gets_404_and_no_token_401_on_every_object_under_alices_http_url(
+    hub_gateway: RunningGateway, notebook_tokens: dict[str, str], tokens: dict[str, str], my_first_jobs: dict[str, dict[str, Any]],
+    results_fs, http,
+) -> None:
+    alices = my_first_jobs["alice"]
+    place = f"{BUCKET}/hub/.users/alice/my-first-job"
+    keys = [path.removeprefix(f"{place}/") for path in results_fs.find(place)]
+    assert "zarr.json" in keys and "data/c.0.0" in keys, keys
+    for key in keys:
+        url = f"{alices['http_url']}/{key}"
+        for who, headers in (("bob", as_user(notebook_tokens["bob"])), ("bob, a range", {**as_user(notebook_tokens["bob"]), "Range": "bytes=-16"})):
+            refused = http.get(url, headers=headers, timeout=30)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (404, "job_not_found"), (who, key)
+        anonymous = http.get(url, timeout=30)
+        assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "not_authenticated"), key
+        assert http.get(url, headers=as_user(notebook_tokens["alice"]), timeout=30).content == results_fs.cat(f"{place}/{key}"), key
+    carols = http.get(f"{alices['http_url']}/zarr.json", headers=as_user(tokens["carol"]), timeout=30)
+    assert carols.status_code == 200, "an admin reads it through the same URL"
+
+
+@contextmanager
+def gateways_workers_held(hub: JupyterHubServer, dask_gateway: DaskGatewayServer) -> Iterator[Any]:
+    """The hub gateway's own Dask workers paused (helpers.workers_held), reached through Dask Gateway with the gateway's token.
+
+    Its jobs wait on the workers until the block ends, however fast the machine. Those
+    workers import the project's package but not the tests': helpers' functions travel by value.
+    """
+    auth = JupyterHubAuth(api_token=hub.service_tokens["science-gateway"])
+    gateway = Gateway(dask_gateway.address, proxy_address=dask_gateway.proxy_address, auth=auth)
+    (cluster,) = gateway.list_clusters()
+    cloudpickle.register_pickle_by_value(helpers)
+    try:
+        with gateway.connect(cluster.name, shutdown_on_close=False) as connected, connected.get_client() as client, workers_held(client):
+            yield client
+    finally:
+        # The client is closed when it is collected: dask-gateway's close() fails when called a second time.
+        cloudpickle.unregister_pickle_by_value(helpers)
+
+
+def waiting_callers(gateway: RunningGateway) -> int:
+    """The gateway's gateway_waiting_callers gauge: places taken in its waiting room."""
+    (line,) = [line for line in requests.get(f"{gateway.url}/metrics", timeout=30).text.splitlines() if line.startswith("gateway_waiting_callers ")]
+    return int(float(line.split()[1]))
+
+
+def test_alices_24_waiting_calls_take_her_share_alone_and_delay_bobs_one_job_by_at_most_one_job(
+    hub: JupyterHubServer, hub_gateway: RunningGateway, dask_gateway_server: DaskGatewayServer, notebook_tokens: dict[str, str], http
+) -> None:
+    url, run = hub_gateway.url, secrets.token_hex(3)
+    alice, bob = as_user(notebook_tokens["alice"]), as_user(notebook_tokens["bob"])
+
+    def wait_on(headers: dict[str, str], job_id: str) -> requests.Response:
+        return requests.get(f"{url}/submit_job/{job_id}?{SMALL}", headers=headers, timeout=600)
+
+    with ThreadPoolExecutor(25) as pool:
+        with gateways_workers_held(hub, dask_gateway_server):
+            alices = [pool.submit(wait_on, alice, f"burst-{run}-{index}") for index in range(24)]
+            # Her share of the waiting room (GATEWAY_MAX_WAITING_CALLERS_PER_OWNER, 16) waits; the rest are refused at once.
+            wait_for(lambda: sum(call.done() for call in alices) == 8 and waiting_callers(hub_gateway) == 16, 120, "alice's share to be taken")
+            refused_calls = [call for call in alices if call.done()]
+            bobs = pool.submit(wait_on, bob, f"burst-{run}-bob")
+            wait_for(lambda: waiting_callers(hub_gateway) == 17, 60, "bob's call to wait beside hers")
+        refused = [call.result() for call in refused_calls]
+        answers = [call.result(timeout=300) for call in alices if call not in refused_calls] + [bobs.result(timeout=300)]
+
+    assert [(answer.status_code, answer.json()["error"]["code"]) for answer in refused] == [(429, "too_many_waiting_callers_of_owner")] * 8
+    assert all(answer.headers["Retry-After"] and answer.json()["error"]["setting"] == "GATEWAY_MAX_WAITING_CALLERS_PER_OWNER" for answer in refused)
+    assert [answer.status_code for answer in answers] == [200] * 17 and all(answer.json()["status"] == "done" for answer in answers)
+    bobs_job = answers[-1].json()
+    hers = [job for job in http.get(f"{url}/jobs?limit=1000", headers=alice, timeout=30).json()["jobs"] if job["job_id"].startswith(f"burst-{run}-")]
+    assert len(hers) == 16
+    queued_with_bob = [job for job in hers if job["started_at"] > bobs_job["submitted_at"]]
+    assert len(queued_with_bob) >= 2, "her burst was still queued when bob's job was: the set-up did what it must"
+    # Owners take turns: at most one more of hers starts before his.
+    assert len([job for job in queued_with_bob if job["started_at"] < bobs_job["started_at"]]) <= 1, (bobs_job, queued_with_bob)
+
+
+def open_waiting_call(gateway: RunningGateway, token: str, job_id: str) -> socket.socket:
+    """A waiting /submit_job on a connection of its own, which the test can close as a notebook cell that is interrupted does."""
+    address = urlsplit(gateway.url)
+    connection = socket.create_connection((address.hostname, address.port), timeout=30)
+    request = f"GET /submit_job/{job_id}?{SMALL} HTTP/1.1\r\nHost: {address.netloc}\r\nAuthorization: token {token}\r\n\r\n"
+    connection.sendall(request.encode())
+    return connection
+
+
+def test_a_waiting_caller_who_hangs_up_frees_its_place_at_once_and_its_job_still_runs(
+    hub: JupyterHubServer, hub_gateway: RunningGateway, dask_gateway_server: DaskGatewayServer, notebook_tokens: dict[str, str], http
+) -> None:
+    token, run = notebook_tokens["alice"], secrets.token_hex(3)
+    connections: list[socket.socket] = []
+    try:
+        with gateways_workers_held(hub, dask_gateway_server):
+            connections += [open_waiting_call(hub_gateway, token, f"hang-{run}-{index}") for index in range(16)]
+            wait_for(lambda: waiting_callers(hub_gateway) == 16, 60, "alice's 16 places to be taken")
+            full = http.get(f"{hub_gateway.url}/submit_job/hang-{run}-16?{SMALL}", headers=as_user(token), timeout=60)
+            assert (full.status_code, full.json()["error"]["code"]) == (429, "too_many_waiting_callers_of_owner")
+
+            connections.pop().close()
+            # Noticed as soon as the closed connection is readable; the bound only reports a failure instead of hanging.
+            # Before, the place stayed taken until the job ended, which the paused workers never let happen here.
+            wait_for(lambda: waiting_callers(hub_gateway) == 15, 10, "the place of the caller who hung up to come free")
+            connections.append(open_waiting_call(hub_gateway, token, f"hang-{run}-16"))
+            wait_for(lambda: waiting_callers(hub_gateway) == 16, 60, "a new caller to take that place")
+    finally:
+        for connection in connections:
+            connection.close()
+    def all_done() -> list[dict[str, Any]]:
+        found = [http.get(f"{hub_gateway.url}/jobs/hang-{run}-{index}", headers=as_user(token), timeout=30).json() for index in range(17)]
+        return found if all(record["status"] == "done" for record in found) else []
+
+    finished = wait_for(all_done, 300, "every job, its caller gone or not, to run")
+    assert [record["owner"] for record in finished] == ["alice"] * 17
+
+
+def test_a_room_of_200_users_each_running_the_readmes_cell_at_once_all_get_done_while_the_probes_answer(
+    hub: JupyterHubServer, hub_gateway: RunningGateway, audited_secrets: list[str], measured
+) -> None:
+    """The README's cell (a waiting /submit_job/my-first-job) by 200 users at once, with tokens scoped as notebooks' are,
+    while the kubelet's probes poll the probe port as deploy_gateway.yaml sends them."""
+    users = [f"room-{index:03d}" for index in range(200)]
+    hub.create_users(users)
+    tokens = {user: hub.new_token(user, scopes=["access:services!service=science-gateway"])[0] for user in users}
+    audited_secrets.extend(tokens.values())
     probes: list[tuple[str, float, int]] = []
     stop_probing = threading.Event()
 
@@ -481,57 +668,29 @@ def test_a_workshop_of_200_callers_from_three_users_never_starves_the_probes(
                     probes.append((path, time.monotonic() - started, status))
                 stop_probing.wait(0.5)
 
-    def caller(index: int) -> list[tuple[str, requests.Response, int]]:
-        """What one caller did: (kind, response, seed) for each request that could be refused or accepted."""
-        owner = owners[index % 3]
-        headers = as_user(tokens[owner])
-        seed = 1000 + index
-        with requests.Session() as session:
-            kind = ("wait", "post", "list", "picture")[index % 4]
-            if kind == "wait":
-                return [(kind, session.get(f"{url}/submit_job/workshop-{run}-{index}?seed={seed}&{SMALL}", headers=headers, timeout=600), seed)]
-            if kind == "post":
-                body = {"job_id": f"workshop-{run}-{index}", "seed": seed, "shape": [100, 100]}
-                posted = session.post(f"{url}/jobs", json=body, headers=headers, timeout=60)
-                # As the example notebook does: poll the job's Location until it is finished.
-                location = f"{url}{posted.headers.get('Location', '')}"
-                while posted.status_code == 202 and session.get(location, headers=headers, timeout=60).json()["status"] in ("queued", "running"):
-                    time.sleep(0.5)
-                return [(kind, posted, seed)]
-            if kind == "list":
-                return [(kind, session.get(f"{url}/jobs?limit=50", headers=headers, timeout=60), seed)]
-            picture = f"{url}/jobs/workshop-{run}-{owner}-picture/preview.png?size=thumbnail"
-            return [(kind, session.get(picture, headers=headers, timeout=120), seed)]
+    def readmes_cell(user: str) -> tuple[requests.Response, float]:
+        answer = requests.get(f"{hub_gateway.url}/submit_job/my-first-job", headers=as_user(tokens[user]), timeout=600)
+        return answer, time.monotonic()
 
     prober = threading.Thread(target=probe)
     prober.start()
+    started = time.monotonic()
     try:
         with ThreadPoolExecutor(200) as pool:
-            answers = [answer for answers in pool.map(caller, range(200)) for answer in answers]
-        accepted = [(response.json(), seed) for kind, response, seed in answers if response.status_code in (200, 202) and kind in ("wait", "post")]
-
-        def finished(job: dict) -> dict:
-            headers = as_user(tokens[job["owner"]])
-            return wait_for(
-                lambda: (record := requests.get(f"{url}/jobs/{job['job_id']}", headers=headers, timeout=30).json())["status"] in FINISHED and record,
-                300, f"job {job['job_id']}",
-            )  # fmt: skip
-
-        jobs = [(finished(job), seed) for job, seed in accepted]
+            answers = dict(zip(users, pool.map(readmes_cell, users), strict=True))
     finally:
         stop_probing.set()
         prober.join()
 
-    refused = [response for _, response, _ in answers if response.status_code == 429]
-    others = [(kind, response.status_code, response.text[:200]) for kind, response, _ in answers if response.status_code not in (200, 202, 429)]
-    assert not others, others
-    assert all(int(response.headers["Retry-After"]) > 0 and response.json()["error"]["setting"].startswith("GATEWAY_") for response in refused)
-    assert all(job["status"] == "done" for job, _ in jobs), [job for job, _ in jobs if job["status"] != "done"][:3]
-    for job, seed in jobs:
-        assert_made_from_its_seed(job["url"], seed)
+    failed = {user: (answer.status_code, answer.text[:200]) for user, (answer, _) in answers.items() if answer.status_code != 200}
+    assert not failed, failed
+    assert all(answer.json()["status"] == "done" and answer.json()["owner"] == user for user, (answer, _) in answers.items())
+    for user in users[::20]:
+        assert_made_from_its_seed(answers[user][0].json()["url"], answers[user][0].json()["seed"])
     slowest = max(seconds for _, seconds, _ in probes)
-    assert all(status == 200 for _, _, status in probes) and slowest < 1.0, sorted(probes, key=lambda probe: -probe[1])[:5]
-    measured(
-        f"workshop: 200 callers of 3 users, {len(jobs)} jobs accepted and done, {len(refused)} refused with 429; "
-        f"{len(probes)} probes, the slowest {slowest:.3f} s"
-    )
+    assert probes and all(status == 200 for _, _, status in probes), probes
+    # The issue's bound for a probe under this load: far below the kubelet's 8 s timeout (deploy_gateway.yaml).
+    assert slowest < 1.0, sorted(probes, key=lambda probe: -probe[1])[:5]
+    last = max(finished for _, finished in answers.values()) - started
+    p99 = float(np.percentile([seconds for _, seconds, _ in probes], 99))
+    measured(f"room of 200 users: 200 of 200 done, the last after {last:.1f} s; {len(probes)} probes, p99 {p99:.3f} s, slowest {slowest:.3f} s")

@@ -1,5 +1,6 @@
 """examples/gateway_demo.ipynb, run top to bottom on a real Jupyter kernel against a gateway and S3 server of the test's."""
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,12 @@ def notebook_gateway(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> I
     yield from serve_for_module(tmp_path_factory, "notebook", f"s3://{BUCKET}")
 
 
-def test_the_notebook_runs_and_plots_the_result(notebook_gateway: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The kernel inherits this environment, as a notebook server's kernels inherit theirs: AWS_* from the s3 fixture.
+def test_the_notebook_runs_and_plots_the_result_with_no_storage_key(
+    notebook_gateway: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel inherits this environment, as a notebook server's kernels inherit theirs: it reads through the gateway alone.
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("GATEWAY_URL", notebook_gateway.url)
 
     notebook = run_example_notebook(tmp_path, monkeypatch)
