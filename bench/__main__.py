@@ -25,8 +25,9 @@ import psutil
 from distributed import Client, LocalCluster
 
 from bench import worker_cpu
-from bench.measure import Run, count_requests, rss_megabytes, run_jobs
+from bench.measure import PeakMemory, Run, count_requests, rss_megabytes, run_jobs
 from bench.report import write_report
+from bench.result_reads import measure_reads
 from bench.workloads import Baseline, Floor, Gateway, ObstoreFloor, Shape
 from bench.workshop import PREVIOUS_DESIGN_ENVIRON, run_workshop
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
@@ -40,6 +41,10 @@ BUCKETS = ("floor", "baseline", "gateway")
 BATCH_SIZES = (8, 16, 32, 64, 128)
 # The room measured before the workshop work: 40 callers of 6000x6000 jobs made 9 of 53 probes fail.
 WORKSHOP_CALLERS, WORKSHOP_SHAPE, WORKSHOP_CHUNKS = 40, (6000, 6000), (1000, 1000)
+# A room of people each running the README's cell at once: the default job, waited on, no second try.
+ROOM_CALLERS = 200
+# A result read whole through http_url and straight from S3, in turns, this many times each.
+READ_SHAPE, READ_CHUNKS, READ_SAMPLES = (10000, 10000), (1000, 1000), 3
 LARGE_JOBS = [((4000, 4000), (100, 100)), ((4000, 4000), (1000, 1000)), ((10000, 10000), (100, 100)), ((10000, 10000), (1000, 1000))]
 # Also written sharded (the gateway's "auto"), against a floor of the same bytes in the same objects.
 SHARDED_LARGE_JOBS = [((10000, 10000), (100, 100))]
@@ -163,6 +168,10 @@ def main() -> int:
         }
 
         results["workshop"] = workshop(served, workdir, quick=args.quick)
+        results["room"] = room(served, gateway_pid, workdir, quick=args.quick)
+        print("reading a result through http_url and straight from S3", flush=True)
+        shape = (2000, 2000) if args.quick else READ_SHAPE
+        results["reads"] = measure_reads(served.url, gateway_pid, job_ids("read", 1)[0], shape, READ_CHUNKS, 1 if args.quick else READ_SAMPLES).to_json()
     finally:
         stop_process(served.process, timeout=120)
         client.close()
@@ -198,6 +207,25 @@ def workshop(served: RunningGateway, workdir: Path, quick: bool) -> list[dict]:
     finally:
         stop_process(previous.process, timeout=120)
     return runs
+
+
+def room(served: RunningGateway, gateway_pid: int, workdir: Path, quick: bool) -> dict:
+    """The README's cell by a room of callers at once, on today's gateway, as written: a 429 is a failure, not a retry.
+
+    The gateway's memory and CPU while the room waits are what a waiting caller costs: a request thread blocked on its job's event.
+    """
+    callers = 20 if quick else ROOM_CALLERS
+    print(f"room: {callers} callers at once, each waiting on the default job", flush=True)
+    ids = job_ids("room", callers)
+    gateway = psutil.Process(gateway_pid)
+    rss_before, cpu_before = rss_megabytes(gateway_pid), sum(gateway.cpu_times()[:2])
+    memory = PeakMemory(gateway)
+    run = run_workshop("room", served.url, served.probe_url, ids, (1000, 1000), (100, 100), try_again=False).to_json()
+    run |= {"rss_mb_before": rss_before, "rss_mb_peak": memory.stop(), "cpu_seconds": sum(gateway.cpu_times()[:2]) - cpu_before}
+    for job_id in ids:
+        shutil.rmtree(workdir / "s3" / "gateway" / job_id, ignore_errors=True)
+    print(f"  {run['jobs_done']} of {callers} done, the last after {run['wall_seconds']:.1f} s; probe p99 {run['probe_p99_seconds']:.3f} s", flush=True)
+    return run
 
 
 def large_jobs(floor: Floor, gateway: Gateway, sharded: Gateway, data_dir: Path) -> list[dict]:

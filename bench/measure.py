@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -111,3 +112,29 @@ def count_requests(s3: LocalS3, log_file: Path, run_job: Callable[[str], None], 
 
 def rss_megabytes(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
+
+
+# How often a process's memory is sampled while something runs.
+SAMPLE_SECONDS = 0.05
+
+
+class PeakMemory:
+    """The most resident memory of a process, in MB, sampled in a thread from creation until :meth:`stop`."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self._process = process
+        self._peak = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while True:
+            self._peak = max(self._peak, self._process.memory_info().rss / 2**20)
+            if self._done.wait(SAMPLE_SECONDS):
+                return
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self._peak
