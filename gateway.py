@@ -123,15 +123,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         workers=lambda: readiness.current().get("cluster", {}).get("workers", 0),
         stored_bytes=lambda: jobs.stored_bytes(),
         waiting_callers=lambda: waiting.taken,
-        result_reads=lambda: read_places.taken,
+        result_reads=lambda: reads.places.taken,
     )
     readiness = Readiness(lambda: _check_readiness(cluster, store, metrics))
     jobs = JobManager(cluster, store, settings, metrics)
     callers = HubCallers(settings) if settings.auth == "jupyterhub" else None
     browser_login = BrowserLogin(settings) if callers is not None and settings.oauth_callback_url else None
     waiting = Places("waiting_callers", settings.max_waiting_callers, settings.max_waiting_callers_per_owner)
-    read_places = Places("reads", None, settings.max_reads_per_owner, patience=READ_PATIENCE_SECONDS)
-    reads = ResultReads(store.url, read_places)
+    reads = ResultReads(store.url, Places("reads", settings.max_reads, settings.max_reads_per_owner, patience=READ_PATIENCE_SECONDS))
     gateway = GatewayServices(settings, cluster, store, jobs, metrics, callers, browser_login, waiting, HangUpWatch(), reads, readiness)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -325,6 +324,10 @@ def submit_job(job_id: str) -> Any:
     owner = _caller().name
     if not wait:
         return _submitted(jobs.submit(job_id, spec, owner, ttl, left_to_gateway)[0])
+    # A cell run again gets its finished job at once, whatever the cluster or the waiting room.
+    repeated = jobs.repeat_of(job_id, spec, owner, ttl, left_to_gateway)
+    if repeated is not None and repeated.status == DONE:
+        return jsonify(_job_json(repeated))
     # A caller who waits learns at once that there is no cluster, rather than after a long wait.
     gateway.cluster.raise_if_failing()
     timeout = gateway.settings.job_timeout
@@ -439,7 +442,7 @@ def read_result(job_id: str, owner: str | None, key: str) -> Any:
     gateway = _services()
     _query(())
     record = gateway.jobs.get(_job_key(job_id, owner))
-    return gateway.reads.response(record, _job_json(record), key, request)
+    return gateway.reads.response(record, _job_json(record), key, request, _caller().name, _connection())
 
 
 @routes.delete("/jobs/<job_id:job_id>", defaults={"owner": None})
@@ -528,10 +531,12 @@ def _html_pattern(pattern: str) -> str:
 
 def _jobs_page(gateway: GatewayServices) -> Response:
     recent, _ = gateway.jobs.list(None, PAGE_JOBS, None, _visible_to())
-    placeholder = {**JobRecord(job_id="", spec=RandomArraySpec(seed=0), url="").to_json(), "http_url": ""}
+    placeholder = {**JobRecord(job_id="", spec=RandomArraySpec(seed=0), url="").to_json(), "http_url": "", "page_url": ""}
+    # Each row links to its job on this host: at /users/<owner>/ for an owner's, so that an admin's links reach it too.
+    rows = [{**_job_json(record), "page_url": url_for("gateway.get_job", owner=record.owner, job_id=record.job_id)} for record in recent]
     html = render_template(
         "jobs.html",
-        jobs=[_job_json(record) for record in recent],
+        jobs=rows,
         placeholder=placeholder,
         jobs_url=url_for("gateway.list_jobs"),
         page_size=PAGE_JOBS,

@@ -49,27 +49,34 @@ class Places:
     gateway without authentication) against ``total`` alone. One owner's
     requests never take more than their share, so they never take another
     owner's place while the total has room. A request beyond a limit waits up
-    to ``patience`` seconds for a place to come free, then is refused with 429.
+    to ``patience`` seconds for a place to come free, if fewer than ``total``
+    requests wait already (each waits in a request thread), then is refused with 429.
     """
 
-    def __init__(self, kind: str, total: int | None, per_owner: int | None, patience: float = 0.0) -> None:
+    def __init__(self, kind: str, total: int, per_owner: int | None, patience: float = 0.0) -> None:
         self.kind = kind
         self.total = total
         self.per_owner = per_owner
         self._patience = patience
         self._changed = threading.Condition()
         self._taken = 0
+        self._waiting = 0
         self._by_owner: dict[str, int] = {}
 
     @property
     def taken(self) -> int:
         return self._taken
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a place now."""
+        return self._waiting
+
     def _refusal(self, owner: str | None) -> tuple[str, int, str] | None:
         """The limit a new place of ``owner`` would pass (its code, value and setting), or None; called with the lock held."""
         if self.per_owner is not None and owner is not None and self._by_owner.get(owner, 0) >= self.per_owner:
             return f"too_many_{self.kind}_of_owner", self.per_owner, f"GATEWAY_MAX_{self.kind.upper()}_PER_OWNER"
-        if self.total is not None and self._taken >= self.total:
+        if self._taken >= self.total:
             return f"too_many_{self.kind}", self.total, f"GATEWAY_MAX_{self.kind.upper()}"
         return None
 
@@ -77,7 +84,12 @@ class Places:
     def place(self, owner: str | None, advice: str, retry_after: int = RETRY_AFTER_SECONDS) -> Iterator[None]:
         """Hold a place of ``owner`` for the duration; :class:`AdmissionRefused` if none comes free in time."""
         with self._changed:
-            self._changed.wait_for(lambda: self._refusal(owner) is None, self._patience)
+            if self._patience and self._waiting < self.total and self._refusal(owner) is not None:
+                self._waiting += 1
+                try:
+                    self._changed.wait_for(lambda: self._refusal(owner) is None, self._patience)
+                finally:
+                    self._waiting -= 1
             refusal = self._refusal(owner)
             if refusal is not None:
                 code, limit, setting = refusal

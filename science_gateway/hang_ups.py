@@ -7,7 +7,9 @@ not when its job ends. The gateway learns of a closed connection only by
 reading from it: one thread watches the connections of every waiting caller
 with one selector and wakes the caller whose peer has closed. gunicorn and
 Werkzeug's own server give the WSGI app the connection; a caller who waits
-without one (Flask's test client) waits as before.
+without one (Flask's test client) waits as before, and so does one whose
+connection becomes readable with bytes of a next request: the watch lets go of
+it, reading nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -43,6 +46,7 @@ class HangUpWatch:
         # Written to when a connection is added, so that a select() begun before sees it.
         self._nudge_receiver, self._nudge_sender = socket.socketpair()
         self._nudge_receiver.setblocking(False)
+        self._nudge_sender.setblocking(False)
         self._selector.register(self._nudge_receiver, selectors.EVENT_READ)
         self._thread: threading.Thread | None = None
 
@@ -57,29 +61,44 @@ class HangUpWatch:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="hang-up-watch", daemon=True)
                 self._thread.start()
-            self._selector.register(connection, selectors.EVENT_READ, waiter)
-        self._nudge_sender.send(b"\0")
+            key = self._selector.register(connection, selectors.EVENT_READ, waiter)
+        try:
+            self._nudge_sender.send(b"\0")
+        except BlockingIOError:
+            pass  # nudges are waiting to be read already: the watch looks again anyway
         try:
             yield waiter
         finally:
             with self._lock:
-                # The watch may have let go of it already, when it closed or sent more.
-                if connection.fileno() in self._selector.get_map():
-                    self._selector.unregister(connection)
+                # The watch may have let go of it already, when it closed or sent more; the key, not the
+                # connection's number, says whether this registration is still there (a closed socket has none).
+                if self._selector.get_map().get(key.fd) is key:
+                    self._selector.unregister(key.fileobj)
 
     def _watch(self) -> None:
         while True:
-            for key, _ in self._selector.select():
-                if key.data is None:
+            try:
+                self._look()
+            except Exception:
+                # The watch must outlive any one connection's trouble: without it no place comes free early.
+                logger.exception("watching the waiting callers' connections failed; watching on in a second")
+                time.sleep(1)
+
+    def _look(self) -> None:
+        for key, _ in self._selector.select():
+            if key.data is None:
+                try:
                     self._nudge_receiver.recv(4096)
+                except BlockingIOError:
+                    pass
+                continue
+            with self._lock:
+                # Let go before the caller's own finally can, and never after the socket went back to the server.
+                if self._selector.get_map().get(key.fd) is not key:
                     continue
-                with self._lock:
-                    # Let go before the caller's own finally can, and never after the socket went back to the server.
-                    if self._selector.get_map().get(key.fd) is not key:
-                        continue
-                    self._selector.unregister(key.fileobj)
-                if _has_closed(key.fileobj):  # type: ignore[arg-type]  # only sockets are registered
-                    key.data.hang_up()
+                self._selector.unregister(key.fileobj)
+            if _has_closed(key.fileobj):  # type: ignore[arg-type]  # only sockets are registered
+                key.data.hang_up()
 
 
 def _has_closed(connection: socket.socket) -> bool:
@@ -91,3 +110,6 @@ def _has_closed(connection: socket.socket) -> bool:
     except OSError:
         # A reset connection is as gone as a closed one.
         return True
+    except ValueError:
+        # A TLS socket refuses to peek; such a caller waits as one without a connection to watch.
+        return False

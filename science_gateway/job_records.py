@@ -203,8 +203,11 @@ def trusted_records(stored: Mapping[str, bytes], url_for: Callable[[str], str]) 
     """The stored records (by name under the records prefix) that this service could have written, one per job and place.
 
     A job stored under both its old and its own name (a rename cut short) is the
-    one under its own name. Two records claiming one place would let a DELETE of
-    one remove the other's result: the one under its own name, or else the older, is kept.
+    one under its own name. A place is what a DELETE of its job removes and what
+    a read of its result reaches: two records claiming one place are both
+    skipped, and so is a record whose place holds another's (a job whose id was
+    an owner's name, over that owner's results of the layout before ``.users``).
+    An operator finds each in the log.
     """
     skipped: list[str] = []
     candidates = []
@@ -213,27 +216,33 @@ def trusted_records(stored: Mapping[str, bytes], url_for: Callable[[str], str]) 
             candidates.append((name, record_from_stored(name, content, url_for)))
         except InvalidRecord as exc:
             skipped.append(str(exc))
-    # Records under their own names first: those are what this version wrote last.
+    # Records under their own names first: of one job's two, that is the one this version wrote last.
     candidates.sort(key=lambda candidate: (candidate[0] != candidate[1].record_name, sort_key(candidate[1])))
-    records: dict[JobKey, JobRecord] = {}
-    places: dict[str, JobKey] = {}
+    records: dict[JobKey, tuple[str, JobRecord]] = {}
     renames: list[tuple[str, JobRecord | None]] = []
     for name, record in candidates:
-        own_name = name == record.record_name
-        if record.key in records:
-            if own_name:
-                skipped.append(f"job record {name!r} is a second record of job {record.key}")
-            else:
-                renames.append((name, None))
+        if record.key not in records:
+            records[record.key] = (name, record)
+        elif name == record.record_name:
+            skipped.append(f"job record {name!r} is a second record of job {record.key}")
+        else:
+            renames.append((name, None))
+    # Each place, and each of the places above it, with the records whose places are there.
+    claims: dict[str, list[str]] = {}
+    for name, record in records.values():
+        parts = record.place.split("/")
+        for depth in range(1, len(parts) + 1):
+            claims.setdefault("/".join(parts[:depth]), []).append(name)
+    trusted = []
+    for name, record in records.values():
+        others = [other for other in claims[record.place] if other != name]
+        if others:
+            skipped.append(f"job record {name!r} claims place {record.place!r}, which holds the result of {', '.join(map(repr, others))}")
             continue
-        if record.place in places:
-            skipped.append(f"job record {name!r} claims the place of job {places[record.place]}, {record.place!r}")
-            continue
-        records[record.key] = record
-        places[record.place] = record.key
-        if not own_name:
+        trusted.append(record)
+        if name != record.record_name:
             renames.append((name, record))
-    return TrustedRecords(sorted(records.values(), key=sort_key), skipped, renames)
+    return TrustedRecords(sorted(trusted, key=sort_key), skipped, renames)
 
 
 def _is_time_or_none(value: Any) -> bool:

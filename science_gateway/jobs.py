@@ -110,6 +110,8 @@ class JobManager:
         self._queue: FairQueue[JobKey] = FairQueue()
         # Jobs being submitted or deleted: reserved, so that the two never interleave on one job.
         self._reserved: set[JobKey] = set()
+        # The jobs being submitted, not yet queued: the limits count them as queued.
+        self._submitting: dict[JobKey, RandomArraySpec] = {}
         # Every job a runner has taken; its tasks once they are sent to the cluster.
         self._running: dict[JobKey, ChunkWrites | None] = {}
         self._cancel_requested: set[JobKey] = set()
@@ -261,20 +263,17 @@ class JobManager:
         place = place_for(job_id, owner)
         url = self._store.url_for(place)
         with self._lock:
-            if self._drain_deadline is not None:
-                raise GatewayStopping("the gateway is stopping and takes no new jobs; submit the job again in a minute")
             # A submission or deletion of this job under way decides what this one finds.
             self._lock.wait_for(lambda: key not in self._reserved)
+            if (repeated := self._repeated(key, spec, ttl, left_to_gateway)) is not None:
+                return repeated, False
+            if self._drain_deadline is not None:
+                raise GatewayStopping("the gateway is stopping and takes no new jobs; submit the job again in a minute")
             previous = self._records.get(key)
-            if previous is not None and previous.status not in RESUBMITTABLE:
-                requested = {**spec.to_json(), "ttl": ttl}
-                differing = differences({**previous.spec.to_json(), "ttl": previous.ttl}, requested, left_to_gateway)
-                if differing:
-                    raise JobAlreadyExists(job_id, previous.url, differing)
-                return replace(previous), False
             self._admit(owner, spec)
             # Reserved until its record is saved: a concurrent submission of this job waits for it.
             self._reserved.add(key)
+            self._submitting[key] = spec
         try:
             if previous is not None:
                 self._store.delete(previous.place)
@@ -289,34 +288,60 @@ class JobManager:
         finally:
             with self._lock:
                 self._reserved.discard(key)
+                del self._submitting[key]
                 self._changed(key)
         self._metrics.jobs_submitted.inc()
         logger.info("job %s submitted: %s", key, spec.to_json(), extra=job_event_fields(job_id, "submitted", QUEUED))
         return queued, True
 
+    def repeat_of(
+        self, job_id: str, spec: RandomArraySpec, owner: str | None, ttl: int | None, left_to_gateway: Collection[str] = ()
+    ) -> JobRecord | None:
+        """``owner``'s job of this id if a submission of these parameters would return it (it is queued, running
+        or done with them), as :meth:`submit` decides; None if it would queue a new job."""
+        self._require_loaded()
+        key = JobKey(owner, validate_job_id(job_id))
+        with self._lock:
+            self._lock.wait_for(lambda: key not in self._reserved)
+            return self._repeated(key, spec, ttl, left_to_gateway)
+
+    def _repeated(self, key: JobKey, spec: RandomArraySpec, ttl: int | None, left_to_gateway: Collection[str]) -> JobRecord | None:
+        """The job a submission of these parameters repeats, or None; :class:`JobAlreadyExists` for other parameters. Lock held."""
+        previous = self._records.get(key)
+        if previous is None or previous.status in RESUBMITTABLE:
+            return None
+        requested = {**spec.to_json(), "ttl": ttl}
+        differing = differences({**previous.spec.to_json(), "ttl": previous.ttl}, requested, left_to_gateway)
+        if differing:
+            raise JobAlreadyExists(key.job_id, previous.url, differing)
+        return replace(previous)
+
     def _admit(self, owner: str | None, spec: RandomArraySpec) -> None:
         """:class:`AdmissionRefused` if a job of ``owner`` would be over a limit on queued jobs or stored bytes; called with the lock held."""
         settings = self._settings
+        # Submissions under way count as queued: a burst of them must not pass a limit together.
+        submitting = [pending for key, pending in self._submitting.items() if key.owner == owner]
         if settings.owner_quota_bytes is not None:
-            used, _ = self._usage(owner)
+            used = self._usage(owner)[0] + sum(pending.nbytes for pending in submitting)
             if used + spec.nbytes > settings.owner_quota_bytes:
                 raise AdmissionRefused(
                     "quota_exceeded", f"{owner or 'this gateway'} has {used} bytes of results done, queued or running, "
                     f"and this job adds {spec.nbytes}", settings.owner_quota_bytes, "GATEWAY_OWNER_QUOTA_BYTES",
                     "delete finished jobs (DELETE /jobs/<id>) or submit a smaller one", usage=used,
                 )  # fmt: skip
-        if len(self._queue) >= settings.max_queued_jobs:
+        queued = len(self._queue) + len(self._submitting)
+        if queued >= settings.max_queued_jobs:
             raise AdmissionRefused(
-                "too_many_queued_jobs", f"{len(self._queue)} jobs are queued", settings.max_queued_jobs,
+                "too_many_queued_jobs", f"{queued} jobs are queued", settings.max_queued_jobs,
                 "GATEWAY_MAX_QUEUED_JOBS", "submit it again once some have started",
             )  # fmt: skip
         # Without authentication every caller is one owner: the queue's limit is the only one.
         if owner is None:
             return
-        running = sum(key.owner == owner for key in self._running)
-        if self._queue.count(owner) + running >= settings.max_jobs_per_owner:
+        held = self._queue.count(owner) + len(submitting) + sum(key.owner == owner for key in self._running)
+        if held >= settings.max_jobs_per_owner:
             raise AdmissionRefused(
-                "too_many_jobs_of_owner", f"{owner} has {self._queue.count(owner) + running} jobs queued or running",
+                "too_many_jobs_of_owner", f"{owner} has {held} jobs queued or running",
                 settings.max_jobs_per_owner, "GATEWAY_MAX_JOBS_PER_OWNER", "submit it again once one of them has finished",
             )  # fmt: skip
 
@@ -436,10 +461,15 @@ class JobManager:
                     self._queue.remove(key)
                     cancelled = self._records[key] = finish(record, CANCELLED)
                     self._changed(key)
-                else:
-                    self._reserved.add(key)
+                # Reserved while the store changes: a resubmission of its id must not write its record first.
+                self._reserved.add(key)
             if record.status == QUEUED:
-                self._save_quietly(cancelled)
+                try:
+                    self._save_quietly(cancelled)
+                finally:
+                    with self._lock:
+                        self._reserved.discard(key)
+                        self._changed(key)
                 return replace(cancelled)
             self._delete_reserved(record)
         logger.info("job %s deleted", key)

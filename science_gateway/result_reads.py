@@ -8,19 +8,25 @@ shard's index and inner chunks by byte range. Who may read is decided before
 this module is asked (``gateway.py``: another user's job is not found); here,
 which objects and which bytes:
 
-- only objects inside the job's own place, by keys of plain path segments;
+- only the objects of a job's Zarr group: its metadata documents and its array's
+  objects under ``data/``, by keys of plain path segments inside the job's own place;
 - ``Range`` of one part (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``), answered
   ``206`` with ``Content-Range``, or ``416`` beyond the object; a range of
   several parts, or one that ``If-Range`` says is stale, gets the whole object;
 - ``ETag`` and ``Last-Modified`` from the store, ``304`` for a matching ``If-None-Match``;
 - bodies streamed a block at a time, never a whole object in memory;
-- at most ``GATEWAY_MAX_READS_PER_OWNER`` objects of one owner at once: one
-  more waits briefly for a place, then gets ``429``.
+- at most ``GATEWAY_MAX_READS`` objects sent at once, ``GATEWAY_MAX_READS_PER_OWNER``
+  to one reader: one more waits briefly for a place, then gets ``429``; the place
+  is held until the body is sent or the reader has gone, and a reader that takes
+  no block for ``SEND_TIMEOUT_SECONDS`` is cut off, so that no stalled reader holds
+  a thread for ever.
 """
 
 from __future__ import annotations
 
 import re
+import socket
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -31,14 +37,16 @@ from .admission import Places
 from .errors import GatewayError
 from .job_records import DONE, JobRecord
 from .object_reads import ObjectInfo, ObjectReader, RangeNotSatisfiable, http_date
-from .results_store import StorageError, describe_storage_failure
+from .results_store import ARRAY_NAME, StorageError, describe_storage_failure
 
-# A key is plain path segments: nothing can climb out of the job's place.
-KEY_PATTERN = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 # Zarr's metadata documents, by name; every other object is bytes.
 METADATA_NAMES = ("zarr.json", ".zmetadata", ".zgroup", ".zarray", ".zattrs")
+# A key is a metadata document of the group, or plain path segments under its array: nothing climbs out of the job's place.
+KEY_PATTERN = re.compile(rf"(?:{'|'.join(map(re.escape, METADATA_NAMES))}|{ARRAY_NAME}/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*)")
 # What a refused read is told to wait: reads are short, a place comes free soon.
 READ_RETRY_SECONDS = 1
+# A reader that takes no block of an object for this long is cut off: a block (1 MiB) at 17 kB/s at least.
+SEND_TIMEOUT_SECONDS = 60
 
 
 class ResultObjectNotFound(GatewayError, LookupError):
@@ -78,30 +86,36 @@ class ResultReads:
 
     def __init__(self, results_url: str, places: Places) -> None:
         self._objects = ObjectReader(results_url)
-        self._places = places
+        self.places = places
 
-    def response(self, record: JobRecord, job_json: dict[str, Any], key: str, request: Request) -> Response:
-        """The answer to a GET or HEAD of ``key`` under the result of ``record`` (whose JSON is ``job_json``)."""
+    def response(
+        self, record: JobRecord, job_json: dict[str, Any], key: str, request: Request, reader: str | None, connection: socket.socket | None
+    ) -> Response:
+        """The answer to ``reader``'s GET or HEAD of ``key`` under the result of ``record`` (whose JSON is ``job_json``).
+
+        ``connection`` is the reader's socket, where the server gives it: a send to it that stalls is cut off.
+        """
         if not KEY_PATTERN.fullmatch(key) or any(part in (".", "..") for part in key.split("/")):
             raise ResultObjectNotFound(f"the result of job {record.job_id!r} has no object {key[:100]!r}; its objects are such as zarr.json")
         if record.status != DONE:
             raise JobNotDone(f"job {record.job_id!r} is {record.status}; its result can be read once it is done", job_json)
         held = ExitStack()
-        held.enter_context(
-            self._places.place(record.owner, "read fewer objects at once (zarr: the async.concurrency setting)", retry_after=READ_RETRY_SECONDS)
-        )
+        held.enter_context(self.places.place(reader, "read fewer objects at once (zarr: the async.concurrency setting)", retry_after=READ_RETRY_SECONDS))
         try:
-            response = self._answer(f"{record.place}/{key}", key, request)
+            response = self._answer(f"{record.place}/{key}", key, request, held.close)
         except BaseException:
             held.close()
             raise
-        # The place is held until the body has been sent, or the caller has gone.
-        response.call_on_close(held.close)
+        if not response.direct_passthrough:
+            # Nothing left to send (HEAD, 304): the place comes free now; a body's is given back by the body.
+            held.close()
+        elif connection is not None:
+            connection.settimeout(SEND_TIMEOUT_SECONDS)
         return response
 
-    def _answer(self, path: str, key: str, request: Request) -> Response:
+    def _answer(self, path: str, key: str, request: Request, release: Callable[[], None]) -> Response:
         try:
-            return self._send(path, key, request)
+            return self._send(path, key, request, release)
         except FileNotFoundError:
             raise ResultObjectNotFound(f"the result has no object {key!r}") from None
         except RangeNotSatisfiable as exc:
@@ -111,7 +125,7 @@ class ResultReads:
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"reading {key!r} of a result failed", exc)) from exc
 
-    def _send(self, path: str, key: str, request: Request) -> Response:
+    def _send(self, path: str, key: str, request: Request, release: Callable[[], None]) -> Response:
         byte_range = _one_range(request)
         if request.method == "HEAD" or request.if_none_match or request.if_range.etag or request.if_range.date:
             info = self._objects.info(path)
@@ -124,19 +138,41 @@ class ResultReads:
                 response.content_length = info.size
                 return response
         read = self._objects.read(path, byte_range)
-
-        def blocks() -> Any:
-            try:
-                yield from read.blocks
-            finally:
-                read.close()
-
+        # Passed through to the server as it is, which closes it when the body is sent or the reader has gone.
+        body = Body(read.blocks, [read.close, release])
         partial = byte_range is not None
-        response = _headers(Response(blocks(), status=206 if partial else 200, direct_passthrough=True), read.info, key)
+        response = _headers(Response(body, status=206 if partial else 200, direct_passthrough=True), read.info, key)
         response.content_length = read.stop - read.start
         if partial:
             response.headers["Content-Range"] = f"bytes {read.start}-{read.stop - 1}/{read.info.size}"
         return response
+
+
+class Body:
+    """An object's blocks as the server sends them: what they hold is given back after the last block or at close, whichever comes first.
+
+    A WSGI server closes a body whether it was sent whole or its reader went away; a
+    client that reads it whole and never closes it (Werkzeug's test client) gives it back too.
+    """
+
+    def __init__(self, blocks: Iterator[bytes], on_close: list[Callable[[], None]]) -> None:
+        self._blocks = blocks
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._blocks)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
 
 
 def _one_range(request: Request) -> str | None:

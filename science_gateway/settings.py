@@ -44,8 +44,9 @@ class Settings:
     # A room of 200 people running the README's cell at once all wait, each user at most 16 times.
     max_waiting_callers: int = 256
     max_waiting_callers_per_owner: int = 16
-    # Objects of results one owner's readers are sent at once (one notebook's reads: up to aiohttp's 100 connections).
-    max_reads_per_owner: int = 64
+    # Objects of results sent at once, all readers' and one owner's; as many more may wait a moment for a place.
+    max_reads: int = 64
+    max_reads_per_owner: int = 32
     # Seconds a finished job's result and record are kept (None: until deleted), and the most a job may ask for.
     result_ttl: int | None = None
     max_result_ttl: int | None = None
@@ -226,6 +227,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_waiting_callers_per_owner=_positive_number(
             environ, "GATEWAY_MAX_WAITING_CALLERS_PER_OWNER", _DEFAULTS.max_waiting_callers_per_owner, int
         ),
+        max_reads=_positive_number(environ, "GATEWAY_MAX_READS", _DEFAULTS.max_reads, int),
         max_reads_per_owner=_positive_number(environ, "GATEWAY_MAX_READS_PER_OWNER", _DEFAULTS.max_reads_per_owner, int),
         **_expiry_settings(environ),
         owner_quota_bytes=_optional_positive(environ, "GATEWAY_OWNER_QUOTA_BYTES"),

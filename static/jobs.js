@@ -6,9 +6,10 @@ function jobsUrl() {
   return document.body.dataset.jobsUrl;
 }
 
-// A job's own address: its result's (http_url) without "/result"; another owner's job is under /users/<owner>/.
+// A job's own address on this page's host: its result's (http_url) path without "/result"; another owner's job
+// is under /users/<owner>/.
 function jobUrl(job) {
-  return job.http_url.replace(/\/result$/, "");
+  return new URL(job.http_url).pathname.replace(/\/result$/, "");
 }
 
 function formatSeconds(seconds) {

@@ -16,7 +16,7 @@ from flask import Flask
 
 from conftest import BUCKET
 from gateway import services
-from helpers import assert_made_from_its_seed, running_app, wait_for
+from helpers import assert_made_from_its_seed, running_app, wait_for, workers_held
 from science_gateway.admission import AdmissionRefused
 from science_gateway.job_parameters import RandomArraySpec
 from science_gateway.job_records import DONE, RUNNING
@@ -74,9 +74,12 @@ def test_a_running_job_never_expires_and_the_next_gateway_deletes_what_expired_w
     first = manager_on(app, prefix, expiry_interval=0.2)
     first.start()
     try:
-        slow, _ = first.submit("slow", RandomArraySpec(seed=6, shape=(4000, 4000), chunks=(500, 500)), ttl=1)
-        running = wait_for(lambda: (record := first.get(slow.key)).status == RUNNING and record, 60, "the slow job to start")
-        assert running.expires_at is None, "a job that has not finished has no expiry time, whatever its ttl"
+        # Held on paused workers, the job runs past its ttl of 1 s however fast the machine.
+        with workers_held(services(app).cluster.client()):
+            slow, _ = first.submit("slow", RandomArraySpec(seed=6, shape=(400, 400), chunks=(100, 100)), ttl=1)
+            running = wait_for(lambda: (record := first.get(slow.key)).status == RUNNING and record, 60, "the job to start")
+            wait_for(lambda: datetime.fromisoformat(running.started_at) + timedelta(seconds=2) < datetime.now(UTC), 10, "its ttl to pass")
+            assert first.get(slow.key).status == RUNNING and first.get(slow.key).expires_at is None, "a running job never expires"
         done = first.wait(slow.key)
         assert done.status == DONE, done.error
     finally:

@@ -30,6 +30,7 @@ from helpers import (
     listing,
     running_app,
     wait_for,
+    workers_held,
 )  # fmt: skip
 from science_gateway.admission import AdmissionRefused
 from science_gateway.job_parameters import RandomArraySpec
@@ -104,17 +105,20 @@ def test_a_repeat_is_the_same_job_and_other_parameters_are_409_naming_each_and_t
 
 
 def test_concurrent_submissions_of_one_id_run_one_job_and_all_get_it(app: Flask, results_fs, job_id: str) -> None:
-    def submit(index: int):
-        if index % 2:
-            return app.test_client().post("/jobs", json={"job_id": job_id, "seed": 11})
+    """Held on the workers until every submission has answered or waits: the POSTs find it queued or running."""
+
+    def waits(_: int):
         return app.test_client().get(f"/submit_job/{job_id}?seed=11")
 
-    with ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(submit, range(16)))
-    waited = [response for index, response in enumerate(responses) if index % 2 == 0]
-    posted = [response for index, response in enumerate(responses) if index % 2]
+    with ThreadPoolExecutor(8) as pool:
+        with workers_held(services(app).cluster.client()):
+            waited_for = [pool.submit(waits, index) for index in range(8)]
+            with ThreadPoolExecutor(8) as posting:
+                posted = list(posting.map(lambda _: app.test_client().post("/jobs", json={"job_id": job_id, "seed": 11}), range(8)))
+        waited = [answer.result(timeout=120) for answer in waited_for]
+    responses = waited + posted
     assert [response.status_code for response in waited] == [200] * 8
-    assert {response.status_code for response in posted} <= {200, 202} and len(posted) == 8
+    assert [response.status_code for response in posted] == [202] * 8
     assert {response.json["submitted_at"] for response in responses} == {waited[0].json["submitted_at"]}, "one job"
     assert len([p for p in results_fs.find(f"{BUCKET}/{job_id}/data") if "/c." in p]) == expected_objects(waited[0].json)
     assert_made_from_its_seed(waited[0].json["url"], 11)
@@ -243,19 +247,25 @@ def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the
     small = RandomArraySpec(seed=4, shape=(10, 10), chunks=(10, 10))
     contested = JobKey(None, "contested")
     outcomes: list[str] = []
+    failures: list[BaseException] = []
 
     def resubmit(start: threading.Barrier) -> None:
-        start.wait()
-        _, new = manager.submit("contested", small)
-        outcomes.append("submitted" if new else "the same job")
+        try:
+            start.wait()
+            _, new = manager.submit("contested", small)
+            outcomes.append("submitted" if new else "the same job")
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test's own thread to fail on
+            failures.append(exc)
 
     def delete(start: threading.Barrier) -> None:
-        start.wait()
         try:
+            start.wait()
             manager.cancel_or_delete(contested)
             outcomes.append("deleted or cancelled")
         except JobNotFound:
             outcomes.append("already gone")
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test's own thread to fail on
+            failures.append(exc)
 
     try:
         for round in range(30):
@@ -270,6 +280,7 @@ def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the
                 racer.start()
             for racer in racers:
                 racer.join(timeout=60)
+            assert not failures and not any(racer.is_alive() for racer in racers), failures
             try:
                 final = manager.wait(contested)
             except JobNotFound:
@@ -290,12 +301,13 @@ def test_alices_burst_delays_bobs_job_by_one_job_at_most(app: Flask) -> None:
     manager.start()
     small = RandomArraySpec(seed=1, shape=(100, 100), chunks=(10, 10))
     try:
-        # A long first job holds the one slot while the burst queues.
-        alices = [manager.submit(None, RandomArraySpec(seed=1, shape=(8000, 8000), chunks=(500, 500), dtype="float64"), "alice")[0].key]
-        wait_for(lambda: manager.get(alices[0]).status == RUNNING, timeout=60, what="alice's first job to start")
-        alices += [manager.submit(None, small, "alice")[0].key for _ in range(11)]
-        bobs = manager.submit(None, small, "bob")[0].key
-        bob_queued_by = datetime.now(UTC).isoformat(timespec="microseconds")
+        # Alice's first job holds the one slot, on paused workers, while the burst queues.
+        with workers_held(services(app).cluster.client()):
+            alices = [manager.submit(None, small, "alice")[0].key]
+            wait_for(lambda: manager.get(alices[0]).status == RUNNING, timeout=60, what="alice's first job to start")
+            alices += [manager.submit(None, small, "alice")[0].key for _ in range(11)]
+            bobs = manager.submit(None, small, "bob")[0].key
+            bob_queued_by = datetime.now(UTC).isoformat(timespec="microseconds")
         finished = [manager.wait(key) for key in [*alices, bobs]]
     finally:
         manager.close()
@@ -311,19 +323,43 @@ def test_alices_burst_delays_bobs_job_by_one_job_at_most(app: Flask) -> None:
 def test_an_owner_over_the_cap_of_queued_and_running_jobs_is_refused_and_others_are_not(app: Flask) -> None:
     manager = manager_on(app, f"s3://{BUCKET}/cap-{uuid.uuid4().hex[:8]}", max_running_jobs=1, max_jobs_per_owner=3)
     manager.start()
-    slow = RandomArraySpec(seed=1, shape=(4000, 4000), chunks=(500, 500))
+    small = RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10))
     try:
-        alices = [manager.submit(None, slow, "alice")[0].key for _ in range(3)]
-        with pytest.raises(AdmissionRefused, match="GATEWAY_MAX_JOBS_PER_OWNER") as refused:
-            manager.submit(None, slow, "alice")
-        bobs = manager.submit(None, RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), "bob")[0].key
-        for key in alices:
-            manager.cancel_or_delete(key)
+        # Held on paused workers: none of alice's three can finish while the fourth is refused.
+        with workers_held(services(app).cluster.client()):
+            alices = [manager.submit(None, small, "alice")[0].key for _ in range(3)]
+            with pytest.raises(AdmissionRefused, match="GATEWAY_MAX_JOBS_PER_OWNER") as refused:
+                manager.submit(None, small, "alice")
+            bobs = manager.submit(None, RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), "bob")[0].key
+            for key in alices:
+                manager.cancel_or_delete(key)
         assert manager.wait(bobs).status == DONE
-        assert manager.submit(None, slow, "alice"), "finished jobs no longer count"
+        assert manager.submit(None, small, "alice")[1], "cancelled jobs no longer count"
     finally:
         manager.close()
     assert (refused.value.code, refused.value.limit) == ("too_many_jobs_of_owner", 3)
+
+
+@pytest.mark.parametrize(("limit", "burst"), [({"max_jobs_per_owner": 2}, "too_many_jobs_of_owner"), ({"owner_quota_bytes": 800}, "quota_exceeded")])
+def test_a_burst_of_concurrent_submissions_by_one_owner_never_passes_a_limit_together(app: Flask, limit: dict, burst: str) -> None:
+    """Held on paused workers, none of the accepted jobs can finish and free its share while the burst arrives."""
+    manager = manager_on(app, f"s3://{BUCKET}/burst-{uuid.uuid4().hex[:8]}", **limit)
+    manager.start()
+    small = RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10))  # 400 bytes: two fit in the quota
+
+    def submit(index: int) -> str:
+        try:
+            manager.submit(f"burst-{index}", small, "alice")
+        except AdmissionRefused as refused:
+            return refused.code
+        return "accepted"
+
+    try:
+        with workers_held(services(app).cluster.client()), ThreadPoolExecutor(30) as pool:
+            answers = list(pool.map(submit, range(30)))
+    finally:
+        manager.close()
+    assert sorted(answers) == ["accepted"] * 2 + [burst] * 28
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
@@ -426,13 +462,16 @@ def test_a_result_in_the_bucket_without_a_record_is_never_overwritten(client: Fl
     assert client.get(f"/jobs/{job_id}").status_code == 404, "and no record was made of it"
 
 
-def test_a_stopping_gateway_takes_no_new_job(app: Flask) -> None:
+def test_a_stopping_gateway_takes_no_new_job_and_still_answers_a_repeat_of_a_done_one(app: Flask) -> None:
     manager = manager_on(app, f"s3://{BUCKET}/stopping-{uuid.uuid4().hex[:8]}")
     manager.start()
-    manager.stop_starting_jobs()
+    small = RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10))
     try:
+        done = manager.wait(manager.submit("early", small)[0].key)
+        manager.stop_starting_jobs()
         with pytest.raises(GatewayStopping, match="takes no new jobs") as refused:
             manager.submit("late", RandomArraySpec(seed=1))
+        assert manager.submit("early", small) == (done, False)
     finally:
         manager.close()
     assert (refused.value.status, refused.value.code, refused.value.headers()) == (503, "gateway_stopping", {"Retry-After": "10"})

@@ -84,7 +84,7 @@ def test_jobs_from_elsewhere_appear_and_a_refused_submission_says_why(page: Page
 
     page.fill("input[name=job_id]", "from-curl")
     page.click("button[type=submit]")
-    expect(page.locator("#submit-result")).to_contain_text("Not submitted: job 'from-curl' already exists")
+    expect(page.locator("#submit-result")).to_contain_text("Not submitted: job 'from-curl' exists with other parameters (shape is [100, 100]")
     expect(page.locator('#jobs tbody tr[data-job-id="from-curl"]')).to_have_count(1)
 
 

@@ -109,9 +109,10 @@ def test_a_job_that_is_not_done_has_no_result_to_read(app: Flask) -> None:
     client = app.test_client()
     with workers_held(services(app).cluster.client()):
         assert client.post("/jobs", json={"job_id": job_id, "shape": [100, 100]}).status_code == 202
+        wait_for(lambda: client.get(f"/jobs/{job_id}").json["status"] == "running", 60, "the job to run, held on the workers")
         response = CheckedClient(client).get(f"/jobs/{job_id}/result/zarr.json")
     assert response.status_code == 409 and response.json["error"]["code"] == "job_not_done"
-    assert response.json["error"]["job"]["status"] in ("queued", "running")
+    assert response.json["error"]["job"]["status"] == "running"
     wait_for(lambda: client.get(f"/jobs/{job_id}").json["status"] == "done", 60, "the job to finish once the workers go on")
 
 
@@ -122,6 +123,28 @@ def streamed(app: Flask, path: str) -> Iterator[bytes]:
         yield from response.response
     finally:
         response.close()
+
+
+def result_reads(app: Flask) -> int:
+    """The gateway_result_reads gauge: objects being sent now."""
+    (line,) = [line for line in app.test_client().get("/metrics").text.splitlines() if line.startswith("gateway_result_reads ")]
+    return int(float(line.split()[1]))
+
+
+def test_a_read_holds_its_place_until_its_body_is_sent_or_closed(app: Flask, done_job: dict) -> None:
+    path = f"{result_path(done_job)}/data/c.0.0"
+    sent = app.test_client().get(path, buffered=False)
+    blocks = iter(sent.response)
+    assert next(blocks) and result_reads(app) == 1, "taken while the body is being sent"
+    list(blocks)
+    assert result_reads(app) == 0, "given back after the last block, whether or not the body is closed"
+    sent.close()
+    assert result_reads(app) == 0
+    dropped = app.test_client().get(path, buffered=False)
+    assert result_reads(app) == 1
+    dropped.close()  # as a server does when its reader goes away before the first block
+    assert result_reads(app) == 0
+    assert app.test_client().head(path).status_code == 200 and result_reads(app) == 0, "nothing to send: no place held"
 
 
 def test_a_64_mb_object_is_streamed_never_held_whole(app: Flask, results_fs) -> None:

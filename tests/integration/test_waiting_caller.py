@@ -7,6 +7,7 @@ it runs, however fast the machine: a paused worker starts no task.
 import os
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -100,10 +101,10 @@ def test_a_waiting_caller_whose_bucket_goes_away_gets_502(s3: LocalS3, results_f
     assert s3.secret_key not in response.get_data(as_text=True)
 
 
-@pytest.fixture
-def room_of_one(s3: LocalS3) -> Iterator[tuple[Flask, str]]:
-    """A gateway whose waiting room has one place, served over real connections by Werkzeug's threaded server; its URL."""
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_N_WORKERS": "1", "GATEWAY_MAX_WAITING_CALLERS": "1"}
+@contextmanager
+def served(**settings: str) -> Iterator[tuple[Flask, str]]:
+    """A one-worker gateway with these settings, served over real connections by Werkzeug's threaded server; its URL."""
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_N_WORKERS": "1", **settings}
     with running_app(environ, ready_within=60) as app:
         server = make_server("127.0.0.1", 0, app, threaded=True)
         thread = threading.Thread(target=server.serve_forever)
@@ -113,6 +114,13 @@ def room_of_one(s3: LocalS3) -> Iterator[tuple[Flask, str]]:
         finally:
             server.shutdown()
             thread.join(30)
+
+
+@pytest.fixture
+def room_of_one(s3: LocalS3) -> Iterator[tuple[Flask, str]]:
+    """A waiting room of one place."""
+    with served(GATEWAY_MAX_WAITING_CALLERS="1") as app_and_url:
+        yield app_and_url
 
 
 def open_waiting_call(url: str, job_id: str) -> socket.socket:
@@ -126,15 +134,18 @@ def open_waiting_call(url: str, job_id: str) -> socket.socket:
 def test_a_caller_who_hangs_up_frees_its_place_at_once_and_reads_never_take_one(room_of_one: tuple[Flask, str], results_fs) -> None:
     app, url = room_of_one
     room = services(app).waiting
-    done = requests.get(f"{url}/submit_job/read-while-full?shape=100,100", timeout=120).json()
+    run = uuid.uuid4().hex[:8]
+    done = requests.get(f"{url}/submit_job/read-while-full-{run}?shape=100,100", timeout=120).json()
     assert done["status"] == "done"
     connections: list[socket.socket] = []
     try:
         with workers_held(services(app).cluster.client()):
-            connections.append(open_waiting_call(url, "hangs-up"))
+            connections.append(open_waiting_call(url, f"hangs-up-{run}"))
             wait_for(lambda: room.taken == 1, 60, "the caller to take the one place")
-            full = requests.get(f"{url}/submit_job/turned-away?shape=100,100", timeout=60)
+            full = requests.get(f"{url}/submit_job/turned-away-{run}?shape=100,100", timeout=60)
             assert (full.status_code, full.json()["error"]["code"]) == (429, "too_many_waiting_callers")
+            again = requests.get(f"{url}/submit_job/read-while-full-{run}?shape=100,100", timeout=60)
+            assert (again.status_code, again.json()) == (200, done), "a done job's repeat waits for nothing, and gets it at once"
             with ThreadPoolExecutor(16) as pool:
                 reads = list(pool.map(lambda _: requests.get(f"{done['http_url']}/zarr.json", timeout=60).status_code, range(32)))
             assert reads == [200] * 32, "reads are no waiting callers"
@@ -143,11 +154,44 @@ def test_a_caller_who_hangs_up_frees_its_place_at_once_and_reads_never_take_one(
             # Noticed as soon as the closed connection is readable; the bound only turns a failure into a report.
             # Before, the place stayed taken until the job ended, which the paused workers never let happen here.
             wait_for(lambda: room.taken == 0, 10, "the place of the caller who hung up to come free")
-            connections.append(open_waiting_call(url, "takes-the-place"))
+            connections.append(open_waiting_call(url, f"takes-the-place-{run}"))
             wait_for(lambda: room.taken == 1, 60, "a new caller to take the place")
     finally:
         for connection in connections:
             connection.close()
     client = app.test_client()
-    wait_for(lambda: all(client.get(f"/jobs/{job_id}").json["status"] == "done" for job_id in ("hangs-up", "takes-the-place")), 60, "both jobs")
-    assert client.get("/jobs/turned-away").status_code == 404, "a refused caller's job was never made"
+    both = (f"hangs-up-{run}", f"takes-the-place-{run}")
+    wait_for(lambda: all(client.get(f"/jobs/{job_id}").json["status"] == "done" for job_id in both), 60, "both jobs")
+    assert client.get(f"/jobs/turned-away-{run}").status_code == 404, "a refused caller's job was never made"
+
+
+def stalled_read(url: str) -> socket.socket:
+    """A GET of a large object whose reader reads nothing: the server's sends stall once the socket's buffers are full."""
+    address = urlsplit(url)
+    connection = socket.create_connection((address.hostname, address.port), timeout=30)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.sendall(f"GET {address.path} HTTP/1.1\r\nHost: {address.netloc}\r\n\r\n".encode())
+    return connection
+
+
+def test_reads_beyond_the_gateways_wait_their_turn_or_get_429_and_a_reader_who_hangs_up_frees_its_place(s3: LocalS3) -> None:
+    with served(GATEWAY_MAX_READS="1") as (app, url):
+        places = services(app).reads.places
+        # One object of 64 MB: far more than the sockets' buffers hold.
+        job = requests.get(f"{url}/submit_job/one-shard-{uuid.uuid4().hex[:8]}?shape=4000,4000&chunks=1000,1000&shards=4000,4000", timeout=300).json()
+        assert job["status"] == "done", job
+        stalled = stalled_read(f"{job['http_url']}/data/c.0.0")
+        try:
+            wait_for(lambda: places.taken == 1, 30, "the stalled read to hold the one place")
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(requests.get, f"{job['http_url']}/zarr.json", timeout=60)
+                wait_for(lambda: places.waiting == 1, 30, "a second read to wait for the place")
+                refused = requests.get(f"{job['http_url']}/zarr.json", timeout=60)
+                assert (refused.status_code, refused.json()["error"]["code"]) == (429, "too_many_reads")
+                assert refused.headers["Retry-After"] == "1" and refused.json()["error"]["setting"] == "GATEWAY_MAX_READS"
+                stalled.close()
+                # Werkzeug's server notices the hang-up at its next send; the waiting read then gets the place within its patience.
+                assert waiting.result(timeout=60).status_code == 200
+        finally:
+            stalled.close()
+        wait_for(lambda: places.taken == 0, 30, "every place to come free")

@@ -84,13 +84,25 @@ def test_records_under_their_old_names_are_renamed_and_a_rename_cut_short_is_fin
     ]  # fmt: skip
 
 
-def test_of_two_records_claiming_one_place_only_one_is_loaded() -> None:
-    """A DELETE of the second would remove the first's result."""
+def test_two_records_claiming_one_place_are_both_skipped() -> None:
+    """A DELETE of either would remove the other's result, and a read of one would read the other's: neither is the one to trust."""
     anonymous = JobRecord("run-7", RandomArraySpec(seed=7), url_for("run-7"), submitted_at="2026-01-01T00:00:00+00:00")
-    alices_legacy = replace(alices("run-7"), submitted_at="2026-02-01T00:00:00+00:00")
-    trusted = trusted_records({"run-7.json": stored(anonymous), ".users/alice/run-7.json": stored(alices_legacy)}, url_for)
-    assert [record.key for record in trusted.records] == [JobKey(None, "run-7")], "both under their own names: the older"
-    assert len(trusted.skipped) == 1 and "'.users/alice/run-7.json' claims the place of job run-7, 'run-7'" in trusted.skipped[0]
+    forged = replace(alices("run-7"), submitted_at="2026-02-01T00:00:00+00:00")
+    trusted = trusted_records({"run-7.json": stored(anonymous), ".users/alice/run-7.json": stored(forged)}, url_for)
+    assert trusted.records == [] and trusted.renames == []
+    assert sorted(trusted.skipped) == [
+        "job record '.users/alice/run-7.json' claims place 'run-7', which holds the result of 'run-7.json'",
+        "job record 'run-7.json' claims place 'run-7', which holds the result of '.users/alice/run-7.json'",
+    ]
+
+
+def test_a_record_whose_place_holds_another_jobs_result_is_skipped_and_that_job_loads() -> None:
+    """Before the .users prefix, bob's job "alice" was at "alice" and alice's job "run-1" at "alice/run-1"."""
+    bobs = JobRecord("alice", RandomArraySpec(seed=1), url_for("alice"), owner="bob", place="alice")
+    alices_old = JobRecord("run-1", RandomArraySpec(seed=2), url_for("alice/run-1"), owner="alice", place="alice/run-1")
+    trusted = trusted_records({"alice.json": stored(bobs), "run-1.json": stored(alices_old)}, url_for)
+    assert [record.key for record in trusted.records] == [JobKey("alice", "run-1")]
+    assert trusted.skipped == ["job record 'alice.json' claims place 'alice', which holds the result of 'run-1.json'"]
 
 
 def test_differences_name_each_parameter_with_both_values_and_a_drawn_one_matches_any() -> None:

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from helpers import wait_for
 from science_gateway.admission import AdmissionRefused, Places
 from science_gateway.hang_ups import HangUpWatch
 
@@ -50,7 +51,7 @@ def test_a_place_comes_free_when_its_holder_fails() -> None:
 
 
 def test_a_read_beyond_its_owners_share_waits_for_a_place_and_is_refused_when_none_comes() -> None:
-    reads = Places("reads", total=None, per_owner=1, patience=30)
+    reads = Places("reads", total=4, per_owner=1, patience=30)
     holding, release, second_in = threading.Event(), threading.Event(), threading.Event()
     failures: list[BaseException] = []
 
@@ -70,14 +71,15 @@ def test_a_read_beyond_its_owners_share_waits_for_a_place_and_is_refused_when_no
     threads[0].start()
     assert holding.wait(30)
     threads[1].start()
+    wait_for(lambda: reads.waiting == 1, 30, "alice's second read to wait for a place")
     with reads.place("bob", "read fewer"):
-        assert not second_in.is_set(), "alice's second read waits while bob's goes in"
+        assert not second_in.is_set() and reads.waiting == 1, "alice's second read waits while bob's goes in"
     release.set()
     for thread in threads:
         thread.join(30)
     assert second_in.is_set() and not failures
 
-    impatient = Places("reads", total=None, per_owner=1, patience=0.05)
+    impatient = Places("reads", total=4, per_owner=1, patience=0.05)
     with impatient.place("alice", "read fewer"):
         with pytest.raises(AdmissionRefused) as refused:
             with impatient.place("alice", "read fewer", retry_after=1):
@@ -114,3 +116,27 @@ def test_a_caller_still_connected_is_left_as_it_was() -> None:
 def test_a_waiter_without_a_connection_is_never_gone() -> None:
     with HangUpWatch().watching(None) as waiter:
         assert not waiter.gone
+
+
+def test_no_more_requests_wait_for_a_place_than_the_total_and_the_rest_are_refused_at_once() -> None:
+    """Each waiting request holds a request thread: their number is bounded too."""
+    reads = Places("reads", total=1, per_owner=None, patience=30)
+    waited = threading.Event()
+    failures: list[BaseException] = []
+
+    def wait_for_a_place() -> None:
+        try:
+            with reads.place(None, "read fewer"):
+                waited.set()
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test's own thread to fail on
+            failures.append(exc)
+
+    with reads.place(None, "read fewer"):
+        waiter = threading.Thread(target=wait_for_a_place)
+        waiter.start()
+        wait_for(lambda: reads.waiting == 1, 30, "one read to wait")
+        with pytest.raises(AdmissionRefused, match="GATEWAY_MAX_READS\\)"):
+            with reads.place(None, "read fewer"):
+                pass
+    waiter.join(30)
+    assert waited.is_set() and not failures and not waiter.is_alive()
