@@ -58,8 +58,8 @@ PAGE_REFRESH_SECONDS = 2
 # Job parameters fit in a few hundred bytes: a body beyond this is refused before it is read (413).
 MAX_BODY_BYTES = 16 * 1024
 PAGE_SECURITY_POLICY = "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-# A read beyond its owner's share waits this long for a place before it is refused: reads are short, and a
-# reader's library (fsspec, zarr) fails on a 429 rather than trying again.
+# A read beyond the gateway's reads or its owner's share waits this long for a place before it is refused: reads
+# are short, and a reader's library (fsspec, zarr) fails on a 429 rather than trying again.
 READ_PATIENCE_SECONDS = 10
 
 
