@@ -20,26 +20,17 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from science_gateway.admission import Places
+from science_gateway.apps.base import App, Output
+from science_gateway.apps.registry import Apps, load_apps
 from science_gateway.auth import ANYONE, Caller, HubCallers, NotAuthenticated
 from science_gateway.browser_login import LOGIN_SECONDS, BrowserLogin
 from science_gateway.chunk_writes import STOP_TIMEOUT, JobCancelled
 from science_gateway.cluster import ClusterConnection
 from science_gateway.errors import GatewayError, status_of
 from science_gateway.hang_ups import HangUpWatch
-from science_gateway.job_parameters import (
-    DTYPES,
-    JOB_ID_PATTERN,
-    JOB_ID_RULE,
-    PAIR_PATTERN,
-    PARAMETERS,
-    InvalidJobId,
-    InvalidParameters,
-    RandomArraySpec,
-    parse_spec,
-    parse_ttl,
-    validate_job_id,
-)
+from science_gateway.job_parameters import JOB_ID_PATTERN, JOB_ID_RULE, InvalidJobId, InvalidParameters, parse_ttl, validate_job_id
 from science_gateway.job_records import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobKey, JobRecord
+from science_gateway.job_work import JobWork, plan_work
 from science_gateway.jobs import JobManager, JobNotFound
 from science_gateway.metrics import GatewayMetrics, JsonFormatter
 from science_gateway.openapi import OPEN_PATHS, PREVIEW_SIZES, openapi_document
@@ -68,6 +59,7 @@ class GatewayServices:
     """What one app holds: its settings, its cluster, its results store and its jobs."""
 
     settings: Settings
+    apps: Apps
     cluster: ClusterConnection
     store: ResultsStore
     jobs: JobManager
@@ -114,6 +106,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the app and start obtaining its Dask cluster and its job records in the background."""
     settings = settings or load_settings()
     _configure_logging(settings.log_format)
+    # Before anything starts: an app that cannot be offered stops the start-up, naming its package.
+    apps = load_apps(settings.apps)
     cluster = ClusterConnection(settings)
     store = ResultsStore(settings.results_url)
     # The gauges read the jobs and the last readiness check when scraped (both are bound below).
@@ -126,12 +120,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         result_reads=lambda: reads.places.taken,
     )
     readiness = Readiness(lambda: _check_readiness(cluster, store, metrics))
-    jobs = JobManager(cluster, store, settings, metrics)
+    jobs = JobManager(cluster, store, settings, metrics, apps)
     callers = HubCallers(settings) if settings.auth == "jupyterhub" else None
     browser_login = BrowserLogin(settings) if callers is not None and settings.oauth_callback_url else None
     waiting = Places("waiting_callers", settings.max_waiting_callers, settings.max_waiting_callers_per_owner)
     reads = ResultReads(store.url, Places("reads", settings.max_reads, settings.max_reads_per_owner, patience=READ_PATIENCE_SECONDS))
-    gateway = GatewayServices(settings, cluster, store, jobs, metrics, callers, browser_login, waiting, HangUpWatch(), reads, readiness)
+    gateway = GatewayServices(settings, apps, cluster, store, jobs, metrics, callers, browser_login, waiting, HangUpWatch(), reads, readiness)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.url_map.converters["job_id"] = AnyJobId
@@ -147,7 +141,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     # SIGTERM under gunicorn ends the worker through a normal interpreter exit,
     # so this is also what stops the cluster when Kubernetes stops the pod.
     atexit.register(gateway.close)
-    logger.info("gateway starting: %s cluster, results in %s, authentication %s", cluster.kind, store.url, settings.auth)
+    logger.info(
+        "gateway starting: %s cluster, results in %s, authentication %s, apps %s",
+        cluster.kind, store.url, settings.auth, ", ".join(f"{app.name} {app.version}" for app in apps),
+    )  # fmt: skip
     return app
 
 
@@ -192,13 +189,27 @@ def _configure_logging(log_format: str) -> None:
             handler.setFormatter(JsonFormatter())
 
 
-def _job_spec(gateway: GatewayServices, parameters: dict[str, Any]) -> RandomArraySpec:
-    settings = gateway.settings
-    return parse_spec(parameters, settings.max_elements, settings.max_chunks, settings.default_shards, settings.zarr_format)
+# The app of /submit_job, and of a POST /jobs body without "app": the gateway's first computation.
+FIRST_APP = "random-array"
+# A POST /jobs body with "app": these fields, the parameters inside "parameters".
+APP_BODY_FIELDS = ("app", "parameters", "job_id", "ttl")
+
+
+def _planned(gateway: GatewayServices, app: App, parameters: Any) -> JobWork:
+    """The work of the caller's job of ``app``: the parameters checked against its schema, then planned by the app."""
+    owner = _caller().name
+    checked = gateway.apps.check(app, parameters)
+    return plan_work(app, checked, gateway.jobs.limits, lambda job_id: gateway.jobs.source(owner, job_id))
 
 
 def _job_ttl(gateway: GatewayServices, value: Any) -> int | None:
     return parse_ttl(value, gateway.settings.result_ttl, gateway.settings.max_result_ttl)
+
+
+def _left_to_gateway(app: App, parameters: dict[str, Any], ttl: Any) -> set[str]:
+    """The parameters a submission leaves to the gateway, which any value of an existing job of its id matches."""
+    drawn = {name for name in app.drawn if parameters.get(name) is None}
+    return drawn | ({"ttl"} if ttl is None else set())
 
 
 def _flag(name: str, value: str) -> bool:
@@ -229,11 +240,6 @@ def _submitted(record: JobRecord) -> tuple[Response, int] | tuple[Response, int,
     if record.status == DONE:
         return jsonify(_job_json(record)), 200
     return jsonify(_job_json(record)), 202, {"Location": url_for("gateway.get_job", job_id=record.job_id)}
-
-
-def _left_to_gateway(seed: Any, ttl: Any) -> set[str]:
-    """The parameters a submission leaves to the gateway, which any value of an existing job of its id matches."""
-    return {name for name, value in (("seed", seed), ("ttl", ttl)) if value is None}
 
 
 def _connection() -> Any:
@@ -315,17 +321,19 @@ def submit_job(job_id: str) -> Any:
     gateway = _services()
     jobs = gateway.jobs
     validate_job_id(job_id)
-    parameters: dict[str, Any] = _query(("wait", "ttl", *PARAMETERS))
-    wait = _flag("wait", parameters.pop("wait", "true"))
-    asked_ttl = parameters.pop("ttl", None)
-    left_to_gateway = _left_to_gateway(parameters.get("seed"), asked_ttl)
-    spec = _job_spec(gateway, parameters)
+    app = gateway.apps.get(FIRST_APP)
+    query: dict[str, Any] = _query(("wait", "ttl", *app.parameters["properties"]))
+    wait = _flag("wait", query.pop("wait", "true"))
+    asked_ttl = query.pop("ttl", None)
+    parameters = gateway.apps.from_query(app, query)
+    left_to_gateway = _left_to_gateway(app, parameters, asked_ttl)
+    work = _planned(gateway, app, parameters)
     ttl = _job_ttl(gateway, asked_ttl)
     owner = _caller().name
     if not wait:
-        return _submitted(jobs.submit(job_id, spec, owner, ttl, left_to_gateway)[0])
+        return _submitted(jobs.submit(job_id, work, owner, ttl, left_to_gateway)[0])
     # A cell run again gets its finished job at once, whatever the cluster or the waiting room.
-    repeated = jobs.repeat_of(job_id, spec, owner, ttl, left_to_gateway)
+    repeated = jobs.repeat_of(job_id, work, owner, ttl, left_to_gateway)
     if repeated is not None and repeated.status == DONE:
         return jsonify(_job_json(repeated))
     # A caller who waits learns at once that there is no cluster, rather than after a long wait.
@@ -333,7 +341,7 @@ def submit_job(job_id: str) -> Any:
     timeout = gateway.settings.job_timeout
     advice = "submit with wait=false (or POST /jobs) and poll the job's Location instead"
     with gateway.waiting.place(owner, advice), gateway.hang_ups.watching(_connection()) as waiter:
-        key = jobs.submit(job_id, spec, owner, ttl, left_to_gateway)[0].key
+        key = jobs.submit(job_id, work, owner, ttl, left_to_gateway)[0].key
         finished = jobs.wait(key, timeout, waiter)
         if finished.status == RUNNING and not waiter.gone:
             # It started within the timeout, so its own GATEWAY_JOB_TIMEOUT and the stop of its
@@ -363,15 +371,41 @@ def post_job() -> Any:
         return error_response(415, "unsupported_media_type", "send the job as a JSON object with Content-Type: application/json")
     body = request.get_json(silent=True) if request.content_length else {}
     if not isinstance(body, dict):
-        raise InvalidParameters("the request body must be a JSON object, such as {\"seed\": 7}")
+        raise InvalidParameters('the request body must be a JSON object, such as {"app": "random-array", "parameters": {"seed": 7}}')
     job_id = body.pop("job_id", None)
     if job_id is not None and not isinstance(job_id, str):
         raise InvalidJobId(f"job_id must be a string, got {type(job_id).__name__}")
     asked_ttl = body.pop("ttl", None)
-    left_to_gateway = _left_to_gateway(body.get("seed"), asked_ttl)
-    spec = _job_spec(gateway, body)
+    if "app" in body:
+        unknown = sorted(set(body) - set(APP_BODY_FIELDS))
+        if unknown:
+            fields = ", ".join(APP_BODY_FIELDS)
+            raise InvalidParameters(f'unknown field {unknown[0]!r}; a job with an app has {fields}, and its parameters go in "parameters"')
+        app = gateway.apps.get(body["app"])
+        parameters = body.get("parameters", {})
+    else:
+        # Today's body: the first app's parameters beside job_id and ttl.
+        app, parameters = gateway.apps.get(FIRST_APP), body
+    work = _planned(gateway, app, parameters)
+    left_to_gateway = _left_to_gateway(app, parameters if isinstance(parameters, dict) else {}, asked_ttl)
     ttl = _job_ttl(gateway, asked_ttl)
-    return _submitted(gateway.jobs.submit(job_id, spec, _caller().name, ttl, left_to_gateway)[0])
+    return _submitted(gateway.jobs.submit(job_id, work, _caller().name, ttl, left_to_gateway)[0])
+
+
+def _app_json(app: App) -> dict[str, Any]:
+    return {"name": app.name, "version": app.version, "description": app.description, "parameters": app.parameters}
+
+
+@routes.get("/apps")
+def list_apps() -> Any:
+    _query(())
+    return jsonify({"apps": [_app_json(app) for app in _services().apps]})
+
+
+@routes.get("/apps/<path:name>")
+def get_app(name: str) -> Any:
+    _query(())
+    return jsonify(_app_json(_services().apps.get(name)))
 
 
 @routes.get("/jobs")
@@ -531,7 +565,8 @@ def _html_pattern(pattern: str) -> str:
 
 def _jobs_page(gateway: GatewayServices) -> Response:
     recent, _ = gateway.jobs.list(None, PAGE_JOBS, None, _visible_to())
-    placeholder = {**JobRecord(job_id="", spec=RandomArraySpec(seed=0), url="").to_json(), "http_url": "", "page_url": ""}
+    nothing = JobWork(app="", app_version="", parameters={}, output=Output((1, 1), (1, 1), "float32"))
+    placeholder = {**JobRecord(job_id="", work=nothing, url="").to_json(), "http_url": "", "page_url": ""}
     # Each row links to its job on this host: at /users/<owner>/ for an owner's, so that an admin's links reach it too.
     rows = [{**_job_json(record), "page_url": url_for("gateway.get_job", owner=record.owner, job_id=record.job_id)} for record in recent]
     html = render_template(
@@ -542,10 +577,9 @@ def _jobs_page(gateway: GatewayServices) -> Response:
         page_size=PAGE_JOBS,
         refresh_seconds=PAGE_REFRESH_SECONDS,
         results_url=gateway.store.url,
-        dtypes=DTYPES,
+        apps=[_app_json(app) for app in gateway.apps],
         job_id_rule=JOB_ID_RULE,
         job_id_pattern=_html_pattern(JOB_ID_PATTERN),
-        pair_pattern=_html_pattern(PAIR_PATTERN),
     )
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = PAGE_SECURITY_POLICY

@@ -1,8 +1,8 @@
 """A job's tasks on the Dask cluster: started, watched, cancelled, and their failures explained.
 
 The gateway process sends a few tasks, each a region of whole chunks; every
-chunk is generated and stored by a worker (``random_chunks``), so no array
-data passes through the web process.
+chunk is computed by the job's app and stored by a worker (:mod:`region_writes`),
+so no array data passes through the web process.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from distributed import CancelledError, Client, as_completed
 from distributed.comm import CommClosedError
 from distributed.scheduler import KilledWorker
 
+from .apps.base import App, Plan
 from .errors import GatewayError
-from .job_parameters import RandomArraySpec
-from .random_chunks import MAX_TASK_BYTES, ArrayTarget, stop_run, task_regions, write_random_region
+from .region_writes import MAX_TASK_BYTES, AppFailed, AppTask, ArrayTarget, stop_run, task_regions, write_region
 from .results_store import StorageError, describe_storage_failure
 
 logger = logging.getLogger(__name__)
@@ -55,25 +55,22 @@ class ChunkWrites:
     job over the cluster), and more for a job of more than ``MAX_TASK_BYTES`` a task.
     """
 
-    def __init__(self, client: Client, target: ArrayTarget, spec: RandomArraySpec, job_id: str, min_tasks: int) -> None:
+    def __init__(self, client: Client, target: ArrayTarget, app: App, plan: Plan, sources: dict[str, str], job_id: str, min_tasks: int) -> None:
         self._client = client
         self._job_id = job_id
         # Unique to this run: an id submitted again after a cancel must not inherit the stop.
         self._run_id = f"{job_id}/{uuid.uuid4().hex}"
-        # Regions of whole shards when sharded: each shard is written whole, by one task. A task
-        # writes its objects concurrently: with at least WRITES_PER_TASK of them, the S3 server
-        # always has several requests of each worker in hand.
-        unit_bytes = math.prod(spec.write_unit) * np.dtype(spec.dtype).itemsize
+        # Regions of whole shards when sharded: each shard is written whole, by one task (and
+        # of whole blocks of the app's choosing, such as a source's objects). A task writes its
+        # objects concurrently: with at least WRITES_PER_TASK of them, the S3 server always has
+        # several requests of each worker in hand.
+        output = plan.output
+        unit_bytes = math.prod(output.write_unit) * np.dtype(output.dtype).itemsize
         task_bytes = max(MAX_TASK_BYTES, WRITES_PER_TASK * unit_bytes)
-        regions = task_regions(spec.shape, spec.write_unit, max(min_tasks, math.ceil(spec.nbytes / task_bytes)))
-        self._futures = client.map(
-            write_random_region,
-            regions,
-            run_id=self._run_id,
-            target=target,
-            seed=spec.seed,
-            pure=False,
-        )
+        regions = task_regions(output.shape, app.task_block(plan), max(min_tasks, math.ceil(output.nbytes / task_bytes)))
+        implementation = f"{type(app).__module__}:{type(app).__qualname__}"
+        task = AppTask(app.name, app.version, implementation, plan.parameters, output, sources)
+        self._futures = client.map(write_region, regions, run_id=self._run_id, target=target, task=task, pure=False)
         self._cancelled = False
 
     def wait(self, timeout: float, on_chunks_written: Callable[[int], None]) -> None:
@@ -120,6 +117,8 @@ class ChunkWrites:
             return JobFailed(f"job {self._job_id!r} lost its Dask tasks; the cluster may have restarted")
         if isinstance(exc, CommClosedError):
             return JobFailed(f"job {self._job_id!r} lost contact with the Dask cluster: {exc}")
+        if isinstance(exc, AppFailed):
+            return JobFailed(str(exc))
         if isinstance(exc, KilledWorker):
             return JobFailed(f"job {self._job_id!r} failed: a Dask worker died while running it")
         if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "s3fs"):

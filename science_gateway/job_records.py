@@ -1,4 +1,4 @@
-"""A job's record: its fields, its JSON forms, its paging order, and which stored records to trust.
+"""A job's record: what it computes, its fields, its JSON forms, its paging order, and which stored records to trust.
 
 A record is written to the results store at every change of status (``JobManager``);
 one read back from the store is untrusted input, checked by :func:`record_from_stored`.
@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from .job_parameters import InvalidJobId, InvalidParameters, RandomArraySpec, parse_spec, validate_job_id
+from .apps.base import Output
+from .job_parameters import InvalidJobId, InvalidParameters, validate_job_id
+from .job_work import FIRST_APP, FIRST_APP_VERSION, JobWork, SourceRun
 from .results_store import ARRAY_NAME, owner_prefix, place_for, record_name
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
@@ -49,7 +50,7 @@ class JobKey(NamedTuple):
 @dataclass
 class JobRecord:
     job_id: str
-    spec: RandomArraySpec
+    work: JobWork
     url: str
     # Who submitted it (None without authentication), and where its result is under the results URL.
     owner: str | None = None
@@ -86,8 +87,11 @@ class JobRecord:
             "status": self.status,
             "url": self.url,
             "array_url": f"{self.url}/{ARRAY_NAME}",
-            **self.spec.to_json(),
-            "progress": {"chunks_written": self.chunks_written, "chunks_total": self.spec.n_chunks},
+            "app": self.work.app,
+            "app_version": self.work.app_version,
+            "parameters": self.work.parameters,
+            **self.work.output.to_json(),
+            "progress": {"chunks_written": self.chunks_written, "chunks_total": self.work.output.n_chunks},
             "submitted_at": self.submitted_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -99,7 +103,7 @@ class JobRecord:
 
     def to_stored(self) -> dict[str, Any]:
         stored = asdict(self)
-        stored["spec"] = self.spec.to_json()
+        stored["work"] = self.work.to_stored()
         return stored
 
 
@@ -147,27 +151,28 @@ def _places(job_id: str, owner: str | None) -> set[str]:
     return places
 
 
-def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str]) -> JobRecord:
+def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str], schemas: Mapping[str, Callable[[Any], bool]] | None = None) -> JobRecord:
     """The job record stored as ``name``; :class:`InvalidRecord` unless this service could have written it.
 
     Its name is its own (:func:`record_name`), or ``<job_id>.json`` for a record
     of an owner from before each owner had ids of their own, which the job manager then renames.
+    ``schemas`` says, for each app offered, whether its schema accepts stored parameters;
+    a record of an app not offered is loaded (listed, deleted), and fails if it is to run.
 
     A record in the bucket is untrusted input: its place is what a DELETE removes
     and its URL what a preview reads, so both must be the job's own.
     """
     try:
         stored = json.loads(content)
-        # Records from before shards have none: their results are one object per chunk.
-        stored["spec"] = {"shards": None, **stored["spec"]}
-        spec = parse_spec(stored["spec"], max_elements=math.inf, max_chunks=math.inf)
-        record = JobRecord(**{**stored, "spec": spec})
-    except (ValueError, TypeError, KeyError) as exc:
+        work = _work_from_stored(stored)
+        record = JobRecord(**{**{key: value for key, value in stored.items() if key not in ("spec", "work")}, "work": work})
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InvalidRecord(f"job record {name!r} is malformed ({type(exc).__name__}: {exc})") from None
     job_id, owner = record.job_id, record.owner
     valid_owner = owner is None or (isinstance(owner, str) and owner != "" and _is_utf8(owner))
+    accepts = (schemas or {}).get(work.app)
     checks = {
-        "spec": record.spec.to_json() == stored["spec"],
+        "parameters": accepts is None or accepts(work.parameters),
         "job_id": isinstance(job_id, str) and _is_job_id(job_id) and valid_owner and name in (f"{job_id}.json", record_name(owner, job_id)),
         "owner": valid_owner,
         "place": valid_owner and isinstance(job_id, str) and record.place in _places(job_id, owner),
@@ -186,6 +191,45 @@ def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str])
     return record
 
 
+# The dtypes an output may have: numbers zarr stores as they are, little-endian.
+OUTPUT_DTYPES = frozenset(("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64"))
+# Sides beyond this are no array a gateway writes, and keep sizes exact integers.
+MAX_STORED_SIDE = 2**40
+
+
+def _work_from_stored(stored: dict[str, Any]) -> JobWork:
+    """A record's work, checked field by field; a record from before there were apps holds a random array's "spec"."""
+    if "spec" in stored:
+        # Records from before shards have none: their results are one object per chunk.
+        spec = {"shards": None, **stored["spec"]}
+        output = _output({key: spec[key] for key in ("shape", "chunks", "dtype", "shards")})
+        if not (type(spec["seed"]) is int and 0 <= spec["seed"] < 2**63) or set(spec) != {"seed", "shape", "chunks", "dtype", "shards"}:
+            raise ValueError("its spec is not a random array's")
+        return JobWork(FIRST_APP, FIRST_APP_VERSION, spec, output)
+    work = stored["work"]
+    sources = {name: SourceRun(str(source["job_id"]), str(source["finished_at"])) for name, source in work["sources"].items()}
+    if not all(isinstance(value, str) for value in (work["app"], work["app_version"])) or not isinstance(work["parameters"], dict):
+        raise ValueError("its app, app_version or parameters are of the wrong type")
+    if not all(_is_job_id(source.job_id) for source in sources.values()):
+        raise ValueError("a source is not a job id")
+    return JobWork(work["app"], work["app_version"], work["parameters"], _output(work["output"]), sources)
+
+
+def _output(stored: dict[str, Any]) -> Output:
+    def sides(value: Any) -> tuple[int, ...]:
+        if not (isinstance(value, list) and len(value) == 2 and all(type(side) is int and 1 <= side <= MAX_STORED_SIDE for side in value)):
+            raise ValueError(f"{value!r} is not two sides")
+        return tuple(value)
+
+    shape, chunks = sides(stored["shape"]), sides(stored["chunks"])
+    shards = None if stored["shards"] is None else sides(stored["shards"])
+    if stored["dtype"] not in OUTPUT_DTYPES or any(step > size for step, size in zip(chunks, shape, strict=True)):
+        raise ValueError("its output's dtype or chunks do not fit")
+    if shards is not None and any(shard % step for shard, step in zip(shards, chunks, strict=True)):
+        raise ValueError("its output's shards are not whole chunks")
+    return Output(shape, chunks, stored["dtype"], shards)
+
+
 @dataclass
 class TrustedRecords:
     """What a start-up makes of the stored records."""
@@ -199,7 +243,9 @@ class TrustedRecords:
     renames: list[tuple[str, JobRecord | None]]
 
 
-def trusted_records(stored: Mapping[str, bytes], url_for: Callable[[str], str]) -> TrustedRecords:
+def trusted_records(
+    stored: Mapping[str, bytes], url_for: Callable[[str], str], schemas: Mapping[str, Callable[[Any], bool]] | None = None
+) -> TrustedRecords:
     """The stored records (by name under the records prefix) that this service could have written, one per job and place.
 
     A job stored under both its old and its own name (a rename cut short) is the
@@ -213,7 +259,7 @@ def trusted_records(stored: Mapping[str, bytes], url_for: Callable[[str], str]) 
     candidates = []
     for name, content in stored.items():
         try:
-            candidates.append((name, record_from_stored(name, content, url_for)))
+            candidates.append((name, record_from_stored(name, content, url_for, schemas)))
         except InvalidRecord as exc:
             skipped.append(str(exc))
     # Records under their own names first: of one job's two, that is the one this version wrote last.

@@ -20,12 +20,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .admission import RETRY_AFTER_SECONDS, AdmissionRefused
+from .apps.base import Limits
+from .apps.registry import Apps
 from .chunk_writes import ChunkWrites, JobCancelled, JobFailed
 from .cluster import ClusterConnection
 from .errors import GatewayError
 from .fair_queue import FairQueue
 from .hang_ups import Waiter
-from .job_parameters import RandomArraySpec, differences, new_job_id, validate_job_id
+from .job_parameters import differences, new_job_id, validate_job_id
 from .job_records import (
     CANCELLED,
     DONE,
@@ -45,6 +47,7 @@ from .job_records import (
     sort_key,
     trusted_records,
 )
+from .job_work import JobWork, SourceGone, SourceResult, runnable
 from .metrics import GatewayMetrics, job_event_fields
 from .results_store import ResultsStore, StorageError, place_for
 from .settings import Settings
@@ -99,8 +102,9 @@ class GatewayStopping(GatewayError, RuntimeError):
 class JobManager:
     """Owns every job of one gateway process and runs them on its cluster."""
 
-    def __init__(self, cluster: ClusterConnection, store: ResultsStore, settings: Settings, metrics: GatewayMetrics) -> None:
+    def __init__(self, cluster: ClusterConnection, store: ResultsStore, settings: Settings, metrics: GatewayMetrics, apps: Apps) -> None:
         self._cluster = cluster
+        self._apps = apps
         self._store = store
         self._settings = settings
         self._metrics = metrics
@@ -111,10 +115,11 @@ class JobManager:
         # Jobs being submitted or deleted: reserved, so that the two never interleave on one job.
         self._reserved: set[JobKey] = set()
         # The jobs being submitted, not yet queued: the limits count them as queued.
-        self._submitting: dict[JobKey, RandomArraySpec] = {}
+        self._submitting: dict[JobKey, JobWork] = {}
         # Every job a runner has taken; its tasks once they are sent to the cluster.
         self._running: dict[JobKey, ChunkWrites | None] = {}
-        self._cancel_requested: set[JobKey] = set()
+        # Running jobs to stop, and the error each then ends with (None: cancelled by its owner).
+        self._cancel_requested: dict[JobKey, dict[str, str] | None] = {}
         # Callers waiting for each job, woken at each change of its status.
         self._waiters: dict[JobKey, set[Waiter]] = {}
         # Cancelling and deleting touch the store; one at a time keeps it consistent.
@@ -209,7 +214,7 @@ class JobManager:
         self._threads.append(sweeper)
 
     def _load_records(self) -> None:
-        trusted = trusted_records(self._store.read_records(), self._store.url_for)
+        trusted = trusted_records(self._store.read_records(), self._store.url_for, self._apps.schema_checks())
         for reason in trusted.skipped:
             self._metrics.records_skipped.inc()
             logger.warning("%s; skipped it", reason)
@@ -246,40 +251,68 @@ class JobManager:
         if not self._loaded.wait(0 if self._load_failed else 10):
             raise StorageError(self._load_error)
 
+    @property
+    def limits(self) -> Limits:
+        """The settings an app's plan keeps to."""
+        settings = self._settings
+        return Limits(settings.max_elements, settings.max_chunks, settings.default_shards, settings.zarr_format)
+
+    def source(self, owner: str | None, job_id: str) -> SourceResult | str | None:
+        """``owner``'s done job ``job_id`` as a source; the status of one that is not done; None when there is none."""
+        self._require_loaded()
+        with self._lock:
+            return self._source(JobKey(owner, job_id))
+
+    def _source(self, key: JobKey) -> SourceResult | str | None:
+        """As :meth:`source`; called with the lock held."""
+        record = self._records.get(key)
+        if record is None or key in self._reserved and record.status == DONE:
+            # A done job being deleted is gone to a new reader.
+            return None
+        if record.status != DONE:
+            return record.status
+        return SourceResult(record.job_id, str(record.finished_at), record.work.output, record.place)
+
     def submit(
-        self, job_id: str | None, spec: RandomArraySpec, owner: str | None = None, ttl: int | None = None, left_to_gateway: Collection[str] = ()
+        self, job_id: str | None, work: JobWork, owner: str | None = None, ttl: int | None = None, left_to_gateway: Collection[str] = ()
     ) -> tuple[JobRecord, bool]:
-        """The record of ``owner``'s job of this id and these parameters, and whether it is new.
+        """The record of ``owner``'s job of this id and this work, and whether it is new.
 
         A new id, or one whose job failed or was cancelled, queues a new job. An
-        id whose job is queued, running or done is that job when the parameters
-        are its own (those in ``left_to_gateway``, such as a seed the gateway
-        draws, match any value), and :class:`JobAlreadyExists` naming each
-        parameter that differs otherwise.
+        id whose job is queued, running or done is that job when the app and
+        parameters are its own (those in ``left_to_gateway``, such as a seed the
+        gateway draws, match any value), and :class:`JobAlreadyExists` naming
+        each parameter that differs otherwise. The work's sources must still be
+        the done runs it was planned with (:class:`SourceGone` otherwise).
         """
         job_id = validate_job_id(job_id) if job_id is not None else new_job_id()
         self._require_loaded()
         key = JobKey(owner, job_id)
         place = place_for(job_id, owner)
         url = self._store.url_for(place)
+        sources = [JobKey(owner, run.job_id) for run in work.sources.values()]
         with self._lock:
-            # A submission or deletion of this job under way decides what this one finds.
-            self._lock.wait_for(lambda: key not in self._reserved)
-            if (repeated := self._repeated(key, spec, ttl, left_to_gateway)) is not None:
+            # A submission or deletion of this job, or of a source, under way decides what this one finds.
+            self._lock.wait_for(lambda: key not in self._reserved and not any(source in self._reserved for source in sources))
+            if (repeated := self._repeated(key, work, ttl, left_to_gateway)) is not None:
                 return repeated, False
             if self._drain_deadline is not None:
                 raise GatewayStopping("the gateway is stopping and takes no new jobs; submit the job again in a minute")
+            for run in work.sources.values():
+                found = self._source(JobKey(owner, run.job_id))
+                if not isinstance(found, SourceResult) or found.finished_at != run.finished_at:
+                    raise SourceGone(f"source {run.job_id!r} was deleted or made again while the job was submitted; submit it again")
             previous = self._records.get(key)
-            self._admit(owner, spec)
+            self._admit(owner, work)
             # Reserved until its record is saved: a concurrent submission of this job waits for it.
             self._reserved.add(key)
-            self._submitting[key] = spec
+            self._submitting[key] = work
         try:
             if previous is not None:
                 self._store.delete(previous.place)
             if self._store.exists(place):
                 raise JobAlreadyExists(job_id, url)
-            record = JobRecord(job_id, spec, url, owner=owner, place=place, ttl=ttl)
+            record = JobRecord(job_id, work, url, owner=owner, place=place, ttl=ttl)
             self._store.write_record(record.record_name, record.to_stored())
             with self._lock:
                 self._records[key] = record
@@ -290,43 +323,43 @@ class JobManager:
                 self._reserved.discard(key)
                 del self._submitting[key]
                 self._changed(key)
-        self._metrics.jobs_submitted.inc()
-        logger.info("job %s submitted: %s", key, spec.to_json(), extra=job_event_fields(job_id, "submitted", QUEUED))
+        self._metrics.jobs_submitted.labels(work.app).inc()
+        logger.info("job %s submitted: %s %s", key, work.app, work.parameters, extra=job_event_fields(job_id, "submitted", QUEUED))
         return queued, True
 
     def repeat_of(
-        self, job_id: str, spec: RandomArraySpec, owner: str | None, ttl: int | None, left_to_gateway: Collection[str] = ()
+        self, job_id: str, work: JobWork, owner: str | None, ttl: int | None, left_to_gateway: Collection[str] = ()
     ) -> JobRecord | None:
-        """``owner``'s job of this id if a submission of these parameters would return it (it is queued, running
-        or done with them), as :meth:`submit` decides; None if it would queue a new job."""
+        """``owner``'s job of this id if a submission of this work would return it (it is queued, running
+        or done with it), as :meth:`submit` decides; None if it would queue a new job."""
         self._require_loaded()
         key = JobKey(owner, validate_job_id(job_id))
         with self._lock:
             self._lock.wait_for(lambda: key not in self._reserved)
-            return self._repeated(key, spec, ttl, left_to_gateway)
+            return self._repeated(key, work, ttl, left_to_gateway)
 
-    def _repeated(self, key: JobKey, spec: RandomArraySpec, ttl: int | None, left_to_gateway: Collection[str]) -> JobRecord | None:
-        """The job a submission of these parameters repeats, or None; :class:`JobAlreadyExists` for other parameters. Lock held."""
+    def _repeated(self, key: JobKey, work: JobWork, ttl: int | None, left_to_gateway: Collection[str]) -> JobRecord | None:
+        """The job a submission of this work repeats, or None; :class:`JobAlreadyExists` for other parameters. Lock held."""
         previous = self._records.get(key)
         if previous is None or previous.status in RESUBMITTABLE:
             return None
-        requested = {**spec.to_json(), "ttl": ttl}
-        differing = differences({**previous.spec.to_json(), "ttl": previous.ttl}, requested, left_to_gateway)
+        differing = differences(previous.work.compared(previous.ttl), work.compared(ttl), left_to_gateway)
         if differing:
             raise JobAlreadyExists(key.job_id, previous.url, differing)
         return replace(previous)
 
-    def _admit(self, owner: str | None, spec: RandomArraySpec) -> None:
+    def _admit(self, owner: str | None, work: JobWork) -> None:
         """:class:`AdmissionRefused` if a job of ``owner`` would be over a limit on queued jobs or stored bytes; called with the lock held."""
         settings = self._settings
+        nbytes = work.output.nbytes
         # Submissions under way count as queued: a burst of them must not pass a limit together.
         submitting = [pending for key, pending in self._submitting.items() if key.owner == owner]
         if settings.owner_quota_bytes is not None:
-            used = self._usage(owner)[0] + sum(pending.nbytes for pending in submitting)
-            if used + spec.nbytes > settings.owner_quota_bytes:
+            used = self._usage(owner)[0] + sum(pending.output.nbytes for pending in submitting)
+            if used + nbytes > settings.owner_quota_bytes:
                 raise AdmissionRefused(
                     "quota_exceeded", f"{owner or 'this gateway'} has {used} bytes of results done, queued or running, "
-                    f"and this job adds {spec.nbytes}", settings.owner_quota_bytes, "GATEWAY_OWNER_QUOTA_BYTES",
+                    f"and this job adds {nbytes}", settings.owner_quota_bytes, "GATEWAY_OWNER_QUOTA_BYTES",
                     "delete finished jobs (DELETE /jobs/<id>) or submit a smaller one", usage=used,
                 )  # fmt: skip
         queued = len(self._queue) + len(self._submitting)
@@ -351,7 +384,7 @@ class JobManager:
 
     def _usage(self, owner: str | None) -> tuple[int, int]:
         jobs = [record for record in self._taking_space() if record.owner == owner]
-        return sum(record.spec.nbytes for record in jobs), len(jobs)
+        return sum(record.work.output.nbytes for record in jobs), len(jobs)
 
     def usage(self, owner: str | None) -> tuple[int, int]:
         """Bytes of ``owner``'s done, queued and running jobs, and how many jobs they are."""
@@ -362,7 +395,7 @@ class JobManager:
     def stored_bytes(self) -> int:
         """Bytes of every done, queued and running job's result."""
         with self._lock:
-            return sum(record.spec.nbytes for record in self._taking_space())
+            return sum(record.work.output.nbytes for record in self._taking_space())
 
     def get(self, key: JobKey) -> JobRecord:
         """The job's record; :class:`JobNotFound` if there is none."""
@@ -443,7 +476,11 @@ class JobManager:
         return page, (encode_cursor(page[-1]) if len(records) > limit else None)
 
     def cancel_or_delete(self, key: JobKey) -> JobRecord | None:
-        """Cancel a queued or running job and return its record; delete a finished one and return None."""
+        """Cancel a queued or running job and return its record; delete a finished one and return None.
+
+        The jobs that read a done job being deleted fail first, saying why: a
+        queued one at once, a running one once its tasks have stopped.
+        """
         self._require_loaded()
         with self._delete_lock:
             with self._lock:
@@ -451,17 +488,14 @@ class JobManager:
                 self._lock.wait_for(lambda: key not in self._reserved)
                 record = self._record(key)
                 if record.status == RUNNING:
-                    self._cancel_requested.add(key)
-                    # A job whose tasks are not sent yet sees the request before it sends them.
-                    if (writes := self._running.get(key)) is not None:
-                        writes.cancel()
+                    self._stop_running(key, None)
                     self._lock.wait_for(lambda: self._records[key].status in FINISHED)
                     return replace(self._records[key])
                 if record.status == QUEUED:
                     self._queue.remove(key)
                     cancelled = self._records[key] = finish(record, CANCELLED)
                     self._changed(key)
-                # Reserved while the store changes: a resubmission of its id must not write its record first.
+                # Reserved while the store changes: a resubmission of its id, or a new reader, must not find it first.
                 self._reserved.add(key)
             if record.status == QUEUED:
                 try:
@@ -471,9 +505,50 @@ class JobManager:
                         self._reserved.discard(key)
                         self._changed(key)
                 return replace(cancelled)
+            try:
+                self._fail_readers(record)
+            except BaseException:
+                with self._lock:
+                    self._reserved.discard(key)
+                    self._changed(key)
+                raise
             self._delete_reserved(record)
         logger.info("job %s deleted", key)
         return None
+
+    def _readers(self, source: JobKey) -> set[JobKey]:
+        """The queued and running jobs that read ``source``; called with the lock held."""
+        return {key for key, record in self._records.items() if record.status in (QUEUED, RUNNING) and _reads(key, record.work, source)}
+
+    def _fail_readers(self, source: JobRecord) -> None:
+        """Fail every job that reads ``source``, which is reserved for its deletion; return once none of them runs."""
+        error = {"code": SourceGone.code, "message": f"its source {source.job_id!r} was deleted before the job finished"}
+        failed = []
+        with self._lock:
+            # Submissions that found the source before it was reserved are queued first, then failed below.
+            self._lock.wait_for(lambda: not any(_reads(key, work, source.key) for key, work in self._submitting.items()))
+            readers = self._readers(source.key)
+            for key in readers:
+                record = self._records[key]
+                if record.status == RUNNING:
+                    self._stop_running(key, error)
+                    continue
+                self._queue.remove(key)
+                final = self._records[key] = finish(record, FAILED, error=error)
+                failed.append(final)
+                self._metrics.job_finished(FAILED, 0.0, record.work.app)
+                self._changed(key)
+            self._lock.wait_for(lambda: all(self._records[key].status in FINISHED for key in readers if key in self._records))
+        for record in failed:
+            logger.info("job %s failed: %s", record.key, error["message"])
+            self._save_quietly(record)
+
+    def _stop_running(self, key: JobKey, error: dict[str, str] | None) -> None:
+        """Stop a running job, which then ends cancelled (``error`` None) or failed with ``error``; called with the lock held."""
+        self._cancel_requested[key] = error
+        # A job whose tasks are not sent yet sees the request before it sends them.
+        if (writes := self._running.get(key)) is not None:
+            writes.cancel()
 
     def _delete_reserved(self, record: JobRecord) -> None:
         """Remove a finished job's result and record.
@@ -519,6 +594,10 @@ class JobManager:
                 # Submitted again since the sweep looked, or deleted: then it is not this one's time.
                 record = self._records.get(key)
                 if record is None or not has_expired(record, now):
+                    return
+                if self._readers(key):
+                    # Expiry never fails a job: a result that jobs read expires at the first sweep after they end.
+                    logger.info("job %s expired, and is kept while jobs read it", key)
                     return
                 self._reserved.add(key)
             self._delete_reserved(record)
@@ -573,7 +652,7 @@ class JobManager:
             if self._records.get(key) is record and record.status == RUNNING:
                 final = self._records[key] = finish(record, FAILED, error=error)
             self._running.pop(key, None)
-            self._cancel_requested.discard(key)
+            self._cancel_requested.pop(key, None)
             self._changed(key)
         if final is not None:
             self._discard_result(record)
@@ -584,11 +663,13 @@ class JobManager:
         status, error = DONE, None
         key = record.key
         try:
-            spec = record.spec
-            result = self._store.pending_result(record.record_name, record.place, spec, self._settings.zarr_format)
+            with self._lock:
+                # Its app as offered now, and its sources as they are now: a source being deleted fails it here.
+                work = runnable(record.work, self._apps, lambda job_id: self._source(JobKey(record.owner, job_id)))
+            result = self._store.pending_result(record.record_name, record.place, record.work.output, self._settings.zarr_format)
             self._store.begin_result(result, self._stored(record))
             client = self._cluster.client()
-            writes = ChunkWrites(client, result.target, spec, record.job_id, min_tasks=self._settings.n_workers)
+            writes = ChunkWrites(client, result.target, work.app, work.plan, work.source_arrays, record.job_id, min_tasks=self._settings.n_workers)
             with self._lock:
                 self._running[key] = writes
                 if self._stop_requested.is_set() or key in self._cancel_requested:
@@ -596,8 +677,10 @@ class JobManager:
             writes.wait(self._settings.job_timeout, lambda written: self._count_chunks(record, written))
             self._store.mark_complete(result)
         except JobCancelled:
-            status = FAILED if self._stop_requested.is_set() else CANCELLED
-            error = INTERRUPTED if self._stop_requested.is_set() else None
+            with self._lock:
+                reason = self._cancel_requested.get(key)
+            status = FAILED if self._stop_requested.is_set() or reason is not None else CANCELLED
+            error = INTERRUPTED if self._stop_requested.is_set() else reason
         except Exception as exc:
             if not isinstance(exc, GatewayError):
                 logger.exception("job %s failed unexpectedly", key)
@@ -612,7 +695,7 @@ class JobManager:
         # Saved before it shows as finished, so that a DELETE of the finished job cannot race the save.
         self._save_quietly(final)
         # Counted and logged before it shows as finished: a caller who learns the job is done finds both.
-        self._metrics.job_finished(status, final.seconds or 0.0)
+        self._metrics.job_finished(status, final.seconds or 0.0, record.work.app)
         logger.info(
             "job %s %s in %.3f s%s", key, status, final.seconds, f": {error['message']}" if error else "",
             extra=job_event_fields(record.job_id, status, status, final.seconds),
@@ -620,7 +703,7 @@ class JobManager:
         with self._lock:
             self._records[key] = final
             self._running.pop(key, None)
-            self._cancel_requested.discard(key)
+            self._cancel_requested.pop(key, None)
             self._changed(key)
 
     def _count_chunks(self, record: JobRecord, written: int) -> None:
@@ -649,3 +732,8 @@ class JobManager:
         except StorageError:
             self._metrics.s3_errors.inc()
             logger.exception("the partial result of job %s could not be removed", record.key)
+
+
+def _reads(key: JobKey, work: JobWork, source: JobKey) -> bool:
+    """Whether the job ``key`` of this work reads ``source``: a job reads its own owner's results only."""
+    return key.owner == source.owner and any(run.job_id == source.job_id for run in work.sources.values())

@@ -32,13 +32,14 @@ class GatewayMetrics:
         result_reads: Callable[[], int] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry()
-        self.jobs_submitted = Counter("gateway_jobs_submitted", "Jobs accepted into the queue", registry=self.registry)
+        self.jobs_submitted = Counter("gateway_jobs_submitted", "Jobs accepted into the queue, by app", ["app"], registry=self.registry)
         self.jobs_finished = Counter(
-            "gateway_jobs_finished", "Jobs that ended, by outcome (done, failed, cancelled)", ["outcome"], registry=self.registry
+            "gateway_jobs_finished", "Jobs that ended, by outcome (done, failed, cancelled) and app", ["outcome", "app"], registry=self.registry
         )
         self.job_duration = Histogram(
-            "gateway_job_duration_seconds", "Running time of ended jobs", ["outcome"], buckets=DURATION_BUCKETS, registry=self.registry
-        )
+            "gateway_job_duration_seconds", "Running time of ended jobs, by outcome and app", ["outcome", "app"],
+            buckets=DURATION_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         self.s3_errors = Counter("gateway_s3_errors", "Failures of the results store seen by the service", registry=self.registry)
         self.runner_errors = Counter(
             "gateway_job_runner_errors", "Unexpected failures of a job runner, which then went on with the next job", registry=self.registry
@@ -60,9 +61,9 @@ class GatewayMetrics:
         ).set_function(waiting_callers)
         Gauge("gateway_result_reads", "Objects of results being sent to their readers", registry=self.registry).set_function(result_reads)
 
-    def job_finished(self, outcome: str, seconds: float) -> None:
-        self.jobs_finished.labels(outcome).inc()
-        self.job_duration.labels(outcome).observe(seconds)
+    def job_finished(self, outcome: str, seconds: float, app: str) -> None:
+        self.jobs_finished.labels(outcome, app).inc()
+        self.job_duration.labels(outcome, app).observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""

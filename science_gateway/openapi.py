@@ -1,11 +1,19 @@
-"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json``."""
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/openapi.json``, built from the apps offered.
+
+Each app's parameters schema is a component (``<app>.parameters``), and the
+body of ``POST /jobs`` is one of a job of each app; ``/submit_job``'s query
+parameters are the first app's, as a query string writes them.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from .job_parameters import AUTO_SHARDS, DTYPES, JOB_ID_PATTERN, JOB_ID_RULE, MAX_SEED, NO_SHARDS, PAIR_PATTERN
-from .job_records import MAX_PAGE, STATUSES
+from .apps.base import App
+from .apps.registry import Apps, load_apps
+from .job_parameters import JOB_ID_PATTERN, JOB_ID_RULE
+from .job_records import MAX_PAGE, OUTPUT_DTYPES, STATUSES
 from .settings import LONGEST_TTL
 
 PREVIEW_SIZES = ("full", "thumbnail")
@@ -24,12 +32,12 @@ def _json(description: str, schema: str, headers: dict[str, Any] | None = None) 
 
 def _errors(*statuses: int) -> dict[str, Any]:
     meaning = {
-        400: "Malformed job id or parameter; the message says what is allowed",
+        400: "Malformed job id or parameter; the message says what is allowed, and error.details lists each parameter the app's schema refuses by JSON pointer",
         401: "With GATEWAY_AUTH=jupyterhub: no JupyterHub token, or one the hub does not accept",
         403: "With GATEWAY_AUTH=jupyterhub: the token does not grant access:services!service=<this service>, or another site made a browser send its login cookie",
-        404: "No such job of the caller's (another user's job is not found either), no such object in its result, or no such route",
+        404: "No such job of the caller's (another user's job is not found either), no such source, no such app (unknown_app, error.apps lists them), no such object in its result, or no such route",
         405: "Method not allowed",
-        409: "The id names a job of other parameters (error.differences names each), the job was cancelled, or it is not done",
+        409: "The id names a job of other parameters (error.differences names each), the job was cancelled, it or a source is not done, or a source was deleted",
         413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS), or the body over 16 KiB",
         415: "The Content-Type is not application/json, even with no body",
         416: "No byte of the requested range is in the object; Content-Range says its size",
@@ -50,11 +58,8 @@ _JOB_ID = {
     "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
 }
 _PAIR = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
-_PAIR_QUERY = {"type": "string", "pattern": PAIR_PATTERN}
-SHARDS_DESCRIPTION = (
-    "Zarr 3 shards: rows,columns (whole multiples of chunks, each shard one object), 'auto' (about 8 MiB each) "
-    "or 'none' (one object per chunk); absent: the gateway's GATEWAY_DEFAULT_SHARDS"
-)
+# A list of integers as a query string writes it: 1000,1000.
+_LIST_QUERY = {"type": "string", "pattern": r"^[0-9]+(,[0-9]+)+$"}
 TTL_DESCRIPTION = "Seconds the result is kept once the job has finished, at most GATEWAY_MAX_RESULT_TTL; absent: GATEWAY_RESULT_TTL"
 _LOCATION = {"Location": {"description": "The job's record", "schema": {"type": "string"}}}
 _OWNER = {
@@ -97,30 +102,20 @@ _SCHEMAS: dict[str, Any] = {
                     "limit": {"type": "integer", "description": "With 429: the limit that was reached"},
                     "setting": {"type": "string", "description": "With 429: the setting that sets that limit"},
                     "usage": {"type": "integer", "description": "With quota_exceeded: the owner's stored bytes"},
+                    "details": {
+                        "type": "array",
+                        "description": "With invalid_parameters from an app's schema: each failing parameter by JSON pointer, and why",
+                        "items": {"type": "object", "required": ["pointer", "reason"], "properties": {"pointer": {"type": "string"}, "reason": {"type": "string"}}},
+                    },
+                    "apps": {"type": "array", "items": {"type": "string"}, "description": "With unknown_app: the apps offered"},
                     "job": _ref("Job"),
                 },
             }
         },
     },
-    "JobRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "job_id": {"type": "string", "pattern": JOB_ID_PATTERN, "description": "Picked by the service when absent"},
-            "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED, "description": "Absent or null: drawn by the service and recorded"},
-            "shape": {**_PAIR, "default": [1000, 1000]},
-            "chunks": {**_PAIR, "default": [100, 100]},
-            "dtype": {"type": "string", "enum": list(DTYPES), "default": "float32"},
-            "shards": {
-                "oneOf": [_PAIR, {"type": "string", "enum": [AUTO_SHARDS, NO_SHARDS]}, {"type": "null"}],
-                "description": SHARDS_DESCRIPTION,
-            },
-            "ttl": {"type": ["integer", "null"], "minimum": 1, "maximum": LONGEST_TTL, "description": TTL_DESCRIPTION},
-        },
-    },
     "Job": {
         "type": "object",
-        "required": ["job_id", "status", "url", "array_url", "http_url", "seed", "shape", "chunks", "dtype", "progress", "submitted_at"],
+        "required": ["job_id", "status", "url", "array_url", "http_url", "app", "app_version", "parameters", "shape", "chunks", "dtype", "progress", "submitted_at"],
         "properties": {
             "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
             "owner": {"type": ["string", "null"], "description": "The JupyterHub user who submitted it; null without authentication"},
@@ -132,10 +127,12 @@ _SCHEMAS: dict[str, Any] = {
                 "format": "uri",
                 "description": "The result's Zarr group, read through this gateway by its owner (and admins) with their token: xr.open_zarr(http_url, storage_options={'headers': {'Authorization': 'token <token>'}})",
             },
-            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
-            "shape": _PAIR,
+            "app": {"type": "string", "description": "The app that computes it (GET /apps/{app})"},
+            "app_version": {"type": "string"},
+            "parameters": {"type": "object", "description": "The app's parameters as planned: every default filled in, a drawn seed included"},
+            "shape": {**_PAIR, "description": "The shape of the array written, 'data'"},
             "chunks": _PAIR,
-            "dtype": {"type": "string", "enum": list(DTYPES)},
+            "dtype": {"type": "string", "enum": sorted(OUTPUT_DTYPES)},
             "shards": {"oneOf": [_PAIR, {"type": "null"}], "description": "Zarr 3 shards, each one object; null: one object per chunk"},
             "progress": {
                 "type": "object",
@@ -180,7 +177,76 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"status": {"const": "ready"}, "cluster": {"type": "object"}, "results_store": {"type": "object"}, "job_records": {"type": "object"}},
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+    "App": {
+        "type": "object",
+        "required": ["name", "version", "description", "parameters"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "description": {"type": "string"},
+            "parameters": {"type": "object", "description": "The JSON Schema (draft 2020-12) of the app's parameters"},
+        },
+    },
+    "AppList": {"type": "object", "required": ["apps"], "properties": {"apps": {"type": "array", "items": _ref("App")}}},
 }
+_JOB_FIELDS = {
+    "job_id": {"type": "string", "pattern": JOB_ID_PATTERN, "description": "Picked by the service when absent"},
+    "ttl": {"type": ["integer", "null"], "minimum": 1, "maximum": LONGEST_TTL, "description": TTL_DESCRIPTION},
+}
+# The first app: /submit_job's, and that of a POST /jobs body without "app".
+FIRST_APP = "random-array"
+
+
+def _parameters_name(app: App) -> str:
+    return f"{app.name}.parameters"
+
+
+def _app_schemas(apps: Apps) -> dict[str, Any]:
+    """Each app's parameters, and the body of POST /jobs: a job of one of the apps, or the first app's parameters beside job_id and ttl."""
+    schemas: dict[str, Any] = {_parameters_name(app): copy.deepcopy(app.parameters) for app in apps}
+    requests = []
+    for app in apps:
+        name = f"{app.name}.job"
+        schemas[name] = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["app"],
+            "properties": {"app": {"const": app.name}, "parameters": _ref(_parameters_name(app)), **_JOB_FIELDS},
+        }
+        requests.append(_ref(name))
+    first = next((app for app in apps if app.name == FIRST_APP), None)
+    if first is not None:
+        schemas["FirstAppJob"] = {
+            "type": "object",
+            "additionalProperties": False,
+            "description": f"Without \"app\": a job of {FIRST_APP}, its parameters beside job_id and ttl",
+            "properties": {**copy.deepcopy(first.parameters["properties"]), **_JOB_FIELDS},
+        }
+        requests.append(_ref("FirstAppJob"))
+    schemas["JobRequest"] = {"oneOf": requests}
+    return schemas
+
+
+def _query_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema as a query string writes its value: a list as 1,2; null left out."""
+    branches = [*schema.get("oneOf", ()), *schema.get("anyOf", ())]
+    if branches:
+        written = [_query_schema(branch) for branch in branches if branch.get("type") != "null"]
+        return written[0] if len(written) == 1 else {"anyOf": written}
+    types = [schema["type"]] if isinstance(schema.get("type"), str) else [kind for kind in schema.get("type", []) if kind != "null"]
+    if types == ["array"]:
+        return dict(_LIST_QUERY)
+    kept = {key: value for key, value in schema.items() if key in ("enum", "minimum", "maximum", "pattern", "default")}
+    return {**kept, "type": types[0]} if len(types) == 1 else kept
+
+
+def _first_app_query(apps: Apps) -> list[dict[str, Any]]:
+    first = next((app for app in apps if app.name == FIRST_APP), None)
+    properties = first.parameters["properties"] if first is not None else {}
+    return [
+        {"name": name, "in": "query", "schema": _query_schema(schema), **({"description": schema["description"]} if "description" in schema else {})}
+        for name, schema in properties.items()
+    ]
 
 
 # What a probe or a Prometheus scrape reaches without a token.
@@ -241,21 +307,19 @@ def _job_paths(prefix: str, owner: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(apps: Apps | None = None) -> dict[str, Any]:
+    """The document of a gateway offering ``apps``; by default every app installed."""
+    apps = apps if apps is not None else load_apps()
     job_parameters = [
-        {"name": "seed", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEED}, "description": "Same seed, shape and chunks: a bit-identical array"},
-        {"name": "shape", "in": "query", "schema": _PAIR_QUERY, "description": "Rows,columns; default 1000,1000"},
-        {"name": "chunks", "in": "query", "schema": _PAIR_QUERY, "description": "Chunk rows,columns; default 100,100"},
-        {"name": "dtype", "in": "query", "schema": {"type": "string", "enum": list(DTYPES)}, "description": "Default float32"},
+        *_first_app_query(apps),
         {"name": "ttl", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": LONGEST_TTL}, "description": TTL_DESCRIPTION},
-        {"name": "shards", "in": "query", "schema": {"anyOf": [_PAIR_QUERY, {"type": "string", "enum": [AUTO_SHARDS, NO_SHARDS]}]}, "description": SHARDS_DESCRIPTION},
     ]
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Science gateway",
             "version": "1.0.0",
-            "description": "Runs random-array jobs on a Dask cluster and stores each result in object storage as Zarr.",
+            "description": "Runs apps' jobs on a Dask cluster and stores each result in object storage as Zarr: " + ", ".join(f"{app.name} ({app.description})" for app in apps),
         },
         "paths": _with_authentication({
             "/": {
@@ -292,14 +356,22 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json("A page of jobs", "JobList"), **_errors(400, 502)},
                 },
                 "post": {
-                    "summary": "Submit a job without waiting",
+                    "summary": "Submit a job of an app without waiting: {\"app\": ..., \"parameters\": {...}}, or the first app's parameters alone",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("JobRequest")}}},
                     "responses": {
                         "200": _json("The caller's job of this id and these parameters, done already", "Job"),
                         "202": _json("Queued (or, for an id of the caller's with these parameters, that job, queued or running)", "Job", _LOCATION),
-                        **_errors(400, 409, 413, 415, 429, 502, 503),
+                        **_errors(400, 404, 409, 413, 415, 429, 502, 503),
                     },
                 },
+            },
+            "/apps": {"get": {"summary": "The apps offered, each with the JSON Schema of its parameters", "responses": {"200": _json("The apps", "AppList")}}},
+            "/apps/{name}": {
+                "get": {
+                    "summary": "One app",
+                    "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _json("The app", "App"), **_errors(404)},
+                }
             },
             "/usage": {
                 "get": {
@@ -311,7 +383,7 @@ def openapi_document() -> dict[str, Any]:
             **_job_paths("/users/{owner}/jobs/{job_id}", [_OWNER]),
         }),
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": {**_SCHEMAS, **_app_schemas(apps)},
             "securitySchemes": {
                 "jupyterhubToken": {
                     "type": "apiKey",

@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 from distributed import Client
 
-from .random_chunks import MAX_TASK_BYTES
+from .region_writes import MAX_TASK_BYTES
 
 matplotlib.use("Agg")  # no display in a web process
 from matplotlib.figure import Figure

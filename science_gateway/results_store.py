@@ -38,11 +38,10 @@ from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
 from . import results_objects
 from .errors import GatewayError
-from .random_chunks import ArrayTarget
+from .region_writes import ArrayTarget
 
 if TYPE_CHECKING:
-    # Only for the annotation: the job module imports this one.
-    from .job_parameters import RandomArraySpec
+    from .apps.base import Output
 
 # Consolidated metadata is what lets xarray.open_zarr open a result with one read
 # and without a warning; zarr-python reads it in format 3 too, so its caveat that
@@ -200,14 +199,14 @@ class ResultsStore:
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"checking {self.url_for(place)} failed", exc)) from exc
 
-    def pending_result(self, record_name: str, place: str, spec: RandomArraySpec, zarr_format: ZarrFormat) -> PendingResult:
+    def pending_result(self, record_name: str, place: str, output: Output, zarr_format: ZarrFormat) -> PendingResult:
         """A new job's array, bound to its place in the store; nothing is written here.
 
         The metadata is made by zarr in memory and written by :meth:`begin_result`
         and :meth:`mark_complete`, so the store is never asked whether a document
         exists, and an unfinished result has no group metadata.
         """
-        metadata, array_documents, group_documents = _new_array_metadata(spec.shape, spec.chunks, spec.shards, spec.dtype, zarr_format)
+        metadata, array_documents, group_documents = _new_array_metadata(output.shape, output.chunks, output.shards, output.dtype, zarr_format)
         return PendingResult(
             record_name=record_name,
             place=place,

@@ -57,6 +57,8 @@ class Settings:
     probe_address: str = "0.0.0.0:8001"
     shutdown_timeout: float = 540.0
     log_format: str = "text"
+    # The apps offered, by name (GATEWAY_APPS, comma-separated); None: every app installed.
+    apps: tuple[str, ...] | None = None
     auth: str = "none"
     jupyterhub_api_url: str | None = None
     # Kept out of repr: a logged Settings must not carry the token.
@@ -184,6 +186,12 @@ def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], def
 _FLAG_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
+def _names(environ: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    """A comma-separated list of names; None when the variable is unset or empty."""
+    names = tuple(part.strip() for part in environ.get(name, "").split(",") if part.strip())
+    return names or None
+
+
 def parse_flag(text: str) -> bool | None:
     """True or False for a yes-or-no word (true/false, 1/0, yes/no); None for anything else."""
     return _FLAG_WORDS.get(text.strip().lower())
@@ -234,6 +242,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         probe_address=_address(environ, "GATEWAY_PROBE_ADDRESS", _DEFAULTS.probe_address),
         shutdown_timeout=_positive_number(environ, "GATEWAY_SHUTDOWN_TIMEOUT", _DEFAULTS.shutdown_timeout, float),
         log_format=_choice(environ, "GATEWAY_LOG_FORMAT", ("text", "json"), _DEFAULTS.log_format),
+        apps=_names(environ, "GATEWAY_APPS"),
         **_auth_settings(environ),
     )
 

@@ -111,23 +111,63 @@ async function refresh() {
   if (response.ok) showJobs((await response.json()).jobs);
 }
 
-function integerPair(value) {
-  return value.split(",").map((item) => Number(item.trim()));
+// The apps and their parameters' JSON Schemas, as the page was rendered with them.
+function apps() {
+  return JSON.parse(document.querySelector("#apps-data").textContent);
+}
+
+// The JSON types a property's schema allows, its branches (oneOf, anyOf) included.
+function types(schema) {
+  const declared = [].concat(schema.type ?? []);
+  return [...declared, ...[...(schema.oneOf ?? []), ...(schema.anyOf ?? [])].flatMap(types)];
+}
+
+// A field for each parameter of the chosen app, from its schema: a list for an
+// enum, text otherwise, with the schema's default as placeholder and its description as title.
+function showParameters() {
+  const app = apps().find((candidate) => candidate.name === document.querySelector("#submit-job select[name=app]").value);
+  const fieldset = document.querySelector("#parameters");
+  fieldset.replaceChildren();
+  for (const [name, schema] of Object.entries(app.parameters.properties ?? {})) {
+    const label = document.createElement("label");
+    label.append(name);
+    let field;
+    if (schema.enum) {
+      field = document.createElement("select");
+      for (const choice of schema.enum) field.append(new Option(choice, choice, choice === schema.default, choice === schema.default));
+    } else {
+      field = document.createElement("input");
+      field.placeholder = schema.default !== undefined ? String(schema.default) : types(schema).includes("null") ? "chosen by the gateway" : "";
+      if (types(schema).includes("array")) field.title = "rows,columns";
+      if (schema.pattern) field.pattern = schema.pattern.replace(/^\^/, "").replace(/\$$/, "").replace("-]", "\\-]");
+    }
+    field.name = name;
+    field.required = (app.parameters.required ?? []).includes(name);
+    if (schema.description) label.title = schema.description;
+    label.append(field);
+    fieldset.append(label);
+  }
+}
+
+// A field's text as JSON text, read as its schema asks: digits a number (as typed,
+// past what a JavaScript number holds exactly), "a,b" a list, anything else text.
+function jsonValue(text, schema) {
+  const allowed = types(schema);
+  if ((allowed.includes("integer") || allowed.includes("number")) && /^-?[0-9]+$/.test(text)) return text;
+  if (allowed.includes("array") && text.includes(",")) return `[${text.split(",").map((item) => jsonValue(item.trim(), { type: "integer" })).join(",")}]`;
+  return JSON.stringify(text);
 }
 
 async function submitJob(event) {
   event.preventDefault();
   const form = event.target;
   const fields = new FormData(form);
-  const job = { shape: integerPair(fields.get("shape")), dtype: fields.get("dtype") };
-  if (fields.get("job_id")) job.job_id = fields.get("job_id");
-  if (fields.get("chunks")) job.chunks = integerPair(fields.get("chunks"));
-  // Seeds go up to 2^63 - 1, past what a JavaScript number holds exactly: digits
-  // go into the JSON text as typed, anything else as text for the gateway to refuse.
-  const seed = fields.get("seed").trim();
-  let body = JSON.stringify(job);
-  if (/^[0-9]+$/.test(seed)) body = body.replace(/}$/, `,"seed":${seed}}`);
-  else if (seed) body = JSON.stringify({ ...job, seed });
+  const app = apps().find((candidate) => candidate.name === fields.get("app"));
+  const parameters = Object.entries(app.parameters.properties ?? {})
+    .filter(([name]) => fields.get(name)?.trim())
+    .map(([name, schema]) => `${JSON.stringify(name)}:${jsonValue(fields.get(name).trim(), schema)}`);
+  const jobId = fields.get("job_id") ? `,"job_id":${JSON.stringify(fields.get("job_id"))}` : "";
+  const body = `{"app":${JSON.stringify(app.name)}${jobId},"parameters":{${parameters.join(",")}}}`;
   const result = document.querySelector("#submit-result");
   const button = form.querySelector("button");
   button.disabled = true;
@@ -169,6 +209,8 @@ async function refreshForever() {
 
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelector("#submit-job").addEventListener("submit", submitJob);
+  document.querySelector("#submit-job select[name=app]").addEventListener("change", showParameters);
+  showParameters();
   for (const image of document.querySelectorAll("#jobs td.preview img")) retryWhenRefused(image);
   setInterval(tickRunningDurations, 250);
   refreshForever();

@@ -24,11 +24,20 @@ from flask import Flask
 from nbclient import NotebookClient
 
 from gateway import create_app, services
-from science_gateway.random_chunks import chunk_selections, random_chunk
+from science_gateway.apps.base import Limits
+from science_gateway.apps.random_array import RandomArray, random_chunk
+from science_gateway.job_work import JobWork, plan_work
+from science_gateway.region_writes import chunk_selections
 from science_gateway.settings import load_settings
 
 SHAPE = (1000, 1000)
 CHUNKS = (100, 100)
+
+
+def random_job(**parameters: Any) -> JobWork:
+    """The work of a random-array job of these parameters, planned as the gateway plans it: no size limits, one object per chunk unless shards are given."""
+    as_json = {name: list(value) if isinstance(value, tuple) else value for name, value in parameters.items()}
+    return plan_work(RandomArray(), as_json, Limits(math.inf, math.inf, "none", 3), lambda job_id: None)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
@@ -86,6 +95,42 @@ def assert_made_from_its_seed(url: str, seed: int) -> None:
     for index, selection in enumerate(chunk_selections(array.shape, array.chunks)):
         expected[selection] = random_chunk(seed, index, selection, str(array.dtype))
     np.testing.assert_array_equal(array[:], expected)
+
+
+def assert_computed_by_the_app(record: dict[str, Any]) -> None:
+    """The stored result of a done job of an app that reads no source is, value for value, what the app computes from the recorded parameters, here."""
+    from science_gateway.apps.base import Output
+    from science_gateway.apps.registry import load_apps
+
+    app = load_apps().get(record["app"])
+    assert app.version == record["app_version"]
+    output = Output(tuple(record["shape"]), tuple(record["chunks"]), record["dtype"], tuple(record["shards"]) if record["shards"] else None)
+    whole = tuple(slice(0, size) for size in output.shape)
+    stored = zarr.open_group(record["url"], mode="r")["data"]
+    assert (stored.shape, stored.dtype) == (output.shape, np.dtype(output.dtype))
+    np.testing.assert_array_equal(stored[:], app.compute(whole, record["parameters"], output, {}))
+
+
+def finished_job(fetch: Callable[[], dict[str, Any]], timeout: float, what: str) -> dict[str, Any]:
+    """The record ``fetch`` gives once the job has finished (done, failed or cancelled)."""
+
+    def finished() -> dict[str, Any] | None:
+        record = fetch()
+        return record if record["status"] in ("done", "failed", "cancelled") else None
+
+    return wait_for(finished, timeout, f"{what} to finish")
+
+
+def installed_package(directory: Path, distribution: str, modules: Mapping[str, str], apps: Mapping[str, str], version: str = "0.1.0") -> Path:
+    """A package installed as pip installs one, in ``directory`` (put it on sys.path): its modules, and its
+    metadata declaring ``apps`` (name: "module:Class") under the entry-point group science_gateway.apps."""
+    for module, source in modules.items():
+        (directory / f"{module}.py").write_text(source)
+    metadata = directory / f"{distribution.replace('-', '_')}-{version}.dist-info"
+    metadata.mkdir(parents=True)
+    (metadata / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+    (metadata / "entry_points.txt").write_text("[science_gateway.apps]\n" + "".join(f"{name} = {target}\n" for name, target in apps.items()))
+    return directory
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -216,6 +261,18 @@ def running_app(environ: Mapping[str, str], ready_within: float | None = None) -
         services(app).close()
 
 
+def manager_on(app: Flask, url: str, metrics: Any = None, **settings_changes: Any) -> Any:
+    """A job manager of its own on ``app``'s cluster and apps, with another results store and settings."""
+    from dataclasses import replace
+
+    from science_gateway.jobs import JobManager
+    from science_gateway.results_store import ResultsStore
+
+    gateway = services(app)
+    settings = replace(gateway.settings, results_url=url, **settings_changes)
+    return JobManager(gateway.cluster, ResultsStore(url), settings, metrics or gateway.metrics, gateway.apps)
+
+
 def _pause(dask_worker: Any) -> Any:
     from distributed.core import Status
 
@@ -248,9 +305,9 @@ def workers_held(client: Any) -> Iterator[None]:
 
 def stop_reached(job_id: str) -> bool:
     """On a worker: whether a stop of a run of this job has reached it (the job timed out or was cancelled)."""
-    from science_gateway import random_chunks
+    from science_gateway import region_writes
 
-    return any(run.startswith(f"{job_id}/") for run in random_chunks._stopped_runs)
+    return any(run.startswith(f"{job_id}/") for run in region_writes._stopped_runs)
 
 
 def wait_for_the_stop(client: Any, job_id: str) -> None:

@@ -33,10 +33,12 @@ from devtools.container_engine import (
 )  # fmt: skip
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
-from helpers import assert_made_from_its_seed, wait_for
+from helpers import assert_computed_by_the_app, assert_made_from_its_seed, finished_job, wait_for
 from servers import PROJECT, DaskGatewayServer, start_dask_gateway_server
 
 IMAGE = "science-gateway:test"
+# Built in with the build argument GATEWAY_APP_PACKAGES, as docs/apps.md says.
+EXAMPLE_APP = "examples/apps/julia-set"
 # As deploy_gateway.yaml runs the container.
 POD_SECURITY = ["--read-only", "--tmpfs", "/tmp", "--user", "10001:10001", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
 RESULTS_WRITER = "scientist"
@@ -58,8 +60,9 @@ def image(engine: None, tmp_path_factory: pytest.TempPathFactory, request: pytes
         started = time.monotonic()
         made = ensure_debian_base(workdir)
         base_seconds = time.monotonic() - started
-        with served_wheelhouse(PROJECT / "requirements.txt", workdir) as index_url:
-            build_seconds = build_image(IMAGE, index_url, workdir / "build.log")
+        # setuptools: the example app's build backend, to install it from its directory as an operator does.
+        with served_wheelhouse(PROJECT / "requirements.txt", workdir, "setuptools") as index_url:
+            build_seconds = build_image(IMAGE, index_url, workdir / "build.log", app_packages=f"./{EXAMPLE_APP}")
     except EngineUnavailable as reason:
         pytest.fail(f"the image cannot be built here: {reason}")
     base = f"base made from Debian's packages in {base_seconds:.0f} s" if made else "base already in the engine"
@@ -198,6 +201,13 @@ def test_dask_gateway_runs_the_scheduler_and_workers_from_the_image(
         job = requests.get(f"{url}/submit_job/from-image-workers?seed=23", timeout=300)
         assert job.status_code == 200, job.text
         assert_made_from_its_seed(job.json()["url"], 23)
+        # The example app, installed into the image by the build argument, run by the workers' containers.
+        assert "julia-set" in [app["name"] for app in requests.get(f"{url}/apps", timeout=10).json()["apps"]]
+        julia = requests.post(f"{url}/jobs", json={"app": "julia-set", "job_id": "julia-in-containers", "parameters": {"size": [300, 200]}}, timeout=10)
+        assert julia.status_code == 202, julia.text
+        done = finished_job(lambda: requests.get(f"{url}/jobs/julia-in-containers", timeout=10).json(), 120, "the julia-set job")
+        assert done["status"] == "done", done["error"]
+        assert_computed_by_the_app(done)
         configs = [json.loads(docker("inspect", "--format", "{{json .}}", name.decode()).stdout) for name in cluster]
     finally:
         container.remove()

@@ -10,16 +10,18 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import requests
+import zarr
 from dask_gateway import BasicAuth, Gateway
 
 from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
-from helpers import assert_all_gone, assert_complete_result, descendants, wait_for
+from helpers import assert_all_gone, assert_complete_result, assert_computed_by_the_app, descendants, finished_job, wait_for
 from servers import DaskGatewayServer, start_dask_gateway_server
 
 USER = "scientist"
@@ -59,6 +61,15 @@ def gateway_client(server: DaskGatewayServer) -> Gateway:
     return Gateway(server.address, proxy_address=server.proxy_address, auth=BasicAuth(USER, server.password))
 
 
+def submitted(url: str, body: dict) -> dict:
+    """A job posted to the gateway at ``url`` and waited for; its record, done."""
+    answer = requests.post(f"{url}/jobs", json=body, timeout=30)
+    assert answer.status_code == 202, answer.text
+    record = finished_job(lambda: requests.get(f"{url}/jobs/{body['job_id']}", timeout=10).json(), 120, body["job_id"])
+    assert record["status"] == "done", record["error"]
+    return record
+
+
 def running_clusters(server: DaskGatewayServer) -> list:
     return gateway_client(server).list_clusters()
 
@@ -77,7 +88,12 @@ def test_jobs_run_on_a_dask_gateway_cluster_that_is_shut_down_with_the_service(
 
         response = requests.get(f"{served.url}/submit_job/via-dask-gateway", timeout=120)
         assert response.status_code == 200, response.text
-        assert_complete_result(results_fs, response.json(), BUCKET)
+        source = assert_complete_result(results_fs, response.json(), BUCKET)
+        # Both built-in apps and the installed example run on the Dask Gateway cluster's workers.
+        coarse = submitted(served.url, {"app": "coarsen", "job_id": "coarse-via-dask-gateway", "parameters": {"source": "via-dask-gateway", "factor": 4}})
+        expected = source.astype("float64").reshape(250, 4, 250, 4).mean(axis=(1, 3)).astype(source.dtype)
+        np.testing.assert_array_equal(zarr.open_group(coarse["url"], mode="r")["data"][:], expected)
+        assert_computed_by_the_app(submitted(served.url, {"app": "julia-set", "job_id": "julia-via-dask-gateway", "parameters": {"size": [300, 300]}}))
         dask_processes = cluster_processes(dask_gateway_server)
         assert len(dask_processes) >= 4, "a scheduler and three workers"
     finally:

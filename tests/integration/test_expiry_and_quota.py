@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,20 +15,13 @@ from flask import Flask
 
 from conftest import BUCKET
 from gateway import services
-from helpers import assert_made_from_its_seed, running_app, wait_for, workers_held
+from helpers import assert_made_from_its_seed, manager_on, random_job, running_app, wait_for, workers_held
 from science_gateway.admission import AdmissionRefused
-from science_gateway.job_parameters import RandomArraySpec
 from science_gateway.job_records import DONE, RUNNING
-from science_gateway.jobs import JobManager, JobNotFound
+from science_gateway.jobs import JobNotFound
 from science_gateway.metrics import GatewayMetrics
-from science_gateway.results_store import ResultsStore
 
-SMALL = RandomArraySpec(seed=4, shape=(200, 200), chunks=(100, 100))
-
-
-def manager_on(app: Flask, prefix: str, metrics: GatewayMetrics | None = None, **changes) -> JobManager:
-    settings = replace(services(app).settings, results_url=f"s3://{prefix}", **changes)
-    return JobManager(services(app).cluster, ResultsStore(settings.results_url), settings, metrics or services(app).metrics)
+SMALL = random_job(seed=4, shape=(200, 200), chunks=(100, 100))
 
 
 def objects_under(results_fs, path: str) -> list[str]:
@@ -39,7 +31,7 @@ def objects_under(results_fs, path: str) -> list[str]:
 def test_an_expired_result_and_its_record_are_deleted_and_another_owners_are_not(app: Flask, results_fs) -> None:
     prefix = f"{BUCKET}/expiry-{uuid.uuid4().hex[:8]}"
     metrics = GatewayMetrics(running=lambda: 0, queued=lambda: 0, workers=lambda: 0)
-    manager = manager_on(app, prefix, metrics, expiry_interval=0.2)
+    manager = manager_on(app, f"s3://{prefix}", metrics, expiry_interval=0.2)
     manager.start()
     try:
         alices = manager.wait(manager.submit("alices", SMALL, "alice", ttl=2)[0].key)
@@ -71,12 +63,12 @@ def test_an_expired_result_and_its_record_are_deleted_and_another_owners_are_not
 
 def test_a_running_job_never_expires_and_the_next_gateway_deletes_what_expired_while_none_ran(app: Flask, results_fs) -> None:
     prefix = f"{BUCKET}/expiry-restart-{uuid.uuid4().hex[:8]}"
-    first = manager_on(app, prefix, expiry_interval=0.2)
+    first = manager_on(app, f"s3://{prefix}", expiry_interval=0.2)
     first.start()
     try:
         # Held on paused workers, the job runs past its ttl of 1 s however fast the machine.
         with workers_held(services(app).cluster.client()):
-            slow, _ = first.submit("slow", RandomArraySpec(seed=6, shape=(400, 400), chunks=(100, 100)), ttl=1)
+            slow, _ = first.submit("slow", random_job(seed=6, shape=(400, 400), chunks=(100, 100)), ttl=1)
             running = wait_for(lambda: (record := first.get(slow.key)).status == RUNNING and record, 60, "the job to start")
             wait_for(lambda: datetime.fromisoformat(running.started_at) + timedelta(seconds=2) < datetime.now(UTC), 10, "its ttl to pass")
             assert first.get(slow.key).status == RUNNING and first.get(slow.key).expires_at is None, "a running job never expires"
@@ -87,7 +79,7 @@ def test_a_running_job_never_expires_and_the_next_gateway_deletes_what_expired_w
         first.close()
     assert_made_from_its_seed(done.url, 6)
 
-    second = manager_on(app, prefix, expiry_interval=0.2)
+    second = manager_on(app, f"s3://{prefix}", expiry_interval=0.2)
     second.start()
     try:
         wait_for(lambda: not results_fs.exists(f"{prefix}/.jobs/slow.json"), timeout=30, what="the next gateway to expire it")
@@ -101,7 +93,7 @@ def test_a_running_job_never_expires_and_the_next_gateway_deletes_what_expired_w
 def test_a_submission_over_the_owners_quota_is_refused_naming_usage_limit_and_setting(app: Flask) -> None:
     prefix = f"{BUCKET}/quota-{uuid.uuid4().hex[:8]}"
     quota = 2 * SMALL.nbytes
-    manager = manager_on(app, prefix, owner_quota_bytes=quota)
+    manager = manager_on(app, f"s3://{prefix}", owner_quota_bytes=quota)
     manager.start()
     try:
         first = manager.wait(manager.submit(None, SMALL, "alice")[0].key)

@@ -25,10 +25,10 @@ from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import free_port, stop_process
 from gateway import services
-from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, wait_for, wait_for_the_stop, workers_held
-from science_gateway.job_parameters import RandomArraySpec
+from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, random_job, wait_for, wait_for_the_stop, workers_held
+from science_gateway.apps.random_array import random_chunk
 from science_gateway.jobs import JobManager
-from science_gateway.random_chunks import chunk_selections, random_chunk
+from science_gateway.region_writes import chunk_selections
 from science_gateway.results_store import ResultsStore
 
 # 400 MB in about 50 tasks: a few seconds, long enough to be cut short on the way.
@@ -142,13 +142,13 @@ def test_a_worker_killed_mid_job_never_leaves_a_done_job_with_missing_chunks(app
 
 def test_a_job_over_its_timeout_fails_and_its_dask_work_is_cancelled(app: Flask, results_fs) -> None:
     settings = replace(services(app).settings, results_url=f"s3://{BUCKET}/timeout", job_timeout=1.0)
-    manager = JobManager(services(app).cluster, ResultsStore(settings.results_url), settings, services(app).metrics)
+    manager = JobManager(services(app).cluster, ResultsStore(settings.results_url), settings, services(app).metrics, services(app).apps)
     manager.start()
     cluster = services(app).cluster.client()
     try:
         # Held, the job cannot finish within its timeout however fast the machine.
         with workers_held(cluster):
-            submitted, _ = manager.submit("overrun", RandomArraySpec(seed=1))
+            submitted, _ = manager.submit("overrun", random_job(seed=1))
             wait_for_the_stop(cluster, "overrun")
         job = manager.wait(submitted.key)
     finally:

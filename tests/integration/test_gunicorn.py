@@ -56,7 +56,7 @@ def test_curl_a_repeat_is_the_same_job_and_another_seed_is_409_naming_it(served:
     status, body = curl(f"{served.url}/submit_job/curl-dup?seed=7")
     assert status == 409
     assert body["error"]["url"] == f"s3://{BUCKET}/curl-dup"
-    assert body["error"]["differences"] == {"seed": {"existing": first[1]["seed"], "requested": 7}}
+    assert body["error"]["differences"] == {"seed": {"existing": first[1]["parameters"]["seed"], "requested": 7}}
 
 
 def test_sigterm_stops_gunicorn_and_every_cluster_process(s3: LocalS3, tmp_path: Path) -> None:

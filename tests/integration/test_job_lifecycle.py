@@ -15,7 +15,8 @@ from devtools.local_s3 import LocalS3
 from gateway import services
 from helpers import expected_objects, running_app, wait_for, wait_for_the_stop, workers_held
 from openapi_check import CheckedClient
-from science_gateway.random_chunks import chunk_selections, random_chunk
+from science_gateway.apps.random_array import random_chunk
+from science_gateway.region_writes import chunk_selections
 
 PREFIX = f"{BUCKET}/lifecycle"
 # 10000 chunks in many tasks: seen writing, then held (cancel_while_held) until its cancel reaches the workers.
@@ -71,7 +72,7 @@ def test_a_submitted_job_is_watched_to_done(api: CheckedClient, results_fs) -> N
     assert record["progress"] == {"chunks_written": 100, "chunks_total": 100}
     assert record["submitted_at"] <= record["started_at"] <= record["finished_at"]
     assert record["error"] is None and record["seconds"] > 0
-    assert (record["seed"], record["shape"], record["chunks"], record["dtype"]) == (11, [1000, 1000], [100, 100], "float32")
+    assert (record["parameters"]["seed"], record["shape"], record["chunks"], record["dtype"]) == (11, [1000, 1000], [100, 100], "float32")
     group = zarr.open_group(record["url"], mode="r")
     assert group.metadata.consolidated_metadata is not None, "a done job's result is marked complete"
     assert len([p for p in results_fs.find(f"{PREFIX}/watched/data") if "/c." in p]) == expected_objects(record)
@@ -119,7 +120,7 @@ def test_twenty_concurrent_submissions_of_one_id_run_one_job_and_each_gets_it(li
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(submit, range(20)))
     assert {answer.status_code for answer in answers} <= {200, 202} and len(answers) == 20
-    assert len({(answer.json["submitted_at"], answer.json["seed"]) for answer in answers}) == 1, "one job, its seed drawn once"
+    assert len({(answer.json["submitted_at"], answer.json["parameters"]["seed"]) for answer in answers}) == 1, "one job, its seed drawn once"
     listed = [record for record in CheckedClient(lifecycle_app.test_client()).get("/jobs?limit=1000").json["jobs"] if record["job_id"] == "contended"]
     assert len(listed) == 1
 
@@ -192,7 +193,7 @@ def test_bad_requests_name_the_problem(api: CheckedClient, path: str, status: in
 def test_submit_job_takes_parameters_and_can_return_at_once(api: CheckedClient) -> None:
     done = api.get("/submit_job/by-get?seed=5&shape=200,300&chunks=100,100&dtype=float64")
     assert done.status_code == 200
-    assert (done.json["status"], done.json["seed"], done.json["shape"], done.json["dtype"]) == ("done", 5, [200, 300], "float64")
+    assert (done.json["status"], done.json["parameters"]["seed"], done.json["shape"], done.json["dtype"]) == ("done", 5, [200, 300], "float64")
     assert done.json["progress"] == {"chunks_written": 6, "chunks_total": 6}
 
     queued = api.get("/submit_job/by-get-later?wait=false&shape=10,10&chunks=10,10")

@@ -5,7 +5,6 @@ import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,12 +27,13 @@ from helpers import (
     descendants,
     expected_objects,
     listing,
+    manager_on,
+    random_job,
     running_app,
     wait_for,
     workers_held,
 )  # fmt: skip
 from science_gateway.admission import AdmissionRefused
-from science_gateway.job_parameters import RandomArraySpec
 from science_gateway.job_records import DONE, RUNNING, JobKey, JobRecord
 from science_gateway.jobs import GatewayStopping, JobManager, JobNotFound
 from science_gateway.metrics import GatewayMetrics
@@ -88,12 +88,12 @@ def test_a_repeat_is_the_same_job_and_other_parameters_are_409_naming_each_and_t
 
     again = client.get(f"/submit_job/{job_id}?shape=200,300&chunks=100,100")
     assert again.status_code == 200 and again.json == first.json, "the same job, its seed drawn the first time"
-    posted = client.post("/jobs", json={"job_id": job_id, "shape": [200, 300], "chunks": [100, 100], "seed": first.json["seed"]})
+    posted = client.post("/jobs", json={"job_id": job_id, "shape": [200, 300], "chunks": [100, 100], "seed": first.json["parameters"]["seed"]})
     assert posted.status_code == 200 and posted.json == first.json, "done: 200, not 202"
     other = client.get(f"/submit_job/{job_id}?seed=7&shape=200,300&chunks=100,50&ttl=60")
     assert other.status_code == 409 and other.json["error"]["code"] == "job_exists"
     assert other.json["error"]["differences"] == {
-        "seed": {"existing": first.json["seed"], "requested": 7},
+        "seed": {"existing": first.json["parameters"]["seed"], "requested": 7},
         "chunks": {"existing": [100, 100], "requested": [100, 50]},
         "ttl": {"existing": None, "requested": 60},
     }
@@ -154,21 +154,15 @@ def run_with_store(app: Flask, directory: Path, **settings_changes) -> JobRecord
     manager = manager_on(app, str(directory), **settings_changes)
     manager.start()
     try:
-        return manager.wait(manager.submit("on-disk", RandomArraySpec(seed=1))[0].key)
+        return manager.wait(manager.submit("on-disk", random_job(seed=1))[0].key)
     finally:
         manager.close()
-
-
-def manager_on(app: Flask, url: str, metrics: GatewayMetrics | None = None, **settings_changes) -> JobManager:
-    """A job manager of its own on the shared cluster, with another results store and settings."""
-    settings = replace(services(app).settings, results_url=url, **settings_changes)
-    return JobManager(services(app).cluster, ResultsStore(url), settings, metrics or services(app).metrics)
 
 
 def test_malformed_and_foreign_records_are_skipped_and_counted_and_the_others_run(app: Flask, results_fs) -> None:
     prefix = f"{BUCKET}/forged-{uuid.uuid4().hex[:8]}"
     store = ResultsStore(f"s3://{prefix}")
-    queued = JobRecord("queued-before", RandomArraySpec(seed=3, shape=(10, 10), chunks=(10, 10)), store.url_for("queued-before"))
+    queued = JobRecord("queued-before", random_job(seed=3, shape=(10, 10), chunks=(10, 10)), store.url_for("queued-before"))
     store.write_record(queued.record_name, queued.to_stored())
     # A record rewritten to name another result: deleting its job would delete that result.
     stolen = {**queued.to_stored(), "job_id": "stolen", "place": "queued-before", "owner": "mallory"}
@@ -192,10 +186,10 @@ def test_owners_results_never_land_in_the_records_or_an_anonymous_jobs_place(app
     manager = manager_on(app, f"s3://{prefix}")
     manager.start()
     try:
-        small = RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10))
+        small = random_job(seed=1, shape=(10, 10), chunks=(10, 10))
         assert manager.wait(manager.submit("alice", small)[0].key).status == DONE
         for owner in ("alice", ".jobs", "../alice"):
-            job = manager.wait(manager.submit("run", RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), owner)[0].key)
+            job = manager.wait(manager.submit("run", random_job(seed=2, shape=(10, 10), chunks=(10, 10)), owner)[0].key)
             assert job.status == DONE and job.url.startswith(f"s3://{prefix}/.users/"), job.url
             manager.cancel_or_delete(JobKey(owner, "run"))
     finally:
@@ -208,13 +202,13 @@ def test_alice_and_bob_each_have_their_own_job_of_one_id_and_an_old_record_is_re
     prefix = f"{BUCKET}/own-ids-{uuid.uuid4().hex[:8]}"
     store = ResultsStore(f"s3://{prefix}")
     # As a gateway from before per-owner ids left it: carol's record under her job's id alone.
-    carols = JobRecord("my-first-job", RandomArraySpec(seed=3, shape=(10, 10), chunks=(10, 10)), store.url_for("my-first-job"), owner="carol")
+    carols = JobRecord("my-first-job", random_job(seed=3, shape=(10, 10), chunks=(10, 10)), store.url_for("my-first-job"), owner="carol")
     store.write_record("my-first-job.json", carols.to_stored())
     manager = manager_on(app, f"s3://{prefix}")
     manager.start()
     try:
-        alices, alice_new = manager.submit("my-first-job", RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10)), "alice")
-        bobs, bob_new = manager.submit("my-first-job", RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), "bob")
+        alices, alice_new = manager.submit("my-first-job", random_job(seed=1, shape=(10, 10), chunks=(10, 10)), "alice")
+        bobs, bob_new = manager.submit("my-first-job", random_job(seed=2, shape=(10, 10), chunks=(10, 10)), "bob")
         finished = [manager.wait(key) for key in (alices.key, bobs.key, carols.key)]
     finally:
         manager.close()
@@ -244,7 +238,7 @@ def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the
     metrics = GatewayMetrics(running=lambda: 0, queued=lambda: 0, workers=lambda: 0)
     manager = manager_on(app, f"s3://{prefix}", metrics, max_running_jobs=2)
     manager.start()
-    small = RandomArraySpec(seed=4, shape=(10, 10), chunks=(10, 10))
+    small = random_job(seed=4, shape=(10, 10), chunks=(10, 10))
     contested = JobKey(None, "contested")
     outcomes: list[str] = []
     failures: list[BaseException] = []
@@ -299,7 +293,7 @@ def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the
 def test_alices_burst_delays_bobs_job_by_one_job_at_most(app: Flask) -> None:
     manager = manager_on(app, f"s3://{BUCKET}/fair-{uuid.uuid4().hex[:8]}", max_running_jobs=1)
     manager.start()
-    small = RandomArraySpec(seed=1, shape=(100, 100), chunks=(10, 10))
+    small = random_job(seed=1, shape=(100, 100), chunks=(10, 10))
     try:
         # Alice's first job holds the one slot, on paused workers, while the burst queues.
         with workers_held(services(app).cluster.client()):
@@ -323,14 +317,14 @@ def test_alices_burst_delays_bobs_job_by_one_job_at_most(app: Flask) -> None:
 def test_an_owner_over_the_cap_of_queued_and_running_jobs_is_refused_and_others_are_not(app: Flask) -> None:
     manager = manager_on(app, f"s3://{BUCKET}/cap-{uuid.uuid4().hex[:8]}", max_running_jobs=1, max_jobs_per_owner=3)
     manager.start()
-    small = RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10))
+    small = random_job(seed=1, shape=(10, 10), chunks=(10, 10))
     try:
         # Held on paused workers: none of alice's three can finish while the fourth is refused.
         with workers_held(services(app).cluster.client()):
             alices = [manager.submit(None, small, "alice")[0].key for _ in range(3)]
             with pytest.raises(AdmissionRefused, match="GATEWAY_MAX_JOBS_PER_OWNER") as refused:
                 manager.submit(None, small, "alice")
-            bobs = manager.submit(None, RandomArraySpec(seed=2, shape=(10, 10), chunks=(10, 10)), "bob")[0].key
+            bobs = manager.submit(None, random_job(seed=2, shape=(10, 10), chunks=(10, 10)), "bob")[0].key
         # Cancelled, or done and deleted: either way they no longer count (a running job's cancel waits for its tasks).
         for key in alices:
             manager.cancel_or_delete(key)
@@ -346,7 +340,7 @@ def test_a_burst_of_concurrent_submissions_by_one_owner_never_passes_a_limit_tog
     """Held on paused workers, none of the accepted jobs can finish and free its share while the burst arrives."""
     manager = manager_on(app, f"s3://{BUCKET}/burst-{uuid.uuid4().hex[:8]}", **limit)
     manager.start()
-    small = RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10))  # 400 bytes: two fit in the quota
+    small = random_job(seed=1, shape=(10, 10), chunks=(10, 10))  # 400 bytes: two fit in the quota
 
     def submit(index: int) -> str:
         try:
@@ -443,7 +437,7 @@ def test_zarr_2_on_s3_reads_back_with_zarr_and_xarray(app: Flask) -> None:
     manager = manager_on(app, url, zarr_format=2)
     manager.start()
     try:
-        record = manager.wait(manager.submit("on-s3", RandomArraySpec(seed=8, shape=(250, 120), chunks=(100, 50)))[0].key)
+        record = manager.wait(manager.submit("on-s3", random_job(seed=8, shape=(250, 120), chunks=(100, 50)))[0].key)
     finally:
         manager.close()
     assert record.status == DONE, record.error
@@ -466,12 +460,12 @@ def test_a_result_in_the_bucket_without_a_record_is_never_overwritten(client: Fl
 def test_a_stopping_gateway_takes_no_new_job_and_still_answers_a_repeat_of_a_done_one(app: Flask) -> None:
     manager = manager_on(app, f"s3://{BUCKET}/stopping-{uuid.uuid4().hex[:8]}")
     manager.start()
-    small = RandomArraySpec(seed=1, shape=(10, 10), chunks=(10, 10))
+    small = random_job(seed=1, shape=(10, 10), chunks=(10, 10))
     try:
         done = manager.wait(manager.submit("early", small)[0].key)
         manager.stop_starting_jobs()
         with pytest.raises(GatewayStopping, match="takes no new jobs") as refused:
-            manager.submit("late", RandomArraySpec(seed=1))
+            manager.submit("late", random_job(seed=1))
         assert manager.submit("early", small) == (done, False)
     finally:
         manager.close()

@@ -63,7 +63,7 @@ def test_a_job_submitted_from_the_form_reaches_done_and_shows_its_thumbnail(page
     expect(row).to_have_attribute("data-status", "done", timeout=120_000)
     expect(row.locator(".chunks")).to_have_text("6400/6400")
     expect(row.locator("a.record")).to_have_attribute("href", "/jobs/from-the-form")
-    assert page.request.get("/jobs/from-the-form").json()["seed"] == 9007199254740993, "the seed as typed"
+    assert page.request.get("/jobs/from-the-form").json()["parameters"]["seed"] == 9007199254740993, "the seed as typed"
     thumbnail = row.locator(".preview img")
     expect(thumbnail).to_be_visible()
     page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=thumbnail.element_handle(), timeout=60_000)

@@ -495,16 +495,16 @@ def test_alice_and_bob_each_own_my_first_job_a_repeat_is_the_same_job_and_anothe
     alices, bobs = my_first_jobs["alice"], my_first_jobs["bob"]
     assert (alices["owner"], bobs["owner"], alices["status"], bobs["status"]) == ("alice", "bob", "done", "done")
     assert (alices["url"], bobs["url"]) == (f"s3://{BUCKET}/hub/.users/alice/my-first-job", f"s3://{BUCKET}/hub/.users/bob/my-first-job")
-    assert_made_from_its_seed(alices["url"], alices["seed"])
-    assert_made_from_its_seed(bobs["url"], bobs["seed"])
+    assert_made_from_its_seed(alices["url"], alices["parameters"]["seed"])
+    assert_made_from_its_seed(bobs["url"], bobs["parameters"]["seed"])
 
     alice = as_user(notebook_tokens["alice"])
     again = http.get(f"{hub_gateway.url}/submit_job/my-first-job", headers=alice, timeout=300)
     assert again.status_code == 200 and again.json() == alices, "the README's cell run again: the same job"
-    other = (alices["seed"] + 1) % 2**63
+    other = (alices["parameters"]["seed"] + 1) % 2**63
     conflict = http.get(f"{hub_gateway.url}/submit_job/my-first-job?seed={other}", headers=alice, timeout=60)
     assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "job_exists"
-    assert conflict.json()["error"]["differences"] == {"seed": {"existing": alices["seed"], "requested": other}}
+    assert conflict.json()["error"]["differences"] == {"seed": {"existing": alices["parameters"]["seed"], "requested": other}}
     assert http.get(f"{hub_gateway.url}/jobs/my-first-job", headers=as_user(notebook_tokens["bob"]), timeout=30).json() == bobs
 
 
@@ -686,7 +686,7 @@ def test_a_room_of_200_users_each_running_the_readmes_cell_at_once_all_get_done_
     assert not failed, failed
     assert all(answer.json()["status"] == "done" and answer.json()["owner"] == user for user, (answer, _) in answers.items())
     for user in users[::20]:
-        assert_made_from_its_seed(answers[user][0].json()["url"], answers[user][0].json()["seed"])
+        assert_made_from_its_seed(answers[user][0].json()["url"], answers[user][0].json()["parameters"]["seed"])
     slowest = max(seconds for _, seconds, _ in probes)
     assert probes and all(status == 200 for _, _, status in probes), probes
     # The bound for a probe under this load: far below the kubelet's 8 s timeout (deploy_gateway.yaml).

@@ -39,10 +39,10 @@ def test_counters_move_with_real_jobs(observed: RunningGateway, http) -> None:
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0) - before.get(key, 0)
 
-    assert moved("gateway_jobs_submitted_total") == 2
-    assert moved("gateway_jobs_finished_total", outcome="done") == 2
-    assert moved("gateway_job_duration_seconds_count", outcome="done") == 2
-    assert moved("gateway_job_duration_seconds_sum", outcome="done") > 0
+    assert moved("gateway_jobs_submitted_total", app="random-array") == 2
+    assert moved("gateway_jobs_finished_total", outcome="done", app="random-array") == 2
+    assert moved("gateway_job_duration_seconds_count", outcome="done", app="random-array") == 2
+    assert moved("gateway_job_duration_seconds_sum", outcome="done", app="random-array") > 0
     assert after[("gateway_jobs_running", ())] == 0 and after[("gateway_jobs_queued", ())] == 0
     assert ("gateway_s3_errors_total", ()) in after
 

@@ -22,7 +22,8 @@ from cryptography.x509.oid import NameOID
 from devtools.gunicorn_gateway import start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
-from science_gateway.random_chunks import chunk_selections, random_chunk
+from science_gateway.apps.random_array import random_chunk
+from science_gateway.region_writes import chunk_selections
 
 
 def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, issuer_key, *, ca: bool) -> x509.Certificate:

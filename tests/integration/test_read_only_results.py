@@ -68,7 +68,7 @@ def test_a_notebook_opens_every_result_and_record_with_the_readers_key(writer: F
     record = json.loads(fs.cat(f"{BUCKET}/.jobs/for-the-reader.json"))
 
     assert opened["data"].shape == (1000, 1000) and float(opened["data"].max()) <= 1.0
-    assert record["status"] == "done" and record["spec"]["seed"] == 5
+    assert record["status"] == "done" and record["work"]["parameters"]["seed"] == 5
 
 
 def test_the_readers_key_can_change_no_record_and_no_result(writer: FlaskClient, policed_s3: PolicedS3) -> None:

@@ -1,4 +1,4 @@
-"""How a job is split into tasks, and what a task writes: on in-memory and on-disk zarr, no cluster."""
+"""How a job is split into tasks, and what a task computes and writes: on in-memory and on-disk zarr, no cluster."""
 
 import json
 import math
@@ -9,19 +9,27 @@ import pytest
 import zarr
 import zarr.storage
 
-from science_gateway.job_parameters import RandomArraySpec
-from science_gateway.random_chunks import MAX_TASK_BYTES, ArrayTarget, chunk_selections, random_chunk, stop_run, task_regions, write_random_region
+from helpers import random_job
+from science_gateway.apps.base import Output
+from science_gateway.apps.random_array import RandomArray, expected_array
+from science_gateway.region_writes import MAX_TASK_BYTES, AppFailed, AppTask, ArrayTarget, stop_run, task_regions, write_region
 from science_gateway.results_store import ResultsStore
 
 # As the gateway makes its arrays: uncompressed, zarr 3's chunk keys with "." separators.
 GATEWAYS_LAYOUT = {"compressors": None, "chunk_key_encoding": {"name": "default", "separator": "."}}
 
 
-def expected_array(seed: int, shape: tuple[int, int], chunks: tuple[int, int], dtype: str) -> np.ndarray:
-    expected = np.empty(shape, dtype=dtype)
-    for index, selection in enumerate(chunk_selections(shape, chunks)):
-        expected[selection] = random_chunk(seed, index, selection, dtype)
-    return expected
+RANDOM_ARRAY = "science_gateway.apps.random_array:RandomArray"
+
+
+def random_task(seed: int, target: ArrayTarget, implementation: str = RANDOM_ARRAY, version: str = RandomArray.version) -> AppTask:
+    """A random-array job's task, as the gateway sends it."""
+    output = Output(target.shape, target.chunks, target.dtype.name, target.shards)
+    return AppTask("random-array", version, implementation, {"seed": seed}, output, {})
+
+
+def write_random_region(region: tuple[slice, ...], *, run_id: str, target: ArrayTarget, seed: int) -> int:
+    return write_region(region, run_id=run_id, target=target, task=random_task(seed, target))
 
 
 @pytest.mark.parametrize(
@@ -42,7 +50,7 @@ def test_task_regions_tile_the_array_in_whole_chunks(shape: tuple, chunks: tuple
 
 def test_a_default_job_is_one_task_per_worker_and_a_large_one_is_cut_near_the_task_size() -> None:
     assert len(task_regions((1000, 1000), (100, 100), 3)) == 3
-    large = RandomArraySpec(seed=1, shape=(10000, 10000), chunks=(100, 100))
+    large = random_job(seed=1, shape=(10000, 10000), chunks=(100, 100)).output
     regions = task_regions(large.shape, large.chunks, math.ceil(large.nbytes / MAX_TASK_BYTES))
     assert max(math.prod(part.stop - part.start for part in region) * 4 for region in regions) < 2 * MAX_TASK_BYTES
 
@@ -73,7 +81,7 @@ def test_a_stopped_run_writes_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_a_result_has_no_group_metadata_until_it_is_marked_complete(tmp_path: Path, zarr_format: int) -> None:
     store = ResultsStore(str(tmp_path))
-    result = store.pending_result("job-1.json", "job-1", RandomArraySpec(seed=5, shape=(20, 30), chunks=(10, 10)), zarr_format)
+    result = store.pending_result("job-1.json", "job-1", random_job(seed=5, shape=(20, 30), chunks=(10, 10)).output, zarr_format)
     assert not any(tmp_path.iterdir()), "nothing is written before the job begins"
 
     store.begin_result(result, {"job_id": "job-1", "status": "running"})
@@ -102,3 +110,33 @@ def test_a_sharded_array_is_the_unsharded_one_value_for_value_and_one_object_per
     np.testing.assert_array_equal(stored[:], expected_array(9, shape, chunks, "float32"))
     data_objects = [path for path in (tmp_path / "data").iterdir() if path.name != "zarr.json"]
     assert len(data_objects) == math.prod(math.ceil(size / step) for size, step in zip(shape, shards, strict=True))
+
+
+class Refusing(RandomArray):
+    """An app whose computation raises, as a scientist's code may."""
+
+    def compute(self, region, parameters, output, inputs):  # type: ignore[no-untyped-def]
+        raise ValueError("the model diverged at step 12")
+
+
+class WrongShape(RandomArray):
+    def compute(self, region, parameters, output, inputs):  # type: ignore[no-untyped-def]
+        return np.zeros((1, 1), dtype="float32")
+
+
+@pytest.mark.parametrize(
+    ("implementation", "version", "message"),
+    [
+        (f"{__name__}:Refusing", RandomArray.version, "app 'random-array' failed: ValueError: the model diverged at step 12"),
+        (f"{__name__}:WrongShape", RandomArray.version, "app 'random-array' returned values of shape [1, 1] and dtype float32 for a region of shape [10, 10]"),
+        ("not_installed_here:App", RandomArray.version, "app 'random-array' version 1.0.0 is not installed on the Dask workers (ModuleNotFoundError"),
+        (RANDOM_ARRAY, "0.9.0", "the Dask workers have app 'random-array' version 1.0.0, and the gateway planned with version 0.9.0"),
+    ],
+)
+def test_an_app_that_fails_on_the_worker_fails_its_task_with_a_message_naming_it(tmp_path: Path, implementation: str, version: str, message: str) -> None:
+    array = zarr.create_array(zarr.storage.LocalStore(tmp_path), name="data", shape=(10, 10), chunks=(5, 5), dtype="float32", **GATEWAYS_LAYOUT)
+    target = ArrayTarget(tmp_path.as_uri(), "data", array.metadata)
+    with pytest.raises(AppFailed) as failed:
+        write_region((slice(0, 10), slice(0, 10)), run_id="failing", target=target, task=random_task(1, target, implementation, version))
+    assert str(failed.value).startswith(message)
+    assert array.nchunks_initialized == 0, "nothing of the region is written"

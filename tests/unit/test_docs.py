@@ -1,6 +1,9 @@
 """The documentation says what the code does: the configuration table against load_settings."""
 
+import importlib
+import inspect
 import re
+from importlib.metadata import entry_points
 
 import dask.config
 import pytest
@@ -108,9 +111,25 @@ def test_the_api_documents_requests_are_the_openapi_documents_operations() -> No
 def test_the_api_documents_parameters_are_the_openapi_documents() -> None:
     from science_gateway.openapi import openapi_document
 
-    table = API.split("**Parameters**", 1)[1].split("\n\n", 2)[1]
+    table = API.split("**Parameters of `random-array`**", 1)[1].split("\n\n", 2)[1]
     documented_parameters = set(re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE))
     submit = openapi_document()["paths"]["/submit_job/{job_id}"]["get"]["parameters"]
     query = {parameter["name"] for parameter in submit if parameter["in"] == "query"} - {"wait"}
     assert documented_parameters == query
     assert "`?wait=false`" in API, "the one query parameter outside the table is described with the request"
+
+
+def test_the_guide_to_writing_an_app_is_the_example_package_file_for_file() -> None:
+    guide = (PROJECT / "docs" / "apps.md").read_text()
+    shown = dict(re.findall(r"^`(examples/apps/[^`]+)`:\n\n```\w+\n(.*?)```", guide, flags=re.MULTILINE | re.DOTALL))
+    package = PROJECT / "examples" / "apps" / "julia-set"
+    files = {str(path.relative_to(PROJECT)): path.read_text() for path in [package / "pyproject.toml", *package.glob("*/*.py")]}
+    assert shown == files, "docs/apps.md shows each file of the example package as it is"
+
+
+def test_the_example_package_is_what_the_gateway_finds_installed() -> None:
+    (found,) = [entry for entry in entry_points(group="science_gateway.apps") if entry.name == "julia-set"]
+    installed = found.load()
+    assert (installed.name, installed.__module__) == ("julia-set", "gateway_julia_set")
+    source = (PROJECT / "examples" / "apps" / "julia-set" / "gateway_julia_set" / "__init__.py").read_text()
+    assert inspect.getsource(importlib.import_module(installed.__module__)) == source, "make test installs the package as it is in the tree"

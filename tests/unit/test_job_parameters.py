@@ -1,63 +1,113 @@
+"""The random-array app's parameters through the gateway's checks: its schema, then its plan, from query strings and JSON alike."""
+
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 from openapi_spec_validator import validate
 
-from science_gateway.job_parameters import AUTO_SHARD_BYTES, InvalidParameters, JobTooLarge, auto_shards, parse_spec, parse_ttl
+from science_gateway.apps.base import Limits, OutputTooLarge, PlanRefused
+from science_gateway.apps.layout import AUTO_SHARD_BYTES, auto_shards
+from science_gateway.apps.random_array import random_chunk
+from science_gateway.apps.registry import ParametersRefused, load_apps
+from science_gateway.job_parameters import InvalidParameters, parse_ttl
+from science_gateway.job_work import JobWork, plan_work
 from science_gateway.openapi import openapi_document
-from science_gateway.random_chunks import chunk_selections, random_chunk
+from science_gateway.region_writes import chunk_selections
 from science_gateway.settings import LONGEST_TTL
 
-LIMITS = {"max_elements": 10**8, "max_chunks": 10_000}
+APPS = load_apps()
+UNKNOWN = "unknown parameter; the parameters are seed, shape, chunks, dtype, shards"
+RANDOM = APPS.get("random-array")
+
+
+def planned(
+    parameters: dict[str, Any], *, query: bool = False, default_shards: str = "none", zarr_format: int = 3, max_elements: int = 10**8
+) -> JobWork:
+    """As the gateway plans a random-array job: from the query string's text when ``query``, checked against the schema, then planned."""
+    if query:
+        parameters = APPS.from_query(RANDOM, parameters)
+    checked = APPS.check(RANDOM, parameters)
+    return plan_work(RANDOM, checked, Limits(max_elements, 10_000, default_shards, zarr_format), lambda job_id: None)
 
 
 def test_defaults_are_the_tutorials_job_with_a_recorded_seed() -> None:
-    spec = parse_spec({}, **LIMITS)
-    assert (spec.shape, spec.chunks, spec.dtype) == ((1000, 1000), (100, 100), "float32")
-    assert spec.n_chunks == 100
-    assert 0 <= spec.seed < 2**63
-    assert parse_spec({}, **LIMITS).seed != spec.seed
+    work = planned({})
+    assert (work.output.shape, work.output.chunks, work.output.dtype) == ((1000, 1000), (100, 100), "float32")
+    assert work.output.n_chunks == 100
+    assert 0 <= work.parameters["seed"] < 2**63
+    assert planned({}).parameters["seed"] != work.parameters["seed"]
+    assert work.parameters == {"seed": work.parameters["seed"], "shape": [1000, 1000], "chunks": [100, 100], "dtype": "float32", "shards": None}
 
 
 def test_query_strings_and_json_values_mean_the_same() -> None:
-    from_query = parse_spec({"seed": "7", "shape": "300,200", "chunks": "100,50", "dtype": "float64"}, **LIMITS)
-    from_json = parse_spec({"seed": 7, "shape": [300, 200], "chunks": [100, 50], "dtype": "float64"}, **LIMITS)
+    from_query = planned({"seed": "7", "shape": "300,200", "chunks": "100,50", "dtype": "float64"}, query=True)
+    from_json = planned({"seed": 7, "shape": [300, 200], "chunks": [100, 50], "dtype": "float64"})
     assert from_query == from_json
-    assert from_query.n_chunks == 12
+    assert from_query.output.n_chunks == 12
 
 
 @pytest.mark.parametrize(
-    ("parameters", "message"),
+    ("parameters", "pointer", "reason"),
     [
-        ({"shape": "1000"}, "shape must be two integers"),
-        ({"shape": "a,b"}, "shape must be two integers"),
-        ({"shape": [1000, 1000.5]}, "shape must be two integers"),
-        ({"shape": [True, 3]}, "shape must be two integers"),
-        ({"shape": "0,10"}, "shape must be positive"),
-        # The API document's pattern for a pair in a query string: digits alone, no sign, space or leading zero.
-        ({"shape": "+300,200"}, "shape must be two integers"),
-        ({"shape": "300, 200"}, "shape must be two integers"),
-        ({"chunks": "0100,50"}, "chunks must be two integers"),
-        ({"chunks": "-1,10"}, "chunks must be positive"),
-        ({"chunks": "2000,10"}, "must be no larger than shape"),
-        ({"dtype": "int8"}, "dtype must be one of float32, float64"),
-        ({"seed": "x"}, "seed must be an integer"),
-        ({"seed": -1}, "seed must be an integer"),
-        ({"seed": 2**63}, "seed must be an integer"),
-        ({"colour": "blue"}, "unknown parameter 'colour'"),
+        ({"shape": "1000"}, "/shape", "'1000' is not of type 'array'"),
+        ({"shape": "a,10"}, "/shape/0", "'a' is not of type 'integer'"),
+        # The API document's integers in a query string: digits alone, no sign, space or leading zero.
+        ({"shape": "+300,200"}, "/shape/0", "'+300' is not of type 'integer'"),
+        ({"shape": "300, 200"}, "/shape/1", "' 200' is not of type 'integer'"),
+        ({"chunks": "0100,50"}, "/chunks/0", "'0100' is not of type 'integer'"),
+        ({"shape": "0,10"}, "/shape/0", "0 is less than the minimum of 1"),
+        ({"chunks": "-1,10"}, "/chunks/0", "-1 is less than the minimum of 1"),
+        ({"dtype": "int8"}, "/dtype", "'int8' is not one of ['float32', 'float64']"),
+        ({"seed": "x"}, "/seed", "'x' is not of type 'integer', 'null'"),
+        ({"shards": "all"}, "/shards", "'all' is not valid under any of the given schemas"),
+        ({"colour": "blue"}, "/colour", "unknown parameter; the parameters are seed, shape, chunks, dtype, shards"),
     ],
 )
-def test_bad_parameters_are_named(parameters: dict, message: str) -> None:
-    with pytest.raises(InvalidParameters, match=message):
-        parse_spec(parameters, **LIMITS)
+def test_a_query_strings_bad_parameter_is_named_by_its_pointer(parameters: dict, pointer: str, reason: str) -> None:
+    with pytest.raises(ParametersRefused) as refused:
+        planned(parameters, query=True)
+    assert refused.value.details() == {"details": [{"pointer": pointer, "reason": reason}]}
+    assert str(refused.value) == f"invalid parameters for app 'random-array': {pointer}: {reason}"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "failures"),
+    [
+        ({"shape": [1000, 1000.5]}, [("/shape/1", "1000.5 is not of type 'integer'")]),
+        ({"shape": [True, 3]}, [("/shape/0", "True is not of type 'integer'")]),
+        ({"seed": -1}, [("/seed", "-1 is less than the minimum of 0")]),
+        ({"seed": 2**63}, [("/seed", f"{2**63} is greater than the maximum of {2**63 - 1}")]),
+        ({"shards": 5}, [("/shards", "5 is not valid under any of the given schemas")]),
+        # Every failing field at once, the unknown ones by name.
+        (
+            {"seed": -1, "dtype": "int8", "a": 1, "b": 2},
+            [("/a", UNKNOWN), ("/b", UNKNOWN), ("/dtype", "'int8' is not one of ['float32', 'float64']"), ("/seed", "-1 is less than the minimum of 0")],
+        ),
+    ],
+)
+def test_a_json_bodys_bad_parameters_are_each_named_by_pointer(parameters: dict, failures: list) -> None:
+    with pytest.raises(ParametersRefused) as refused:
+        planned(parameters)
+    assert refused.value.details() == {"details": [{"pointer": pointer, "reason": reason} for pointer, reason in failures]}
+
+
+def test_what_the_schema_cannot_say_the_plan_refuses_naming_it() -> None:
+    with pytest.raises(PlanRefused, match=r"chunks \[2000, 10\] must be no larger than shape \[1000, 1000\]"):
+        planned({"chunks": "2000,10"}, query=True)
 
 
 def test_limits_name_their_setting() -> None:
-    with pytest.raises(JobTooLarge, match="GATEWAY_MAX_ELEMENTS"):
-        parse_spec({"shape": "20000,20000", "chunks": "1000,1000"}, **LIMITS)
-    with pytest.raises(JobTooLarge, match="GATEWAY_MAX_CHUNKS"):
-        parse_spec({"shape": "10000,10000", "chunks": "10,10"}, **LIMITS)
+    with pytest.raises(OutputTooLarge, match="GATEWAY_MAX_ELEMENTS"):
+        planned({"shape": "20000,20000", "chunks": "1000,1000"}, query=True)
+    with pytest.raises(OutputTooLarge, match="GATEWAY_MAX_CHUNKS"):
+        planned({"shape": "10000,10000", "chunks": "10,10"}, query=True)
+
+
+def test_a_huge_shape_is_a_size_refusal_before_any_shard_is_worked_out() -> None:
+    with pytest.raises(OutputTooLarge, match="GATEWAY_MAX_ELEMENTS"):
+        planned({"shape": [2**40, 2**40], "chunks": [1, 1], "shards": "auto"})
 
 
 def test_chunk_selections_tile_the_array_exactly() -> None:
@@ -78,22 +128,23 @@ def test_a_chunk_depends_only_on_seed_and_index() -> None:
 
 
 def test_the_openapi_document_is_valid() -> None:
-    validate(openapi_document())
+    validate(openapi_document(APPS))
 
 
 def test_an_array_smaller_than_the_default_chunks_is_one_chunk_and_json_whole_numbers_count() -> None:
-    spec = parse_spec({"shape": [50, 2000], "seed": 7.0}, 10**8, 10_000)
-    assert (spec.chunks, spec.seed) == ((50, 100), 7)
-    assert parse_spec({"shape": [100.0, 100.0]}, 10**8, 10_000).shape == (100, 100)
+    work = planned({"shape": [50, 2000], "seed": 7.0})
+    assert (work.output.chunks, work.parameters["seed"]) == ((50, 100), 7)
+    assert planned({"shape": [100.0, 100.0]}).output.shape == (100, 100)
+    assert planned({"shape": [100.0, 100.0]}).parameters["shape"] == [100, 100], "recorded as integers"
 
 
 def test_shards_default_to_the_gateways_setting_and_auto_makes_the_default_job_one_shard() -> None:
-    assert parse_spec({}, **LIMITS).shards is None, "parse_spec's own default is one object per chunk"
-    assert parse_spec({}, **LIMITS, default_shards="auto").shards == (1000, 1000)
-    assert parse_spec({"shards": "none"}, **LIMITS, default_shards="auto").shards is None
-    assert parse_spec({"shards": None}, **LIMITS, default_shards="auto").shards is None
-    assert parse_spec({"seed": 1, "shards": "500,1000"}, **LIMITS) == parse_spec({"seed": 1, "shards": [500, 1000]}, **LIMITS)
-    assert parse_spec({"shards": "auto"}, **LIMITS, zarr_format=2).shards is None, "Zarr 2 cannot shard"
+    assert planned({}).output.shards is None
+    assert planned({}, default_shards="auto").output.shards == (1000, 1000)
+    assert planned({"shards": "none"}, default_shards="auto").output.shards is None
+    assert planned({"shards": None}, default_shards="auto").output.shards is None
+    assert planned({"seed": "1", "shards": "500,1000"}, query=True) == planned({"seed": 1, "shards": [500, 1000]})
+    assert planned({"shards": "auto"}, zarr_format=2).output.shards is None, "Zarr 2 cannot shard"
 
 
 @pytest.mark.parametrize(
@@ -119,19 +170,17 @@ def test_auto_shards_are_whole_chunks_of_at_most_a_tasks_bytes(shape, chunks, it
     [
         ({"shards": "150,100"}, "whole multiples of chunks"),
         ({"shards": "1100,1000"}, "no larger than the array in chunks"),
-        ({"shards": "all"}, "shards must be 'none', 'auto' or two integers"),
-        ({"shards": 5}, "shards must be two integers"),
         ({"shape": "20000,20000", "chunks": "10000,10000", "shards": "20000,20000"}, "over 256 MiB"),
     ],
 )
 def test_bad_shards_are_named(parameters: dict, message: str) -> None:
-    with pytest.raises(InvalidParameters, match=message):
-        parse_spec(parameters, **LIMITS)
+    with pytest.raises(PlanRefused, match=message):
+        planned(parameters, query=True, max_elements=10**9)
 
 
 def test_explicit_shards_on_a_zarr_2_gateway_are_refused_naming_the_setting() -> None:
-    with pytest.raises(InvalidParameters, match="GATEWAY_ZARR_FORMAT"):
-        parse_spec({"shards": "1000,1000"}, **LIMITS, zarr_format=2)
+    with pytest.raises(PlanRefused, match="GATEWAY_ZARR_FORMAT"):
+        planned({"shards": "1000,1000"}, query=True, zarr_format=2)
 
 
 @pytest.mark.parametrize(("value", "expected"), [(None, 60), ("30", 30), (3600, 3600), (41.0, 41)])

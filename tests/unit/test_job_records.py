@@ -6,8 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from science_gateway.job_parameters import RandomArraySpec, differences
+from helpers import random_job
+from science_gateway.apps.base import Output
+from science_gateway.apps.registry import load_apps
+from science_gateway.job_parameters import differences
 from science_gateway.job_records import InvalidRecord, JobKey, JobRecord, has_expired, record_from_stored, trusted_records
+from science_gateway.job_work import JobWork, SourceRun
 from science_gateway.results_store import owner_prefix, place_for, record_name
 
 
@@ -19,12 +23,24 @@ def stored(record: JobRecord, **changes) -> bytes:
     return json.dumps({**record.to_stored(), **changes}).encode()
 
 
+def from_before_apps(record: JobRecord, **changes) -> bytes:
+    """The record as this service stored it before there were apps: the random array's parameters as its "spec"."""
+    content = {key: value for key, value in record.to_stored().items() if key != "work"}
+    return json.dumps({**content, "spec": record.work.parameters, **changes}).encode()
+
+
+SCHEMAS = load_apps().schema_checks()
+
+
 def alices(place: str) -> JobRecord:
-    return JobRecord("run-7", RandomArraySpec(seed=7), url_for(place), owner="alice", place=place)
+    return JobRecord("run-7", random_job(seed=7), url_for(place), owner="alice", place=place)
+
+
+WORK = alices("run-7").work.to_stored()
 
 
 def test_a_record_from_before_owners_is_nobodys_with_its_result_at_the_job_id() -> None:
-    content = json.loads(stored(JobRecord("run-7", RandomArraySpec(seed=7), url_for("run-7"))))
+    content = json.loads(stored(JobRecord("run-7", random_job(seed=7), url_for("run-7"))))
     del content["owner"], content["place"]
 
     record = record_from_stored("run-7.json", json.dumps(content).encode(), url_for)
@@ -33,16 +49,35 @@ def test_a_record_from_before_owners_is_nobodys_with_its_result_at_the_job_id() 
 
 
 def test_a_record_from_before_shards_is_one_object_per_chunk_and_a_sharded_one_keeps_its_shards() -> None:
-    content = json.loads(stored(JobRecord("run-7", RandomArraySpec(seed=7), url_for("run-7"))))
+    content = json.loads(from_before_apps(JobRecord("run-7", random_job(seed=7), url_for("run-7"))))
     del content["spec"]["shards"]
-    assert record_from_stored("run-7.json", json.dumps(content).encode(), url_for).spec.shards is None
+    assert record_from_stored("run-7.json", json.dumps(content).encode(), url_for).work.output.shards is None
 
-    sharded = JobRecord("run-8", RandomArraySpec(seed=8, shards=(500, 1000)), url_for("run-8"))
-    assert record_from_stored("run-8.json", stored(sharded), url_for).spec.shards == (500, 1000)
+    sharded = JobRecord("run-8", random_job(seed=8, shards=(500, 1000)), url_for("run-8"))
+    assert record_from_stored("run-8.json", stored(sharded), url_for).work.output.shards == (500, 1000)
+
+
+def test_a_record_reads_back_as_it_was_and_one_from_before_apps_is_a_random_array() -> None:
+    record = JobRecord("run-7", random_job(seed=7, shape=(300, 200), chunks=(100, 100)), url_for("run-7"))
+    assert record_from_stored("run-7.json", stored(record), url_for, SCHEMAS) == record
+
+    before = record_from_stored("run-7.json", from_before_apps(record), url_for, SCHEMAS)
+    assert (before.work.app, before.work.app_version) == ("random-array", "1.0.0")
+    assert before == record, "the same job, as the gateway plans it today"
+
+
+def test_a_record_of_an_app_not_offered_loads_and_one_whose_parameters_its_app_refuses_does_not() -> None:
+    gone = JobWork("histogram", "0.1.0", {"bins": 10}, Output((1, 10), (1, 10), "int64"), {"source": SourceRun("run-1", "2026-12-01T00:00:00+00:00")})
+    record = JobRecord("run-7", gone, url_for("run-7"))
+    assert record_from_stored("run-7.json", stored(record), url_for, SCHEMAS).work == gone, "listed and deleted like any other"
+
+    refused = JobRecord("run-8", JobWork("random-array", "1.0.0", {"seed": -1}, Output((10, 10), (10, 10), "float32")), url_for("run-8"))
+    with pytest.raises(InvalidRecord, match="its parameters do not fit"):
+        record_from_stored("run-8.json", stored(refused), url_for, SCHEMAS)
 
 
 def test_a_place_is_never_empty() -> None:
-    assert JobRecord("run-7", RandomArraySpec(seed=7), url_for("run-7"), place="").place == "run-7"
+    assert JobRecord("run-7", random_job(seed=7), url_for("run-7"), place="").place == "run-7"
 
 
 @pytest.mark.parametrize("place", ["run-7", ".users/alice/run-7", "alice/run-7"])
@@ -73,7 +108,7 @@ def test_a_record_of_an_owner_whose_name_has_no_utf8_form_is_refused_not_raised(
 
 def test_records_under_their_old_names_are_renamed_and_a_rename_cut_short_is_finished() -> None:
     old = alices(".users/alice/run-7")
-    carols = JobRecord("run-8", RandomArraySpec(seed=8), url_for(".users/carol/run-8"), owner="carol", place=".users/carol/run-8")
+    carols = JobRecord("run-8", random_job(seed=8), url_for(".users/carol/run-8"), owner="carol", place=".users/carol/run-8")
     trusted = trusted_records(
         {"run-7.json": stored(old), ".users/alice/run-7.json": stored(old), "run-8.json": stored(carols)}, url_for
     )
@@ -86,7 +121,7 @@ def test_records_under_their_old_names_are_renamed_and_a_rename_cut_short_is_fin
 
 def test_two_records_claiming_one_place_are_both_skipped() -> None:
     """A DELETE of either would remove the other's result, and a read of one would read the other's: neither is the one to trust."""
-    anonymous = JobRecord("run-7", RandomArraySpec(seed=7), url_for("run-7"), submitted_at="2026-01-01T00:00:00+00:00")
+    anonymous = JobRecord("run-7", random_job(seed=7), url_for("run-7"), submitted_at="2026-01-01T00:00:00+00:00")
     forged = replace(alices("run-7"), submitted_at="2026-02-01T00:00:00+00:00")
     trusted = trusted_records({"run-7.json": stored(anonymous), ".users/alice/run-7.json": stored(forged)}, url_for)
     assert trusted.records == [] and trusted.renames == []
@@ -98,16 +133,16 @@ def test_two_records_claiming_one_place_are_both_skipped() -> None:
 
 def test_a_record_whose_place_holds_another_jobs_result_is_skipped_and_that_job_loads() -> None:
     """Before the .users prefix, bob's job "alice" was at "alice" and alice's job "run-1" at "alice/run-1"."""
-    bobs = JobRecord("alice", RandomArraySpec(seed=1), url_for("alice"), owner="bob", place="alice")
-    alices_old = JobRecord("run-1", RandomArraySpec(seed=2), url_for("alice/run-1"), owner="alice", place="alice/run-1")
+    bobs = JobRecord("alice", random_job(seed=1), url_for("alice"), owner="bob", place="alice")
+    alices_old = JobRecord("run-1", random_job(seed=2), url_for("alice/run-1"), owner="alice", place="alice/run-1")
     trusted = trusted_records({"alice.json": stored(bobs), "run-1.json": stored(alices_old)}, url_for)
     assert [record.key for record in trusted.records] == [JobKey("alice", "run-1")]
     assert trusted.skipped == ["job record 'alice.json' claims place 'alice', which holds the result of 'run-1.json'"]
 
 
 def test_differences_name_each_parameter_with_both_values_and_a_drawn_one_matches_any() -> None:
-    existing = {**RandomArraySpec(seed=42).to_json(), "ttl": 60}
-    requested = {**RandomArraySpec(seed=7, shape=(2000, 2000)).to_json(), "ttl": None}
+    existing = random_job(seed=42).compared(60)
+    requested = random_job(seed=7, shape=(2000, 2000)).compared(None)
     assert differences(existing, requested, {"ttl"}) == {
         "seed": {"existing": 42, "requested": 7}, "shape": {"existing": [1000, 1000], "requested": [2000, 2000]},
     }  # fmt: skip
@@ -120,8 +155,13 @@ def test_differences_name_each_parameter_with_both_values_and_a_drawn_one_matche
     [
         ("run-7.json", b"{not json"),
         ("run-7.json", b"[]"),
-        ("run-7.json", stored(alices("run-7"), spec={"seed": 7})),
-        ("run-7.json", stored(alices("run-7"), spec={"seed": 7, "shape": [10, 10], "chunks": [20, 20], "dtype": "float32"})),
+        ("run-7.json", from_before_apps(alices("run-7"), spec={"seed": 7})),
+        ("run-7.json", from_before_apps(alices("run-7"), spec={"seed": 7, "shape": [10, 10], "chunks": [20, 20], "dtype": "float32"})),
+        ("run-7.json", from_before_apps(alices("run-7"), spec={"seed": "7", "shape": [10, 10], "chunks": [10, 10], "dtype": "float32"})),
+        ("run-7.json", stored(alices("run-7"), work={**WORK, "output": {"shape": [10, 10], "chunks": [10, 10], "dtype": "object", "shards": None}})),
+        ("run-7.json", stored(alices("run-7"), work={**WORK, "output": {"shape": [10, 10.5], "chunks": [10, 10], "dtype": "float32", "shards": None}})),
+        ("run-7.json", stored(alices("run-7"), work={**WORK, "parameters": []})),
+        ("run-7.json", stored(alices("run-7"), work={**WORK, "sources": {"source": {"job_id": "../x", "finished_at": "t"}}})),
         ("run-7.json", stored(alices("run-7"), status="finished")),
         ("run-7.json", stored(alices("run-7"), unknown_field=1)),
         ("run-7.json", stored(alices("run-7"), submitted_at=7)),
@@ -167,7 +207,7 @@ def test_owners_prefixes_are_one_to_one() -> None:
 
 
 def test_a_record_with_an_expiry_time_that_is_not_a_time_is_refused() -> None:
-    kept = JobRecord("run-9", RandomArraySpec(seed=9), url_for("run-9"), status="done", ttl=60, expires_at="2026-11-28T01:00:00+00:00")
+    kept = JobRecord("run-9", random_job(seed=9), url_for("run-9"), status="done", ttl=60, expires_at="2026-11-28T01:00:00+00:00")
     assert record_from_stored("run-9.json", stored(kept), url_for).expires_at == kept.expires_at
     for changes in ({"expires_at": "tomorrow"}, {"expires_at": "2026-11-28T01:00:00"}, {"ttl": 0}, {"ttl": "60"}):
         with pytest.raises(InvalidRecord, match="expiry"):
@@ -177,7 +217,7 @@ def test_a_record_with_an_expiry_time_that_is_not_a_time_is_refused() -> None:
 def test_only_a_finished_job_past_its_time_has_expired() -> None:
     now = datetime.now(UTC)
     past = (now - timedelta(seconds=1)).isoformat()
-    record = JobRecord("run-9", RandomArraySpec(seed=9), url_for("run-9"), ttl=1, expires_at=past)
+    record = JobRecord("run-9", random_job(seed=9), url_for("run-9"), ttl=1, expires_at=past)
     assert [has_expired(replace(record, status=status), now) for status in ("queued", "running", "done", "failed", "cancelled")] == [
         False, False, True, True, True,
     ]

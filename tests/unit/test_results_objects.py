@@ -7,8 +7,8 @@ import obstore
 import pytest
 
 from devtools.processes import free_port
+from helpers import random_job
 from science_gateway import results_objects
-from science_gateway.job_parameters import RandomArraySpec
 from science_gateway.results_store import ResultsStore, describe_storage_failure
 
 SECRET = "unit-secret-key-0123456789"
@@ -26,7 +26,7 @@ def s3_environment(monkeypatch: pytest.MonkeyPatch) -> str:
 
 def test_a_jobs_target_carries_the_results_url_and_never_a_credential(s3_environment: str) -> None:
     store = ResultsStore("s3://results/prefix")
-    result = store.pending_result("job", "job", RandomArraySpec(seed=1), zarr_format=3)
+    result = store.pending_result("job", "job", random_job(seed=1).output, zarr_format=3)
     results_objects.open_results(store.url)  # the gateway's own client exists, with the secret in its process
     sent = pickle.dumps(result.target)
     assert b"s3://results/prefix" in sent

@@ -1,32 +1,38 @@
-"""What a Dask worker runs for a job: generate a region of chunks from their seeds and store it.
+"""What a Dask worker runs for a job: compute a region of the output with the job's app, encode it and store it.
 
 Kept apart, with nothing but numpy, zarr's metadata and the workers' store,
-because workers import it: chunk ``i`` of a job with seed ``s`` is
-``numpy.random.default_rng([s, i]).random(...)``, where ``i`` is the chunk's
-position in C order, so the same seed, shape and chunks give a bit-identical
-array however the chunks are grouped into tasks, however many workers share
-them and in whatever order they write.
-
-Each object (a chunk, or a shard of chunks) is encoded here, generated straight
-into the bytes sent, and written with one PUT: zarr's own write of a chunk (its
-indexing and codec pipeline) cost ten times the CPU of generating it.
+because workers import it. The app (:mod:`science_gateway.apps`) returns the
+region's values; here they are cut into the array's objects (a chunk, or a
+shard of chunks), each encoded as zarr encodes the gateway's uncompressed
+arrays and written with one PUT: zarr's own write of a chunk (its indexing and
+codec pipeline) cost ten times the CPU of generating it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import itertools
+import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import google_crc32c
 import numpy as np
+import zarr
+import zarr.storage
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 from zarr.core.sync import sync
 
 from . import results_objects
+
+if TYPE_CHECKING:
+    from .apps.base import App, Output
+
+logger = logging.getLogger(__name__)
 
 Selection = tuple[slice, ...]
 # A chunk's offset and length in a shard's index when the shard does not hold it.
@@ -122,40 +128,34 @@ def task_regions(shape: Sequence[int], chunks: Sequence[int], n_tasks: int) -> l
     return list(itertools.product(*cuts_per_axis))
 
 
-def random_chunk(seed: int, chunk_index: int, selection: Selection, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
-    """The values of chunk ``chunk_index`` at ``selection``; generated into ``out`` when given (of the selection's shape)."""
-    block_shape = tuple(region.stop - region.start for region in selection)
-    return np.random.default_rng([seed, chunk_index]).random(block_shape, dtype=np.dtype(dtype), out=out)
-
-
-def _generate_into(data: bytearray, offset: int, seed: int, chunk_index: int, selection: Selection, target: ArrayTarget) -> None:
-    """Chunk ``chunk_index``'s raw little-endian values at ``offset`` of ``data``, at the full chunk shape: an edge chunk is padded with the fill value."""
+def _place_chunk(data: bytearray, offset: int, values: np.ndarray, target: ArrayTarget) -> None:
+    """A chunk's ``values`` as raw little-endian values at ``offset`` of ``data``, at the full chunk shape: an edge chunk is padded with the fill value."""
     chunks = target.chunks
     place = np.frombuffer(data, dtype=target.dtype.newbyteorder("<"), count=math.prod(chunks), offset=offset).reshape(chunks)
-    values_shape = tuple(part.stop - part.start for part in selection)
-    if values_shape == chunks:
-        random_chunk(seed, chunk_index, selection, target.dtype.name, out=place)
-    else:
+    if values.shape != chunks:
         place[...] = target.metadata.fill_value
-        place[tuple(slice(0, size) for size in values_shape)] = random_chunk(seed, chunk_index, selection, target.dtype.name)
+    place[tuple(slice(0, size) for size in values.shape)] = values
 
 
-def random_chunk_object(seed: int, chunk: Selection, target: ArrayTarget) -> bytearray:
-    """The object of one chunk of ``target``, as zarr encodes the gateway's uncompressed arrays: the raw values, little-endian."""
-    grid = tuple(math.ceil(size / step) for size, step in zip(target.shape, target.chunks, strict=True))
-    position = tuple(part.start // step for part, step in zip(chunk, target.chunks, strict=True))
+def _within(selection: Selection, region: Selection) -> Selection:
+    """``selection`` of the array as a selection of the values of ``region``."""
+    return tuple(slice(part.start - origin.start, part.stop - origin.start) for part, origin in zip(selection, region, strict=True))
+
+
+def chunk_object(values: np.ndarray, target: ArrayTarget) -> bytearray:
+    """The object of one chunk holding ``values``, as zarr encodes the gateway's uncompressed arrays: the raw values, little-endian."""
     data = bytearray(math.prod(target.chunks) * target.dtype.itemsize)
-    _generate_into(data, 0, seed, int(np.ravel_multi_index(position, grid)), chunk, target)
+    _place_chunk(data, 0, values, target)
     return data
 
 
-def random_shard(seed: int, shard: Selection, target: ArrayTarget) -> bytearray:
-    """The object of one shard of ``target``, encoded as zarr's sharding codec encodes the gateway's arrays.
+def shard_object(values: np.ndarray, shard: Selection, target: ArrayTarget) -> bytearray:
+    """The object of one shard of ``target`` holding ``values``, encoded as zarr's sharding codec encodes the gateway's arrays.
 
-    That is: each chunk's object (see :func:`random_chunk_object`), then the
-    index, an (offset, length) pair of little-endian uint64 for every chunk of
-    the shard in C order (2**64-1 twice for one wholly outside the array), then
-    the index's crc32c. zarr would assemble the shard, then cut it into chunks
+    That is: each chunk's object (see :func:`chunk_object`), then the index, an
+    (offset, length) pair of little-endian uint64 for every chunk of the shard
+    in C order (2**64-1 twice for one wholly outside the array), then the
+    index's crc32c. zarr would assemble the shard, then cut it into chunks
     again one by one, which took the workers twice the CPU of generating and storing it.
     """
     chunks, shards = target.chunks, target.shards
@@ -167,8 +167,8 @@ def random_shard(seed: int, shard: Selection, target: ArrayTarget) -> bytearray:
     chunk_bytes = math.prod(chunks) * target.dtype.itemsize
     index = np.full((*per_shard, 2), _NO_CHUNK, dtype="<u8")
     data = bytearray(len(held) * chunk_bytes + index.nbytes + 4)
-    for number, (chunk_index, selection) in enumerate(held):
-        _generate_into(data, number * chunk_bytes, seed, chunk_index, selection, target)
+    for number, (_, selection) in enumerate(held):
+        _place_chunk(data, number * chunk_bytes, values[_within(selection, shard)], target)
         index[tuple(part.start // step - start for part, step, start in zip(selection, chunks, first, strict=True))] = (
             number * chunk_bytes, chunk_bytes,
         )  # fmt: skip
@@ -178,21 +178,97 @@ def random_shard(seed: int, shard: Selection, target: ArrayTarget) -> bytearray:
     return data
 
 
-def region_objects(region: Selection, target: ArrayTarget, seed: int) -> list[tuple[str, bytearray]]:
-    """Key and bytes of every object of ``region``: one per shard when sharded, else one per chunk."""
-    blocks, encode = (target.shards, random_shard) if target.shards else (target.chunks, random_chunk_object)
-    return [(target.key(position), encode(seed, selection, target)) for position, selection in _blocks_in(region, target.shape, blocks)]
+def region_objects(region: Selection, values: np.ndarray, target: ArrayTarget) -> list[tuple[str, bytearray]]:
+    """Key and bytes of every object of ``region``, whose values are ``values``: one per shard when sharded, else one per chunk."""
+    if target.shards:
+        blocks = _blocks_in(region, target.shape, target.shards)
+        return [(target.key(position), shard_object(values[_within(selection, region)], selection, target)) for position, selection in blocks]
+    blocks = _blocks_in(region, target.shape, target.chunks)
+    return [(target.key(position), chunk_object(values[_within(selection, region)], target)) for position, selection in blocks]
 
 
-def write_random_region(region: Selection, *, run_id: str, target: ArrayTarget, seed: int) -> int:
-    """Generate every chunk of ``region`` and write them into the gateway's array ``target``, all of the region's objects at once.
+class AppFailed(RuntimeError):
+    """The app's computation raised, or the app is not the one the gateway planned with; the message says which and why.
+
+    Text only, as :class:`StoreWriteFailed`: the traceback is in the worker's log.
+    """
+
+
+@dataclass(frozen=True)
+class AppTask:
+    """What a task computes: the app (by name, version and class, for a worker to import), the job's parameters and output, and its sources' arrays."""
+
+    app: str
+    version: str
+    # "module:qualified name" of the app's class.
+    implementation: str
+    parameters: dict[str, Any]
+    output: Output
+    # The parameter naming each source, and the key of the source's array under the results URL.
+    sources: dict[str, str]
+
+
+@functools.cache
+def _app(task_app: str, version: str, implementation: str) -> App:
+    """The worker's own instance of the app the gateway planned with; :class:`AppFailed` naming it when the worker's image has another."""
+    module_name, _, qualified_name = implementation.partition(":")
+    try:
+        app_class: Any = functools.reduce(getattr, qualified_name.split("."), importlib.import_module(module_name))
+    except (ImportError, AttributeError) as exc:
+        raise AppFailed(
+            f"app {task_app!r} version {version} is not installed on the Dask workers ({type(exc).__name__}: {exc}); "
+            "the workers' image must offer the gateway's apps"
+        ) from None
+    if getattr(app_class, "version", None) != version:
+        raise AppFailed(
+            f"the Dask workers have app {task_app!r} version {getattr(app_class, 'version', None)}, and the gateway planned with version {version}; "
+            "the workers' image must offer the gateway's apps"
+        )
+    app: App = app_class()
+    return app
+
+
+class _Sources:
+    """A task's sources, each opened read-only from the results store when first asked for."""
+
+    def __init__(self, results_url: str, arrays: dict[str, str]) -> None:
+        self._results_url = results_url
+        self._arrays = arrays
+
+    def __getitem__(self, parameter: str) -> Any:
+        store = zarr.storage.ObjectStore(results_objects.open_results(self._results_url), read_only=True)
+        return zarr.open_array(store=store, path=self._arrays[parameter], mode="r")
+
+
+def _computed(region: Selection, target: ArrayTarget, task: AppTask) -> np.ndarray:
+    """The region's values as the app computes them, checked against the output's shape and dtype."""
+    app = _app(task.app, task.version, task.implementation)
+    expected = tuple(part.stop - part.start for part in region)
+    try:
+        values = np.asarray(app.compute(region, task.parameters, task.output, _Sources(target.results_url, task.sources)))
+    except Exception as exc:
+        logger.exception("app %s failed on region %s", task.app, region)
+        message = f"app {task.app!r} failed: {type(exc).__name__}: {exc}"
+    else:
+        if values.shape == expected and np.can_cast(values.dtype, target.dtype, casting="same_kind"):
+            return values
+        message = (
+            f"app {task.app!r} returned values of shape {list(values.shape)} and dtype {values.dtype} "
+            f"for a region of shape {list(expected)} and dtype {target.dtype}"
+        )
+    raise AppFailed(message)
+
+
+def write_region(region: Selection, *, run_id: str, target: ArrayTarget, task: AppTask) -> int:
+    """Compute ``region`` with the job's app and write it into the gateway's array ``target``, all of the region's objects at once.
 
     Return the number of chunks written, or 0 when the run was stopped and nothing was written.
     """
     if run_id in _stopped_runs:
         return 0
+    values = _computed(region, target, task)
     store = results_objects.open_results(target.results_url)
-    writes = [functools.partial(results_objects.put, store, key, data) for key, data in region_objects(region, target, seed)]
+    writes = [functools.partial(results_objects.put, store, key, data) for key, data in region_objects(region, values, target)]
     try:
         sync(store_all_or_none_pending(writes))
     except Exception as exc:  # noqa: BLE001 - any store library's error, passed on as text
