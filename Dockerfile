@@ -25,21 +25,30 @@ RUN apt-get update \
 # A package index other than PyPI (a mirror, or the wheelhouse the tests serve on
 # loopback): docker build --build-arg PIP_INDEX_URL=https://mirror.example.org/simple
 ARG PIP_INDEX_URL=https://pypi.org/simple
+# Apps of your own (docs/apps.md), each a package declaring the entry point
+# science_gateway.apps: pip requirements, such as a package on your index, or a
+# directory of this build context under examples/apps/:
+# docker build --build-arg GATEWAY_APP_PACKAGES=./examples/apps/julia-set
+ARG GATEWAY_APP_PACKAGES=""
 COPY requirements.txt /tmp/requirements.txt
+COPY examples/apps/ /build/examples/apps/
+WORKDIR /build
 # Then out of the venv: pip and setuptools (nothing installs at run time), the
 # packages' own test suites, and debug symbols. Libraries vendored into *.libs
 # are left as they are: their headers were rewritten (patchelf), which strip can break.
+# hadolint ignore=SC2086
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt \
+    && if [ -n "$GATEWAY_APP_PACKAGES" ]; then /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check $GATEWAY_APP_PACKAGES; fi \
     && /opt/venv/bin/pip uninstall --yes --disable-pip-version-check pip setuptools \
     && find /opt/venv -depth -type d -name tests -path "*/site-packages/*/tests" -exec rm -rf {} + \
     && find /opt/venv -name "*.so" -not -path "*.libs/*" -exec strip --strip-debug {} + \
-    && rm /tmp/requirements.txt
+    && rm -r /tmp/requirements.txt /build
 
 
 FROM debian-python
 
-# PYTHONPATH: workers import the chunk code (science_gateway.random_chunks) from /app.
+# PYTHONPATH: workers import the region code and the built-in apps (science_gateway) from /app.
 # MPLCONFIGDIR: matplotlib writes its font cache there (0.1 s, at the first preview); the root is read-only.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -7,6 +7,9 @@ TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
 # What the attempt to install Debian's chromium said; the browser test skips with it when that failed.
 BROWSER_STAMP := $(VENV)/.browser
+# The example app (docs/apps.md), installed as an operator installs an app: found through its entry point.
+EXAMPLE_APP := examples/apps/julia-set
+EXAMPLE_APP_STAMP := $(VENV)/.example-app
 # JupyterHub's proxy, from npm, for the tests on a real hub.
 PROXY := $(VENV)/node/node_modules/.bin/configurable-http-proxy
 
@@ -24,6 +27,10 @@ $(TOOLS_STAMP): requirements-tools.txt
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check -r requirements-tools.txt
 	touch $(TOOLS_STAMP)
 
+$(EXAMPLE_APP_STAMP): $(STAMP) $(EXAMPLE_APP)/pyproject.toml $(wildcard $(EXAMPLE_APP)/*/*.py)
+	$(BIN)/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./$(EXAMPLE_APP)
+	touch $@
+
 $(BROWSER_STAMP): $(STAMP)
 	devtools/install_chromium.sh > $@ 2>&1 || true
 
@@ -36,10 +43,10 @@ run: $(STAMP)
 
 # The whole suite: unit tests, the real stack (S3 server, Dask, gunicorn, Dask
 # Gateway) and the offline checks of the Kubernetes and image artifacts.
-test: $(STAMP) $(TOOLS_STAMP) $(BROWSER_STAMP) $(PROXY)
+test: $(STAMP) $(TOOLS_STAMP) $(EXAMPLE_APP_STAMP) $(BROWSER_STAMP) $(PROXY)
 	$(BIN)/python -m pytest
 
-test-unit: $(STAMP) $(TOOLS_STAMP)
+test-unit: $(STAMP) $(TOOLS_STAMP) $(EXAMPLE_APP_STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 # The slow part of the reliability checks, at scale: 3000 jobs from 16 clients,
@@ -56,7 +63,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 # The product image, for the gateway and its Dask clusters alike. IMAGE names it;
-# DOCKER_BUILD_FLAGS go to docker build, e.g. --build-arg PIP_INDEX_URL=<a mirror>.
+# DOCKER_BUILD_FLAGS go to docker build, e.g. --build-arg PIP_INDEX_URL=<a mirror>, or
+# --build-arg GATEWAY_APP_PACKAGES=./examples/apps/julia-set for apps of your own (docs/apps.md).
 IMAGE ?= science-gateway:dev
 DOCKER_BUILD_FLAGS ?=
 image:

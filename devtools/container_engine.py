@@ -173,14 +173,15 @@ def _trim_as_slim(root: Path, mirror: str) -> None:
 
 
 @contextmanager
-def served_wheelhouse(requirements: Path, workdir: Path) -> Iterator[str]:
-    """The requirements' wheels, downloaded with the host's pip settings, as a package index on loopback.
+def served_wheelhouse(requirements: Path, workdir: Path, *more: str) -> Iterator[str]:
+    """The wheels of the requirements and of ``more`` (such as setuptools, to build a package), downloaded with the
+    host's pip settings, as a package index on loopback.
 
     pip treats loopback as a secure origin, so plain HTTP serves.
     """
     wheels = workdir / "wheels"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "-r", str(requirements), "-d", str(wheels)],
+        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "-r", str(requirements), *more, "-d", str(wheels)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     if done.returncode != 0:
@@ -219,9 +220,10 @@ def _write_simple_index(wheels: Sequence[Path], index: Path) -> None:
         page.write_text(f"<!DOCTYPE html>\n<html><body>\n{links}</body></html>\n")
 
 
-def build_image(image: str, index_url: str, log_file: Path) -> float:
-    """``make image`` with the build on the host's network and the given package index; the seconds it took."""
-    flags = f"--network host --build-arg PIP_INDEX_URL={index_url}"
+def build_image(image: str, index_url: str, log_file: Path, app_packages: str = "") -> float:
+    """``make image`` with the build on the host's network and the given package index, and ``app_packages``
+    as GATEWAY_APP_PACKAGES (directories of the project, or packages of the index); the seconds it took."""
+    flags = f"--network host --build-arg PIP_INDEX_URL={index_url} --build-arg GATEWAY_APP_PACKAGES={app_packages}"
     started = time.monotonic()
     with log_file.open("ab") as log:
         done = subprocess.run(
