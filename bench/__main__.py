@@ -25,6 +25,7 @@ import psutil
 from distributed import Client, LocalCluster
 
 from bench import worker_cpu
+from bench.coarsen_row import measure_coarsen
 from bench.measure import PeakMemory, Run, count_requests, rss_megabytes, run_jobs
 from bench.report import write_report
 from bench.result_reads import measure_reads
@@ -33,8 +34,9 @@ from bench.workshop import PREVIOUS_DESIGN_ENVIRON, run_workshop
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
+from science_gateway.apps.base import Output
+from science_gateway.apps.layout import auto_shards
 from science_gateway.cluster import WORKER_MALLOC_ENVIRON
-from science_gateway.job_parameters import RandomArraySpec, auto_shards
 
 # The S3 buckets: one per way of writing; the gateway's sharded jobs share its bucket, the obstore floor the floor's.
 BUCKETS = ("floor", "baseline", "gateway")
@@ -45,13 +47,15 @@ WORKSHOP_CALLERS, WORKSHOP_SHAPE, WORKSHOP_CHUNKS = 40, (6000, 6000), (1000, 100
 ROOM_CALLERS = 200
 # A result read whole through http_url and straight from S3, in turns, this many times each.
 READ_SHAPE, READ_CHUNKS, READ_SAMPLES = (10000, 10000), (1000, 1000), 3
+# coarsen of a source of this size and chunks (the gateway's default shards), by this factor, this many times.
+COARSEN_SHAPE, COARSEN_CHUNKS, COARSEN_FACTOR, COARSEN_SAMPLES = (10000, 10000), (1000, 1000), 10, 3
 LARGE_JOBS = [((4000, 4000), (100, 100)), ((4000, 4000), (1000, 1000)), ((10000, 10000), (100, 100)), ((10000, 10000), (1000, 1000))]
 # Also written sharded (the gateway's "auto"), against a floor of the same bytes in the same objects.
 SHARDED_LARGE_JOBS = [((10000, 10000), (100, 100))]
 # Written by each store implementation on the baseline's cluster, for the workers' CPU per GB.
 WORKER_CPU_JOBS = [
-    RandomArraySpec(seed=1, shape=(10000, 10000), chunks=(1000, 1000)),
-    RandomArraySpec(seed=1, shape=(10000, 10000), chunks=(100, 100), shards=auto_shards((10000, 10000), (100, 100), itemsize=4)),
+    Output(shape=(10000, 10000), chunks=(1000, 1000), dtype="float32"),
+    Output(shape=(10000, 10000), chunks=(100, 100), dtype="float32", shards=auto_shards((10000, 10000), (100, 100), itemsize=4)),
 ]
 
 
@@ -152,9 +156,9 @@ def main() -> int:
 
         print("workers' CPU per GB stored, by store", flush=True)
         results["worker_cpu"] = []
-        for spec in [RandomArraySpec(seed=1, shape=(2000, 2000), chunks=(500, 500))] if args.quick else WORKER_CPU_JOBS:
+        for spec in [Output(shape=(2000, 2000), chunks=(500, 500), dtype="float32")] if args.quick else WORKER_CPU_JOBS:
             results["worker_cpu"] += worker_cpu.measure(
-                client, "baseline", spec, job_ids("cpu", 1)[0], lambda prefix: shutil.rmtree(workdir / "s3" / "baseline" / prefix)
+                client, "baseline", 1, spec, job_ids("cpu", 1)[0], lambda prefix: shutil.rmtree(workdir / "s3" / "baseline" / prefix)
             )
 
         print(f"memory: {memory_jobs} gateway jobs at concurrency 8", flush=True)
@@ -172,6 +176,11 @@ def main() -> int:
         print("reading a result through http_url and straight from S3", flush=True)
         shape = (2000, 2000) if args.quick else READ_SHAPE
         results["reads"] = measure_reads(served.url, gateway_pid, job_ids("read", 1)[0], shape, READ_CHUNKS, 1 if args.quick else READ_SAMPLES).to_json()
+        print("coarsen of a large result, and its floor", flush=True)
+        shape = (2000, 2000) if args.quick else COARSEN_SHAPE
+        results["coarsen"] = measure_coarsen(
+            served.url, "gateway", job_ids("coarsen", 1)[0], shape, COARSEN_CHUNKS, COARSEN_FACTOR, 1 if args.quick else COARSEN_SAMPLES
+        ).to_json()
     finally:
         stop_process(served.process, timeout=120)
         client.close()

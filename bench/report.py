@@ -96,7 +96,7 @@ def no_failed_job(results: dict) -> Target:
     failures = sum(len(run["failures"]) for run in results["runs"]) + len(results["memory_run"]["failures"])
     failures += sum(len(large["failures"]) for large in results["large_jobs"])
     failures += sum(len(room["failures"]) for room in [*results["workshop"], results["room"]])
-    failures += len(results["reads"]["failures"])
+    failures += len(results["reads"]["failures"]) + len(results["coarsen"]["failures"])
     return Target("no failed job in any run", f"{failures} failed", failures == 0)
 
 
@@ -181,6 +181,15 @@ def table(results: dict) -> str:
         f"{reads['http_megabytes_per_second']:.0f} MB/s, straight from S3 {reads['s3_megabytes_per_second']:.0f} MB/s (medians of "
         f"{len(reads['seconds']['http'])}); the gateway process at {reads['rss_mb_before']:.0f} MB before and at most "
         f"{reads['rss_mb_peak']:.0f} MB while it served them.",
+    ]
+    coarsen = results["coarsen"]
+    floor_rate = coarsen["floor_megabytes_per_second"]
+    lines += [
+        "",
+        f"coarsen of {_size(coarsen)} by {coarsen['factor']} ({coarsen['megabytes']:.0f} MB read and written): through the gateway, "
+        f"from its POST until done, {coarsen['gateway_megabytes_per_second']:.0f} MB/s; the floor of the same GETs and PUTs with obstore "
+        f"from one process {floor_rate:.0f} MB/s ({coarsen['gateway_megabytes_per_second'] / floor_rate if floor_rate else 0:.2f}x; "
+        f"medians of {len(coarsen['seconds']['gateway'])}).",
     ]
     memory, during_runs = results["memory_run"], results["gateway_memory_mb"]
     rates = [

@@ -1,6 +1,6 @@
 """Where the workers' CPU goes when they store a large job: generation, checksums, the S3 client.
 
-The job's own task (``random_chunks.write_random_region``) runs on the
+The job's own task (``region_writes.write_region`` of the ``random-array`` app) runs on the
 benchmark's LocalCluster with its target array bound to each store
 implementation in turn, and the worker processes' CPU seconds (user + system,
 from /proc) are read around each run:
@@ -30,16 +30,17 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from science_gateway import results_objects
-from science_gateway.job_parameters import RandomArraySpec
-from science_gateway.random_chunks import (
+from science_gateway.apps.base import Output
+from science_gateway.apps.random_array import RandomArray, random_chunk
+from science_gateway.region_writes import (
     MAX_TASK_BYTES,
+    AppTask,
     ArrayTarget,
     chunks_in,
-    random_chunk,
     region_objects,
     store_all_or_none_pending,
     task_regions,
-    write_random_region,
+    write_region,
 )
 
 STORES = ("generation", "obstore", "fsspec", "fsspec without checksums")
@@ -55,10 +56,16 @@ def _fsspec_store(bucket: str, options: dict) -> zarr.storage.FsspecStore:
     return zarr.storage.FsspecStore.from_url(f"s3://{bucket}", storage_options=options)
 
 
+def _task(seed: int, spec: Output) -> AppTask:
+    """The task of a random-array job, as the gateway sends it."""
+    return AppTask(RandomArray.name, RandomArray.version, f"{RandomArray.__module__}:{RandomArray.__qualname__}", {"seed": seed}, spec, {})
+
+
 def _write_with_fsspec(region: Any, *, target: ArrayTarget, seed: int, store: zarr.storage.FsspecStore) -> int:
-    """The job's objects, encoded as the gateway's task encodes them, written through zarr's fsspec store."""
+    """The job's objects, computed and encoded as the gateway's task does, written through zarr's fsspec store."""
     prototype = default_buffer_prototype().buffer
-    objects = region_objects(region, target, seed)
+    spec = Output(target.shape, target.chunks, target.dtype.name, target.shards)
+    objects = region_objects(region, RandomArray().compute(region, {"seed": seed}, spec, {}), target)
     sync(store_all_or_none_pending([functools.partial(store.set, key, prototype.from_bytes(data)) for key, data in objects]))
     return len(objects)
 
@@ -81,8 +88,8 @@ def _workers_cpu_seconds(client: Client) -> float:
     return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
 
 
-def measure(client: Client, bucket: str, spec: RandomArraySpec, job_id: str, on_done: Callable[[str], None]) -> list[dict]:
-    """Each store in turn writes ``spec``'s array under ``<job_id>-<n>``; CPU seconds per GB and MB/s of each.
+def measure(client: Client, bucket: str, seed: int, spec: Output, job_id: str, on_done: Callable[[str], None]) -> list[dict]:
+    """Each store in turn writes the random array of ``seed`` and ``spec`` under ``<job_id>-<n>``; CPU seconds per GB and MB/s of each.
 
     ``on_done`` is given each result's key prefix, to remove it.
     """
@@ -91,7 +98,7 @@ def measure(client: Client, bucket: str, spec: RandomArraySpec, job_id: str, on_
     for index, kind in enumerate(STORES):
         prefix = f"{job_id}-{index}"
         if kind == "generation":
-            tasks = client.map(_generate_only, regions, seed=spec.seed, shape=spec.shape, chunks=spec.chunks, dtype=spec.dtype, pure=False)
+            tasks = client.map(_generate_only, regions, seed=seed, shape=spec.shape, chunks=spec.chunks, dtype=spec.dtype, pure=False)
         else:
             store = _fsspec_store(bucket, WITHOUT_CHECKSUMS if kind == "fsspec without checksums" else {})
             array = zarr.create_array(
@@ -101,16 +108,16 @@ def measure(client: Client, bucket: str, spec: RandomArraySpec, job_id: str, on_
             target = ArrayTarget(f"s3://{bucket}", f"{prefix}/data", array.metadata)
             if kind == "obstore":
                 _warm_up(client, functools.partial(_touch_obstore, target.results_url))
-                tasks = client.map(write_random_region, regions, run_id=prefix, target=target, seed=spec.seed, pure=False)
+                tasks = client.map(write_region, regions, run_id=prefix, target=target, task=_task(seed, spec), pure=False)
             else:
                 _warm_up(client, functools.partial(_touch, store))
-                tasks = client.map(_write_with_fsspec, regions, target=target, seed=spec.seed, store=store, pure=False)
+                tasks = client.map(_write_with_fsspec, regions, target=target, seed=seed, store=store, pure=False)
         before, started = _workers_cpu_seconds(client), time.perf_counter()
         wait(tasks)
         seconds, cpu = time.perf_counter() - started, _workers_cpu_seconds(client) - before
         complete = all(future.status == "finished" for future in tasks)
         if kind != "generation":
-            complete = complete and _first_chunk_matches(bucket, spec, prefix)
+            complete = complete and _first_chunk_matches(bucket, seed, spec, prefix)
             on_done(prefix)
         gigabytes = spec.nbytes / 1e9
         measured.append({
@@ -121,8 +128,8 @@ def measure(client: Client, bucket: str, spec: RandomArraySpec, job_id: str, on_
     return measured
 
 
-def _first_chunk_matches(bucket: str, spec: RandomArraySpec, prefix: str) -> bool:
+def _first_chunk_matches(bucket: str, seed: int, spec: Output, prefix: str) -> bool:
     """Whether what a store wrote reads back, through the gateway's own store, as the seed makes it."""
     array = zarr.open_array(zarr.storage.FsspecStore.from_url(f"s3://{bucket}/{prefix}/data"), mode="r")
     first = tuple(slice(0, step) for step in spec.chunks)
-    return bool(np.array_equal(array[first], random_chunk(spec.seed, 0, first, spec.dtype)))
+    return bool(np.array_equal(array[first], random_chunk(seed, 0, first, spec.dtype)))
