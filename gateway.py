@@ -11,6 +11,7 @@ no cluster.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -369,7 +370,7 @@ def post_job() -> Any:
     # Even without a body: a form on another site can send any other type, a script of this page sends this one.
     if request.mimetype != "application/json":
         return error_response(415, "unsupported_media_type", "send the job as a JSON object with Content-Type: application/json")
-    body = request.get_json(silent=True) if request.content_length else {}
+    body = _json_body() if request.content_length else {}
     if not isinstance(body, dict):
         raise InvalidParameters('the request body must be a JSON object, such as {"app": "random-array", "parameters": {"seed": 7}}')
     job_id = body.pop("job_id", None)
@@ -390,6 +391,18 @@ def post_job() -> Any:
     left_to_gateway = _left_to_gateway(app, parameters if isinstance(parameters, dict) else {}, asked_ttl)
     ttl = _job_ttl(gateway, asked_ttl)
     return _submitted(gateway.jobs.submit(job_id, work, _caller().name, ttl, left_to_gateway)[0])
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _json_body() -> Any:
+    """The request's JSON, or None when it is none: malformed, NaN or Infinity (which no JSON reader takes back), or nested past Python's depth."""
+    try:
+        return json.loads(request.get_data(), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _app_json(app: App) -> dict[str, Any]:

@@ -60,14 +60,15 @@ class ChunkWrites:
         self._job_id = job_id
         # Unique to this run: an id submitted again after a cancel must not inherit the stop.
         self._run_id = f"{job_id}/{uuid.uuid4().hex}"
-        # Regions of whole shards when sharded: each shard is written whole, by one task (and
-        # of whole blocks of the app's choosing, such as a source's objects). A task writes its
-        # objects concurrently: with at least WRITES_PER_TASK of them, the S3 server always has
-        # several requests of each worker in hand.
+        # Regions of whole shards when sharded: each shard is written whole, by one task. A task
+        # writes its objects concurrently: with at least WRITES_PER_TASK of them, the S3 server
+        # always has several requests of each worker in hand.
+        # The bytes a job's tasks handle are those they write and those they read of its sources.
         output = plan.output
         unit_bytes = math.prod(output.write_unit) * np.dtype(output.dtype).itemsize
         task_bytes = max(MAX_TASK_BYTES, WRITES_PER_TASK * unit_bytes)
-        regions = task_regions(output.shape, app.task_block(plan), max(min_tasks, math.ceil(output.nbytes / task_bytes)))
+        handled = output.nbytes + sum(source.array.nbytes for source in plan.sources.values())
+        regions = task_regions(output.shape, output.write_unit, max(min_tasks, math.ceil(handled / task_bytes)))
         implementation = f"{type(app).__module__}:{type(app).__qualname__}"
         task = AppTask(app.name, app.version, implementation, plan.parameters, output, sources)
         self._futures = client.map(write_region, regions, run_id=self._run_id, target=target, task=task, pure=False)

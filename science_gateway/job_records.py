@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from .apps.base import Output
+from .apps.registry import NAME_PATTERN
 from .job_parameters import InvalidJobId, InvalidParameters, validate_job_id
 from .job_work import FIRST_APP, FIRST_APP_VERSION, JobWork, SourceRun
 from .results_store import ARRAY_NAME, owner_prefix, place_for, record_name
@@ -166,8 +168,8 @@ def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str],
         stored = json.loads(content)
         work = _work_from_stored(stored)
         record = JobRecord(**{**{key: value for key, value in stored.items() if key not in ("spec", "work")}, "work": work})
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise InvalidRecord(f"job record {name!r} is malformed ({type(exc).__name__}: {exc})") from None
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise InvalidRecord(f"job record {name!r} is malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
     job_id, owner = record.job_id, record.owner
     valid_owner = owner is None or (isinstance(owner, str) and owner != "" and _is_utf8(owner))
     accepts = (schemas or {}).get(work.app)
@@ -210,6 +212,9 @@ def _work_from_stored(stored: dict[str, Any]) -> JobWork:
     sources = {name: SourceRun(str(source["job_id"]), str(source["finished_at"])) for name, source in work["sources"].items()}
     if not all(isinstance(value, str) for value in (work["app"], work["app_version"])) or not isinstance(work["parameters"], dict):
         raise ValueError("its app, app_version or parameters are of the wrong type")
+    # The app's name labels metrics: one this service could not have offered is no record of its own.
+    if not re.fullmatch(NAME_PATTERN, work["app"]) or len(work["app_version"]) > 100:
+        raise ValueError("its app is no name of an app")
     if not all(_is_job_id(source.job_id) for source in sources.values()):
         raise ValueError("a source is not a job id")
     return JobWork(work["app"], work["app_version"], work["parameters"], _output(work["output"]), sources)

@@ -7,14 +7,13 @@ never from the job's record, which could otherwise name another's result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .apps.base import App, Limits, Output, Plan, Source
 from .apps.registry import Apps
 from .errors import GatewayError
-from .results_store import ARRAY_NAME
 
 # The app of records from before there were apps: their "spec" holds its parameters.
 FIRST_APP, FIRST_APP_VERSION = "random-array", "1.0.0"
@@ -113,11 +112,11 @@ def plan_work(app: App, parameters: dict[str, Any], limits: Limits, find: Callab
 
 @dataclass(frozen=True)
 class Runnable:
-    """A job's work made ready to run: its app, its plan, and the key of each source's array."""
+    """A job's work made ready to run: its app, its plan, and the key of each source's group."""
 
     app: App
     plan: Plan
-    source_arrays: dict[str, str]
+    source_groups: dict[str, str]
 
 
 def runnable(work: JobWork, apps: Apps, find: Callable[[str], SourceResult | str | None]) -> Runnable:
@@ -132,16 +131,12 @@ def runnable(work: JobWork, apps: Apps, find: Callable[[str], SourceResult | str
         here = f"it offers version {app.version}" if app is not None else f"its apps are {', '.join(offered)}"
         raise AppNotOffered(f"app {work.app!r} version {work.app_version} is not offered by this gateway ({here}); submit the job again")
     sources: dict[str, Source] = {}
-    arrays = {}
+    groups = {}
     for name, run in work.sources.items():
         found = find(run.job_id)
         if not isinstance(found, SourceResult) or found.finished_at != run.finished_at:
             raise SourceGone(f"its source {run.job_id!r} ({name}) was deleted or made again before the job ran")
         sources[name] = Source(found.job_id, found.output, found.finished_at)
-        arrays[name] = f"{found.place}/{ARRAY_NAME}"
-    return Runnable(app, Plan(work.parameters, work.output, sources), arrays)
+        groups[name] = found.place
+    return Runnable(app, Plan(work.parameters, work.output, sources), groups)
 
-
-def source_ids(work: JobWork) -> Mapping[str, str]:
-    """The id of each source of the work, by the parameter naming it."""
-    return {name: run.job_id for name, run in work.sources.items()}

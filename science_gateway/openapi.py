@@ -58,8 +58,8 @@ _JOB_ID = {
     "schema": {"type": "string", "pattern": JOB_ID_PATTERN},
 }
 _PAIR = {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2}
-# A list of integers as a query string writes it: 1000,1000.
-_LIST_QUERY = {"type": "string", "pattern": r"^[0-9]+(,[0-9]+)+$"}
+# An integer as a query string writes it (digits alone), and a positive one, at most 12 digits (the apps' sides are at most 2**40).
+_INTEGER_TEXT, _POSITIVE_TEXT = "-?(0|[1-9][0-9]{0,11})", "[1-9][0-9]{0,11}"
 TTL_DESCRIPTION = "Seconds the result is kept once the job has finished, at most GATEWAY_MAX_RESULT_TTL; absent: GATEWAY_RESULT_TTL"
 _LOCATION = {"Location": {"description": "The job's record", "schema": {"type": "string"}}}
 _OWNER = {
@@ -210,7 +210,8 @@ def _app_schemas(apps: Apps) -> dict[str, Any]:
         schemas[name] = {
             "type": "object",
             "additionalProperties": False,
-            "required": ["app"],
+            # Parameters the app requires make "parameters" required too.
+            "required": ["app", "parameters"] if app.parameters.get("required") else ["app"],
             "properties": {"app": {"const": app.name}, "parameters": _ref(_parameters_name(app)), **_JOB_FIELDS},
         }
         requests.append(_ref(name))
@@ -227,6 +228,16 @@ def _app_schemas(apps: Apps) -> dict[str, Any]:
     return schemas
 
 
+def _list_pattern(schema: dict[str, Any]) -> str:
+    """A list of integers as a query string writes it (1000,1000), as many as the schema allows."""
+    items = schema.get("items", {})
+    item = _POSITIVE_TEXT if items.get("minimum", 0) >= 1 else _INTEGER_TEXT
+    count = schema.get("minItems", 2)
+    if count == schema.get("maxItems"):
+        return "^" + ",".join([item] * count) + "$"
+    return f"^{item}(,{item})+$"
+
+
 def _query_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """A parameter's schema as a query string writes its value: a list as 1,2; null left out."""
     branches = [*schema.get("oneOf", ()), *schema.get("anyOf", ())]
@@ -235,7 +246,7 @@ def _query_schema(schema: dict[str, Any]) -> dict[str, Any]:
         return written[0] if len(written) == 1 else {"anyOf": written}
     types = [schema["type"]] if isinstance(schema.get("type"), str) else [kind for kind in schema.get("type", []) if kind != "null"]
     if types == ["array"]:
-        return dict(_LIST_QUERY)
+        return {"type": "string", "pattern": _list_pattern(schema)}
     kept = {key: value for key, value in schema.items() if key in ("enum", "minimum", "maximum", "pattern", "default")}
     return {**kept, "type": types[0]} if len(types) == 1 else kept
 

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Selection = tuple[slice, ...]
+# The array of a result's group, the one every job writes.
+ARRAY_NAME = "data"
 # A chunk's offset and length in a shard's index when the shard does not hold it.
 _NO_CHUNK = 2**64 - 1
 # Objects a task writes at once.
@@ -204,7 +206,7 @@ class AppTask:
     implementation: str
     parameters: dict[str, Any]
     output: Output
-    # The parameter naming each source, and the key of the source's array under the results URL.
+    # The parameter naming each source, and the key of the source's group under the results URL.
     sources: dict[str, str]
 
 
@@ -229,15 +231,20 @@ def _app(task_app: str, version: str, implementation: str) -> App:
 
 
 class _Sources:
-    """A task's sources, each opened read-only from the results store when first asked for."""
+    """A task's sources, each opened read-only from the results store when first asked for.
 
-    def __init__(self, results_url: str, arrays: dict[str, str]) -> None:
+    Each through its group, whose metadata is the sign that it is complete: a
+    source that is being deleted (that document goes first) fails the read,
+    rather than reading missing chunks as fill values.
+    """
+
+    def __init__(self, results_url: str, groups: dict[str, str]) -> None:
         self._results_url = results_url
-        self._arrays = arrays
+        self._groups = groups
 
     def __getitem__(self, parameter: str) -> Any:
         store = zarr.storage.ObjectStore(results_objects.open_results(self._results_url), read_only=True)
-        return zarr.open_array(store=store, path=self._arrays[parameter], mode="r")
+        return zarr.open_group(store=store, path=self._groups[parameter], mode="r")[ARRAY_NAME]
 
 
 def _computed(region: Selection, target: ArrayTarget, task: AppTask) -> np.ndarray:
@@ -250,7 +257,7 @@ def _computed(region: Selection, target: ArrayTarget, task: AppTask) -> np.ndarr
         logger.exception("app %s failed on region %s", task.app, region)
         message = f"app {task.app!r} failed: {type(exc).__name__}: {exc}"
     else:
-        if values.shape == expected and np.can_cast(values.dtype, target.dtype, casting="same_kind"):
+        if values.shape == expected and np.can_cast(values.dtype, target.dtype, casting="safe"):
             return values
         message = (
             f"app {task.app!r} returned values of shape {list(values.shape)} and dtype {values.dtype} "

@@ -38,7 +38,7 @@ from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
 from . import results_objects
 from .errors import GatewayError
-from .region_writes import ArrayTarget
+from .region_writes import ARRAY_NAME, ArrayTarget
 
 if TYPE_CHECKING:
     from .apps.base import Output
@@ -48,8 +48,9 @@ if TYPE_CHECKING:
 # the format 3 specification does not define it is known and accepted here.
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
 
-ARRAY_NAME = "data"
 DIMENSION_NAMES = ("y", "x")
+# A result group's own documents in Zarr 3 and 2, written last, when every chunk is stored.
+GROUP_DOCUMENTS = ("zarr.json", ".zmetadata", ".zgroup", ".zattrs")
 # Job records, pictures and owners' results sit beside the flat results, under prefixes
 # no job id can take (ids never start with ".").
 RECORDS_PREFIX = ".jobs"
@@ -245,8 +246,16 @@ class ResultsStore:
             raise StorageError(describe_storage_failure(failure, exc)) from exc
 
     def delete(self, place: str) -> None:
-        """Remove everything stored for the result at ``place``, its pictures included."""
+        """Remove everything stored for the result at ``place``, its pictures included.
+
+        The group's metadata, the sign that the result is complete, goes first:
+        a deletion cut short leaves a result that reads as incomplete (jobs that
+        read it fail), never one with chunks missing that read as fill values.
+        """
         try:
+            markers = [path for path in (f"{self._path(place)}/{name}" for name in GROUP_DOCUMENTS) if self._fs.exists(path)]
+            if markers:
+                self._fs.rm(markers)
             for path in (self._path(place), self._previews_path(place)):
                 if self._fs.exists(path):
                     self._fs.rm(path, recursive=True)

@@ -139,7 +139,8 @@ function showParameters() {
       field = document.createElement("input");
       field.placeholder = schema.default !== undefined ? String(schema.default) : types(schema).includes("null") ? "chosen by the gateway" : "";
       if (types(schema).includes("array")) field.title = "rows,columns";
-      if (schema.pattern) field.pattern = schema.pattern.replace(/^\^/, "").replace(/\$$/, "").replace("-]", "\\-]");
+      // As an HTML pattern: anchored by HTML itself, compiled with the v flag, under which a "-" ending a class is escaped.
+      if (schema.pattern) field.pattern = schema.pattern.replace(/^\^/, "").replace(/\$$/, "").replaceAll("-]", "\\-]");
     }
     field.name = name;
     field.required = (app.parameters.required ?? []).includes(name);
@@ -149,12 +150,18 @@ function showParameters() {
   }
 }
 
-// A field's text as JSON text, read as its schema asks: digits a number (as typed,
-// past what a JavaScript number holds exactly), "a,b" a list, anything else text.
+// The schema of a list's items, its branches (oneOf, anyOf) included.
+function items(schema) {
+  return [schema, ...(schema.oneOf ?? []), ...(schema.anyOf ?? [])].find((branch) => types(branch).includes("array") && branch.items)?.items ?? {};
+}
+
+// A field's text as JSON text, read as its schema asks: a number as typed (digits
+// past what a JavaScript number holds exactly stay exact), "a,b" a list, anything else text.
 function jsonValue(text, schema) {
   const allowed = types(schema);
-  if ((allowed.includes("integer") || allowed.includes("number")) && /^-?[0-9]+$/.test(text)) return text;
-  if (allowed.includes("array") && text.includes(",")) return `[${text.split(",").map((item) => jsonValue(item.trim(), { type: "integer" })).join(",")}]`;
+  if (allowed.includes("integer") && /^-?[0-9]+$/.test(text)) return text;
+  if (allowed.includes("number") && /^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$/.test(text)) return text;
+  if (allowed.includes("array") && text.includes(",")) return `[${text.split(",").map((item) => jsonValue(item.trim(), items(schema))).join(",")}]`;
   return JSON.stringify(text);
 }
 

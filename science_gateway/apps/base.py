@@ -141,12 +141,8 @@ class App(ABC):
 
     @abstractmethod
     def compute(self, region: Selection, parameters: dict[str, Any], output: Output, inputs: Inputs) -> np.ndarray:
-        """On a worker: the values of ``region`` of the output, an array of its shape (the output's dtype or one cast to it safely)."""
+        """On a worker: the values of ``region`` of the output, an array of its shape, of the output's dtype or one numpy casts to it safely.
 
-    def task_block(self, plan: Plan) -> tuple[int, ...]:
-        """The block a task's region is a whole number of: by default the output's write unit.
-
-        An app that reads a source aligns its tasks to the source's objects here,
-        so that each object of the source is read by one task.
+        A region is whole objects of the output (chunks, or shards): an app that
+        reads a source lays out its output so that these are whole objects of the source.
         """
-        return plan.output.write_unit

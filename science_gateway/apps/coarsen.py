@@ -1,9 +1,13 @@
 """The ``coarsen`` app: block means of one of the caller's done results, read by the workers themselves.
 
 ``out[i, j] = mean(src[i*fr:(i+1)*fr, j*fc:(j+1)*fc])``, accumulated in float64
-and stored in the source's dtype. Each task computes a region of the output
-whose source region is a whole number of the source's objects (shards, or
-chunks), so each object of the source is read by one task, once.
+and stored in the source's dtype (an integer mean is truncated, as numpy casts).
+
+The result's objects mirror the source's: a chunk (and a shard) of the result
+is the block means of the fewest whole chunks (shards) of the source, one when
+the factor divides them. So each task, a region of whole objects of the
+result, reads whole objects of the source, each once, and a large source is
+read by many tasks at once.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 
 from ..job_parameters import JOB_ID_PATTERN
 from .base import App, Inputs, Output, Plan, PlanContext, PlanRefused, Selection
-from .layout import shards_for, within_limits
+from .layout import within_limits
 
 
 class Coarsen(App):
@@ -29,13 +33,10 @@ class Coarsen(App):
         "properties": {
             "source": {"type": "string", "pattern": JOB_ID_PATTERN, "description": "The id of one of your jobs that is done"},
             "factor": {
-                "description": "Rows and columns of a block: an integer (both), or [rows, columns]; each a divisor of the source's side",
+                "description": "Rows and columns of a block: an integer of at least 2 (both), or [rows, columns]; each a divisor of the source's side",
                 "oneOf": [
                     {"type": "integer", "minimum": 2},
-                    {
-                        "type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2,
-                        "not": {"const": [1, 1]},
-                    },
+                    {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
                 ],
             },
         },
@@ -51,22 +52,14 @@ class Coarsen(App):
                 f"the result would be {[round(size / step, 2) for size, step in zip(shape, factor, strict=True)]}; choose a factor that divides each side"
             )
         out_shape = tuple(size // step for size, step in zip(shape, factor, strict=True))
-        # The source's chunks: each output chunk is then the mean of whole source chunks.
-        chunks = tuple(min(step, size) for step, size in zip(source.array.chunks, out_shape, strict=True))
-        limits = context.limits
-        within_limits(Output(out_shape, chunks, source.array.dtype), limits)
-        shards = shards_for(limits.default_shards, out_shape, chunks, source.array.dtype, limits.zarr_format)
-        output = Output(out_shape, chunks, source.array.dtype, shards)
+        chunks = _mirrored(source.array.chunks, factor, out_shape)
+        shards = None
+        if source.array.shards is not None and context.limits.zarr_format == 3:
+            covering = tuple(math.ceil(size / step) * step for size, step in zip(out_shape, chunks, strict=True))
+            shards = _mirrored(source.array.shards, factor, covering)
+        output = Output(out_shape, chunks, source.array.dtype, None if shards == chunks else shards)
+        within_limits(output, context.limits)
         return Plan({"source": source.job_id, "factor": list(factor)}, output, {"source": source})
-
-    def task_block(self, plan: Plan) -> tuple[int, ...]:
-        # Whole objects of the output whose source regions are whole objects of the source.
-        source_unit = plan.sources["source"].array.write_unit
-        factor = plan.parameters["factor"]
-        return tuple(
-            math.lcm(unit, source // math.gcd(source, step))
-            for unit, source, step in zip(plan.output.write_unit, source_unit, factor, strict=True)
-        )
 
     def compute(self, region: Selection, parameters: dict[str, Any], output: Output, inputs: Inputs) -> np.ndarray:
         factor = parameters["factor"]
@@ -74,6 +67,11 @@ class Coarsen(App):
         rows, columns = (part.stop - part.start for part in region)
         blocks = np.asarray(read, dtype=np.float64).reshape(rows, factor[0], columns, factor[1])
         return blocks.mean(axis=(1, 3)).astype(output.dtype)
+
+
+def _mirrored(blocks: tuple[int, ...], factor: tuple[int, ...], largest: tuple[int, ...]) -> tuple[int, ...]:
+    """The block of the result whose source is the fewest whole ``blocks`` of the source: lcm(block, factor) / factor a side, at most ``largest``."""
+    return tuple(min(math.lcm(block, step) // step, most) for block, step, most in zip(blocks, factor, largest, strict=True))
 
 
 def _factor(value: Any, dimensions: int) -> tuple[int, ...]:

@@ -1,0 +1,167 @@
+"""Cancelling and deleting jobs, and deleting those whose time is up.
+
+A done job being deleted may be a source that other jobs read: those fail
+first, saying why (a queued one at once, a running one once its tasks have
+stopped), so that no job reads a result that is going. Expiry never fails a
+job: a source that jobs read expires once they have ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from .job_records import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobKey, JobRecord, finish, has_expired
+from .job_table import JobTable, reads
+from .job_work import SourceGone
+from .metrics import GatewayMetrics, job_event_fields
+from .record_keeping import RecordKeeper
+from .results_store import ResultsStore, StorageError
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class JobDeletion:
+    """Cancels and deletes a table's jobs, one at a time; its expiry sweep (:meth:`expire_results`) runs in a thread of its own."""
+
+    def __init__(self, table: JobTable, store: ResultsStore, settings: Settings, metrics: GatewayMetrics, keeper: RecordKeeper) -> None:
+        self._table = table
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+        self._keeper = keeper
+        # Cancelling and deleting touch the store; one at a time keeps it consistent.
+        self._delete_lock = threading.Lock()
+
+    def cancel_or_delete(self, key: JobKey) -> JobRecord | None:
+        """Cancel a queued or running job and return its record; delete a finished one and return None.
+
+        The jobs that read a done job being deleted fail first, saying why: a
+        queued one at once, a running one once its tasks have stopped.
+        """
+        table = self._table
+        with self._delete_lock:
+            with table.lock:
+                # A submission of this job under way decides which run there is to cancel or delete.
+                table.lock.wait_for(lambda: key not in table.reserved)
+                record = table.record(key)
+                if record.status == RUNNING:
+                    self._stop_running(key, None)
+                    table.lock.wait_for(lambda: table.records[key].status in FINISHED)
+                    return replace(table.records[key])
+                if record.status == QUEUED:
+                    table.queue.remove(key)
+                    cancelled = table.records[key] = finish(record, CANCELLED)
+                    table.changed(key)
+                # Reserved while the store changes: a resubmission of its id, or a new reader, must not find it first.
+                table.reserved.add(key)
+            if record.status == QUEUED:
+                try:
+                    self._keeper.save_quietly(cancelled)
+                finally:
+                    with table.lock:
+                        table.reserved.discard(key)
+                        table.changed(key)
+                return replace(cancelled)
+        # Without the delete lock, which other deletions wait on, and which one of this job
+        # would hold while it waits for the reservation: the reservation keeps this job's to this deletion.
+        try:
+            self._fail_readers(record)
+        except BaseException:
+            with table.lock:
+                table.reserved.discard(key)
+                table.changed(key)
+            raise
+        self._delete_reserved(record)
+        logger.info("job %s deleted", key)
+        return None
+
+    def _fail_readers(self, source: JobRecord) -> None:
+        """Fail every job that reads ``source``, which is reserved for its deletion; return once none of them runs."""
+        table = self._table
+        error = {"code": SourceGone.code, "message": f"its source {source.job_id!r} was deleted before the job finished"}
+        failed = []
+        with table.lock:
+            # Submissions that found the source before it was reserved are queued first, then failed below.
+            table.lock.wait_for(lambda: not any(reads(key, work, source.key) for key, work in table.submitting.items()))
+            readers = table.readers(source.key)
+            for key in readers:
+                record = table.records[key]
+                if record.status == RUNNING:
+                    self._stop_running(key, error)
+                    continue
+                table.queue.remove(key)
+                final = table.records[key] = finish(record, FAILED, error=error)
+                failed.append(final)
+                self._metrics.job_finished(FAILED, 0.0, record.work.app)
+                table.changed(key)
+            table.lock.wait_for(lambda: all(table.records[key].status in FINISHED for key in readers if key in table.records))
+        for record in failed:
+            logger.info("job %s failed: %s", record.key, error["message"])
+            self._keeper.save_quietly(record)
+
+    def _stop_running(self, key: JobKey, error: dict[str, str] | None) -> None:
+        """Stop a running job, which then ends cancelled (``error`` None) or failed with ``error``; called with the lock held."""
+        table = self._table
+        table.cancel_requested[key] = error
+        # A job whose tasks are not sent yet sees the request before it sends them.
+        if (writes := table.running.get(key)) is not None:
+            writes.cancel()
+
+    def _delete_reserved(self, record: JobRecord) -> None:
+        """Remove a finished job's result and record.
+
+        The job is reserved meanwhile: a submission of its id waits until it is
+        gone, rather than finding it and then losing it to this deletion.
+        """
+        table = self._table
+        try:
+            self._store.delete(record.place)
+            self._store.delete_record(record.record_name)
+            with table.lock:
+                del table.records[record.key]
+        finally:
+            with table.lock:
+                table.reserved.discard(record.key)
+                table.changed(record.key)
+
+    def expire_results(self) -> None:
+        """Every expiry interval, delete the finished jobs whose time is up, until the gateway stops.
+
+        The times are in the records, so what a stopped gateway left is deleted by the next.
+        A job that is queued or running never expires: it has no expiry time yet.
+        """
+        table = self._table
+        while not table.stop_requested.wait(self._settings.expiry_interval):
+            now = datetime.now(UTC)
+            with table.lock:
+                due = [key for key, record in table.records.items() if has_expired(record, now)]
+            for key in due:
+                try:
+                    self._delete_if_expired(key, now)
+                except StorageError as exc:
+                    self._metrics.s3_errors.inc()
+                    logger.error("expired job %s could not be deleted, trying again at the next sweep: %s", key, exc)
+                except Exception:
+                    logger.exception("expired job %s could not be deleted", key)
+
+    def _delete_if_expired(self, key: JobKey, now: datetime) -> None:
+        table = self._table
+        with self._delete_lock:
+            with table.lock:
+                table.lock.wait_for(lambda: key not in table.reserved)
+                # Submitted again since the sweep looked, or deleted: then it is not this one's time.
+                record = table.records.get(key)
+                if record is None or not has_expired(record, now):
+                    return
+                if table.readers(key) or any(reads(reader, work, key) for reader, work in table.submitting.items()):
+                    # Expiry never fails a job: a result that jobs read expires at the first sweep after they end.
+                    logger.info("job %s expired, and is kept while jobs read it", key)
+                    return
+                table.reserved.add(key)
+            self._delete_reserved(record)
+        self._metrics.jobs_expired.inc()
+        logger.info("job %s expired and was deleted", key, extra=job_event_fields(key.job_id, "expired", record.status))

@@ -1,0 +1,148 @@
+"""The job runners: each takes the next queued job, runs it on the cluster with its app, and records how it ended."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .apps.registry import Apps
+from .chunk_writes import ChunkWrites, JobCancelled, JobFailed
+from .cluster import ClusterConnection
+from .errors import GatewayError
+from .job_errors import INTERRUPTED
+from .job_records import CANCELLED, DONE, FAILED, RUNNING, JobKey, JobRecord, finish, now
+from .job_table import JobTable
+from .job_work import runnable
+from .metrics import GatewayMetrics, job_event_fields
+from .record_keeping import RecordKeeper
+from .results_store import ResultsStore, StorageError
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """What each runner thread does (:meth:`run_queued_jobs`): a gateway starts ``GATEWAY_MAX_RUNNING_JOBS`` of them."""
+
+    def __init__(
+        self, table: JobTable, cluster: ClusterConnection, store: ResultsStore, settings: Settings, metrics: GatewayMetrics,
+        apps: Apps, keeper: RecordKeeper,
+    ) -> None:  # fmt: skip
+        self._table = table
+        self._cluster = cluster
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+        self._apps = apps
+        self._keeper = keeper
+
+    def _next_job(self) -> JobRecord | None:
+        """The next queued job, once there is a working cluster to run it on; None when stopping.
+
+        Jobs wait in the queue, not half-started, while there is no cluster,
+        and one that was lost while a runner waited for a job is replaced first.
+        """
+        table = self._table
+        while True:
+            while not self._cluster.wait_until_ready(1.0):
+                if table.drain_deadline is not None:
+                    return None
+            with table.lock:
+                table.lock.wait_for(lambda: table.queue or table.drain_deadline is not None)
+                if table.drain_deadline is not None:
+                    return None
+                if not self._cluster.wait_until_ready(0):
+                    continue
+                record = table.records[table.queue.popleft()]
+                record.status, record.started_at = RUNNING, now()
+                table.running[record.key] = None
+                table.changed(record.key)
+            logger.info("job %s started", record.key, extra=job_event_fields(record.job_id, "started", RUNNING))
+            return record
+
+    def run_queued_jobs(self) -> None:
+        """Run queued jobs one after another until the gateway stops; a job that breaks the runner fails, and the runner goes on."""
+        while True:
+            record = None
+            try:
+                record = self._next_job()
+                if record is None:
+                    return
+                self._run(record)
+            except Exception:
+                # A runner that died would leave its slot empty for the process's life.
+                self._metrics.runner_errors.inc()
+                logger.exception("a job runner failed%s; it goes on", f" on job {record.key}" if record else "")
+                if record is not None:
+                    self._end_unexpectedly(record)
+
+    def _end_unexpectedly(self, record: JobRecord) -> None:
+        table = self._table
+        error = {"code": "internal_error", "message": "the gateway failed while running this job; see its log"}
+        key = record.key
+        with table.lock:
+            final = None
+            if table.records.get(key) is record and record.status == RUNNING:
+                final = table.records[key] = finish(record, FAILED, error=error)
+            table.running.pop(key, None)
+            table.cancel_requested.pop(key, None)
+            table.changed(key)
+        if final is not None:
+            self._keeper.discard_result(record)
+            self._keeper.save_quietly(final)
+
+    def _run(self, record: JobRecord) -> None:
+        table = self._table
+        started = time.monotonic()
+        status, error = DONE, None
+        key = record.key
+        try:
+            with table.lock:
+                # Its app as offered now, and its sources as they are now: a source being deleted fails it here.
+                work = runnable(record.work, self._apps, lambda job_id: table.source(JobKey(record.owner, job_id)))
+            result = self._store.pending_result(record.record_name, record.place, record.work.output, self._settings.zarr_format)
+            self._store.begin_result(result, self._keeper.stored(record))
+            client = self._cluster.client()
+            writes = ChunkWrites(client, result.target, work.app, work.plan, work.source_groups, record.job_id, min_tasks=self._settings.n_workers)
+            with table.lock:
+                table.running[key] = writes
+                if table.stop_requested.is_set() or key in table.cancel_requested:
+                    writes.cancel()
+            writes.wait(self._settings.job_timeout, lambda written: self._count_chunks(record, written))
+            self._store.mark_complete(result)
+        except JobCancelled:
+            with table.lock:
+                reason = table.cancel_requested.get(key)
+            status = FAILED if table.stop_requested.is_set() or reason is not None else CANCELLED
+            error = INTERRUPTED if table.stop_requested.is_set() else reason
+        except Exception as exc:
+            if not isinstance(exc, GatewayError):
+                logger.exception("job %s failed unexpectedly", key)
+            code = exc.code if isinstance(exc, GatewayError) else JobFailed.code
+            with table.lock:
+                # A job stopped for a reason (its source deleted) ends with that reason, whatever its stop raised.
+                reason = table.cancel_requested.get(key)
+            status, error = FAILED, reason or {"code": code, "message": str(exc)}
+            if isinstance(exc, StorageError):
+                self._metrics.s3_errors.inc()
+        if status != DONE:
+            self._keeper.discard_result(record)
+        with table.lock:
+            final = finish(record, status, error=error, seconds=round(time.monotonic() - started, 3))
+        # Saved before it shows as finished, so that a DELETE of the finished job cannot race the save.
+        self._keeper.save_quietly(final)
+        # Counted and logged before it shows as finished: a caller who learns the job is done finds both.
+        self._metrics.job_finished(status, final.seconds or 0.0, record.work.app)
+        logger.info(
+            "job %s %s in %.3f s%s", key, status, final.seconds, f": {error['message']}" if error else "",
+            extra=job_event_fields(record.job_id, status, status, final.seconds),
+        )  # fmt: skip
+        with table.lock:
+            table.records[key] = final
+            table.running.pop(key, None)
+            table.cancel_requested.pop(key, None)
+            table.changed(key)
+
+    def _count_chunks(self, record: JobRecord, written: int) -> None:
+        with self._table.lock:
+            record.chunks_written += written

@@ -1,0 +1,82 @@
+"""Every job of one gateway process in memory, under one condition: what the job manager, its runners and its deletions share.
+
+Everything here is read and changed with ``lock`` held, and ``changed`` is
+called at every change: it wakes what waits on the table and the callers
+waiting for the jobs that changed.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .chunk_writes import ChunkWrites
+from .fair_queue import FairQueue
+from .hang_ups import Waiter
+from .job_errors import JobNotFound
+from .job_records import DONE, QUEUED, RUNNING, TAKING_SPACE, JobKey, JobRecord
+from .job_work import JobWork, SourceResult
+
+
+class JobTable:
+    """The jobs, their queue and their runs; the lock that guards them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.records: dict[JobKey, JobRecord] = {}
+        self.queue: FairQueue[JobKey] = FairQueue()
+        # Jobs being submitted or deleted: reserved, so that the two never interleave on one job.
+        self.reserved: set[JobKey] = set()
+        # The jobs being submitted, not yet queued: the limits count them as queued.
+        self.submitting: dict[JobKey, JobWork] = {}
+        # Every job a runner has taken; its tasks once they are sent to the cluster.
+        self.running: dict[JobKey, ChunkWrites | None] = {}
+        # Running jobs to stop, and the error each then ends with (None: cancelled by its owner).
+        self.cancel_requested: dict[JobKey, dict[str, str] | None] = {}
+        # Callers waiting for each job, woken at each change of its status.
+        self.waiters: dict[JobKey, set[Waiter]] = {}
+        # Set when a graceful stop begins: the time by which running jobs must end.
+        self.drain_deadline: float | None = None
+        # Set at that deadline: what still runs is interrupted, and the runners and the expiry sweep end.
+        self.stop_requested = threading.Event()
+
+    def changed(self, *keys: JobKey) -> None:
+        """Wake what waits on the table and the callers waiting for these jobs."""
+        self.lock.notify_all()
+        for key in keys:
+            for waiter in self.waiters.get(key, ()):
+                waiter.wake.set()
+
+    def record(self, key: JobKey) -> JobRecord:
+        """The job's record; :class:`JobNotFound` if there is none."""
+        record = self.records.get(key)
+        if record is None:
+            raise JobNotFound(f"no job {key.job_id!r}")
+        return record
+
+    def source(self, key: JobKey) -> SourceResult | str | None:
+        """The done job ``key`` as a source; the status of one that is not done; None when there is none."""
+        record = self.records.get(key)
+        if record is None or key in self.reserved and record.status == DONE:
+            # A done job being deleted is gone to a new reader.
+            return None
+        if record.status != DONE:
+            return record.status
+        return SourceResult(record.job_id, str(record.finished_at), record.work.output, record.place)
+
+    def readers(self, source: JobKey) -> set[JobKey]:
+        """The queued and running jobs that read ``source``."""
+        return {key for key, record in self.records.items() if record.status in (QUEUED, RUNNING) and reads(key, record.work, source)}
+
+    def taking_space(self) -> list[JobRecord]:
+        """The done, queued and running jobs: their results are stored or will be."""
+        return [record for record in self.records.values() if record.status in TAKING_SPACE]
+
+    def usage(self, owner: str | None) -> tuple[int, int]:
+        """Bytes of ``owner``'s done, queued and running jobs, and how many jobs they are."""
+        jobs = [record for record in self.taking_space() if record.owner == owner]
+        return sum(record.work.output.nbytes for record in jobs), len(jobs)
+
+
+def reads(key: JobKey, work: JobWork, source: JobKey) -> bool:
+    """Whether the job ``key`` of this work reads ``source``: a job reads its own owner's results only."""
+    return key.owner == source.owner and any(run.job_id == source.job_id for run in work.sources.values())

@@ -1,0 +1,87 @@
+"""A gateway's job records in the results store: read and trusted at start-up, saved at every change of status.
+
+What was running when the last process stopped is recorded as interrupted and
+its partial result removed: the work stopped with that process. What was
+queued is queued again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .apps.registry import Apps
+from .job_errors import INTERRUPTED
+from .job_records import FAILED, QUEUED, RUNNING, JobRecord, finish, trusted_records
+from .job_table import JobTable
+from .metrics import GatewayMetrics
+from .results_store import ResultsStore, StorageError
+
+logger = logging.getLogger(__name__)
+
+
+class RecordKeeper:
+    """The records of a job table, kept in its results store."""
+
+    def __init__(self, table: JobTable, store: ResultsStore, metrics: GatewayMetrics, apps: Apps) -> None:
+        self._table = table
+        self._store = store
+        self._metrics = metrics
+        self._apps = apps
+
+    def load(self) -> None:
+        """Fill the table with the stored records this service could have written; raise what reading them raised."""
+        trusted = trusted_records(self._store.read_records(), self._store.url_for, self._apps.schema_checks())
+        for reason in trusted.skipped:
+            self._metrics.records_skipped.inc()
+            logger.warning("%s; skipped it", reason)
+        # Under its own name first, then the old name removed: a rename cut short is finished at the next start.
+        for old_name, record in trusted.renames:
+            if record is not None:
+                self.save(record)
+            self._store.delete_record(old_name)
+        records = trusted.records
+        interrupted = []
+        table = self._table
+        with table.lock:
+            # A failed attempt may have filled these in part.
+            table.records.clear()
+            table.queue.clear()
+            for record in records:
+                if record.status == RUNNING:
+                    record = finish(record, FAILED, error=INTERRUPTED)
+                    interrupted.append(record)
+                elif record.status == QUEUED:
+                    table.queue.append(record.key, record.owner)
+                table.records[record.key] = record
+        for record in interrupted:
+            self.discard_result(record)
+            self.save(record)
+        logger.info(
+            "read %d job records (%d interrupted, %d queued, %d renamed)", len(records), len(interrupted), len(table.queue), len(trusted.renames)
+        )
+
+    def stored(self, record: JobRecord) -> dict[str, Any]:
+        """The record as it is stored."""
+        # Runner threads count chunks into the record while it is being copied.
+        with self._table.lock:
+            return record.to_stored()
+
+    def save(self, record: JobRecord) -> None:
+        self._store.write_record(record.record_name, self.stored(record))
+
+    def save_quietly(self, record: JobRecord) -> None:
+        """Save a job's final record; a failure is logged and counted."""
+        try:
+            self.save(record)
+        except StorageError:
+            self._metrics.s3_errors.inc()
+            logger.exception("the final record of job %s could not be saved", record.key)
+
+    def discard_result(self, record: JobRecord) -> None:
+        """Remove what a job that did not end done wrote: a half-written array must not stand where a result is expected."""
+        try:
+            self._store.delete(record.place)
+        except StorageError:
+            self._metrics.s3_errors.inc()
+            logger.exception("the partial result of job %s could not be removed", record.key)
