@@ -5,9 +5,12 @@ Every answer is checked against the OpenAPI document, which is built from the ap
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 import threading
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,18 +103,22 @@ def block_means(source: np.ndarray, factor: tuple[int, int]) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("source_parameters", "factor", "expected_factor"),
+    ("source_parameters", "factor", "expected_factor", "layout"),
     [
-        ({"shape": [1000, 1000], "chunks": [100, 100], "shards": "none"}, 10, (10, 10)),
-        ({"shape": [1000, 1200], "chunks": [100, 100], "shards": [500, 600]}, [4, 5], (4, 5)),
-        ({"shape": [600, 400], "chunks": [200, 100], "dtype": "float64"}, [3, 2], (3, 2)),
+        # The result's objects mirror the source's: a chunk (a shard) of it is the means of the fewest whole chunks (shards) of the source.
+        ({"shape": [1000, 1000], "chunks": [100, 100], "shards": "none"}, 10, (10, 10), ([10, 10], None)),
+        ({"shape": [1000, 1200], "chunks": [100, 100], "shards": [500, 600]}, [4, 5], (4, 5), ([25, 20], [125, 120])),
+        ({"shape": [600, 400], "chunks": [200, 100], "dtype": "float64"}, [3, 2], (3, 2), ([200, 50], [200, 200])),
     ],
 )
-def test_coarsen_is_numpys_block_mean_of_the_source_read_back(api: CheckedClient, source_parameters: dict, factor: Any, expected_factor: tuple) -> None:
+def test_coarsen_is_numpys_block_mean_of_the_source_read_back(
+    api: CheckedClient, source_parameters: dict, factor: Any, expected_factor: tuple, layout: tuple
+) -> None:
     source = submitted(api, "random-array", source_parameters)
     coarse = submitted(api, "coarsen", {"source": source["job_id"], "factor": factor})
     assert coarse["status"] == "done", coarse["error"]
     assert coarse["parameters"] == {"source": source["job_id"], "factor": list(expected_factor)}
+    assert (coarse["chunks"], coarse["shards"]) == layout
     read_back = zarr.open_group(source["url"], mode="r")["data"][:]
     expected = block_means(read_back, expected_factor)
     stored = zarr.open_group(coarse["url"], mode="r")["data"]
@@ -259,14 +266,16 @@ def test_an_app_that_raises_or_that_the_workers_do_not_have_fails_its_job_naming
     environ = {"GATEWAY_RESULTS_URL": f"s3://{BUCKET}/{unique('failing-apps')}", "GATEWAY_N_WORKERS": "1", **s3.environ()}
     with running_app(environ, ready_within=120) as gateway:
         api = CheckedClient(gateway.test_client())
-        # The gateway has planned with version 2.0; the workers' copy, imported at the first task, says 3.0: another image.
-        (package / "failing_apps.py").write_text(FAILING_APPS.replace('"skewed", "2.0"', '"skewed", "3.0"'))
+        # The gateway has planned with version 2.0; the workers' copy, imported at the first task, says 3.0.1: another image.
+        # Another length, and no cached bytecode: the workers read the source anew, whatever its time stamp.
+        (package / "failing_apps.py").write_text(FAILING_APPS.replace('"skewed", "2.0"', '"skewed", "3.0.1"'))
+        shutil.rmtree(package / "__pycache__", ignore_errors=True)
         diverged = submitted(api, "diverging", {})
         skewed = submitted(api, "skewed", {})
     assert diverged["status"] == "failed"
     assert diverged["error"] == {"code": "job_failed", "message": "app 'diverging' failed: FloatingPointError: the model diverged at step 12"}
     assert skewed["status"] == "failed"
-    assert skewed["error"]["message"].startswith("the Dask workers have app 'skewed' version 3.0, and the gateway planned with version 2.0")
+    assert skewed["error"]["message"].startswith("the Dask workers have app 'skewed' version 3.0.1, and the gateway planned with version 2.0")
 
 
 def test_a_job_of_the_example_package_expires_as_any_job_does(app: Flask, results_fs) -> None:
@@ -278,9 +287,55 @@ def test_a_job_of_the_example_package_expires_as_any_job_does(app: Flask, result
         work = plan_work(julia, {"size": [50, 50]}, manager.limits, lambda job_id: None)
         done = manager.wait(manager.submit("julia", work, "alice", ttl=1)[0].key)
         assert done.status == DONE and results_fs.exists(f"{prefix}/.users/alice/julia/data")
-        wait_for(lambda: not results_fs.exists(f"{prefix}/.users/alice/julia"), 30, "the expired result to be deleted")
-        with pytest.raises(JobNotFound):
-            manager.get(JobKey("alice", "julia"))
+
+        def forgotten() -> bool:
+            try:
+                manager.get(done.key)
+            except JobNotFound:
+                return True
+            return False
+
+        # The job leaves the gateway's memory last, once its result and record are gone.
+        wait_for(forgotten, 30, "the expired job to be deleted")
     finally:
         manager.close()
-    assert not results_fs.exists(f"{prefix}/.jobs/.users/alice/julia.json")
+    assert not results_fs.exists(f"{prefix}/.users/alice/julia") and not results_fs.exists(f"{prefix}/.jobs/.users/alice/julia.json")
+
+
+def test_a_source_is_kept_past_its_time_while_a_job_reads_it_then_expires(app: Flask, results_fs) -> None:
+    prefix = f"{BUCKET}/{unique('source-expiry')}"
+    manager = manager_on(app, f"s3://{prefix}", expiry_interval=0.2)
+    manager.start()
+    coarsen = load_apps().get("coarsen")
+    try:
+        source = manager.wait(manager.submit("source", random_job(seed=1, shape=(100, 100), chunks=(10, 10)), "alice", ttl=1)[0].key)
+        reads = plan_work(coarsen, {"source": "source", "factor": 2}, manager.limits, lambda job_id: manager.source("alice", job_id))
+        cluster = services(app).cluster.client()
+        with workers_held(cluster):
+            reader = manager.submit("reader", reads, "alice")[0].key
+            wait_for(lambda: manager.get(reader).status == "running", 60, "the coarsen to run")
+            expired_by = datetime.fromisoformat(str(manager.get(source.key).expires_at))
+            # Held on paused workers, the reader runs past its source's time and several sweeps, however fast the machine.
+            wait_for(lambda: datetime.now(UTC) > expired_by + timedelta(seconds=1), 10, "several sweeps past the source's time")
+            assert manager.get(source.key).status == DONE, "kept while a job reads it"
+        assert manager.wait(reader).status == DONE
+        wait_for(lambda: not results_fs.exists(f"{prefix}/.users/alice/source"), 30, "the source to expire once read")
+    finally:
+        manager.close()
+
+
+def test_a_queued_job_whose_app_version_is_not_offered_fails_saying_so(app: Flask) -> None:
+    manager = manager_on(app, f"s3://{BUCKET}/{unique('app-versions')}")
+    manager.start()
+    try:
+        planned = random_job(seed=1, shape=(10, 10), chunks=(10, 10))
+        # As a record queued by a gateway of another version leaves it.
+        older = replace(planned, app_version="0.9.0")
+        failed = manager.wait(manager.submit("older", older, "alice")[0].key)
+    finally:
+        manager.close()
+    assert failed.status == FAILED
+    assert failed.error == {
+        "code": "app_not_offered",
+        "message": "app 'random-array' version 0.9.0 is not offered by this gateway (it offers version 1.0.0); submit the job again",
+    }

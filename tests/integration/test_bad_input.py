@@ -21,6 +21,8 @@ from helpers import responses_log
 
 PREFIX = f"{BUCKET}/bad-input"
 JSON = {"Content-Type": "application/json"}
+# Nested past what Python's JSON reader takes, inside an app's parameters.
+DEEP_FACTOR = '{"app": "coarsen", "parameters": {"source": "x", "factor": ' + "[" * 3000 + "]" * 3000 + "}}"
 
 # (method, path, body, headers, status, error code, words the message must contain)
 CASES = [
@@ -44,34 +46,46 @@ CASES = [
     ("POST", "/jobs", json.dumps({"job_id": ""}), JSON, 400, "invalid_job_id", "1 to 128 characters"),
     ("POST", "/jobs", json.dumps({"job_id": 7}), JSON, 400, "invalid_job_id", "job_id must be a string"),
     # parameters
-    ("GET", "/submit_job/p1?seed=abc", None, {}, 400, "invalid_parameters", "seed must be an integer"),
-    ("GET", "/submit_job/p2?seed=-1", None, {}, 400, "invalid_parameters", "seed must be an integer"),
-    ("GET", "/submit_job/p3?seed=99999999999999999999", None, {}, 400, "invalid_parameters", "seed must be an integer"),
-    ("GET", "/submit_job/p4?shape=0,10", None, {}, 400, "invalid_parameters", "shape must be positive"),
-    ("GET", "/submit_job/p5?shape=-5,5", None, {}, 400, "invalid_parameters", "shape must be positive"),
-    ("GET", "/submit_job/p6?shape=ten,ten", None, {}, 400, "invalid_parameters", "shape must be two integers"),
-    ("GET", "/submit_job/p7?shape=10,10,10", None, {}, 400, "invalid_parameters", "shape must be two integers"),
+    ("GET", "/submit_job/p1?seed=abc", None, {}, 400, "invalid_parameters", "/seed: 'abc' is not of type 'integer', 'null'"),
+    ("GET", "/submit_job/p2?seed=-1", None, {}, 400, "invalid_parameters", "/seed: -1 is less than the minimum of 0"),
+    ("GET", "/submit_job/p3?seed=99999999999999999999", None, {}, 400, "invalid_parameters", "/seed: 99999999999999999999 is greater than the maximum"),
+    ("GET", "/submit_job/p4?shape=0,10", None, {}, 400, "invalid_parameters", "/shape/0: 0 is less than the minimum of 1"),
+    ("GET", "/submit_job/p5?shape=-5,5", None, {}, 400, "invalid_parameters", "/shape/0: -5 is less than the minimum of 1"),
+    ("GET", "/submit_job/p6?shape=ten,ten", None, {}, 400, "invalid_parameters", "/shape/0: 'ten' is not of type 'integer' (and 1 more in error.details)"),
+    ("GET", "/submit_job/p7?shape=10,10,10", None, {}, 400, "invalid_parameters", "/shape: [10, 10, 10] is too long"),
     ("GET", "/submit_job/p8?shape=1000000,1000000", None, {}, 413, "job_too_large", "GATEWAY_MAX_ELEMENTS"),
     ("GET", "/submit_job/p9?shape=100000,100000&chunks=10,10", None, {}, 413, "job_too_large", "GATEWAY_MAX_ELEMENTS"),
     ("GET", "/submit_job/p10?shape=10000,10000&chunks=10,10", None, {}, 413, "job_too_large", "GATEWAY_MAX_CHUNKS"),
     ("GET", "/submit_job/p11?shape=100,100&chunks=200,200", None, {}, 400, "invalid_parameters", "no larger than shape"),
-    ("GET", "/submit_job/p12?chunks=0,0", None, {}, 400, "invalid_parameters", "chunks must be positive"),
-    ("GET", "/submit_job/p13?dtype=int8", None, {}, 400, "invalid_parameters", "dtype must be one of"),
-    ("GET", "/submit_job/p14?dtype=", None, {}, 400, "invalid_parameters", "dtype must be one of"),
+    ("GET", "/submit_job/p12?chunks=0,0", None, {}, 400, "invalid_parameters", "/chunks/0: 0 is less than the minimum of 1"),
+    ("GET", "/submit_job/p13?dtype=int8", None, {}, 400, "invalid_parameters", "/dtype: 'int8' is not one of ['float32', 'float64']"),
+    ("GET", "/submit_job/p14?dtype=", None, {}, 400, "invalid_parameters", "/dtype: '' is not one of"),
     ("GET", "/submit_job/p15?wait=perhaps", None, {}, 400, "invalid_parameters", "wait must be true or false"),
     ("GET", "/submit_job/p16?seed=1&seed=2", None, {}, 400, "invalid_parameters", "more than once"),
     ("GET", "/submit_job/p17?colour=red", None, {}, 400, "invalid_parameters", "unknown query parameter 'colour'"),
     # bodies
     ("POST", "/jobs", '{"seed": ', JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", "[1, 2]", JSON, 400, "invalid_parameters", "must be a JSON object"),
+    ("POST", "/jobs", "[" * 5000 + "]" * 5000, JSON, 400, "invalid_parameters", "must be a JSON object"),
+    ("POST", "/jobs", DEEP_FACTOR, JSON, 400, "invalid_parameters", "must be a JSON object"),
+    ("POST", "/jobs", '{"app": "julia-set", "parameters": {"c": [NaN, Infinity]}}', JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", '"a string"', JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", "seed=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type", "application/json"),
     ("POST", "/jobs", "{}", {"Content-Type": "text/plain"}, 415, "unsupported_media_type", "application/json"),
-    ("POST", "/jobs", json.dumps({"size": 3}), JSON, 400, "invalid_parameters", "unknown parameter 'size'"),
-    ("POST", "/jobs", json.dumps({"shape": [10.5, 10]}), JSON, 400, "invalid_parameters", "shape must be two integers"),
-    ("POST", "/jobs", json.dumps({"shape": [True, 10]}), JSON, 400, "invalid_parameters", "shape must be two integers"),
-    ("POST", "/jobs", json.dumps({"seed": "7; rm -rf /"}), JSON, 400, "invalid_parameters", "seed must be an integer"),
+    ("POST", "/jobs", json.dumps({"size": 3}), JSON, 400, "invalid_parameters", "/size: unknown parameter; the parameters are seed, shape"),
+    ("POST", "/jobs", json.dumps({"shape": [10.5, 10]}), JSON, 400, "invalid_parameters", "/shape/0: 10.5 is not of type 'integer'"),
+    ("POST", "/jobs", json.dumps({"shape": [True, 10]}), JSON, 400, "invalid_parameters", "/shape/0: True is not of type 'integer'"),
+    ("POST", "/jobs", json.dumps({"seed": "7; rm -rf /"}), JSON, 400, "invalid_parameters", "/seed: '7; rm -rf /' is not of type"),
     ("POST", "/jobs?wait=true", "{}", JSON, 400, "invalid_parameters", "unknown query parameter 'wait'"),
+    # apps
+    ("POST", "/jobs", json.dumps({"app": "histogram"}), JSON, 404, "unknown_app", "no app 'histogram' here; the apps are coarsen, julia-set, random-array"),
+    ("POST", "/jobs", json.dumps({"app": ["random-array"]}), JSON, 404, "unknown_app", "no app \"['random-array']\" here"),
+    ("POST", "/jobs", json.dumps({"app": "random-array", "seed": 7}), JSON, 400, "invalid_parameters", "unknown field 'seed'; a job with an app has app"),
+    ("POST", "/jobs", json.dumps({"app": "random-array", "parameters": [7]}), JSON, 400, "invalid_parameters", "/: [7] is not of type 'object'"),
+    ("POST", "/jobs", json.dumps({"app": "coarsen", "parameters": {"factor": 2}}), JSON, 400, "invalid_parameters", "/: 'source' is a required property"),
+    ("POST", "/jobs", json.dumps({"app": "coarsen", "parameters": {"source": "none-here", "factor": 2}}), JSON, 404, "source_not_found", "no job 'none-here'"),
+    ("GET", "/apps/histogram", None, {}, 404, "unknown_app", "no app 'histogram' here"),
+    ("GET", "/apps/..%2F..%2Fetc", None, {}, 404, "unknown_app", "no app '../../etc' here"),
     # listing
     ("GET", "/jobs?limit=0", None, {}, 400, "invalid_parameters", "limit must be an integer"),
     ("GET", "/jobs?limit=lots", None, {}, 400, "invalid_parameters", "limit must be an integer"),

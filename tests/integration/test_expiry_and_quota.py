@@ -92,7 +92,7 @@ def test_a_running_job_never_expires_and_the_next_gateway_deletes_what_expired_w
 
 def test_a_submission_over_the_owners_quota_is_refused_naming_usage_limit_and_setting(app: Flask) -> None:
     prefix = f"{BUCKET}/quota-{uuid.uuid4().hex[:8]}"
-    quota = 2 * SMALL.nbytes
+    quota = 2 * SMALL.output.nbytes
     manager = manager_on(app, f"s3://{prefix}", owner_quota_bytes=quota)
     manager.start()
     try:
@@ -108,25 +108,25 @@ def test_a_submission_over_the_owners_quota_is_refused_naming_usage_limit_and_se
         manager.close()
     error = refused.value
     assert (error.code, error.limit, error.usage, error.setting) == ("quota_exceeded", quota, quota, "GATEWAY_OWNER_QUOTA_BYTES")
-    assert f"{quota} bytes" in str(error) and f"adds {SMALL.nbytes}" in str(error)
+    assert f"{quota} bytes" in str(error) and f"adds {SMALL.output.nbytes}" in str(error)
 
 
 def test_the_api_shows_ttl_expiry_usage_and_quota(s3, results_fs) -> None:
     prefix = f"{BUCKET}/quota-api-{uuid.uuid4().hex[:8]}"
-    quota = SMALL.nbytes + 1000
+    quota = SMALL.output.nbytes + 1000
     settings = {"GATEWAY_RESULTS_URL": f"s3://{prefix}", "GATEWAY_OWNER_QUOTA_BYTES": str(quota), "GATEWAY_MAX_RESULT_TTL": "3600"}
     with running_app({**os.environ, **settings}, ready_within=120) as app:
         client = app.test_client()
         done = client.get("/submit_job/kept-an-hour?shape=200,200&ttl=3600")
         assert done.status_code == 200, done.json
         assert done.json["ttl"] == 3600 and done.json["expires_at"] is not None
-        assert client.get("/usage").json == {"owner": None, "stored_bytes": SMALL.nbytes, "jobs": 1, "quota_bytes": quota}
+        assert client.get("/usage").json == {"owner": None, "stored_bytes": SMALL.output.nbytes, "jobs": 1, "quota_bytes": quota}
         over = client.post("/jobs", json={"shape": [200, 200]})
         assert over.status_code == 429 and over.headers["Retry-After"]
-        assert over.json["error"]["code"] == "quota_exceeded" and over.json["error"]["usage"] == SMALL.nbytes
+        assert over.json["error"]["code"] == "quota_exceeded" and over.json["error"]["usage"] == SMALL.output.nbytes
         too_long = client.get("/submit_job/too-long?ttl=3601")
         assert too_long.status_code == 400 and "GATEWAY_MAX_RESULT_TTL" in too_long.json["error"]["message"]
         without = client.post("/jobs", json={"shape": [10, 10], "chunks": [10, 10]})
         assert without.json["ttl"] == 3600, "with only a maximum, that is the default"
-        assert f"gateway_stored_bytes {float(SMALL.nbytes + 400)}".encode() in client.get("/metrics").data
+        assert f"gateway_stored_bytes {float(SMALL.output.nbytes + 400)}".encode() in client.get("/metrics").data
 

@@ -281,7 +281,7 @@ def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the
                 assert not results_fs.exists(f"{prefix}/contested") and not results_fs.exists(f"{prefix}/.jobs/contested.json")
                 continue
             if final.status == DONE:
-                assert_made_from_its_seed(final.url, small.seed)
+                assert_made_from_its_seed(final.url, small.parameters["seed"])
             remove(manager, contested)
         assert manager.wait(manager.submit("after-the-race", small)[0].key).status == DONE, "the runners still run jobs"
     finally:

@@ -74,6 +74,23 @@ def test_a_job_submitted_from_the_form_reaches_done_and_shows_its_thumbnail(page
     measured(f"jobs page in chromium: an 8000x8000 job went queued, running, done; screenshot {tmp_path / 'jobs-page.png'}")
 
 
+def test_the_form_is_the_chosen_apps_parameters_and_submits_them_as_json_numbers(page: Page) -> None:
+    page.goto("/")
+    page.select_option("select[name=app]", "julia-set")
+    expect(page.locator("#parameters input[name=seed]")).to_have_count(0)
+    expect(page.locator("#parameters input[name=c]")).to_have_attribute("placeholder", "-0.8,0.156")
+    page.fill("input[name=job_id]", "julia-from-the-form")
+    page.fill("input[name=c]", "-0.4,0.6")
+    page.fill("input[name=size]", "200,300")
+    page.click("button[type=submit]")
+
+    expect(page.locator("#submit-result")).to_contain_text("Job julia-from-the-form is queued")
+    row = page.locator('#jobs tbody tr[data-job-id="julia-from-the-form"]')
+    expect(row).to_have_attribute("data-status", "done", timeout=60_000)
+    record = page.request.get("/jobs/julia-from-the-form").json()
+    assert (record["app"], record["parameters"]) == ("julia-set", {"c": [-0.4, 0.6], "size": [200, 300], "max_steps": 100})
+
+
 def test_jobs_from_elsewhere_appear_and_a_refused_submission_says_why(page: Page, page_gateway: RunningGateway, http) -> None:
     page.goto("/")
     assert http.get(f"{page_gateway.url}/submit_job/from-curl?shape=100,100", timeout=60).status_code == 200

@@ -38,7 +38,7 @@ from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
-from helpers import assert_made_from_its_seed, descendants, outputs, run_notebook_on_server, wait_for, workers_held
+from helpers import assert_made_from_its_seed, descendants, finished_job, outputs, run_notebook_on_server, wait_for, workers_held
 from servers import (
     HUB_VALUES,
     DaskGatewayServer,
@@ -506,6 +506,23 @@ def test_alice_and_bob_each_own_my_first_job_a_repeat_is_the_same_job_and_anothe
     assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "job_exists"
     assert conflict.json()["error"]["differences"] == {"seed": {"existing": alices["parameters"]["seed"], "requested": other}}
     assert http.get(f"{hub_gateway.url}/jobs/my-first-job", headers=as_user(notebook_tokens["bob"]), timeout=30).json() == bobs
+
+
+def test_each_coarsens_their_own_my_first_job_and_anothers_is_no_source(
+    hub_gateway: RunningGateway, notebook_tokens: dict[str, str], my_first_jobs: dict[str, dict[str, Any]], http
+) -> None:
+    alice, bob = as_user(notebook_tokens["alice"]), as_user(notebook_tokens["bob"])
+    body = {"app": "coarsen", "job_id": "coarse", "parameters": {"source": "my-first-job", "factor": 10}}
+    posted = http.post(f"{hub_gateway.url}/jobs", json=body, headers=alice, timeout=60)
+    assert posted.status_code == 202, posted.text
+    coarse = finished_job(lambda: http.get(f"{hub_gateway.url}/jobs/coarse", headers=alice, timeout=30).json(), 120, "alice's coarsen")
+    assert (coarse["status"], coarse["owner"], coarse["url"]) == ("done", "alice", f"s3://{BUCKET}/hub/.users/alice/coarse")
+    source = zarr.open_group(my_first_jobs["alice"]["url"], mode="r")["data"][:]
+    expected = source.astype("float64").reshape(100, 10, 100, 10).mean(axis=(1, 3)).astype(source.dtype)
+    np.testing.assert_array_equal(zarr.open_group(coarse["url"], mode="r")["data"][:], expected)
+    # bob's "my-first-job" is his own: alice's job of another id is none of his, and says nothing of hers.
+    refused = http.post(f"{hub_gateway.url}/jobs", json={**body, "parameters": {"source": "coarse", "factor": 2}}, headers=bob, timeout=60)
+    assert refused.status_code == 404 and refused.json()["error"] == {"code": "source_not_found", "message": "source: you have no job 'coarse'"}
 
 
 # Run in a notebook server's kernel: its result read through http_url with the server's own token, no storage key.

@@ -155,6 +155,8 @@ def test_differences_name_each_parameter_with_both_values_and_a_drawn_one_matche
     [
         ("run-7.json", b"{not json"),
         ("run-7.json", b"[]"),
+        ("run-7.json", b"[" * 5000),
+        ("run-7.json", stored(alices("run-7"), work={**WORK, "app": "x\n{}"})),
         ("run-7.json", from_before_apps(alices("run-7"), spec={"seed": 7})),
         ("run-7.json", from_before_apps(alices("run-7"), spec={"seed": 7, "shape": [10, 10], "chunks": [20, 20], "dtype": "float32"})),
         ("run-7.json", from_before_apps(alices("run-7"), spec={"seed": "7", "shape": [10, 10], "chunks": [10, 10], "dtype": "float32"})),
