@@ -95,7 +95,7 @@ def _open(url: str, environment: tuple[str | None, ...]) -> ObjectStore:
     return S3Store.from_url(url, client_options=client_options, retry_config=RETRIES)
 
 
-async def put(store: ObjectStore, key: str, data: bytes | bytearray) -> None:
+async def put(store: ObjectStore, key: str, data: bytes | bytearray | memoryview) -> None:
     """One object, one PUT: a multipart upload would take three requests more for a shard over 5 MB."""
     await obstore.put_async(store, key, memoryview(data), use_multipart=False)
 
