@@ -80,6 +80,9 @@ def rule_beyond_the_document(case: schemathesis.Case) -> str | None:
     if body.get("app") == "coarsen":
         # Whether the factor divides the source's shape depends on the source, which the document cannot say.
         return "does not divide the shape"
+    if "app" in body:
+        # A job of a named app has its parameters inside "parameters"; the random array's rules below are theirs.
+        body = body["parameters"] if body["app"] == "random-array" and isinstance(body.get("parameters"), dict) else {}
     values = {**(case.query or {}), **body}
     chunks, shape = _pair(values.get("chunks")), _pair(values.get("shape")) or (1000, 1000)
     if chunks and any(step > size for step, size in zip(chunks, shape, strict=False)):
