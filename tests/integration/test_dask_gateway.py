@@ -7,6 +7,7 @@ Secret into worker pods): the dask-gateway-server process itself runs without th
 
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from dask_gateway import BasicAuth, Gateway
 from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
-from devtools.processes import free_port, stop_process
+from devtools.processes import stop_process
 from helpers import assert_all_gone, assert_complete_result, assert_computed_by_the_app, descendants, finished_job, wait_for
 from servers import DaskGatewayServer, start_dask_gateway_server
 
@@ -220,7 +221,12 @@ def test_a_lost_cluster_is_reported_and_the_next_job_gets_a_new_one(
 
 
 def test_an_unreachable_dask_gateway_at_start_up_is_retried_with_backoff_until_it_answers(s3: LocalS3, tmp_path: Path, http) -> None:
-    api_port, proxy_port = free_port(), free_port()
+    # The server's ports are held, bound but not listening (a connection is refused, as by no server), until it
+    # starts: chosen and left free for the seconds the gateway retries, another process took one (seen in CI).
+    held = [socket.socket() for _ in range(2)]
+    for each in held:
+        each.bind(("127.0.0.1", 0))
+    api_port, proxy_port = (each.getsockname()[1] for each in held)
     password = "late-gateway-pw"
     environ = environ_for(f"http://127.0.0.1:{api_port}", f"gateway://127.0.0.1:{proxy_port}", password)
     served = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log", ready_timeout=0)
@@ -233,10 +239,14 @@ def test_an_unreachable_dask_gateway_at_start_up_is_retried_with_backoff_until_i
         assert served.process.poll() is None, "the service stays up"
 
         (tmp_path / "late").mkdir()
+        for each in held:
+            each.close()
         server = start_dask_gateway_server(tmp_path / "late", {"awsconfig": s3.environ()}, password, ports=(api_port, proxy_port), results_writer=USER)
         served.wait_until_ready(120)
         assert http.get(f"{served.url}/submit_job/once-the-gateway-answers?shape=100,100", timeout=120).status_code == 200
     finally:
+        for each in held:
+            each.close()
         stop_process(served.process, timeout=90)
         if server is not None:
             stop_process(server.process, timeout=60)
