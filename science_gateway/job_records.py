@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -20,6 +21,7 @@ from .apps.registry import NAME_PATTERN
 from .job_parameters import InvalidJobId, InvalidParameters, validate_job_id
 from .job_work import FIRST_APP, FIRST_APP_VERSION, JobWork, SourceRun
 from .results_store import ARRAY_NAME, owner_prefix, place_for, record_name
+from .settings import LONGEST_TTL
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
@@ -180,12 +182,13 @@ def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str],
         "place": valid_owner and isinstance(job_id, str) and record.place in _places(job_id, owner),
         "url": isinstance(record.place, str) and record.url == url_for(record.place),
         "status": record.status in STATUSES,
-        "times": isinstance(record.submitted_at, str)
-        and all(time is None or isinstance(time, str) for time in (record.started_at, record.finished_at)),
-        "progress": type(record.chunks_written) is int and (record.seconds is None or type(record.seconds) in (int, float)),
-        "error": record.error is None
-        or (isinstance(record.error, dict) and all(isinstance(record.error.get(key), str) for key in ("code", "message"))),
-        "expiry": (record.ttl is None or (type(record.ttl) is int and record.ttl > 0)) and _is_time_or_none(record.expires_at),
+        "times": _is_time(record.submitted_at) and all(_is_time_or_none(time) for time in (record.started_at, record.finished_at)),
+        "progress": type(record.chunks_written) is int
+        and record.chunks_written >= 0
+        and (record.seconds is None or (type(record.seconds) in (int, float) and 0 <= record.seconds < math.inf)),
+        "error": record.error is None or (isinstance(record.error, dict) and all(isinstance(record.error.get(key), str) for key in ("code", "message"))),
+        # A ttl beyond the longest a gateway gives has no expiry time: finishing its job would overflow.
+        "expiry": (record.ttl is None or (type(record.ttl) is int and 0 < record.ttl <= LONGEST_TTL)) and _is_time_or_none(record.expires_at),
     }
     wrong = [field for field, valid in checks.items() if not valid]
     if wrong:
@@ -248,9 +251,7 @@ class TrustedRecords:
     renames: list[tuple[str, JobRecord | None]]
 
 
-def trusted_records(
-    stored: Mapping[str, bytes], url_for: Callable[[str], str], schemas: Mapping[str, Callable[[Any], bool]] | None = None
-) -> TrustedRecords:
+def trusted_records(stored: Mapping[str, bytes], url_for: Callable[[str], str], schemas: Mapping[str, Callable[[Any], bool]] | None = None) -> TrustedRecords:
     """The stored records (by name under the records prefix) that this service could have written, one per job and place.
 
     A job stored under both its old and its own name (a rename cut short) is the
@@ -267,6 +268,8 @@ def trusted_records(
             candidates.append((name, record_from_stored(name, content, url_for, schemas)))
         except InvalidRecord as exc:
             skipped.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a check this module lacks must cost one record, never the start-up of the others
+            skipped.append(f"job record {name!r} could not be read ({type(exc).__name__}: {str(exc)[:200]})")
     # Records under their own names first: of one job's two, that is the one this version wrote last.
     candidates.sort(key=lambda candidate: (candidate[0] != candidate[1].record_name, sort_key(candidate[1])))
     records: dict[JobKey, tuple[str, JobRecord]] = {}
@@ -297,8 +300,10 @@ def trusted_records(
 
 
 def _is_time_or_none(value: Any) -> bool:
-    if value is None:
-        return True
+    return value is None or _is_time(value)
+
+
+def _is_time(value: Any) -> bool:
     try:
         return isinstance(value, str) and datetime.fromisoformat(value).tzinfo is not None
     except ValueError:

@@ -167,6 +167,10 @@ def test_differences_name_each_parameter_with_both_values_and_a_drawn_one_matche
         ("run-7.json", stored(alices("run-7"), status="finished")),
         ("run-7.json", stored(alices("run-7"), unknown_field=1)),
         ("run-7.json", stored(alices("run-7"), submitted_at=7)),
+        ("run-7.json", stored(alices("run-7"), submitted_at="yesterday")),
+        ("run-7.json", stored(alices("run-7"), status="running", ttl=10**14)),  # no date follows: finishing it overflowed
+        ("run-7.json", stored(alices("run-7"), seconds=float("nan"))),
+        ("run-7.json", stored(alices("run-7"), chunks_written=-1)),
         ("run-7.json", stored(alices("run-7"), error="failed")),
         ("run-7.json", stored(alices("run-7"), owner=["alice"])),
         ("other-run.json", stored(alices("run-7"))),
