@@ -9,7 +9,6 @@ job: a source that jobs read expires once they have ended.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -25,7 +24,10 @@ logger = logging.getLogger(__name__)
 
 
 class JobDeletion:
-    """Cancels and deletes a table's jobs, one at a time; its expiry sweep (:meth:`expire_results`) runs in a thread of its own."""
+    """Cancels and deletes a table's jobs; its expiry sweep (:meth:`expire_results`) runs in a thread of its own.
+
+    Each job is reserved while it is cancelled or deleted: deletions of two jobs go on at once, of one job one after the other.
+    """
 
     def __init__(self, table: JobTable, store: ResultsStore, settings: Settings, metrics: GatewayMetrics, keeper: RecordKeeper) -> None:
         self._table = table
@@ -33,41 +35,33 @@ class JobDeletion:
         self._settings = settings
         self._metrics = metrics
         self._keeper = keeper
-        # Cancelling and deleting touch the store; one at a time keeps it consistent.
-        self._delete_lock = threading.Lock()
 
     def cancel_or_delete(self, key: JobKey) -> JobRecord | None:
         """Cancel a queued or running job and return its record; delete a finished one and return None.
 
-        The jobs that read a done job being deleted fail first, saying why: a
-        queued one at once, a running one once its tasks have stopped.
+        A running job ends cancelled, its result removed, however far its tasks
+        got; one whose result was being marked complete when the DELETE came is
+        done by then, and is deleted. The jobs that read a done job being deleted
+        fail first, saying why: a queued one at once, a running one once its
+        tasks have stopped. A cancellation whose record cannot be saved is undone
+        (:class:`StorageError`): a job reported cancelled never runs again after a restart.
         """
         table = self._table
-        with self._delete_lock:
-            with table.lock:
-                # A submission of this job under way decides which run there is to cancel or delete.
-                table.lock.wait_for(lambda: key not in table.reserved)
-                record = table.record(key)
-                if record.status == RUNNING:
-                    self._stop_running(key, None)
-                    table.lock.wait_for(lambda: table.records[key].status in FINISHED)
-                    return replace(table.records[key])
-                if record.status == QUEUED:
-                    table.queue.remove(key)
-                    cancelled = table.records[key] = finish(record, CANCELLED)
-                    table.changed(key)
-                # Reserved while the store changes: a resubmission of its id, or a new reader, must not find it first.
-                table.reserved.add(key)
+        with table.lock:
+            # A submission of this job under way, or its completion, decides which run there is to cancel or delete.
+            table.lock.wait_for(lambda: key not in table.reserved)
+            record = table.record(key)
+            if record.status == RUNNING:
+                self._stop_running(key, None)
+                table.lock.wait_for(lambda: table.records[key].status in FINISHED)
+                return replace(table.records[key])
             if record.status == QUEUED:
-                try:
-                    self._keeper.save_quietly(cancelled)
-                finally:
-                    with table.lock:
-                        table.reserved.discard(key)
-                        table.changed(key)
-                return replace(cancelled)
-        # Without the delete lock, which other deletions wait on, and which one of this job
-        # would hold while it waits for the reservation: the reservation keeps this job's to this deletion.
+                # Out of the queue, and shown cancelled once that is stored.
+                table.queue.remove(key)
+            # Reserved while the store changes: a resubmission of its id, or a new reader, must not find it first.
+            table.reserved.add(key)
+        if record.status == QUEUED:
+            return self._cancel_queued(record)
         try:
             self._fail_readers(record)
         except BaseException:
@@ -79,14 +73,37 @@ class JobDeletion:
         logger.info("job %s deleted", key)
         return None
 
+    def _cancel_queued(self, queued: JobRecord) -> JobRecord:
+        """Store the cancellation of a queued job taken out of the queue and reserved; queue it again if that fails."""
+        table = self._table
+        key = queued.key
+        cancelled = finish(queued, CANCELLED)
+        try:
+            self._keeper.save_final(cancelled)
+        except BaseException:
+            with table.lock:
+                table.queue.append(key, queued.owner)
+            raise
+        else:
+            with table.lock:
+                table.records[key] = cancelled
+        finally:
+            with table.lock:
+                table.reserved.discard(key)
+                table.changed(key)
+        return replace(cancelled)
+
     def _fail_readers(self, source: JobRecord) -> None:
         """Fail every job that reads ``source``, which is reserved for its deletion; return once none of them runs."""
         table = self._table
         error = {"code": SourceGone.code, "message": f"its source {source.job_id!r} was deleted before the job finished"}
         failed = []
         with table.lock:
-            # Submissions that found the source before it was reserved are queued first, then failed below.
-            table.lock.wait_for(lambda: not any(reads(key, work, source.key) for key, work in table.submitting.items()))
+            # Submissions that found the source before it was reserved are queued first, then failed below;
+            # a reader being cancelled is cancelled first.
+            table.lock.wait_for(
+                lambda: not any(reads(key, work, source.key) for key, work in table.submitting.items()) and table.reserved.isdisjoint(table.readers(source.key))
+            )
             readers = table.readers(source.key)
             for key in readers:
                 record = table.records[key]
@@ -150,18 +167,17 @@ class JobDeletion:
 
     def _delete_if_expired(self, key: JobKey, now: datetime) -> None:
         table = self._table
-        with self._delete_lock:
-            with table.lock:
-                table.lock.wait_for(lambda: key not in table.reserved)
-                # Submitted again since the sweep looked, or deleted: then it is not this one's time.
-                record = table.records.get(key)
-                if record is None or not has_expired(record, now):
-                    return
-                if table.readers(key) or any(reads(reader, work, key) for reader, work in table.submitting.items()):
-                    # Expiry never fails a job: a result that jobs read expires at the first sweep after they end.
-                    logger.info("job %s expired, and is kept while jobs read it", key)
-                    return
-                table.reserved.add(key)
-            self._delete_reserved(record)
+        with table.lock:
+            table.lock.wait_for(lambda: key not in table.reserved)
+            # Submitted again since the sweep looked, or deleted: then it is not this one's time.
+            record = table.records.get(key)
+            if record is None or not has_expired(record, now):
+                return
+            if table.readers(key) or any(reads(reader, work, key) for reader, work in table.submitting.items()):
+                # Expiry never fails a job: a result that jobs read expires at the first sweep after they end.
+                logger.info("job %s expired, and is kept while jobs read it", key)
+                return
+            table.reserved.add(key)
+        self._delete_reserved(record)
         self._metrics.jobs_expired.inc()
         logger.info("job %s expired and was deleted", key, extra=job_event_fields(key.job_id, "expired", record.status))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from .apps.registry import Apps
 from .chunk_writes import ChunkWrites, JobCancelled, JobFailed
@@ -86,6 +87,7 @@ class JobRunner:
                 final = table.records[key] = finish(record, FAILED, error=error)
             table.running.pop(key, None)
             table.cancel_requested.pop(key, None)
+            table.reserved.discard(key)
             table.changed(key)
         if final is not None:
             self._keeper.discard_result(record)
@@ -109,7 +111,7 @@ class JobRunner:
                 if table.stop_requested.is_set() or key in table.cancel_requested:
                     writes.cancel()
             writes.wait(self._settings.job_timeout, lambda written: self._count_chunks(record, written))
-            self._store.mark_complete(result)
+            self._complete(key, lambda: self._store.mark_complete(result))
         except JobCancelled:
             with table.lock:
                 reason = table.cancel_requested.get(key)
@@ -129,7 +131,8 @@ class JobRunner:
             self._keeper.discard_result(record)
         with table.lock:
             final = finish(record, status, error=error, seconds=round(time.monotonic() - started, 3))
-        # Saved before it shows as finished, so that a DELETE of the finished job cannot race the save.
+        # Saved before it shows as finished, so that a DELETE of the finished job cannot race the save
+        # (a DELETE of a job being completed waits on its reservation).
         self._keeper.save_quietly(final)
         # Counted and logged before it shows as finished: a caller who learns the job is done finds both.
         self._metrics.job_finished(status, final.seconds or 0.0, record.work.app)
@@ -141,7 +144,21 @@ class JobRunner:
             table.records[key] = final
             table.running.pop(key, None)
             table.cancel_requested.pop(key, None)
+            table.reserved.discard(key)
             table.changed(key)
+
+    def _complete(self, key: JobKey, mark_complete: Callable[[], None]) -> None:
+        """Mark a job's result complete, unless its cancellation came first: then it ends cancelled, never done.
+
+        From here on the job is reserved: a DELETE that comes now waits for it to be done,
+        then deletes it, rather than cancelling a job whose result is already whole.
+        """
+        table = self._table
+        with table.lock:
+            if key in table.cancel_requested:
+                raise JobCancelled(f"job {key.job_id!r} was cancelled")
+            table.reserved.add(key)
+        mark_complete()
 
     def _count_chunks(self, record: JobRecord, written: int) -> None:
         with self._table.lock:

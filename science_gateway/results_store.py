@@ -51,6 +51,8 @@ warnings.filterwarnings("ignore", message="Consolidated metadata is currently no
 DIMENSION_NAMES = ("y", "x")
 # A result group's own documents in Zarr 3 and 2, written last, when every chunk is stored.
 GROUP_DOCUMENTS = ("zarr.json", ".zmetadata", ".zgroup", ".zattrs")
+# Of those, the consolidated metadata of Zarr 3 and 2: written after the others, the sign of a complete result.
+COMPLETION_MARKERS = ("zarr.json", ".zmetadata")
 # Job records, pictures and owners' results sit beside the flat results, under prefixes
 # no job id can take (ids never start with ".").
 RECORDS_PREFIX = ".jobs"
@@ -146,9 +148,7 @@ class ResultsStore:
         if parsed.scheme == "s3":
             self.url = url.rstrip("/")
             # Listings are not cached: an existence check must see the store as it is now.
-            self._fs: fsspec.AbstractFileSystem = fsspec.filesystem(
-                "s3", skip_instance_cache=True, use_listings_cache=False
-            )
+            self._fs: fsspec.AbstractFileSystem = fsspec.filesystem("s3", skip_instance_cache=True, use_listings_cache=False)
             # Readiness must answer within a probe's timeout, not after botocore's
             # and s3fs's retries against a store that is down (28 s, measured).
             self._probe_fs: fsspec.AbstractFileSystem = fsspec.filesystem(
@@ -158,7 +158,7 @@ class ResultsStore:
                 config_kwargs={"connect_timeout": 2, "read_timeout": 5, "retries": {"max_attempts": 1}},
             )
             self._probe_fs.retries = 1  # s3fs's own retries, a class setting
-            self._root = self.url[len("s3://"):]
+            self._root = self.url[len("s3://") :]
             # A prefix under the bucket exists only once something is written there.
             self._location = self._root.split("/", 1)[0]
         else:
@@ -189,9 +189,7 @@ class ResultsStore:
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"{self.url} did not answer", exc)) from exc
         if not found:
-            raise StorageError(
-                f"results location {self.url} does not exist; create the bucket or directory first"
-            )
+            raise StorageError(f"results location {self.url} does not exist; create the bucket or directory first")
 
     def exists(self, place: str) -> bool:
         """True when anything, complete or not, is stored under the result's prefix."""
@@ -232,8 +230,23 @@ class ResultsStore:
             self._write(dict(rest), failure)
 
     def mark_complete(self, result: PendingResult) -> None:
-        """Write the group's metadata, consolidated: the sign that every chunk is stored."""
-        self._write(self._documents(result, result.group_metadata), f"finishing {self.url_for(result.place)} failed")
+        """Write the group's metadata, consolidated: the sign that every chunk is stored.
+
+        The consolidated document goes last: a result that has it is whole (:meth:`is_complete`).
+        """
+        failure = f"finishing {self.url_for(result.place)} failed"
+        documents = self._documents(result, result.group_metadata)
+        markers = {path: document for path, document in documents.items() if path.rsplit("/", 1)[-1] in COMPLETION_MARKERS}
+        if others := {path: document for path, document in documents.items() if path not in markers}:
+            self._write(others, failure)
+        self._write(markers, failure)
+
+    def is_complete(self, place: str) -> bool:
+        """Whether the result at ``place`` has its completion marker: every chunk of it is stored."""
+        try:
+            return any(self._fs.exists(f"{self._path(place)}/{marker}") for marker in COMPLETION_MARKERS)
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"checking {self.url_for(place)} failed", exc)) from exc
 
     def _documents(self, result: PendingResult, documents: dict[str, bytes]) -> dict[str, bytes]:
         return {f"{self._path(result.place)}/{key}": document for key, document in documents.items()}
