@@ -8,6 +8,7 @@ waiting for the jobs that changed.
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection, Iterator, MutableMapping
 
 from .chunk_writes import ChunkWrites
 from .fair_queue import FairQueue
@@ -17,12 +18,48 @@ from .job_records import DONE, QUEUED, RUNNING, TAKING_SPACE, JobKey, JobRecord
 from .job_work import JobWork, SourceResult
 
 
+class JobRecords(MutableMapping[JobKey, JobRecord]):
+    """The records by job, and each owner's: what one owner's listing, usage and limits look at, without the others'."""
+
+    def __init__(self) -> None:
+        self._records: dict[JobKey, JobRecord] = {}
+        self._by_owner: dict[str | None, dict[JobKey, JobRecord]] = {}
+
+    def __getitem__(self, key: JobKey) -> JobRecord:
+        return self._records[key]
+
+    def __setitem__(self, key: JobKey, record: JobRecord) -> None:
+        self._records[key] = record
+        self._by_owner.setdefault(key.owner, {})[key] = record
+
+    def __delitem__(self, key: JobKey) -> None:
+        del self._records[key]
+        owners = self._by_owner[key.owner]
+        del owners[key]
+        if not owners:
+            del self._by_owner[key.owner]
+
+    def __iter__(self) -> Iterator[JobKey]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._by_owner.clear()
+
+    def of_owner(self, owner: str | None) -> Collection[JobRecord]:
+        """``owner``'s records (None: those of jobs without an owner)."""
+        return self._by_owner.get(owner, {}).values()
+
+
 class JobTable:
     """The jobs, their queue and their runs; the lock that guards them."""
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
-        self.records: dict[JobKey, JobRecord] = {}
+        self.records = JobRecords()
         self.queue: FairQueue[JobKey] = FairQueue()
         # Jobs being submitted or deleted: reserved, so that the two never interleave on one job.
         self.reserved: set[JobKey] = set()
@@ -65,7 +102,8 @@ class JobTable:
 
     def readers(self, source: JobKey) -> set[JobKey]:
         """The queued and running jobs that read ``source``."""
-        return {key for key, record in self.records.items() if record.status in (QUEUED, RUNNING) and reads(key, record.work, source)}
+        # A job reads its own owner's results only.
+        return {record.key for record in self.records.of_owner(source.owner) if record.status in (QUEUED, RUNNING) and reads(record.key, record.work, source)}
 
     def taking_space(self) -> list[JobRecord]:
         """The done, queued and running jobs: their results are stored or will be."""
@@ -73,7 +111,7 @@ class JobTable:
 
     def usage(self, owner: str | None) -> tuple[int, int]:
         """Bytes of ``owner``'s done, queued and running jobs, and how many jobs they are."""
-        jobs = [record for record in self.taking_space() if record.owner == owner]
+        jobs = [record for record in self.records.of_owner(owner) if record.status in TAKING_SPACE]
         return sum(record.work.output.nbytes for record in jobs), len(jobs)
 
 

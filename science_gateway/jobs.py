@@ -197,7 +197,7 @@ class JobManager:
                 if not isinstance(found, SourceResult) or found.finished_at != run.finished_at:
                     raise SourceGone(f"source {run.job_id!r} was deleted or made again while the job was submitted; submit it again")
             previous = table.records.get(key)
-            self._admit(owner, work)
+            self._admit(owner, work, new_record=previous is None)
             # Reserved until its record is saved: a concurrent submission of this job waits for it.
             table.reserved.add(key)
             table.submitting[key] = work
@@ -244,8 +244,11 @@ class JobManager:
             raise JobAlreadyExists(key.job_id, previous.url, differing)
         return replace(previous)
 
-    def _admit(self, owner: str | None, work: JobWork) -> None:
-        """:class:`AdmissionRefused` if a job of ``owner`` would be over a limit on queued jobs or stored bytes; called with the lock held."""
+    def _admit(self, owner: str | None, work: JobWork, new_record: bool) -> None:
+        """:class:`AdmissionRefused` if a job of ``owner`` would be over a limit on queued jobs, records or stored bytes; called with the lock held.
+
+        ``new_record``: the job takes a record of its own, where a resubmission replaces its failed or cancelled run's.
+        """
         table = self._table
         settings = self._settings
         nbytes = work.output.nbytes
@@ -268,6 +271,13 @@ class JobManager:
         # Without authentication every caller is one owner: the queue's limit is the only one.
         if owner is None:
             return
+        records = len(table.records.of_owner(owner)) + sum(key not in table.records for key in table.submitting if key.owner == owner)
+        if new_record and records >= settings.max_records_per_owner:
+            raise AdmissionRefused(
+                "too_many_records_of_owner", f"{owner} has {records} jobs of every status",
+                settings.max_records_per_owner, "GATEWAY_MAX_RECORDS_PER_OWNER",
+                "delete finished jobs (DELETE /jobs/<id>) or submit again under the id of a failed or cancelled one",
+            )  # fmt: skip
         held = table.queue.count(owner) + len(submitting) + sum(key.owner == owner for key in table.running)
         if held >= settings.max_jobs_per_owner:
             raise AdmissionRefused(
@@ -345,9 +355,9 @@ class JobManager:
         self._require_loaded()
         after = decode_cursor(cursor) if cursor else None
         with table.lock:
-            records = sorted(table.records.values(), key=sort_key, reverse=True)
-        if visible_to is not None:
-            records = [record for record in records if record.owner == visible_to]
+            # Copied under the lock, sorted without it: the lock is every request's and every runner's.
+            records = list(table.records.values() if visible_to is None else table.records.of_owner(visible_to))
+        records.sort(key=sort_key, reverse=True)
         if status is not None:
             records = [record for record in records if record.status == status]
         if after is not None:

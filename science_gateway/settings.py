@@ -41,6 +41,8 @@ class Settings:
     max_running_jobs: int = 4
     max_queued_jobs: int = 1000
     max_jobs_per_owner: int = 20
+    # Jobs of every status one owner may have a record of: each costs the gateway memory and a stored record.
+    max_records_per_owner: int = 1000
     # A room of 200 people running the README's cell at once all wait, each user at most 16 times.
     max_waiting_callers: int = 256
     max_waiting_callers_per_owner: int = 16
@@ -231,6 +233,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_running_jobs=_positive_number(environ, "GATEWAY_MAX_RUNNING_JOBS", _DEFAULTS.max_running_jobs, int),
         max_queued_jobs=_positive_number(environ, "GATEWAY_MAX_QUEUED_JOBS", _DEFAULTS.max_queued_jobs, int),
         max_jobs_per_owner=_positive_number(environ, "GATEWAY_MAX_JOBS_PER_OWNER", _DEFAULTS.max_jobs_per_owner, int),
+        max_records_per_owner=_positive_number(environ, "GATEWAY_MAX_RECORDS_PER_OWNER", _DEFAULTS.max_records_per_owner, int),
         max_waiting_callers=_positive_number(environ, "GATEWAY_MAX_WAITING_CALLERS", _DEFAULTS.max_waiting_callers, int),
         max_waiting_callers_per_owner=_positive_number(
             environ, "GATEWAY_MAX_WAITING_CALLERS_PER_OWNER", _DEFAULTS.max_waiting_callers_per_owner, int

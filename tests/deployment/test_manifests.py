@@ -184,3 +184,12 @@ def test_the_deployment_checks_its_callers_with_the_hub_that_dask_gateway_uses()
     assert settings.jupyterhub_api_url == "http://hub:8081/hub/api"
     # Dask Gateway checks the scope that the hub configuration grants the gateway's service.
     assert helm_values()["gateway"]["auth"]["jupyterhub"]["jupyterhubServiceName"] == "dask-gateway"
+
+
+def test_what_each_user_keeps_is_bounded_in_time_bytes_and_records() -> None:
+    """A workshop's results must not pile up for ever: the manifest ships a ttl, a longest ttl and a quota."""
+    environ = {variable.name: variable.value for variable in container().env if variable.value is not None}
+    settings = load_settings({**environ, "JUPYTERHUB_API_TOKEN": "not-read-here"})
+    assert (settings.result_ttl, settings.max_result_ttl) == (7 * 24 * 3600, 30 * 24 * 3600)
+    assert settings.owner_quota_bytes == 10 * 2**30
+    assert settings.max_records_per_owner == 1000

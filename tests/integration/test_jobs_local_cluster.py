@@ -34,7 +34,7 @@ from helpers import (
     workers_held,
 )  # fmt: skip
 from science_gateway.admission import AdmissionRefused
-from science_gateway.job_records import DONE, RUNNING, JobKey, JobRecord
+from science_gateway.job_records import DONE, FAILED, RUNNING, JobKey, JobRecord
 from science_gateway.jobs import GatewayStopping, JobManager, JobNotFound
 from science_gateway.metrics import GatewayMetrics
 from science_gateway.results_store import ResultsStore
@@ -335,7 +335,14 @@ def test_an_owner_over_the_cap_of_queued_and_running_jobs_is_refused_and_others_
     assert (refused.value.code, refused.value.limit) == ("too_many_jobs_of_owner", 3)
 
 
-@pytest.mark.parametrize(("limit", "burst"), [({"max_jobs_per_owner": 2}, "too_many_jobs_of_owner"), ({"owner_quota_bytes": 800}, "quota_exceeded")])
+@pytest.mark.parametrize(
+    ("limit", "burst"),
+    [
+        ({"max_jobs_per_owner": 2}, "too_many_jobs_of_owner"),
+        ({"owner_quota_bytes": 800}, "quota_exceeded"),
+        ({"max_records_per_owner": 2}, "too_many_records_of_owner"),
+    ],
+)
 def test_a_burst_of_concurrent_submissions_by_one_owner_never_passes_a_limit_together(app: Flask, limit: dict, burst: str) -> None:
     """Held on paused workers, none of the accepted jobs can finish and free its share while the burst arrives."""
     manager = manager_on(app, f"s3://{BUCKET}/burst-{uuid.uuid4().hex[:8]}", **limit)
@@ -355,6 +362,23 @@ def test_a_burst_of_concurrent_submissions_by_one_owner_never_passes_a_limit_tog
     finally:
         manager.close()
     assert sorted(answers) == ["accepted"] * 2 + [burst] * 28
+
+
+def test_finished_jobs_count_in_an_owners_records_and_a_failed_ones_id_may_be_used_again(app: Flask) -> None:
+    """Every job here fails at once (a timeout of 1 ms): finished, yet each keeps a record."""
+    manager = manager_on(app, f"s3://{BUCKET}/records-{uuid.uuid4().hex[:8]}", max_records_per_owner=2, job_timeout=0.001)
+    manager.start()
+    small = random_job(seed=1, shape=(10, 10), chunks=(10, 10))
+    try:
+        for job_id in ("first", "second"):
+            assert manager.wait(manager.submit(job_id, small, "alice")[0].key, 120).status == FAILED
+        with pytest.raises(AdmissionRefused, match="GATEWAY_MAX_RECORDS_PER_OWNER") as refused:
+            manager.submit("third", small, "alice")
+        assert manager.submit("first", small, "alice")[1], "a failed job's id replaces its record"
+        assert manager.submit("bobs", small, "bob")[1], "each owner has records of their own"
+    finally:
+        manager.close()
+    assert (refused.value.code, refused.value.limit, refused.value.setting) == ("too_many_records_of_owner", 2, "GATEWAY_MAX_RECORDS_PER_OWNER")
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
