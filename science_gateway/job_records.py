@@ -11,7 +11,8 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -51,7 +52,7 @@ class JobKey(NamedTuple):
         return self.job_id if self.owner is None else f"{self.job_id} of {self.owner}"
 
 
-@dataclass
+@dataclass(slots=True)
 class JobRecord:
     job_id: str
     work: JobWork
@@ -160,21 +161,22 @@ def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str],
 
     Its name is its own (:func:`record_name`), or ``<job_id>.json`` for a record
     of an owner from before each owner had ids of their own, which the job manager then renames.
-    ``schemas`` says, for each app offered, whether its schema accepts stored parameters;
+    ``schemas`` says, for each app offered, whether its schema accepts the parameters of a queued record, which is to run;
     a record of an app not offered is loaded (listed, deleted), and fails if it is to run.
 
     A record in the bucket is untrusted input: its place is what a DELETE removes
     and its URL what a preview reads, so both must be the job's own.
     """
     try:
-        stored = json.loads(content)
+        stored = json.loads(content, object_pairs_hook=_shared_strings)
         work = _work_from_stored(stored)
         record = JobRecord(**{**{key: value for key, value in stored.items() if key not in ("spec", "work")}, "work": work})
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise InvalidRecord(f"job record {name!r} is malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
     job_id, owner = record.job_id, record.owner
     valid_owner = owner is None or (isinstance(owner, str) and owner != "" and _is_utf8(owner))
-    accepts = (schemas or {}).get(work.app)
+    # Only a queued job's parameters go to its app again; checking every record's took most of a start-up.
+    accepts = (schemas or {}).get(work.app) if record.status == QUEUED else None
     checks = {
         "parameters": accepts is None or accepts(work.parameters),
         "job_id": isinstance(job_id, str) and _is_job_id(job_id) and valid_owner and name in (f"{job_id}.json", record_name(owner, job_id)),
@@ -251,7 +253,9 @@ class TrustedRecords:
     renames: list[tuple[str, JobRecord | None]]
 
 
-def trusted_records(stored: Mapping[str, bytes], url_for: Callable[[str], str], schemas: Mapping[str, Callable[[Any], bool]] | None = None) -> TrustedRecords:
+def trusted_records(
+    stored: Mapping[str, bytes] | Iterable[tuple[str, bytes]], url_for: Callable[[str], str], schemas: Mapping[str, Callable[[Any], bool]] | None = None
+) -> TrustedRecords:
     """The stored records (by name under the records prefix) that this service could have written, one per job and place.
 
     A job stored under both its old and its own name (a rename cut short) is the
@@ -263,7 +267,7 @@ def trusted_records(stored: Mapping[str, bytes], url_for: Callable[[str], str], 
     """
     skipped: list[str] = []
     candidates = []
-    for name, content in stored.items():
+    for name, content in stored.items() if isinstance(stored, Mapping) else stored:
         try:
             candidates.append((name, record_from_stored(name, content, url_for, schemas)))
         except InvalidRecord as exc:
@@ -297,6 +301,15 @@ def trusted_records(stored: Mapping[str, bytes], url_for: Callable[[str], str], 
         if name != record.record_name:
             renames.append((name, record))
     return TrustedRecords(sorted(trusted, key=sort_key), skipped, renames)
+
+
+# Values that many records share: one string each in memory, however many records hold it.
+_SHARED_VALUES = frozenset(("owner", "status", "app", "app_version", "dtype"))
+
+
+def _shared_strings(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys, and whose values that records share, are interned: 100,000 records hold one copy of each."""
+    return {sys.intern(key): sys.intern(value) if key in _SHARED_VALUES and type(value) is str else value for key, value in pairs}
 
 
 def _is_time_or_none(value: Any) -> bool:

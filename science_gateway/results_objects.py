@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import obstore
+import obstore.exceptions
 from obstore.store import LocalStore, ObjectStore, S3Store
 from zarr.core.sync import sync
 
@@ -107,6 +108,32 @@ def put_all(store: ObjectStore, objects: dict[str, bytes]) -> None:
         await asyncio.gather(*(put(store, key, data) for key, data in objects.items()))
 
     sync(put_each())
+
+
+# Objects fetched at once by get_all: enough to hide each request's latency from one process.
+GETS_IN_FLIGHT = 64
+
+
+def keys_under(store: ObjectStore, prefix: str) -> list[str]:
+    """Every object's key under ``prefix``."""
+    return [item["path"] for batch in obstore.list(store, prefix=prefix) for item in batch]
+
+
+def get_all(store: ObjectStore, keys: list[str]) -> dict[str, bytes]:
+    """The objects' contents, ``GETS_IN_FLIGHT`` at a time; one deleted meanwhile is left out."""
+    in_flight = asyncio.Semaphore(GETS_IN_FLIGHT)
+
+    async def get(key: str) -> tuple[str, bytes | None]:
+        async with in_flight:
+            try:
+                return key, (await (await obstore.get_async(store, key)).bytes_async()).to_bytes()
+            except obstore.exceptions.NotFoundError:
+                return key, None
+
+    async def get_each() -> list[tuple[str, bytes | None]]:
+        return await asyncio.gather(*(get(key) for key in keys))
+
+    return {key: content for key, content in sync(get_each()) if content is not None}
 
 
 def any_under(store: ObjectStore, prefix: str) -> bool:

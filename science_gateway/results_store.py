@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,8 @@ COMPLETION_MARKERS = ("zarr.json", ".zmetadata")
 # Job records, pictures and owners' results sit beside the flat results, under prefixes
 # no job id can take (ids never start with ".").
 RECORDS_PREFIX = ".jobs"
+# Records read at once at start-up.
+RECORDS_PER_READ = 1000
 PREVIEWS_PREFIX = ".previews"
 OWNERS_PREFIX = ".users"
 # Characters of an owner's name kept as they are in its prefix; every other byte is "_" and two hex digits.
@@ -301,15 +304,24 @@ class ResultsStore:
     def write_record(self, name: str, record: dict[str, Any]) -> None:
         self._write({self._record_path(name): _json(record)}, f"saving the job record {name!r} failed")
 
-    def read_records(self) -> dict[str, bytes]:
-        """Every stored job record as it is stored, by its name under the records prefix (:func:`record_name`)."""
-        prefix = f"{self._root}/{RECORDS_PREFIX}/"
+    def read_records(self) -> Iterator[tuple[str, bytes]]:
+        """Every stored job record as it is stored, by its name under the records prefix (:func:`record_name`).
+
+        Fetched ``RECORDS_PER_READ`` at a time, concurrently: a start-up never holds every record's bytes at once.
+        """
+        prefix = f"{RECORDS_PREFIX}/"
+        failure = f"reading the job records in {self.url} failed"
         try:
-            paths = [path for path in self._fs.find(prefix) if path.endswith(".json")]
-            contents = self._fs.cat(paths) if paths else {}
+            keys = [key for key in results_objects.keys_under(self._objects, prefix) if key.endswith(".json")]
         except Exception as exc:
-            raise StorageError(describe_storage_failure(f"reading the job records in {self.url} failed", exc)) from exc
-        return {path.removeprefix(prefix): content for path, content in contents.items()}
+            raise StorageError(describe_storage_failure(failure, exc)) from exc
+        for start in range(0, len(keys), RECORDS_PER_READ):
+            try:
+                contents = results_objects.get_all(self._objects, keys[start : start + RECORDS_PER_READ])
+            except Exception as exc:
+                raise StorageError(describe_storage_failure(failure, exc)) from exc
+            for key, content in contents.items():
+                yield key.removeprefix(prefix), content
 
     def delete_record(self, name: str) -> None:
         try:
