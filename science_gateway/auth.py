@@ -85,6 +85,17 @@ class Caller:
 ANYONE = Caller(name=None, sees_all=True)
 
 
+def owner_name(model: dict[str, Any]) -> str:
+    """The name that owns a hub user's or service's jobs, as Dask Gateway names them for its clusters.
+
+    A user's own name, unless it has a ":": then, like a service's, it is prefixed
+    with its kind. A service ``x`` is ``service:x``, and a user named ``service:x``
+    is ``user:service:x``: no user's name can pass for a service's, or another's.
+    """
+    kind, name = model.get("kind", "user"), model["name"]
+    return name if kind == "user" and ":" not in name else f"{kind}:{name}"
+
+
 class HubCallers:
     """Identifies callers by their JupyterHub API token, or by the cookie of a browser that logged in through the hub."""
 
@@ -134,9 +145,7 @@ class HubCallers:
                 "the hub's administrator adds this scope to the `server` and `user` roles "
                 "(zero-to-jupyterhub: hub.loadRoles.server.scopes and hub.loadRoles.user.scopes, as jupyterhub_values.yaml does)"
             )
-        # As Dask Gateway does: a service's name cannot pass for a user's.
-        name = model["name"] if model.get("kind", "user") == "user" else f"{model['kind']}:{model['name']}"
-        return Caller(name=name, sees_all=self.admin_group in model.get("groups", []))
+        return Caller(name=owner_name(model), sees_all=self.admin_group in model.get("groups", []))
 
     def _ask_hub(self, token: str) -> dict[str, Any] | None:
         """The hub's model of the token's owner, with the token's scopes; None for a token it does not accept."""
