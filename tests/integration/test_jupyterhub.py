@@ -234,6 +234,24 @@ def test_a_revoked_token_is_refused_and_one_without_the_access_scope_is_forbidde
     assert "access:services!service=science-gateway" in forbidden.json()["error"]["message"]
 
 
+def test_thirty_first_calls_at_once_with_one_new_token_are_all_answered(hub_gateway: RunningGateway, hub: JupyterHubServer, audited_secrets) -> None:
+    """A workshop's first minute: each notebook's first cells at once, with a token the gateway has never seen."""
+    token, _ = hub.new_token("alice", scopes=["access:services!service=science-gateway"])
+    audited_secrets.append(token)
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(lambda _: requests.get(f"{hub_gateway.url}/jobs", headers=as_user(token), timeout=60), range(30)))
+    assert [answer.status_code for answer in answers] == [200] * 30, [answer.text[:200] for answer in answers if answer.status_code != 200]
+
+
+def test_a_hub_user_named_like_the_gateways_service_owns_jobs_of_their_own(hub_gateway: RunningGateway, hub: JupyterHubServer, audited_secrets) -> None:
+    hub.create_users(["service:science-gateway"])
+    token, _ = hub.new_token("service:science-gateway", scopes=["access:services!service=science-gateway"])
+    audited_secrets.append(token)
+    submitted = requests.post(f"{hub_gateway.url}/jobs", json={"job_id": "named-like-a-service", "shape": [100, 100]}, headers=as_user(token), timeout=60)
+    assert submitted.status_code == 202, submitted.text
+    assert submitted.json()["owner"] == "user:service:science-gateway"
+
+
 def test_each_user_sees_only_their_own_jobs_and_an_admin_reaches_anyones_explicitly(hub_gateway: RunningGateway, tokens: dict[str, str], http) -> None:
     url = hub_gateway.url
     alice, bob, carol = as_user(tokens["alice"]), as_user(tokens["bob"]), as_user(tokens["carol"])
