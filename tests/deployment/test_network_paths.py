@@ -7,11 +7,13 @@ checks that each piece mirrored is still in the chart's template text.
 Pods carry the labels their charts give them: zero-to-jupyterhub's user
 servers and hub (`component`, `app`, `release`, with `singleuser.extraLabels`
 on user servers), the dask-gateway chart's Traefik and API server
-(`app.kubernetes.io/*`), and ours from the Deployment's pod template.
+(`app.kubernetes.io/*`, and on the API server the hub's access label), and ours
+from the Deployment's pod template.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -138,7 +140,11 @@ def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
         "hub": Endpoint("hub", z2jh_labels("hub"), {"http": 8081}, NAMESPACE),
         "proxy": Endpoint("proxy", z2jh_labels("proxy"), {"http": 8000, "api": 8001}, NAMESPACE),
         "traefik": Endpoint("traefik", {**dask_gateway, "app.kubernetes.io/component": "traefik"}, {"web": 8000, "traefik": 9000}, NAMESPACE),
-        "dask-gateway api": Endpoint("api", {**dask_gateway, "app.kubernetes.io/component": "gateway"}, {"api": 8000}, NAMESPACE),
+        # The chart labels its API server's pods for the hub's policy itself (templates/gateway/deployment.yaml,
+        # since dask/dask-gateway#352 in 2020): the server checks tokens with the hub's pod directly.
+        "dask-gateway api": Endpoint(
+            "api", {**dask_gateway, "app.kubernetes.io/component": "gateway", "hub.jupyter.org/network-access-hub": "true"}, {"api": 8000}, NAMESPACE
+        ),
         "scheduler": Endpoint(
             "scheduler", {"app.kubernetes.io/name": "dask-gateway", "app.kubernetes.io/component": "dask-scheduler"}, {"tcp-comm": 8786}, NAMESPACE
         ),
@@ -150,11 +156,16 @@ def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
     }
 
 
-@pytest.fixture(scope="module")
-def deployed() -> tuple[list[tuple[Policy, str]], dict[str, Endpoint]]:
-    values = merged(chart("zero-to-jupyterhub-chart").values, jupyterhub_values())
+def deployed_with(hub_values: dict[str, Any]) -> tuple[list[tuple[Policy, str]], dict[str, Endpoint]]:
+    """Our policy and the chart's, rendered from these values over the chart's own, with the pods they select."""
+    values = merged(chart("zero-to-jupyterhub-chart").values, hub_values)
     policies = [(manifest_documents()["NetworkPolicy"], NAMESPACE), *((z2jh_policy(values, key), NAMESPACE) for key in Z2JH_POLICIES)]
     return policies, endpoints(values)
+
+
+@pytest.fixture(scope="module")
+def deployed() -> tuple[list[tuple[Policy, str]], dict[str, Endpoint]]:
+    return deployed_with(jupyterhub_values())
 
 
 def gateway_pod_port() -> int:
@@ -216,6 +227,10 @@ def test_the_notebooks_port_is_the_gateways_pod_port() -> None:
     assert jupyterhub_values()["singleuser"]["networkPolicy"]["egress"][0]["ports"] == [{"port": 8000, "protocol": "TCP"}]
 
 
+def broken_hops(deployed) -> list[str]:
+    return [why for source, destination, port, protocol, why in NEEDED if not hop(deployed, source, destination, port, protocol)]
+
+
 def test_every_rule_of_the_gateways_policy_serves_a_needed_hop(deployed) -> None:
     """Without any one of its rules, some needed hop fails: the policy allows nothing beyond them."""
     policies, pods = deployed
@@ -224,9 +239,23 @@ def test_every_rule_of_the_gateways_policy_serves_a_needed_hop(deployed) -> None
         for index in range(len(ours["spec"][direction])):
             rules = [rule for position, rule in enumerate(ours["spec"][direction]) if position != index]
             without = {**ours, "spec": {**ours["spec"], direction: rules}}
-            reduced = [(without, NAMESPACE), *policies[1:]]
-            broken = [why for source, destination, port, protocol, why in NEEDED if not hop((reduced, pods), source, destination, port, protocol)]
-            assert broken, f"{direction} rule {index} serves no needed hop"
+            assert broken_hops(([(without, NAMESPACE), *policies[1:]], pods)), f"{direction} rule {index} serves no needed hop"
+
+
+def test_every_rule_jupyterhub_values_adds_to_the_charts_policies_serves_a_needed_hop() -> None:
+    """Without any one of them, some needed hop fails: the chart's labels already admit the rest."""
+    ours = jupyterhub_values()
+    added = [
+        (key, direction, index)
+        for key in Z2JH_POLICIES
+        for direction in ("ingress", "egress")
+        for index in range(len(ours[key].get("networkPolicy", {}).get(direction) or []))
+    ]
+    assert added, "jupyterhub_values.yaml adds rules (the notebooks' egress to the gateway and Traefik)"
+    for key, direction, index in added:
+        reduced = copy.deepcopy(ours)
+        del reduced[key]["networkPolicy"][direction][index]
+        assert broken_hops(deployed_with(reduced)), f"{key}.networkPolicy.{direction}[{index}] serves no needed hop"
 
 
 def test_the_gateway_pod_has_the_label_the_hubs_policy_admits() -> None:
