@@ -17,9 +17,11 @@ import copy
 from typing import Any
 
 import pytest
+import yaml
 
 from artifacts import CHARTS, chart, jupyterhub_values, manifest_documents, manifests, merged
 from network_policies import Endpoint, Policy, allowed
+from servers import PROJECT
 
 NAMESPACE = "science"
 RELEASE = "jupyterhub"
@@ -130,6 +132,10 @@ def gateway_endpoint() -> Endpoint:
     return Endpoint("gateway", dict(pod.metadata.labels), {port.name: port.container_port for port in container.ports}, NAMESPACE)
 
 
+# The Prometheus operator's label on the Prometheus pods it runs.
+PROMETHEUS_LABELS = {"app.kubernetes.io/name": "prometheus", "prometheus": "k8s"}
+
+
 def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
     notebook_labels = {**z2jh_labels("singleuser-server"), **values["singleuser"]["extraLabels"]}
     dask_gateway = {"app.kubernetes.io/name": "dask-gateway", "app.kubernetes.io/instance": "dask-gateway"}
@@ -148,6 +154,9 @@ def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
         "scheduler": Endpoint(
             "scheduler", {"app.kubernetes.io/name": "dask-gateway", "app.kubernetes.io/component": "dask-scheduler"}, {"tcp-comm": 8786}, NAMESPACE
         ),
+        # Where docs/operations.md's scrape rule expects Prometheus, and the same pod elsewhere.
+        "prometheus": Endpoint("prometheus", PROMETHEUS_LABELS, {"web": 9090}, "monitoring"),
+        "prometheus here": Endpoint("prometheus in the gateway's namespace", PROMETHEUS_LABELS, {"web": 9090}, NAMESPACE),
         "dns": Endpoint("kube-dns", {"k8s-app": "kube-dns"}, {"dns": 53}, "kube-system"),
         # Addresses as data only: no traffic goes anywhere. 203.0.113.0/24 is a documentation range.
         "object store": Endpoint("object store", ip="203.0.113.10"),
@@ -204,6 +213,7 @@ REFUSED = [
     ("gateway", "cloud metadata", 80, "TCP", "not the cloud metadata server"),
     ("gateway", "object store", 80, "TCP", "the object store over HTTPS only"),
     ("gateway", "dns", 8000, "TCP", "kube-system only for DNS"),
+    ("prometheus", "gateway", None, "TCP", "Prometheus only with the rule docs/operations.md shows"),
 ]
 
 
@@ -260,3 +270,22 @@ def test_every_rule_jupyterhub_values_adds_to_the_charts_policies_serves_a_neede
 
 def test_the_gateway_pod_has_the_label_the_hubs_policy_admits() -> None:
     assert manifests().deployment.spec.template.metadata.labels["hub.jupyter.org/network-access-hub"] == "true"
+
+
+def scrape_rule() -> dict[str, Any]:
+    """The ingress rule docs/operations.md tells an operator to add for Prometheus: the section's YAML block."""
+    section = (PROJECT / "docs" / "operations.md").read_text().split("**Scraping it on Kubernetes.**", 1)[1]
+    (rule,) = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    return rule
+
+
+def test_the_scrape_rule_the_docs_show_admits_prometheus_and_nothing_else(deployed) -> None:
+    policies, pods = deployed
+    ours = policies[0][0]
+    scraped = {**ours, "spec": {**ours["spec"], "ingress": [*ours["spec"]["ingress"], scrape_rule()]}}
+    with_rule = ([(scraped, NAMESPACE), *policies[1:]], pods)
+    assert hop(with_rule, "prometheus", "gateway", None, "TCP"), "Prometheus reaches /metrics on the gateway's pod port"
+    assert not hop(with_rule, "prometheus here", "gateway", None, "TCP"), "only in its own namespace"
+    others = [(source, destination, port, protocol, why) for source, destination, port, protocol, why in REFUSED if source != "prometheus"]
+    assert not [why for source, destination, port, protocol, why in others if hop(with_rule, source, destination, port, protocol)]
+    assert not broken_hops(with_rule)
