@@ -102,6 +102,14 @@ def test_security_context_and_resources() -> None:
     assert pod.security_context.run_as_user == 10001
 
 
+def test_matplotlib_keeps_its_font_cache_in_the_pods_one_writable_place() -> None:
+    """Under a read-only root it is made at the first preview, in the emptyDir, where docs/deployment.md says."""
+    (config_dir,) = re.findall(r"\bMPLCONFIGDIR=(\S+)", (PROJECT / "Dockerfile").read_text())
+    (mount,) = container().volume_mounts
+    assert config_dir.startswith(mount.mount_path.rstrip("/") + "/")
+    assert f"first preview (`MPLCONFIGDIR={config_dir}`" in (PROJECT / "docs" / "deployment.md").read_text()
+
+
 def test_termination_grace_outlasts_gunicorns_graceful_timeout() -> None:
     deployment = manifests().deployment
     assert deployment.spec.template.spec.termination_grace_period_seconds >= gunicorn_settings()["graceful_timeout"] + 60
