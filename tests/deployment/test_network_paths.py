@@ -199,6 +199,7 @@ NEEDED = [
 REFUSED = [
     ("notebook", "gateway", 80, "TCP", "policies see pod ports: the Service's port 80 is not the pod's"),
     ("notebook", "gateway", 9000, "TCP", "only the gateway's own port"),
+    ("notebook", "gateway", 8001, "TCP", "not the probe port: the kubelet's, and kubectl port-forward's"),
     ("notebook elsewhere", "gateway", None, "TCP", "user servers of this namespace only"),
     ("proxy", "gateway", None, "TCP", "the jobs page is not served through the hub's proxy"),
     ("hub", "gateway", None, "TCP", "the hub never calls the gateway"),
