@@ -133,3 +133,13 @@ def test_the_example_package_is_what_the_gateway_finds_installed() -> None:
     assert (installed.name, installed.__module__) == ("julia-set", "gateway_julia_set")
     source = (PROJECT / "examples" / "apps" / "julia-set" / "gateway_julia_set" / "__init__.py").read_text()
     assert inspect.getsource(importlib.import_module(installed.__module__)) == source, "make test installs the package as it is in the tree"
+
+
+DOCS = [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
+
+
+def test_every_query_the_docs_write_after_a_path_starts_with_a_question_mark() -> None:
+    """`/submit_job/<id>&shards=none` is a job id with `&shards=none` in it: a path's query begins with `?`."""
+    queried = [(path.name, found) for path in DOCS for found in re.findall(r"[^\s`'\"(]*/[^\s`'\"(]*[?&]\w+=[^\s`'\")]*", path.read_text())]
+    assert len(queried) > 1, "the docs write paths with queries (`$GATEWAY_URL/jobs?status=running`, `/submit_job/<id>?shards=none`)"
+    assert [(name, url) for name, url in queried if re.search(r"[?&]", url).group() != "?"] == []
