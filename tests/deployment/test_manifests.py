@@ -87,6 +87,17 @@ def test_probes_go_to_the_probe_port_which_answers_them(app: Flask) -> None:
         server.close()
 
 
+def test_an_unready_pod_is_asked_why_on_its_probe_port_as_the_docs_show() -> None:
+    """The Service sends requests only to ready pods: docs/deployment.md asks an unready pod's /readyz through port-forward."""
+    deployment, service, _ = manifests()
+    assert not service.spec.publish_not_ready_addresses
+    [probes] = [port.container_port for port in container().ports if port.name == "probes"]
+    guide = (PROJECT / "docs" / "deployment.md").read_text()
+    assert f"kubectl port-forward -n $NS deployment/{deployment.metadata.name} {probes}:{probes} &" in guide
+    assert f"curl http://127.0.0.1:{probes}/readyz" in guide
+    assert "$GATEWAY_URL/readyz" not in guide, "a notebook reaches the pod through the Service alone"
+
+
 def test_security_context_and_resources() -> None:
     deployment = manifests().deployment
     pod = deployment.spec.template.spec
@@ -100,6 +111,14 @@ def test_security_context_and_resources() -> None:
     assert gateway.resources.requests and gateway.resources.limits
     assert re.search(r"^USER 10001$", (PROJECT / "Dockerfile").read_text(), flags=re.MULTILINE)
     assert pod.security_context.run_as_user == 10001
+
+
+def test_matplotlib_keeps_its_font_cache_in_the_pods_one_writable_place() -> None:
+    """Under a read-only root it is made at the first preview, in the emptyDir, where docs/deployment.md says."""
+    (config_dir,) = re.findall(r"\bMPLCONFIGDIR=(\S+)", (PROJECT / "Dockerfile").read_text())
+    (mount,) = container().volume_mounts
+    assert config_dir.startswith(mount.mount_path.rstrip("/") + "/")
+    assert f"first preview (`MPLCONFIGDIR={config_dir}`" in (PROJECT / "docs" / "deployment.md").read_text()
 
 
 def test_termination_grace_outlasts_gunicorns_graceful_timeout() -> None:

@@ -7,17 +7,21 @@ checks that each piece mirrored is still in the chart's template text.
 Pods carry the labels their charts give them: zero-to-jupyterhub's user
 servers and hub (`component`, `app`, `release`, with `singleuser.extraLabels`
 on user servers), the dask-gateway chart's Traefik and API server
-(`app.kubernetes.io/*`), and ours from the Deployment's pod template.
+(`app.kubernetes.io/*`, and on the API server the hub's access label), and ours
+from the Deployment's pod template.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
+import yaml
 
 from artifacts import CHARTS, chart, jupyterhub_values, manifest_documents, manifests, merged
 from network_policies import Endpoint, Policy, allowed
+from servers import PROJECT
 
 NAMESPACE = "science"
 RELEASE = "jupyterhub"
@@ -128,6 +132,10 @@ def gateway_endpoint() -> Endpoint:
     return Endpoint("gateway", dict(pod.metadata.labels), {port.name: port.container_port for port in container.ports}, NAMESPACE)
 
 
+# The Prometheus operator's label on the Prometheus pods it runs.
+PROMETHEUS_LABELS = {"app.kubernetes.io/name": "prometheus", "prometheus": "k8s"}
+
+
 def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
     notebook_labels = {**z2jh_labels("singleuser-server"), **values["singleuser"]["extraLabels"]}
     dask_gateway = {"app.kubernetes.io/name": "dask-gateway", "app.kubernetes.io/instance": "dask-gateway"}
@@ -138,10 +146,17 @@ def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
         "hub": Endpoint("hub", z2jh_labels("hub"), {"http": 8081}, NAMESPACE),
         "proxy": Endpoint("proxy", z2jh_labels("proxy"), {"http": 8000, "api": 8001}, NAMESPACE),
         "traefik": Endpoint("traefik", {**dask_gateway, "app.kubernetes.io/component": "traefik"}, {"web": 8000, "traefik": 9000}, NAMESPACE),
-        "dask-gateway api": Endpoint("api", {**dask_gateway, "app.kubernetes.io/component": "gateway"}, {"api": 8000}, NAMESPACE),
+        # The chart labels its API server's pods for the hub's policy itself (templates/gateway/deployment.yaml,
+        # since dask/dask-gateway#352 in 2020): the server checks tokens with the hub's pod directly.
+        "dask-gateway api": Endpoint(
+            "api", {**dask_gateway, "app.kubernetes.io/component": "gateway", "hub.jupyter.org/network-access-hub": "true"}, {"api": 8000}, NAMESPACE
+        ),
         "scheduler": Endpoint(
             "scheduler", {"app.kubernetes.io/name": "dask-gateway", "app.kubernetes.io/component": "dask-scheduler"}, {"tcp-comm": 8786}, NAMESPACE
         ),
+        # Where docs/operations.md's scrape rule expects Prometheus, and the same pod elsewhere.
+        "prometheus": Endpoint("prometheus", PROMETHEUS_LABELS, {"web": 9090}, "monitoring"),
+        "prometheus here": Endpoint("prometheus in the gateway's namespace", PROMETHEUS_LABELS, {"web": 9090}, NAMESPACE),
         "dns": Endpoint("kube-dns", {"k8s-app": "kube-dns"}, {"dns": 53}, "kube-system"),
         # Addresses as data only: no traffic goes anywhere. 203.0.113.0/24 is a documentation range.
         "object store": Endpoint("object store", ip="203.0.113.10"),
@@ -150,11 +165,16 @@ def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
     }
 
 
-@pytest.fixture(scope="module")
-def deployed() -> tuple[list[tuple[Policy, str]], dict[str, Endpoint]]:
-    values = merged(chart("zero-to-jupyterhub-chart").values, jupyterhub_values())
+def deployed_with(hub_values: dict[str, Any]) -> tuple[list[tuple[Policy, str]], dict[str, Endpoint]]:
+    """Our policy and the chart's, rendered from these values over the chart's own, with the pods they select."""
+    values = merged(chart("zero-to-jupyterhub-chart").values, hub_values)
     policies = [(manifest_documents()["NetworkPolicy"], NAMESPACE), *((z2jh_policy(values, key), NAMESPACE) for key in Z2JH_POLICIES)]
     return policies, endpoints(values)
+
+
+@pytest.fixture(scope="module")
+def deployed() -> tuple[list[tuple[Policy, str]], dict[str, Endpoint]]:
+    return deployed_with(jupyterhub_values())
 
 
 def gateway_pod_port() -> int:
@@ -179,6 +199,7 @@ NEEDED = [
 REFUSED = [
     ("notebook", "gateway", 80, "TCP", "policies see pod ports: the Service's port 80 is not the pod's"),
     ("notebook", "gateway", 9000, "TCP", "only the gateway's own port"),
+    ("notebook", "gateway", 8001, "TCP", "not the probe port: the kubelet's, and kubectl port-forward's"),
     ("notebook elsewhere", "gateway", None, "TCP", "user servers of this namespace only"),
     ("proxy", "gateway", None, "TCP", "the jobs page is not served through the hub's proxy"),
     ("hub", "gateway", None, "TCP", "the hub never calls the gateway"),
@@ -193,6 +214,7 @@ REFUSED = [
     ("gateway", "cloud metadata", 80, "TCP", "not the cloud metadata server"),
     ("gateway", "object store", 80, "TCP", "the object store over HTTPS only"),
     ("gateway", "dns", 8000, "TCP", "kube-system only for DNS"),
+    ("prometheus", "gateway", None, "TCP", "Prometheus only with the rule docs/operations.md shows"),
 ]
 
 
@@ -216,6 +238,10 @@ def test_the_notebooks_port_is_the_gateways_pod_port() -> None:
     assert jupyterhub_values()["singleuser"]["networkPolicy"]["egress"][0]["ports"] == [{"port": 8000, "protocol": "TCP"}]
 
 
+def broken_hops(deployed) -> list[str]:
+    return [why for source, destination, port, protocol, why in NEEDED if not hop(deployed, source, destination, port, protocol)]
+
+
 def test_every_rule_of_the_gateways_policy_serves_a_needed_hop(deployed) -> None:
     """Without any one of its rules, some needed hop fails: the policy allows nothing beyond them."""
     policies, pods = deployed
@@ -224,10 +250,43 @@ def test_every_rule_of_the_gateways_policy_serves_a_needed_hop(deployed) -> None
         for index in range(len(ours["spec"][direction])):
             rules = [rule for position, rule in enumerate(ours["spec"][direction]) if position != index]
             without = {**ours, "spec": {**ours["spec"], direction: rules}}
-            reduced = [(without, NAMESPACE), *policies[1:]]
-            broken = [why for source, destination, port, protocol, why in NEEDED if not hop((reduced, pods), source, destination, port, protocol)]
-            assert broken, f"{direction} rule {index} serves no needed hop"
+            assert broken_hops(([(without, NAMESPACE), *policies[1:]], pods)), f"{direction} rule {index} serves no needed hop"
+
+
+def test_every_rule_jupyterhub_values_adds_to_the_charts_policies_serves_a_needed_hop() -> None:
+    """Without any one of them, some needed hop fails: the chart's labels already admit the rest."""
+    ours = jupyterhub_values()
+    added = [
+        (key, direction, index)
+        for key in Z2JH_POLICIES
+        for direction in ("ingress", "egress")
+        for index in range(len(ours[key].get("networkPolicy", {}).get(direction) or []))
+    ]
+    assert added, "jupyterhub_values.yaml adds rules (the notebooks' egress to the gateway and Traefik)"
+    for key, direction, index in added:
+        reduced = copy.deepcopy(ours)
+        del reduced[key]["networkPolicy"][direction][index]
+        assert broken_hops(deployed_with(reduced)), f"{key}.networkPolicy.{direction}[{index}] serves no needed hop"
 
 
 def test_the_gateway_pod_has_the_label_the_hubs_policy_admits() -> None:
     assert manifests().deployment.spec.template.metadata.labels["hub.jupyter.org/network-access-hub"] == "true"
+
+
+def scrape_rule() -> dict[str, Any]:
+    """The ingress rule docs/operations.md tells an operator to add for Prometheus: the section's YAML block."""
+    section = (PROJECT / "docs" / "operations.md").read_text().split("**Scraping it on Kubernetes.**", 1)[1]
+    (rule,) = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    return rule
+
+
+def test_the_scrape_rule_the_docs_show_admits_prometheus_and_nothing_else(deployed) -> None:
+    policies, pods = deployed
+    ours = policies[0][0]
+    scraped = {**ours, "spec": {**ours["spec"], "ingress": [*ours["spec"]["ingress"], scrape_rule()]}}
+    with_rule = ([(scraped, NAMESPACE), *policies[1:]], pods)
+    assert hop(with_rule, "prometheus", "gateway", None, "TCP"), "Prometheus reaches /metrics on the gateway's pod port"
+    assert not hop(with_rule, "prometheus here", "gateway", None, "TCP"), "only in its own namespace"
+    others = [(source, destination, port, protocol, why) for source, destination, port, protocol, why in REFUSED if source != "prometheus"]
+    assert not [why for source, destination, port, protocol, why in others if hop(with_rule, source, destination, port, protocol)]
+    assert not broken_hops(with_rule)

@@ -11,7 +11,9 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import dask.config
 import fsspec
 import numpy as np
 import psutil
@@ -25,7 +27,17 @@ from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import free_port, stop_process
 from gateway import services
-from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, random_job, wait_for, wait_for_the_stop, workers_held
+from helpers import (
+    assert_all_gone,
+    chunk_objects,
+    descendants,
+    expected_objects,
+    random_job,
+    running_app,
+    wait_for,
+    wait_for_the_stop,
+    workers_held,
+)  # fmt: skip
 from science_gateway.apps.random_array import random_chunk
 from science_gateway.jobs import JobManager
 from science_gateway.region_writes import chunk_selections
@@ -115,26 +127,61 @@ def test_s3_stopping_mid_job_fails_it_naming_storage_and_the_id_can_run_again(tm
 # -- a Dask worker dies during a job ----------------------------------------------
 
 
-def test_a_worker_killed_mid_job_never_leaves_a_done_job_with_missing_chunks(app: Flask, results_fs) -> None:
+def tasks_rerun_after_a_worker_died(dask_scheduler: Any) -> int:
+    """On the scheduler: how often a job's region task was on a worker that died (Dask reran it, or gave up)."""
+    prefix = dask_scheduler.task_prefixes.get("write_region")
+    return prefix.suspicious if prefix is not None else 0
+
+
+# BIG_JOB as a waiting caller's query.
+WORKER_DIES_JOB = "&".join(["seed=11", *(f"{name}={','.join(map(str, value))}" for name, value in BIG_JOB.items())])
+
+
+def kill_a_worker_while_it_writes(app: Flask, job_id: str) -> Any:
+    """A waiting /submit_job of a large job; once its tasks write, one worker killed; the waiting caller's answer.
+
+    The answer is bounded (180 s) so that a hang fails the test; the job takes seconds.
+    """
     client = app.test_client()
+    worker_pids = services(app).cluster.client().run(os.getpid)
+    with ThreadPoolExecutor(1) as caller:
+        waiting = caller.submit(client.get, f"/submit_job/{job_id}?{WORKER_DIES_JOB}")
+
+        def writing() -> bool:
+            record = client.get(f"/jobs/{job_id}")
+            return record.status_code == 200 and record.json["status"] == "running" and record.json["progress"]["chunks_written"] > 0
+
+        wait_for(writing, 60, f"{job_id} to write")
+        psutil.Process(next(iter(worker_pids.values()))).kill()
+        return waiting.result(timeout=180)
+
+
+def test_a_worker_killed_mid_job_costs_the_waiting_caller_nothing_dask_runs_its_tasks_again(app: Flask, results_fs) -> None:
     cluster = services(app).cluster.client()
-    worker_pids = cluster.run(os.getpid)
-    assert client.post("/jobs", json={"job_id": "worker-dies", "seed": 11, **BIG_JOB}).status_code == 202
-    wait_for(lambda: (job := client.get("/jobs/worker-dies").json)["progress"]["chunks_written"] > 0 and job["status"] == "running", 60, "the job to write")
+    rerun_before = cluster.run_on_scheduler(tasks_rerun_after_a_worker_died)
 
-    psutil.Process(next(iter(worker_pids.values()))).kill()
+    answer = kill_a_worker_while_it_writes(app, "worker-dies")
 
-    job = wait_for(lambda: (body := client.get("/jobs/worker-dies").json)["status"] in ("done", "failed") and body, 180, "the job to end")
-    path = f"{BUCKET}/worker-dies"
-    if job["status"] == "done":
-        assert len(chunk_objects(results_fs, f"{path}/data")) == expected_objects(job)
-        assert_values_match_the_seed(zarr.open_group(f"s3://{path}", mode="r")["data"], seed=11)
-    else:
-        assert "worker" in job["error"]["message"]
-        assert not results_fs.exists(f"{path}/zarr.json")
+    assert answer.status_code == 200 and answer.json["status"] == "done", answer.json
+    assert cluster.run_on_scheduler(tasks_rerun_after_a_worker_died) > rerun_before, "a task of the job was on the worker killed"
+    assert len(chunk_objects(results_fs, f"{BUCKET}/worker-dies/data")) == expected_objects(answer.json)
+    assert_values_match_the_seed(zarr.open_group(f"s3://{BUCKET}/worker-dies", mode="r")["data"], seed=11)
     # The nanny brings the worker back: the cluster keeps its size for the next job.
     wait_for(lambda: len(cluster.scheduler_info(n_workers=-1)["workers"]) == 3, 60, "the worker to be restarted")
-    assert client.get("/submit_job/after-the-worker-died?shape=100,100").json["status"] == "done"
+    assert app.test_client().get("/submit_job/after-the-worker-died?shape=100,100").json["status"] == "done"
+
+
+def test_a_task_whose_workers_die_more_often_than_dask_allows_fails_the_job_naming_the_death(s3: LocalS3, results_fs) -> None:
+    """Dask gives a task up once its worker died distributed.scheduler.allowed-failures + 1 times; 0 here, so one death."""
+    results = f"{BUCKET}/worker-deaths-{secrets.token_hex(4)}"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), running_app({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{results}"}, 120) as app:
+        answer = kill_a_worker_while_it_writes(app, "worker-dies-for-good")
+
+    assert answer.status_code == 500, answer.json
+    assert answer.json["error"]["code"] == "job_failed"
+    assert answer.json["error"]["message"] == "job 'worker-dies-for-good' failed: a Dask worker died while running it"
+    assert answer.json["error"]["job"]["status"] == "failed"
+    assert not results_fs.exists(f"{results}/worker-dies-for-good"), "its partial array removed"
 
 
 # -- a job over its timeout --------------------------------------------------------

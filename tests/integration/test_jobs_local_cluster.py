@@ -65,6 +65,9 @@ def test_a_sharded_job_is_the_unsharded_one_bit_for_bit_in_one_object_per_shard(
         values = assert_complete_result(results_fs, body, BUCKET)
         assert_made_from_its_seed(body["url"], 5)
     assert len(chunk_objects(results_fs, f"{BUCKET}/one-shard-{suffix}/data")) == 1, "the default job is one object"
+    # No shards is still Zarr 3, which zarr-python 2 cannot read: its readers need GATEWAY_ZARR_FORMAT=2.
+    assert zarr.open_group(plain.json["url"], mode="r").metadata.zarr_format == 3
+    assert results_fs.exists(f"{BUCKET}/unsharded-{suffix}/data/zarr.json") and not results_fs.exists(f"{BUCKET}/unsharded-{suffix}/data/.zarray")
     opened = xr.open_zarr(sharded.json["url"])["data"]
     assert opened.encoding["chunks"] == (100, 100) and opened.encoding["shards"] == (500, 1000)
     np.testing.assert_array_equal(opened.values, values)

@@ -12,6 +12,7 @@ the room of 200 users.
 
 import hashlib
 import os
+import re
 import secrets
 import socket
 import threading
@@ -252,6 +253,14 @@ def test_a_hub_user_named_like_the_gateways_service_owns_jobs_of_their_own(hub_g
     assert submitted.json()["owner"] == "user:service:science-gateway"
 
 
+def jobs_on_the_page(http, url: str, caller: dict[str, str]) -> list[tuple[str, str]]:
+    """The (job id, owner) of each row of the jobs page as this caller's browser gets it."""
+    page = http.get(f"{url}/", headers={**caller, "Accept": "text/html"}, timeout=30)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html"), page.text
+    rows = page.text.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return re.findall(r'<tr data-job-id="([^"]*)" data-owner="([^"]*)"', rows)
+
+
 def test_each_user_sees_only_their_own_jobs_and_an_admin_reaches_anyones_explicitly(hub_gateway: RunningGateway, tokens: dict[str, str], http) -> None:
     url = hub_gateway.url
     alice, bob, carol = as_user(tokens["alice"]), as_user(tokens["bob"]), as_user(tokens["carol"])
@@ -262,6 +271,8 @@ def test_each_user_sees_only_their_own_jobs_and_an_admin_reaches_anyones_explici
 
     listed = {job["job_id"] for job in http.get(f"{url}/jobs", headers=alice, timeout=30).json()["jobs"]}
     assert "alices-run" in listed and "bobs-run" not in listed
+    alices_page = jobs_on_the_page(http, url, alice)
+    assert ("alices-run", "alice") in alices_page and not [row for row in alices_page if row[1] != "alice"], "the page: her own jobs alone"
     for method, path in (
         ("GET", "/jobs/bobs-run"), ("GET", "/jobs/bobs-run/preview.png"), ("DELETE", "/jobs/bobs-run"),
         ("GET", "/users/bob/jobs/bobs-run"), ("GET", "/users/bob/jobs/bobs-run/preview.png"), ("DELETE", "/users/bob/jobs/bobs-run"),
@@ -275,6 +286,7 @@ def test_each_user_sees_only_their_own_jobs_and_an_admin_reaches_anyones_explici
 
     everyone = [(job["owner"], job["job_id"]) for job in http.get(f"{url}/jobs?limit=1000", headers=carol, timeout=30).json()["jobs"]]
     assert {("alice", "alices-run"), ("bob", "bobs-run"), ("alice", "bobs-run")} <= set(everyone)
+    assert {("alices-run", "alice"), ("bobs-run", "bob"), ("bobs-run", "alice")} <= set(jobs_on_the_page(http, url, carol)), "an admin's page: everyone's"
     assert http.get(f"{url}/jobs/bobs-run", headers=carol, timeout=60).status_code == 404, "an admin's own ids are their own too"
     assert http.get(f"{url}/users/bob/jobs/bobs-run", headers=carol, timeout=60).json()["owner"] == "bob"
     assert http.get(f"{url}/users/bob/jobs/bobs-run/preview.png?size=thumbnail", headers=carol, timeout=60).status_code == 200

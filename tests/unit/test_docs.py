@@ -1,9 +1,13 @@
-"""The documentation says what the code does: the configuration table against load_settings."""
+"""The documentation says what the code does: the configuration table against the code that reads the environment, and more."""
 
+import ast
 import importlib
 import inspect
+import itertools
 import re
+import runpy
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import dask.config
 import pytest
@@ -13,8 +17,8 @@ from science_gateway.settings import LONGEST_TTL, Settings, load_settings
 from servers import PROJECT
 
 TABLE = PROJECT / "docs" / "configuration.md"
-# Read by the libraries (botocore, obstore, dask-gateway), not by load_settings: documented all the same.
-READ_ELSEWHERE = re.compile(r"AWS_\w+|DASK_GATEWAY__\w+")
+# dask-gateway's own settings, which load_settings reads through dask's configuration, not by name.
+READ_ELSEWHERE = re.compile(r"DASK_GATEWAY__\w+")
 
 
 class RecordingEnvironment(dict):
@@ -54,21 +58,113 @@ def no_dask_config_files(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dask.config, "paths", [])
 
 
-def test_every_variable_the_service_reads_is_in_the_table_and_every_one_in_it_is_read() -> None:
+def read_by_load_settings() -> set[str]:
+    """The variables load_settings asks for, with and without the hub's settings (read only with GATEWAY_AUTH=jupyterhub)."""
     environment = RecordingEnvironment()
     load_settings(environment)
-    # The hub's settings are read only with GATEWAY_AUTH=jupyterhub.
     with_hub = RecordingEnvironment({"GATEWAY_AUTH": "jupyterhub", "JUPYTERHUB_API_URL": "http://hub:8081/hub/api"})
     load_settings(with_hub)
     # Dask's own configuration reads DASK_* variables of its own (DASK_INTERNAL_INHERIT_CONFIG): dask documents those.
-    read = {name for name in environment.asked | with_hub.asked if not name.startswith("DASK_")}
+    return {name for name in environment.asked | with_hub.asked if not name.startswith("DASK_")}
+
+
+def test_every_variable_load_settings_reads_is_in_the_table() -> None:
+    read = read_by_load_settings()
+    assert "GATEWAY_RESULTS_URL" in read
+    assert read - set(documented()) == set(), "read by load_settings but not in docs/configuration.md"
+
+
+# The service's code: what runs in the gateway's process and on its workers, gunicorn's configuration included.
+SERVICE_CODE = [PROJECT / "gateway.py", PROJECT / "gunicorn.conf.py", *sorted((PROJECT / "science_gateway").rglob("*.py"))]
+
+
+def _is_environment(node: ast.expr) -> bool:
+    """``os.environ``, or a function's ``environ`` argument (settings.py reads a mapping it is given)."""
+    if isinstance(node, ast.Attribute):
+        return node.attr == "environ" and isinstance(node.value, ast.Name) and node.value.id == "os"
+    return isinstance(node, ast.Name) and node.id == "environ"
+
+
+def _tuples_of_strings() -> dict[str, set[str]]:
+    """Each module-level tuple of strings of the service's code, by name (results_objects.CONFIGURED_BY, imported elsewhere)."""
+    return {
+        target.id: {element.value for element in node.value.elts if isinstance(element, ast.Constant) and isinstance(element.value, str)}
+        for path in SERVICE_CODE
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
+def environment_reads(path: Path) -> tuple[set[str], list[str]]:
+    """The variables a module reads by name, and where it reads one this cannot name.
+
+    A read is ``environ.get(NAME)``, ``environ[NAME]`` or ``os.getenv(NAME)``, with NAME a string, a
+    loop variable over a module-level tuple of strings, or a parameter of a function that takes ``environ``
+    (a helper of settings.py, whose callers pass the name: the string after ``environ`` in any call).
+    """
+    tree = ast.parse(path.read_text())
+    tuples = _tuples_of_strings()
+    loops = {
+        loop.target.id: tuples[loop.iter.id]
+        for loop in ast.walk(tree)
+        if isinstance(loop, ast.comprehension) and isinstance(loop.target, ast.Name) and isinstance(loop.iter, ast.Name) and loop.iter.id in tuples
+    }
+    helpers_parameters = {
+        argument.arg
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef) and "environ" in {argument.arg for argument in function.args.args}
+        for argument in function.args.args
+    }
+    names: set[str] = set()
+    unnamed: list[str] = []
+    for node in ast.walk(tree):
+        key: ast.expr | None = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "get" and _is_environment(node.func.value) or node.func.attr == "getenv":
+                key = node.args[0]
+        elif isinstance(node, ast.Subscript) and _is_environment(node.value):
+            key = node.slice
+        if isinstance(node, ast.Call):
+            names |= {
+                name.value
+                for given, name in itertools.pairwise(node.args)
+                if _is_environment(given) and isinstance(name, ast.Constant) and isinstance(name.value, str)
+            }
+        if key is None:
+            continue
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            names.add(key.value)
+        elif isinstance(key, ast.Name) and key.id in loops:
+            names |= loops[key.id]
+        elif not (isinstance(key, ast.Name) and key.id in helpers_parameters):
+            unnamed.append(f"{path.name}:{node.lineno}")
+    return names, unnamed
+
+
+def test_every_variable_the_services_code_reads_is_in_the_table_and_every_one_in_it_is_read() -> None:
+    """Beyond load_settings: gunicorn.conf.py's own, and the S3 variables the results store is opened with."""
+    read: set[str] = set()
+    for path in SERVICE_CODE:
+        names, unnamed = environment_reads(path)
+        assert unnamed == [], "an environment read this test cannot name: name the variable"
+        read |= names
+    assert {"GATEWAY_RESULTS_URL", "FORWARDED_ALLOW_IPS", "AWS_ENDPOINT_URL_S3"} <= read, "reads in settings.py, gunicorn.conf.py, results_objects.py"
     table = set(documented())
-    assert read - table == set(), "read by load_settings but not in docs/configuration.md"
-    assert {name for name in table if not READ_ELSEWHERE.fullmatch(name)} - read == set(), "in the table but never read"
-    assert {"AWS_ACCESS_KEY_ID", "AWS_CA_BUNDLE", "DASK_GATEWAY__ADDRESS"} <= table
+    assert read - table == set(), "read by the service but not in docs/configuration.md"
+    assert {name for name in table if not READ_ELSEWHERE.fullmatch(name)} - read - read_by_load_settings() == set(), "in the table but never read"
+    assert "DASK_GATEWAY__ADDRESS" in table
 
 
-@pytest.mark.parametrize(("name", "default"), [(name, default) for name, default in documented().items() if default is not None])
+def test_gunicorns_forwarded_allow_ips_default_is_the_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    assert runpy.run_path(str(PROJECT / "gunicorn.conf.py"))["forwarded_allow_ips"] == documented()["FORWARDED_ALLOW_IPS"]
+
+
+@pytest.mark.parametrize(
+    ("name", "default"), [(name, default) for name, default in documented().items() if default is not None and name in read_by_load_settings()]
+)
 def test_setting_a_variable_to_its_documented_default_changes_nothing(name: str, default: str) -> None:
     assert load_settings({name: default}) == load_settings({}) == Settings()
 
@@ -133,3 +229,13 @@ def test_the_example_package_is_what_the_gateway_finds_installed() -> None:
     assert (installed.name, installed.__module__) == ("julia-set", "gateway_julia_set")
     source = (PROJECT / "examples" / "apps" / "julia-set" / "gateway_julia_set" / "__init__.py").read_text()
     assert inspect.getsource(importlib.import_module(installed.__module__)) == source, "make test installs the package as it is in the tree"
+
+
+DOCS = [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
+
+
+def test_every_query_the_docs_write_after_a_path_starts_with_a_question_mark() -> None:
+    """`/submit_job/<id>&shards=none` is a job id with `&shards=none` in it: a path's query begins with `?`."""
+    queried = [(path.name, found) for path in DOCS for found in re.findall(r"[^\s`'\"(]*/[^\s`'\"(]*[?&]\w+=[^\s`'\")]*", path.read_text())]
+    assert len(queried) > 1, "the docs write paths with queries (`$GATEWAY_URL/jobs?status=running`, `/submit_job/<id>?shards=none`)"
+    assert [(name, url) for name, url in queried if re.search(r"[?&]", url).group() != "?"] == []
