@@ -27,6 +27,7 @@ from distributed import Client, LocalCluster
 from bench import worker_cpu
 from bench.coarsen_row import measure_coarsen
 from bench.measure import PeakMemory, Run, count_requests, rss_megabytes, run_jobs
+from bench.records_start import OWNERS, RECORDS_PER_OWNER, measure_records
 from bench.report import write_report
 from bench.result_reads import measure_reads
 from bench.workloads import Baseline, Floor, Gateway, ObstoreFloor, Shape
@@ -39,7 +40,7 @@ from science_gateway.apps.layout import auto_shards
 from science_gateway.cluster import WORKER_MALLOC_ENVIRON
 
 # The S3 buckets: one per way of writing; the gateway's sharded jobs share its bucket, the obstore floor the floor's.
-BUCKETS = ("floor", "baseline", "gateway")
+BUCKETS = ("floor", "baseline", "gateway", "records")
 BATCH_SIZES = (8, 16, 32, 64, 128)
 # The room measured before the workshop work: 40 callers of 6000x6000 jobs made 9 of 53 probes fail.
 WORKSHOP_CALLERS, WORKSHOP_SHAPE, WORKSHOP_CHUNKS = 40, (6000, 6000), (1000, 1000)
@@ -181,6 +182,9 @@ def main() -> int:
         results["coarsen"] = measure_coarsen(
             served.url, "gateway", job_ids("coarsen", 1)[0], shape, COARSEN_CHUNKS, COARSEN_FACTOR, 1 if args.quick else COARSEN_SAMPLES
         ).to_json()
+        owners, per_owner = (2, 100) if args.quick else (OWNERS, RECORDS_PER_OWNER)
+        print(f"a start-up reading {owners * per_owner} job records, and its floor", flush=True)
+        results["records"] = measure_records("s3://records", owners, per_owner)
     finally:
         stop_process(served.process, timeout=120)
         client.close()

@@ -21,6 +21,8 @@ FLOORS = ("floor", "floor-obstore")
 README_END = "<!-- bench:end -->"
 # The object a read sends is at most a block (object_reads.BLOCK_BYTES) in the gateway at once, per reader; ten readers at once.
 READ_GROWTH_MB = 50
+# A start-up's records must fit beside the gateway in its pod's 1 GiB (deploy_gateway.yaml) with room to spare.
+RECORDS_GROWTH_MB = 400
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,19 @@ def targets(results: dict) -> list[Target]:
         Target(f"reading {_size(reads)} through http_url >= 70 % of the MB/s straight from S3, same client", f"{100 * ratio:.0f} %", ratio >= 0.7),
         Target(f"gateway memory flat while it serves that read: peak growth < {READ_GROWTH_MB} MB", f"{read_growth:+.1f} MB", read_growth < READ_GROWTH_MB),
         Target(f"gateway memory growth < 30 MB over {memory['jobs']} jobs", f"{growth:+.1f} MB", growth < 30 and memory["jobs"] >= 500),
+        *records_targets(results["records"]),
         no_failed_job(results),
     ]
     return found
+
+
+def records_targets(records: dict) -> list[Target]:
+    ratio = records["seconds"] / records["floor_seconds"] if records["floor_seconds"] else float("inf")
+    growth = records["peak_rss_mb"] - records["rss_before_mb"]
+    return [
+        Target(f"a start-up reads {records['records']} job records within 1.5x obstore's time to fetch them", f"{ratio:.2f}x", ratio <= 1.5),
+        Target(f"and holds them in < {RECORDS_GROWTH_MB} MB more", f"{growth:+.0f} MB", growth < RECORDS_GROWTH_MB),
+    ]
 
 
 def no_failed_job(results: dict) -> Target:
@@ -190,6 +202,13 @@ def table(results: dict) -> str:
         f"from its POST until done, {coarsen['gateway_megabytes_per_second']:.0f} MB/s; the floor of the same GETs and PUTs with obstore "
         f"from one process {floor_rate:.0f} MB/s ({coarsen['gateway_megabytes_per_second'] / floor_rate if floor_rate else 0:.2f}x; "
         f"medians of {len(coarsen['seconds']['gateway'])}).",
+    ]
+    records = results["records"]
+    lines += [
+        "",
+        f"A start-up reading {records['records']} job records ({records['stored_megabytes']:.0f} MB, done jobs of 1000 per user): "
+        f"{records['seconds']:.0f} s until the gateway could be ready, beside {records['floor_seconds']:.0f} s for obstore to list and fetch them "
+        f"from one process; {records['rss_before_mb']:.0f} MB before, at most {records['peak_rss_mb']:.0f} MB, {records['rss_after_mb']:.0f} MB after.",
     ]
     memory, during_runs = results["memory_run"], results["gateway_memory_mb"]
     rates = [
