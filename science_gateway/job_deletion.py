@@ -108,17 +108,26 @@ class JobDeletion:
             for key in readers:
                 record = table.records[key]
                 if record.status == RUNNING:
-                    self._stop_running(key, error)
+                    # A reader its owner is cancelling ends cancelled, as that DELETE answers.
+                    if key not in table.cancel_requested:
+                        self._stop_running(key, error)
                     continue
                 table.queue.remove(key)
                 final = table.records[key] = finish(record, FAILED, error=error)
+                # Reserved until saved: a resubmission of its id must not be overwritten by this record.
+                table.reserved.add(key)
                 failed.append(final)
                 self._metrics.job_finished(FAILED, 0.0, record.work.app)
                 table.changed(key)
             table.lock.wait_for(lambda: all(table.records[key].status in FINISHED for key in readers if key in table.records))
         for record in failed:
             logger.info("job %s failed: %s", record.key, error["message"])
-            self._keeper.save_quietly(record)
+            try:
+                self._keeper.save_quietly(record)
+            finally:
+                with table.lock:
+                    table.reserved.discard(record.key)
+                    table.changed(record.key)
 
     def _stop_running(self, key: JobKey, error: dict[str, str] | None) -> None:
         """Stop a running job, which then ends cancelled (``error`` None) or failed with ``error``; called with the lock held."""

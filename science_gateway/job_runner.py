@@ -85,13 +85,19 @@ class JobRunner:
             final = None
             if table.records.get(key) is record and record.status == RUNNING:
                 final = table.records[key] = finish(record, FAILED, error=error)
+                # Reserved until saved (it may be reserved already, by _complete): a resubmission waits for the save.
+                table.reserved.add(key)
             table.running.pop(key, None)
             table.cancel_requested.pop(key, None)
-            table.reserved.discard(key)
             table.changed(key)
         if final is not None:
-            self._keeper.discard_result(record)
-            self._keeper.save_quietly(final)
+            try:
+                self._keeper.discard_result(record)
+                self._keeper.save_quietly(final)
+            finally:
+                with table.lock:
+                    table.reserved.discard(key)
+                    table.changed(key)
 
     def _run(self, record: JobRecord) -> None:
         table = self._table

@@ -8,7 +8,8 @@ waiting for the jobs that changed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterator, MutableMapping
+from collections.abc import Collection, ItemsView, Iterator, KeysView, MutableMapping, ValuesView
+from typing import Any
 
 from .chunk_writes import ChunkWrites
 from .fair_queue import FairQueue
@@ -48,6 +49,22 @@ class JobRecords(MutableMapping[JobKey, JobRecord]):
     def clear(self) -> None:
         self._records.clear()
         self._by_owner.clear()
+
+    # The dict's own, not MutableMapping's key-by-key ones: scans of every record run under the table's lock.
+    def __contains__(self, key: object) -> bool:
+        return key in self._records
+
+    def get(self, key: JobKey, default: Any = None) -> Any:
+        return self._records.get(key, default)
+
+    def keys(self) -> KeysView[JobKey]:
+        return self._records.keys()
+
+    def values(self) -> ValuesView[JobRecord]:
+        return self._records.values()
+
+    def items(self) -> ItemsView[JobKey, JobRecord]:
+        return self._records.items()
 
     def of_owner(self, owner: str | None) -> Collection[JobRecord]:
         """``owner``'s records (None: those of jobs without an owner)."""

@@ -41,6 +41,9 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# A caller at their records' cap must delete jobs first: trying again soon would only be refused again.
+RECORDS_RETRY_AFTER_SECONDS = 300
+
 # The job errors are raised here, and their callers name them from this module.
 __all__ = ["INTERRUPTED", "GatewayStopping", "JobAlreadyExists", "JobInterrupted", "JobManager", "JobNotFound"]
 
@@ -277,6 +280,7 @@ class JobManager:
                 "too_many_records_of_owner", f"{owner} has {records} jobs of every status",
                 settings.max_records_per_owner, "GATEWAY_MAX_RECORDS_PER_OWNER",
                 "delete finished jobs (DELETE /jobs/<id>) or submit again under the id of a failed or cancelled one",
+                retry_after=RECORDS_RETRY_AFTER_SECONDS,
             )  # fmt: skip
         held = table.queue.count(owner) + len(submitting) + sum(key.owner == owner for key in table.running)
         if held >= settings.max_jobs_per_owner:
@@ -368,8 +372,8 @@ class JobManager:
     def cancel_or_delete(self, key: JobKey) -> JobRecord | None:
         """Cancel a queued or running job and return its record; delete a finished one and return None.
 
-        The jobs that read a done job being deleted fail first, saying why: a
-        queued one at once, a running one once its tasks have stopped.
+        As :meth:`JobDeletion.cancel_or_delete`: a running job ends cancelled, never done;
+        a cancellation the store refuses is undone (:class:`StorageError`).
         """
         self._require_loaded()
         return self._deletion.cancel_or_delete(key)

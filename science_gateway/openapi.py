@@ -41,7 +41,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS), or the body over 16 KiB",
         415: "The Content-Type is not application/json, even with no body",
         416: "No byte of the requested range is in the object; Content-Range says its size",
-        429: "Over a limit on waiting callers (all, or one owner's), queued jobs, one owner's jobs, stored bytes or one owner's reads (error.limit, error.setting; error.usage for quota_exceeded); Retry-After says when to try again",
+        429: "Over a limit on waiting callers (all, or one owner's), queued jobs, one owner's jobs, one owner's records, stored bytes or one owner's reads (error.limit, error.setting; error.usage for quota_exceeded); Retry-After says when to try again",
         500: "The job failed on the cluster (job_failed), or the gateway failed unexpectedly (internal_error; its log says more)",
         502: "The results store failed; the message names the cause",
         503: "No working Dask cluster, not ready, the gateway is stopping, or JupyterHub cannot be asked about a token",

@@ -37,27 +37,23 @@ class RecordKeeper:
     def load(self) -> None:
         """Fill the table with the stored records this service could have written; raise what reading them raised."""
         trusted = trusted_records(self._store.read_records(), self._store.url_for, self._apps.schema_checks())
-        for reason in trusted.skipped:
-            self._metrics.records_skipped.inc()
-            logger.warning("%s; skipped it", reason)
         # Under its own name first, then the old name removed: a rename cut short is finished at the next start.
         for old_name, record in trusted.renames:
             if record is not None:
                 self.save(record)
             self._store.delete_record(old_name)
-        records = trusted.records
-        interrupted: list[JobRecord] = []
-        completed: list[JobRecord] = []
+        # Decided from the store before the table's lock is taken: a slow store must not hold up every request.
+        records = [self._ended_with_the_last_process(record) if record.status == RUNNING else record for record in trusted.records]
+        was_running = {record.key for record in trusted.records if record.status == RUNNING}
+        interrupted = [record for record in records if record.key in was_running and record.status != DONE]
+        completed = [record for record in records if record.key in was_running and record.status == DONE]
         table = self._table
         with table.lock:
             # A failed attempt may have filled these in part.
             table.records.clear()
             table.queue.clear()
             for record in records:
-                if record.status == RUNNING:
-                    record = self._ended_with_the_last_process(record)
-                    (completed if record.status == DONE else interrupted).append(record)
-                elif record.status == QUEUED:
+                if record.status == QUEUED:
                     table.queue.append(record.key, record.owner)
                 table.records[record.key] = record
         for record in interrupted:
@@ -65,6 +61,10 @@ class RecordKeeper:
             self.save(record)
         for record in completed:
             self.save(record)
+        # Once the load has succeeded: a load tried again after a failure counts each skipped record once.
+        for reason in trusted.skipped:
+            self._metrics.records_skipped.inc()
+            logger.warning("%s; skipped it", reason)
         logger.info(
             "read %d job records (%d interrupted, %d completed, %d queued, %d renamed)",
             len(records), len(interrupted), len(completed), len(table.queue), len(trusted.renames),

@@ -114,13 +114,11 @@ def put_all(store: ObjectStore, objects: dict[str, bytes]) -> None:
 GETS_IN_FLIGHT = 64
 
 
-def keys_under(store: ObjectStore, prefix: str) -> list[str]:
-    """Every object's key under ``prefix``."""
-    return [item["path"] for batch in obstore.list(store, prefix=prefix) for item in batch]
-
-
 def get_all(store: ObjectStore, keys: list[str]) -> dict[str, bytes]:
-    """The objects' contents, ``GETS_IN_FLIGHT`` at a time; one deleted meanwhile is left out."""
+    """The objects' contents, ``GETS_IN_FLIGHT`` at a time; one deleted meanwhile is left out.
+
+    A key obstore cannot use as a path (an empty segment, bytes that are no UTF-8) reads as empty: it is no object of the service's.
+    """
     in_flight = asyncio.Semaphore(GETS_IN_FLIGHT)
 
     async def get(key: str) -> tuple[str, bytes | None]:
@@ -129,6 +127,8 @@ def get_all(store: ObjectStore, keys: list[str]) -> dict[str, bytes]:
                 return key, (await (await obstore.get_async(store, key)).bytes_async()).to_bytes()
             except obstore.exceptions.NotFoundError:
                 return key, None
+            except (obstore.exceptions.InvalidPathError, UnicodeEncodeError):
+                return key, b""
 
     async def get_each() -> list[tuple[str, bytes | None]]:
         return await asyncio.gather(*(get(key) for key in keys))

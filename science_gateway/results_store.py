@@ -312,7 +312,8 @@ class ResultsStore:
         prefix = f"{RECORDS_PREFIX}/"
         failure = f"reading the job records in {self.url} failed"
         try:
-            keys = [key for key in results_objects.keys_under(self._objects, prefix) if key.endswith(".json")]
+            # Listed with s3fs: obstore stops a whole listing at one key it cannot parse (".jobs/a//b.json").
+            keys = [path.removeprefix(f"{self._root}/") for path in self._fs.find(f"{self._root}/{prefix}") if path.endswith(".json")]
         except Exception as exc:
             raise StorageError(describe_storage_failure(failure, exc)) from exc
         for start in range(0, len(keys), RECORDS_PER_READ):

@@ -31,10 +31,11 @@ from helpers import (
     random_job,
     running_app,
     wait_for,
+    wait_for_the_stop,
     workers_held,
 )  # fmt: skip
 from science_gateway.admission import AdmissionRefused
-from science_gateway.job_records import DONE, FAILED, RUNNING, JobKey, JobRecord
+from science_gateway.job_records import CANCELLED, DONE, RUNNING, JobKey, JobRecord
 from science_gateway.jobs import GatewayStopping, JobManager, JobNotFound
 from science_gateway.metrics import GatewayMetrics
 from science_gateway.results_store import ResultsStore
@@ -367,21 +368,28 @@ def test_a_burst_of_concurrent_submissions_by_one_owner_never_passes_a_limit_tog
     assert sorted(answers) == ["accepted"] * 2 + [burst] * 28
 
 
-def test_finished_jobs_count_in_an_owners_records_and_a_failed_ones_id_may_be_used_again(app: Flask) -> None:
-    """Every job here fails at once (a timeout of 1 ms): finished, yet each keeps a record."""
-    manager = manager_on(app, f"s3://{BUCKET}/records-{uuid.uuid4().hex[:8]}", max_records_per_owner=2, job_timeout=0.001)
+def test_finished_jobs_count_in_an_owners_records_and_a_cancelled_ones_id_may_be_used_again(app: Flask) -> None:
+    """One job at a time, held on paused workers: the two after it are queued, then cancelled, finished yet each with a record."""
+    manager = manager_on(app, f"s3://{BUCKET}/records-{uuid.uuid4().hex[:8]}", max_records_per_owner=3, max_running_jobs=1)
     manager.start()
     small = random_job(seed=1, shape=(10, 10), chunks=(10, 10))
+    cluster = services(app).cluster.client()
     try:
-        for job_id in ("first", "second"):
-            assert manager.wait(manager.submit(job_id, small, "alice")[0].key, 120).status == FAILED
-        with pytest.raises(AdmissionRefused, match="GATEWAY_MAX_RECORDS_PER_OWNER") as refused:
-            manager.submit("third", small, "alice")
-        assert manager.submit("first", small, "alice")[1], "a failed job's id replaces its record"
-        assert manager.submit("bobs", small, "bob")[1], "each owner has records of their own"
+        with ThreadPoolExecutor(1) as pool:
+            with workers_held(cluster):
+                held = manager.submit(f"held-{uuid.uuid4().hex[:8]}", random_job(seed=2, shape=(1000, 1000), chunks=(100, 100)), "alice")[0].key
+                for job_id in ("first", "second"):
+                    assert manager.cancel_or_delete(manager.submit(job_id, small, "alice")[0].key).status == CANCELLED
+                with pytest.raises(AdmissionRefused, match="GATEWAY_MAX_RECORDS_PER_OWNER") as refused:
+                    manager.submit("third", small, "alice")
+                assert manager.submit("first", small, "alice")[1], "a cancelled job's id replaces its record"
+                assert manager.submit("bobs", small, "bob")[1], "each owner has records of their own"
+                cancelling = pool.submit(manager.cancel_or_delete, held)
+                wait_for_the_stop(cluster, held.job_id)
+            assert cancelling.result(timeout=120).status == CANCELLED
     finally:
         manager.close()
-    assert (refused.value.code, refused.value.limit, refused.value.setting) == ("too_many_records_of_owner", 2, "GATEWAY_MAX_RECORDS_PER_OWNER")
+    assert (refused.value.code, refused.value.limit, refused.value.setting) == ("too_many_records_of_owner", 3, "GATEWAY_MAX_RECORDS_PER_OWNER")
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

@@ -46,9 +46,14 @@ def metrics() -> GatewayMetrics:
 
 
 def started(app: Flask, prefix: str, counted: GatewayMetrics | None = None):
+    """A manager of its own whose records are read; closed here if they are not."""
     manager = manager_on(app, f"s3://{prefix}", counted)
     manager.start()
-    wait_for(lambda: manager.readiness()[0], 60, "the records to be read")
+    try:
+        wait_for(lambda: manager.readiness()[0], 60, "the records to be read")
+    except BaseException:
+        manager.close()
+        raise
     return manager
 
 

@@ -1,6 +1,7 @@
 """Job records as stored: what this service wrote reads back, older forms included; anything else is skipped."""
 
 import json
+import os
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -229,3 +230,36 @@ def test_only_a_finished_job_past_its_time_has_expired() -> None:
     ]
     assert not has_expired(replace(record, status="done", expires_at=(now + timedelta(seconds=1)).isoformat()), now)
     assert not has_expired(replace(record, status="done", expires_at=None), now)
+
+
+def test_a_start_up_reads_every_record_in_batches_and_a_key_no_store_can_name_costs_that_key_alone(tmp_path) -> None:
+    from science_gateway.results_store import RECORDS_PER_READ, ResultsStore
+
+    store = ResultsStore(tmp_path.as_uri())
+    records = [JobRecord(f"run-{index}", random_job(seed=index), store.url_for(f"run-{index}")) for index in range(RECORDS_PER_READ + 1)]
+    for record in records:
+        store.write_record(record.record_name, record.to_stored())
+    # A name of bytes that are no UTF-8, as another tool could leave: obstore cannot even ask for it.
+    (tmp_path / ".jobs" / os.fsdecode(b"\xff.json")).write_bytes(b"{}")
+    trusted = trusted_records(store.read_records(), store.url_for, SCHEMAS)
+    assert sorted(record.job_id for record in trusted.records) == sorted(record.job_id for record in records)
+    assert trusted.skipped == ["job record '\\udcff.json' is malformed (JSONDecodeError: Expecting value: line 1 column 1 (char 0))"]
+
+
+def test_a_done_records_parameters_are_shown_as_stored_and_only_a_queued_ones_must_fit_its_app() -> None:
+    work = JobWork("random-array", "1.0.0", {"seed": -1}, Output((10, 10), (10, 10), "float32"))
+    done = JobRecord("run-8", work, url_for("run-8"), status="done", finished_at="2026-12-01T00:00:00+00:00")
+    assert record_from_stored("run-8.json", stored(done), url_for, SCHEMAS).work == work
+    with pytest.raises(InvalidRecord, match="its parameters do not fit"):
+        record_from_stored("run-8.json", stored(done, status="queued", finished_at=None), url_for, SCHEMAS)
+
+
+def test_a_check_that_raises_costs_the_record_it_reads_and_no_other() -> None:
+    def breaks(parameters: object) -> bool:
+        raise RuntimeError("a check this module lacks")
+
+    queued = JobRecord("run-1", random_job(seed=1), url_for("run-1"))
+    other = JobRecord("run-2", random_job(seed=2), url_for("run-2"), status="done")
+    trusted = trusted_records({"run-1.json": stored(queued), "run-2.json": stored(other)}, url_for, {"random-array": breaks})
+    assert [record.job_id for record in trusted.records] == ["run-2"]
+    assert trusted.skipped == ["job record 'run-1.json' could not be read (RuntimeError: a check this module lacks)"]
