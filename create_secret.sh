@@ -10,8 +10,8 @@
 #   ./create_secret.sh [-n NAMESPACE] [--readers] [--dry-run] [CONFIG_FILE]
 #
 # CONFIG_FILE (default: my_aws_config, or my_aws_reader_config with --readers)
-# holds KEY=VALUE lines; see my_aws_config.example. --dry-run prints the Secret
-# it would apply, every value redacted, and applies nothing. No secret value is
+# holds KEY=VALUE lines; see my_aws_config.example. The Secret is created, or
+# replaced when it exists. --dry-run prints it, every value redacted, and changes nothing. No secret value is
 # ever printed: values go to kubectl through a private temporary file, never on
 # a command line.
 set -euo pipefail
@@ -111,11 +111,17 @@ create=(kubectl create secret generic "$SECRET_NAME" --from-env-file="$env_file"
 [ -n "$namespace" ] && create+=(--namespace "$namespace")
 
 if $dry_run; then
-    echo "# dry run: would apply this Secret (values redacted)"
+    echo "# dry run: would create or replace this Secret (values redacted)"
     "${create[@]}" | sed -E '/^data:/,/^[^ ]/ s/^(  [A-Za-z0-9_]+): .*/\1: <redacted>/'
     exit 0
 fi
 
-apply=(kubectl apply -f -)
-[ -n "$namespace" ] && apply+=(--namespace "$namespace")
-"${create[@]}" | "${apply[@]}"
+# Created, or replaced whole when it exists: never `kubectl apply`, whose client-side
+# form keeps a copy of the whole Secret, values and all, in its last-applied-configuration
+# annotation, which `kubectl describe` shows. A replace drops an annotation left by an apply.
+in_namespace=()
+[ -n "$namespace" ] && in_namespace=(--namespace "$namespace")
+existing=$(kubectl get secret "$SECRET_NAME" "${in_namespace[@]}" --ignore-not-found -o name)
+verb=create
+[ -z "$existing" ] || verb=replace
+"${create[@]}" | kubectl "$verb" "${in_namespace[@]}" -f -
