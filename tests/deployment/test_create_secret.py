@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dask_gateway_server.models import User
 
-from artifacts import readers_opt_in_values
+from artifacts import options_handler, readers_opt_in_values
 from servers import PROJECT
 
 VALUES = {
@@ -58,6 +59,26 @@ def test_the_readers_secret_is_the_one_the_documented_opt_in_gives_notebooks(tmp
     }
     assert referenced == {"gateway-results-reader"}
     assert_no_secret_shown(done)
+
+
+def test_the_workers_secret_is_the_one_dask_gateway_mounts_into_the_gateways_workers_alone(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "my_aws_workers_config", [f"{key}={value}" for key, value in VALUES.items()])
+    done = create_secret("--workers", "--dry-run", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "name: gateway-results-workers" in done.stdout and "name: awsconfig" not in done.stdout
+    worker = options_handler()({}, User("service:science-gateway"))["worker_extra_container_config"]
+    assert worker["envFrom"] == [{"secretRef": {"name": "gateway-results-workers"}}]
+    assert_no_secret_shown(done)
+    elsewhere = tmp_path / "only-the-gateways-file"
+    elsewhere.mkdir()
+    (elsewhere / "my_aws_config").write_text("AWS_ACCESS_KEY_ID=AKIAEXAMPLEKEY123456\n")
+    done = create_secret("--workers", "--dry-run", cwd=elsewhere)
+    assert done.returncode == 1 and "'my_aws_workers_config' not found" in done.stderr, "its file is its own"
+
+
+def test_one_secret_at_a_time() -> None:
+    done = create_secret("--workers", "--readers", "--dry-run")
+    assert done.returncode == 2 and "usage:" in done.stderr
 
 
 def test_the_readers_file_is_its_own(tmp_path: Path) -> None:

@@ -26,13 +26,13 @@ def test_values_set_what_the_service_needs() -> None:
     assert "idle_timeout" in snippet
     assert 'scheduler_cmd = ["dask", "scheduler"]' in snippet and 'worker_cmd = ["dask", "worker"]' in snippet
     assert "envFrom" not in gateway["backend"]["worker"]["extraContainerConfig"], "no Secret in every cluster's workers"
-    assert "awsconfig" not in str(gateway["backend"]), "nor in their schedulers"
+    assert "awsconfig" not in str(gateway["backend"]) and "gateway-results-workers" not in str(gateway["backend"]), "nor in their schedulers"
 
 
-def test_only_the_science_gateway_services_clusters_mount_the_write_secret() -> None:
+def test_only_the_science_gateway_services_clusters_mount_the_workers_secret_and_never_the_gateways() -> None:
     worker = options_handler()({}, User("service:science-gateway"))["worker_extra_container_config"]
 
-    assert worker["envFrom"] == [{"secretRef": {"name": "awsconfig"}}]
+    assert worker["envFrom"] == [{"secretRef": {"name": "gateway-results-workers"}}]
     assert worker["env"] == helm_values()["gateway"]["backend"]["worker"]["extraContainerConfig"]["env"], "the chart's settings kept"
 
 

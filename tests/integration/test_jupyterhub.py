@@ -144,7 +144,7 @@ def dask_gateway_server(
     s3: LocalS3, hub: JupyterHubServer, dask_gateway_ports: tuple[int, int], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaskGatewayServer]:
     server = start_dask_gateway_server(
-        tmp_path_factory.mktemp("dask-gateway-hub"), {"awsconfig": s3.environ()}, ports=dask_gateway_ports,
+        tmp_path_factory.mktemp("dask-gateway-hub"), {"gateway-results-workers": s3.environ()}, ports=dask_gateway_ports,
         authentication=jupyterhub_authentication(hub, "dask-gateway"),
     )  # fmt: skip
     yield server
