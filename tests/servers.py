@@ -327,8 +327,14 @@ def start_dask_gateway_server(
                 return value
 
             class ContainerClusterConfig(LocalClusterConfig):
-                # The Kubernetes backend's setting that the chart's values and the options handler set.
+                # The Kubernetes backend's settings that the chart's values and the options handler set. Of
+                # these, processes take the worker container's env and envFrom alone; the rest are a pod's.
                 worker_extra_container_config = Dict(config=True)
+                worker_extra_pod_config = Dict(config=True)
+                worker_extra_pod_labels = Dict(config=True)
+                scheduler_extra_container_config = Dict(config=True)
+                scheduler_extra_pod_config = Dict(config=True)
+                scheduler_extra_pod_labels = Dict(config=True)
 
             class LocalPodBackend(UnsafeLocalBackend):
                 cluster_config_class = ContainerClusterConfig
