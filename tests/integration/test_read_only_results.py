@@ -21,15 +21,28 @@ import psutil
 import pytest
 import requests
 import xarray as xr
+import zarr
 from flask.testing import FlaskClient
 
 from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.processes import stop_process
 from helpers import descendants, finished_job, running_app, wait_for
+from science_gateway.region_writes import _Sources
 from servers import PROJECT, DaskGatewayServer, PolicedS3, dask_gateway_login_environ, start_dask_gateway_server, start_policed_s3
 
-POLICIES = {name: json.loads((PROJECT / f"results_{name}_policy.json").read_text()) for name in ("writer", "workers", "reader")}
+SHIPPED = {name: json.loads((PROJECT / f"results_{name}_policy.json").read_text()) for name in ("writer", "workers", "reader")}
+# A result the workers write and then read as a source, and one of each Zarr format that the tests write.
+SOURCE_JOB = "put-by-workers"
+SOURCES_BY_FORMAT = {2: "zarr-2-source", 3: "zarr-3-source"}
+# S3 refuses a GET of an object that does not exist with 403 to a key that may not list the bucket, as the
+# workers' may not; moto answers 404. Denying the workers' key the documents these results lack gives it S3's answer.
+ABSENT_DOCUMENTS = [
+    *(f"{place}/{name}" for place in (SOURCE_JOB, SOURCES_BY_FORMAT[3]) for name in (".zgroup", ".zattrs", ".zmetadata")),
+    f"{SOURCES_BY_FORMAT[2]}/zarr.json",
+]
+AS_S3_ANSWERS = {"Effect": "Deny", "Action": ["s3:GetObject"], "Resource": [f"arn:aws:s3:::{BUCKET}/{key}" for key in ABSENT_DOCUMENTS]}
+POLICIES = {**SHIPPED, "workers": {**SHIPPED["workers"], "Statement": [*SHIPPED["workers"]["Statement"], AS_S3_ANSWERS]}}
 # The identity of the gateway's own clusters in the test's Dask Gateway (a password login has no hub service names).
 GATEWAYS_IDENTITY = "science-gateway"
 
@@ -138,8 +151,8 @@ def test_the_gateways_dask_workers_write_and_read_sources_with_the_workers_key_a
 ) -> None:
     gateway, server = on_dask_gateway
     gateway.wait_until_ready(120)
-    source = posted(gateway, {"app": "random-array", "job_id": "put-by-workers", "parameters": {"shape": [200, 200], "chunks": [100, 100]}})
-    coarse = posted(gateway, {"app": "coarsen", "job_id": "coarsened-by-workers", "parameters": {"source": "put-by-workers", "factor": 2}})
+    source = posted(gateway, {"app": "random-array", "job_id": SOURCE_JOB, "parameters": {"shape": [200, 200], "chunks": [100, 100]}})
+    coarse = posted(gateway, {"app": "coarsen", "job_id": "coarsened-by-workers", "parameters": {"source": SOURCE_JOB, "factor": 2}})
 
     assert (source["status"], coarse["status"]) == ("done", "done"), (source["error"], coarse["error"])
     fs = files_of(policed_s3, "writer")
@@ -176,3 +189,24 @@ def test_the_workers_key_puts_and_gets_results_and_lists_deletes_and_touches_no_
             attempt()
 
     assert files_of(policed_s3, "writer").exists(record_path) and files_of(policed_s3, "writer").exists(chunk)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_worker_opens_a_source_of_either_zarr_format_though_its_key_is_refused_every_document_the_source_lacks(
+    policed_s3: PolicedS3, zarr_format: int
+) -> None:
+    writers = files_of(policed_s3, "writer")
+    place = SOURCES_BY_FORMAT[zarr_format]
+    group = zarr.open_group(writers.get_mapper(f"{BUCKET}/{place}"), mode="w", zarr_format=zarr_format)
+    group.create_array("data", shape=(4, 4), chunks=(2, 2), dtype="float32", fill_value=0)[:] = np.arange(16, dtype="float32").reshape(4, 4)
+    zarr.consolidate_metadata(group.store)
+    absent = [key for key in ABSENT_DOCUMENTS if key.startswith(f"{place}/")]
+    assert absent and not any(writers.exists(f"{BUCKET}/{key}") for key in absent)
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in policed_s3.environ("workers").items():
+            patch.setenv(name, value)
+        with pytest.raises(PermissionError):
+            files_of(policed_s3, "workers").cat(f"{BUCKET}/{absent[0]}")
+        source = _Sources(f"s3://{BUCKET}", {"source": place})["source"]
+        assert source[:].tolist() == np.arange(16, dtype="float32").reshape(4, 4).tolist()
