@@ -159,6 +159,9 @@ def test_the_gateways_dask_workers_write_and_read_sources_with_the_workers_key_a
     values = xr.open_zarr(fs.get_mapper(source["url"].removeprefix("s3://")))["data"].values
     coarsened = xr.open_zarr(fs.get_mapper(coarse["url"].removeprefix("s3://")))["data"].values
     np.testing.assert_allclose(coarsened, values.reshape(100, 2, 100, 2).mean(axis=(1, 3)), rtol=1e-6)
+    # The workers read the array for its picture too; the gateway keeps the picture.
+    picture = requests.get(f"{gateway.url}/jobs/{SOURCE_JOB}/preview.png", params={"size": "thumbnail"}, timeout=120)
+    assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
     workers = [process.environ() for process in descendants(server.process.pid) if "worker" in process.cmdline()]
     assert len(workers) == 1 and workers[0]["AWS_ACCESS_KEY_ID"] == policed_s3.keys["workers"][0]
     gateways_secret = policed_s3.keys["writer"][1]
