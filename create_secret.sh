@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Creates or updates a Kubernetes Secret of S3 credentials:
-# - `awsconfig`, the write credentials (results_writer_policy.json) that the
-#   gateway and the workers of its own Dask clusters read;
-# - with --readers, `gateway-results-reader`, the read-only credentials
-#   (results_reader_policy.json) that notebooks get (jupyterhub_values.yaml) to
-#   open the results.
+# - `awsconfig`, the gateway's own credentials (results_writer_policy.json:
+#   list, read, write and delete), which its pod alone reads;
+# - with --workers, `gateway-results-workers`, the credentials of the workers
+#   of the gateway's own Dask clusters (results_workers_policy.json: put
+#   results and get their sources, nothing else), which Dask Gateway mounts
+#   into those workers alone (dask_gateway_config.yaml);
+# - with --readers, `gateway-results-reader`, read-only credentials
+#   (results_reader_policy.json) for an operator who chooses to hand notebooks
+#   a key (docs/security.md).
 # The gateway's JupyterHub token is in zero-to-jupyterhub's own `hub` Secret.
 #
-#   ./create_secret.sh [-n NAMESPACE] [--readers] [--dry-run] [CONFIG_FILE]
+#   ./create_secret.sh [-n NAMESPACE] [--workers | --readers] [--dry-run] [CONFIG_FILE]
 #
-# CONFIG_FILE (default: my_aws_config, or my_aws_reader_config with --readers)
-# holds KEY=VALUE lines; see my_aws_config.example. --dry-run prints the Secret
-# it would apply, every value redacted, and applies nothing. No secret value is
+# CONFIG_FILE (default: my_aws_config, my_aws_workers_config with --workers,
+# or my_aws_reader_config with --readers)
+# holds KEY=VALUE lines; see my_aws_config.example. The Secret is created, or
+# replaced when it exists. --dry-run prints it, every value redacted, and changes nothing. No secret value is
 # ever printed: values go to kubectl through a private temporary file, never on
 # a command line.
 set -euo pipefail
@@ -20,7 +25,7 @@ REQUIRED_KEYS=(AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY)
 OPTIONAL_KEYS=(AWS_ENDPOINT_URL AWS_DEFAULT_REGION)
 
 usage() {
-    echo "usage: $0 [-n NAMESPACE] [--readers] [--dry-run] [CONFIG_FILE]" >&2
+    echo "usage: $0 [-n NAMESPACE] [--workers | --readers] [--dry-run] [CONFIG_FILE]" >&2
     exit 2
 }
 
@@ -31,7 +36,7 @@ fail() {
 
 namespace=""
 dry_run=false
-readers=false
+secret=writer
 config_file=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -44,8 +49,9 @@ while [ $# -gt 0 ]; do
             dry_run=true
             shift
             ;;
-        --readers)
-            readers=true
+        --readers | --workers)
+            [ "$secret" = writer ] || usage
+            secret=${1#--}
             shift
             ;;
         -h | --help) usage ;;
@@ -57,13 +63,20 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-if $readers; then
-    SECRET_NAME=gateway-results-reader
-    config_file=${config_file:-my_aws_reader_config}
-else
-    SECRET_NAME=awsconfig
-    config_file=${config_file:-my_aws_config}
-fi
+case "$secret" in
+    readers)
+        SECRET_NAME=gateway-results-reader
+        config_file=${config_file:-my_aws_reader_config}
+        ;;
+    workers)
+        SECRET_NAME=gateway-results-workers
+        config_file=${config_file:-my_aws_workers_config}
+        ;;
+    *)
+        SECRET_NAME=awsconfig
+        config_file=${config_file:-my_aws_config}
+        ;;
+esac
 
 [ -f "$config_file" ] || fail "config file '$config_file' not found; copy my_aws_config.example to it and fill it in"
 
@@ -111,11 +124,17 @@ create=(kubectl create secret generic "$SECRET_NAME" --from-env-file="$env_file"
 [ -n "$namespace" ] && create+=(--namespace "$namespace")
 
 if $dry_run; then
-    echo "# dry run: would apply this Secret (values redacted)"
+    echo "# dry run: would create or replace this Secret (values redacted)"
     "${create[@]}" | sed -E '/^data:/,/^[^ ]/ s/^(  [A-Za-z0-9_]+): .*/\1: <redacted>/'
     exit 0
 fi
 
-apply=(kubectl apply -f -)
-[ -n "$namespace" ] && apply+=(--namespace "$namespace")
-"${create[@]}" | "${apply[@]}"
+# Created, or replaced whole when it exists: never `kubectl apply`, whose client-side
+# form keeps a copy of the whole Secret, values and all, in its last-applied-configuration
+# annotation, which `kubectl describe` shows. A replace drops an annotation left by an apply.
+in_namespace=()
+[ -n "$namespace" ] && in_namespace=(--namespace "$namespace")
+existing=$(kubectl get secret "$SECRET_NAME" "${in_namespace[@]}" --ignore-not-found -o name)
+verb=create
+[ -z "$existing" ] || verb=replace
+"${create[@]}" | kubectl "$verb" "${in_namespace[@]}" -f -

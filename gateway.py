@@ -24,7 +24,7 @@ from science_gateway.admission import Places
 from science_gateway.apps.base import App, Output
 from science_gateway.apps.registry import Apps, load_apps
 from science_gateway.auth import ANYONE, Caller, HubCallers, NotAuthenticated
-from science_gateway.browser_login import LOGIN_SECONDS, BrowserLogin
+from science_gateway.browser_login import CALLBACK_PATH, LOGIN_PAGE_SECONDS, LOGOUT_PATH, BrowserLogin
 from science_gateway.chunk_writes import STOP_TIMEOUT, JobCancelled
 from science_gateway.cluster import ClusterConnection
 from science_gateway.errors import GatewayError, status_of
@@ -527,8 +527,9 @@ def _register_authentication(app: Flask, callers: HubCallers, login: BrowserLogi
 
     @app.before_request
     def identify_caller() -> Response | None:
-        # The API document's open paths (a probe, a Prometheus scrape), and the hub's way back from a login.
-        if (request.url_rule is not None and request.url_rule.rule in OPEN_PATHS) or request.endpoint == "oauth_callback":
+        # The API document's open paths (a probe, a Prometheus scrape), the hub's way back from a login, and the
+        # way out of one, which must clear the cookie whether or not the hub can be asked about its token.
+        if (request.url_rule is not None and request.url_rule.rule in OPEN_PATHS) or request.endpoint in ("oauth_callback", "logout"):
             return None
         authorization = request.headers.get("Authorization")
         cookie_token = None
@@ -547,17 +548,26 @@ def _register_authentication(app: Flask, callers: HubCallers, login: BrowserLogi
                 raise
             url, state = login.start(request.full_path.rstrip("?"))
             response: Response = redirect(url)  # type: ignore[assignment]  # Flask's redirect makes Flask's Response
-            response.set_cookie(login.state_cookie, state, max_age=LOGIN_SECONDS, **login.cookie_options)
+            response.set_cookie(login.state_cookie, state, max_age=LOGIN_PAGE_SECONDS, **login.cookie_options)
             return response
         return None
 
     if login is not None:
 
-        @app.get("/oauth_callback")
+        @app.get(CALLBACK_PATH)
         def oauth_callback() -> Response:
             cookie, next_path = login.finish(request.args.get("code"), request.args.get("state"), request.cookies.get(login.state_cookie))
             response: Response = redirect(next_path)  # type: ignore[assignment]  # as above
-            response.set_cookie(login.token_cookie, cookie, **login.cookie_options)
+            response.set_cookie(login.token_cookie, cookie, **login.token_cookie_options)
+            response.delete_cookie(login.state_cookie, **login.cookie_options)
+            return response
+
+        @app.post(LOGOUT_PATH)
+        def logout() -> Response:
+            # A POST, which no link, prefetch or image of another site sends; and refused from another site's form.
+            login.refuse_cross_site(request.headers)
+            response: Response = redirect(login.logout_url, code=303)  # type: ignore[assignment]  # as above
+            response.delete_cookie(login.token_cookie, **login.cookie_options)
             response.delete_cookie(login.state_cookie, **login.cookie_options)
             return response
 
@@ -574,6 +584,13 @@ def _html_pattern(pattern: str) -> str:
     """An API document's pattern as a form's ``pattern``: anchored by HTML itself, and compiled
     with the ``v`` flag, under which a ``-`` at the end of a class must be escaped."""
     return pattern.removeprefix("^").removesuffix("$").replace("-]", r"\-]")
+
+
+def _page_security_policy(login: BrowserLogin | None) -> str:
+    """The page's policy; with a browser login on another host, its forms may also end at the hub: the logout's answer goes on to the hub's."""
+    if login is None or not login.hub_origin:
+        return PAGE_SECURITY_POLICY
+    return PAGE_SECURITY_POLICY.replace("form-action 'self'", f"form-action 'self' {login.hub_origin}")
 
 
 def _jobs_page(gateway: GatewayServices) -> Response:
@@ -593,9 +610,10 @@ def _jobs_page(gateway: GatewayServices) -> Response:
         apps=[_app_json(app) for app in gateway.apps],
         job_id_rule=JOB_ID_RULE,
         job_id_pattern=_html_pattern(JOB_ID_PATTERN),
+        logout_url=url_for("logout") if gateway.browser_login else None,
     )
     response = Response(html, mimetype="text/html")
-    response.headers["Content-Security-Policy"] = PAGE_SECURITY_POLICY
+    response.headers["Content-Security-Policy"] = _page_security_policy(gateway.browser_login)
     return response
 
 

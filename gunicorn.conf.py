@@ -6,6 +6,7 @@ import signal
 # One worker process: the Dask cluster belongs to the process that created it,
 # and several processes would each start a cluster of their own. Threads let
 # that one process serve many requests while jobs wait on the cluster.
+from science_gateway.access_log import LoginSecretsHidden
 from science_gateway.settings import load_settings
 
 # Requests that hold their thread for long (a waiting /submit_job, a preview being
@@ -29,6 +30,8 @@ timeout = 120
 graceful_timeout = 630
 accesslog = "-"
 errorlog = "-"
+# gunicorn's log lines, but the OAuth callback's: its query holds the login's code and state (access_log.py).
+logger_class = LoginSecretsHidden
 # gunicorn's control socket manages workers at run time, which a one-worker
 # service does not need; every instance on a host would share its one path, and
 # a container's read-only home could not hold it.

@@ -4,7 +4,10 @@ A browser has no token to send. With ``JUPYTERHUB_OAUTH_CALLBACK_URL`` set, the
 jobs page sends it to the hub to log in; the hub sends it back to the callback
 with a code, which the gateway trades for a token of the caller (jupyterhub's
 ``HubOAuth``). The token is kept encrypted in an HttpOnly cookie and checked
-like any other.
+like any other, for ``GATEWAY_LOGIN_MAX_AGE`` at most: the cookie's Max-Age, and
+the encryption's own time stamp, which a kept copy of the cookie cannot outlive.
+Logging out clears the cookie and sends the browser to the hub's logout, which
+ends the hub's login and deletes the tokens it gave this browser.
 
 Nothing of a login is kept in the process: its state travels in a cookie and
 through the hub, and must come back the same, so anonymous requests cost no
@@ -37,7 +40,10 @@ if TYPE_CHECKING:
     from werkzeug.datastructures import Headers
 
 # How long a browser may take at the hub's login page.
-LOGIN_SECONDS = 600
+LOGIN_PAGE_SECONDS = 600
+# Where the hub sends a browser back with its code (the path of JUPYTERHUB_OAUTH_CALLBACK_URL), and where a browser logs out.
+CALLBACK_PATH = "/oauth_callback"
+LOGOUT_PATH = "/logout"
 
 
 class CrossSiteRequest(GatewayError):
@@ -81,6 +87,11 @@ class BrowserLogin:
             hub_host=settings.jupyterhub_host,
         )
         self._hub_error: type[HTTPError] = HTTPError
+        self.max_age = settings.login_max_age
+        # The hub's own logout page, on the hub's host as browsers reach it (JupyterHub's singleuser servers send theirs there too).
+        self.logout_url = f"{self._hub.hub_host}{self._hub.hub_prefix}logout"
+        hub = urlsplit(settings.jupyterhub_host)
+        self.hub_origin = f"{hub.scheme}://{hub.netloc}" if hub.netloc else ""
         self._loop = hub_loop()
         # A cookie read from a browser (or its disk) is no hub token: the key is derived
         # from the gateway's own token, which every replica holds and no browser sees.
@@ -96,6 +107,11 @@ class BrowserLogin:
     def cookie_options(self) -> dict[str, Any]:
         """The attributes of both cookies: sent to this host's every path, never to a script or another site's request."""
         return {"path": "/", "httponly": True, "samesite": "Lax", "secure": self._secure}
+
+    @property
+    def token_cookie_options(self) -> dict[str, Any]:
+        """The token cookie's attributes: those of both, and a browser keeps it no longer than the login lasts."""
+        return {**self.cookie_options, "max_age": self.max_age}
 
     def start(self, next_path: str) -> tuple[str, str]:
         """Where to send the browser to log in, and the value of the state cookie to set meanwhile."""
@@ -123,11 +139,11 @@ class BrowserLogin:
         return self._cipher.encrypt(token.encode()).decode(), safe_return_path(next_path)
 
     def token(self, cookie: str | None) -> str | None:
-        """The hub token in a token cookie; None for no cookie, or one this gateway did not make."""
+        """The hub token in a token cookie; None for no cookie, one this gateway did not make, or one older than the login lasts."""
         if not cookie:
             return None
         try:
-            return self._cipher.decrypt(cookie.encode()).decode()
+            return self._cipher.decrypt(cookie.encode(), ttl=self.max_age).decode()
         except (InvalidToken, UnicodeError):
             return None
 

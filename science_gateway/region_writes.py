@@ -24,6 +24,7 @@ import google_crc32c
 import numpy as np
 import zarr
 import zarr.storage
+from obstore.exceptions import PermissionDeniedError
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 from zarr.core.sync import sync
 
@@ -250,7 +251,20 @@ class _Sources:
 
     def __getitem__(self, parameter: str) -> Any:
         store = zarr.storage.ObjectStore(results_objects.open_results(self._results_url), read_only=True)
-        return zarr.open_group(store=store, path=self._groups[parameter], mode="r")[ARRAY_NAME]
+        return _result_group(store, self._groups[parameter])[ARRAY_NAME]
+
+
+def _result_group(store: zarr.storage.ObjectStore, path: str) -> zarr.Group:
+    """A result's group, opened by the documents of its own Zarr format alone: Zarr 3's, or else Zarr 2's.
+
+    Not zarr's guess, which asks for both formats' documents at once: the workers'
+    key may not list the bucket (results_workers_policy.json), and S3 refuses such
+    a key a GET of any object that does not exist with 403, not 404.
+    """
+    try:
+        return zarr.open_group(store=store, path=path, mode="r", zarr_format=3)
+    except (FileNotFoundError, PermissionDeniedError):
+        return zarr.open_group(store=store, path=path, mode="r", zarr_format=2)
 
 
 def _computed(region: Selection, target: ArrayTarget, task: AppTask) -> np.ndarray:

@@ -72,6 +72,9 @@ class Settings:
     oauth_callback_url: str | None = None
     oauth_client_id: str = ""
     jupyterhub_host: str = ""
+    # Seconds a browser's login lasts: the cookie's Max-Age, and the most its encrypted token is honoured after the login.
+    # Past it the page sends the browser through the hub again, which returns it at once while the hub's own login holds.
+    login_max_age: int = 8 * 3600
 
     @property
     def uses_dask_gateway(self) -> bool:
@@ -262,4 +265,5 @@ def _auth_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         "oauth_callback_url": _url(environ, "JUPYTERHUB_OAUTH_CALLBACK_URL", "https://gateway.example.org/oauth_callback"),
         "oauth_client_id": environ.get("JUPYTERHUB_CLIENT_ID", "").strip(),
         "jupyterhub_host": (_url(environ, "JUPYTERHUB_HOST", "https://hub.example.org") or "").rstrip("/"),
+        "login_max_age": _positive_number(environ, "GATEWAY_LOGIN_MAX_AGE", _DEFAULTS.login_max_age, int),
     }

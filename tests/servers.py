@@ -33,6 +33,17 @@ class DaskGatewayServer:
     container_label: str
 
 
+def dask_gateway_login_environ(address: str, proxy_address: str, user: str, password: str) -> dict[str, str]:
+    """dask-gateway's own settings of a client of the server at these addresses that logs in as ``user`` with a password."""
+    return {
+        "DASK_GATEWAY__ADDRESS": address,
+        "DASK_GATEWAY__PROXY_ADDRESS": proxy_address,
+        "DASK_GATEWAY__AUTH__TYPE": "basic",
+        "DASK_GATEWAY__AUTH__KWARGS__USERNAME": user,
+        "DASK_GATEWAY__AUTH__KWARGS__PASSWORD": password,
+    }
+
+
 # The zero-to-jupyterhub values the product ships: the tests' hub is configured from them.
 HUB_VALUES = PROJECT / "jupyterhub_values.yaml"
 # What the test-only service may do: manage users' tokens, start their servers and use them.
@@ -316,8 +327,14 @@ def start_dask_gateway_server(
                 return value
 
             class ContainerClusterConfig(LocalClusterConfig):
-                # The Kubernetes backend's setting that the chart's values and the options handler set.
+                # The Kubernetes backend's settings that the chart's values and the options handler set. Of
+                # these, processes take the worker container's env and envFrom alone; the rest are a pod's.
                 worker_extra_container_config = Dict(config=True)
+                worker_extra_pod_config = Dict(config=True)
+                worker_extra_pod_labels = Dict(config=True)
+                scheduler_extra_container_config = Dict(config=True)
+                scheduler_extra_pod_config = Dict(config=True)
+                scheduler_extra_pod_labels = Dict(config=True)
 
             class LocalPodBackend(UnsafeLocalBackend):
                 cluster_config_class = ContainerClusterConfig

@@ -27,18 +27,37 @@ class Manifests(NamedTuple):
     network_policy: V1NetworkPolicy
 
 
-def manifest_documents() -> dict[str, dict[str, Any]]:
-    """deploy_gateway.yaml's documents by kind, as plain data."""
-    documents = {doc["kind"]: doc for doc in yaml.safe_load_all((PROJECT / "deploy_gateway.yaml").read_text())}
-    assert set(documents) == {"Deployment", "Service", "NetworkPolicy"}
+# The NetworkPolicy of the gateway's own Dask pods; the other, `gateway`, is the gateway pod's.
+DASK_CLUSTERS_POLICY = "gateway-dask-clusters"
+
+
+def _all_manifest_documents() -> list[dict[str, Any]]:
+    documents = list(yaml.safe_load_all((PROJECT / "deploy_gateway.yaml").read_text()))
+    names = sorted((doc["kind"], doc["metadata"]["name"]) for doc in documents)
+    assert names == [("Deployment", "gateway"), ("NetworkPolicy", "gateway"), ("NetworkPolicy", DASK_CLUSTERS_POLICY), ("Service", "gateway-svc")]
     return documents
+
+
+def manifest_documents() -> dict[str, dict[str, Any]]:
+    """deploy_gateway.yaml's documents of the gateway's pod by kind, as plain data: its Deployment, Service and NetworkPolicy."""
+    return {doc["kind"]: doc for doc in _all_manifest_documents() if doc["metadata"]["name"] != DASK_CLUSTERS_POLICY}
+
+
+def dask_clusters_policy() -> dict[str, Any]:
+    """deploy_gateway.yaml's NetworkPolicy of the gateway's own Dask pods, as plain data."""
+    (policy,) = [doc for doc in _all_manifest_documents() if doc["metadata"]["name"] == DASK_CLUSTERS_POLICY]
+    return policy
+
+
+def typed(document: dict[str, Any], kind: str) -> Any:
+    """A document as the kubernetes client's typed model of its kind (``Pod`` for a V1Pod)."""
+    return ApiClient().deserialize(_Response(document), f"V1{kind}")
 
 
 def manifests() -> Manifests:
     """deploy_gateway.yaml as the kubernetes client's typed models."""
     documents = manifest_documents()
-    client = ApiClient()
-    return Manifests(*(client.deserialize(_Response(documents[kind]), f"V1{kind}") for kind in ("Deployment", "Service", "NetworkPolicy")))
+    return Manifests(*(typed(documents[kind], kind) for kind in ("Deployment", "Service", "NetworkPolicy")))
 
 
 def helm_values() -> dict[str, Any]:

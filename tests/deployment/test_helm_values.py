@@ -1,10 +1,15 @@
-"""dask_gateway_config.yaml against the dask-gateway chart's own schema."""
+"""dask_gateway_config.yaml against the dask-gateway chart's own schema, and the pods dask-gateway's controller makes of it."""
+
+from typing import Any
 
 import dask.config
 import pytest
 from dask_gateway_server.models import User
+from kubernetes.client import V1Pod
 
-from artifacts import chart, helm_values, options_handler
+from artifacts import chart, dask_clusters_policy, helm_values, manifests, options_handler, typed
+from devtools.container_process import IMAGE_USER
+from network_policies import selects
 from science_gateway.cluster import WORKER_MALLOC_ENVIRON
 
 
@@ -26,13 +31,13 @@ def test_values_set_what_the_service_needs() -> None:
     assert "idle_timeout" in snippet
     assert 'scheduler_cmd = ["dask", "scheduler"]' in snippet and 'worker_cmd = ["dask", "worker"]' in snippet
     assert "envFrom" not in gateway["backend"]["worker"]["extraContainerConfig"], "no Secret in every cluster's workers"
-    assert "awsconfig" not in str(gateway["backend"]), "nor in their schedulers"
+    assert "awsconfig" not in str(gateway["backend"]) and "gateway-results-workers" not in str(gateway["backend"]), "nor in their schedulers"
 
 
-def test_only_the_science_gateway_services_clusters_mount_the_write_secret() -> None:
+def test_only_the_science_gateway_services_clusters_mount_the_workers_secret_and_never_the_gateways() -> None:
     worker = options_handler()({}, User("service:science-gateway"))["worker_extra_container_config"]
 
-    assert worker["envFrom"] == [{"secretRef": {"name": "awsconfig"}}]
+    assert worker["envFrom"] == [{"secretRef": {"name": "gateway-results-workers"}}]
     assert worker["env"] == helm_values()["gateway"]["backend"]["worker"]["extraContainerConfig"]["env"], "the chart's settings kept"
 
 
@@ -47,3 +52,47 @@ def test_workers_on_kubernetes_get_the_malloc_settings_of_the_local_workers() ->
     value = next(item["value"] for item in environment if item["name"] == "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON")
     collected = dask.config.collect_env({"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": value})
     assert collected["distributed"]["nanny"]["pre_spawn_environ"] == WORKER_MALLOC_ENVIRON
+
+
+def pods_of(identity: str) -> dict[str, dict[str, Any]]:
+    """The scheduler's and a worker's pod that dask-gateway's Kubernetes controller makes for a cluster of ``identity``:
+    the chart's values as the chart sets them, and the options handler's settings over them, as Dask Gateway applies them."""
+    from dask_gateway_server.backends.kubernetes.backend import KubeClusterConfig
+    from dask_gateway_server.backends.kubernetes.controller import KubeController
+
+    backend = helm_values()["gateway"]["backend"]
+    charts = {
+        f"{component}_extra_{part}_config": backend[component].get(f"extra{part.capitalize()}Config", {})
+        for component in ("scheduler", "worker")
+        for part in ("pod", "container")
+    }
+    config = KubeClusterConfig(**{**charts, **options_handler()({}, User(identity))})
+    controller = KubeController(api_url="http://dask-gateway-api/api", gateway_instance="dask-gateway")
+    return {component: controller.make_pod("science", "c0ffee", config, is_worker=component == "worker") for component in ("scheduler", "worker")}
+
+
+@pytest.mark.parametrize("component", ["scheduler", "worker"])
+def test_the_gateways_own_dask_pods_run_as_its_own_pod_does(component: str) -> None:
+    """Unprivileged, the image's user, read-only but /tmp: as the image is tested in containers (devtools/container_process.py)."""
+    pod: V1Pod = typed(pods_of("service:science-gateway")[component], "Pod")
+    (container,) = pod.spec.containers
+    gateways = manifests().deployment.spec.template.spec
+
+    assert pod.spec.security_context == gateways.security_context and pod.spec.security_context.run_as_user == IMAGE_USER
+    assert pod.spec.security_context.seccomp_profile.type == "RuntimeDefault" and pod.spec.automount_service_account_token is False
+    context = container.security_context
+    assert context.allow_privilege_escalation is False and context.read_only_root_filesystem is True and context.capabilities.drop == ["ALL"]
+    mounts = {mount.mount_path: mount.name for mount in container.volume_mounts}
+    volumes = {volume.name: volume for volume in pod.spec.volumes}
+    assert volumes[mounts["/tmp"]].empty_dir is not None, "/tmp, where Dask spills, its one writable place"
+    assert volumes[mounts["/etc/dask-credentials/"]].secret is not None, "the controller's own TLS credentials kept"
+    assert selects(dask_clusters_policy()["spec"]["podSelector"], pod.metadata.labels), "under the policy that bars the metadata server"
+    secrets = [source.secret_ref.name for source in container.env_from or []]
+    assert secrets == (["gateway-results-workers"] if component == "worker" else [])
+
+
+def test_users_dask_pods_are_the_charts_own() -> None:
+    """A user's clusters are left as the chart makes them: no label of ours, no Secret."""
+    for pod in pods_of("alice").values():
+        assert not selects(dask_clusters_policy()["spec"]["podSelector"], pod["metadata"]["labels"])
+        assert "securityContext" not in pod["spec"] and "envFrom" not in pod["spec"]["containers"][0]

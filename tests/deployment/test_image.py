@@ -161,7 +161,7 @@ def test_the_container_runs_as_the_pod_does(image: str, s3: LocalS3, tmp_path: P
 def containers_dask_gateway(image: str, s3: LocalS3, tmp_path: Path) -> Iterator[DaskGatewayServer]:
     password = secrets.token_hex(8)
     server = start_dask_gateway_server(
-        tmp_path, {"awsconfig": s3.environ()}, password=password, results_writer=RESULTS_WRITER, container_image=image
+        tmp_path, {"gateway-results-workers": s3.environ()}, password=password, results_writer=RESULTS_WRITER, container_image=image
     )
     try:
         yield server

@@ -21,6 +21,7 @@ from science_gateway.settings import Settings, load_settings
 from servers import PROJECT
 
 SECRET = "awsconfig"
+WORKERS_SECRET = "gateway-results-workers"
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +140,16 @@ def test_gunicorn_believes_forwarded_headers_from_no_one_in_the_pod() -> None:
     assert gunicorn_settings()["forwarded_allow_ips"] == "127.0.0.1,::1"
 
 
-def test_one_secret_name_everywhere() -> None:
+def test_the_gateways_secret_and_its_workers_are_two_each_named_alike_everywhere() -> None:
+    """The pod holds the key that lists and deletes; the workers of its own clusters another, which may not."""
     gateway = container()
     assert [source.secret_ref.name for source in gateway.env_from] == [SECRET]
     service = next(variable.value for variable in gateway.env if variable.name == "JUPYTERHUB_SERVICE_NAME")
     # The gateway's own clusters, as Dask Gateway names the gateway's hub service.
     worker = options_handler()({}, User(f"service:{service}"))["worker_extra_container_config"]
-    assert worker["envFrom"] == [{"secretRef": {"name": SECRET}}]
-    assert re.search(rf"^    SECRET_NAME={SECRET}$", (PROJECT / "create_secret.sh").read_text(), flags=re.MULTILINE)
+    assert worker["envFrom"] == [{"secretRef": {"name": WORKERS_SECRET}}] and WORKERS_SECRET != SECRET
+    script = (PROJECT / "create_secret.sh").read_text()
+    assert all(re.search(rf"^ +SECRET_NAME={name}$", script, flags=re.MULTILINE) for name in (SECRET, WORKERS_SECRET))
 
 
 def test_both_hub_tokens_are_the_ones_zero_to_jupyterhub_generated_for_its_services() -> None:

@@ -1,14 +1,15 @@
 """Every hop of the notebook -> gateway -> hub / Dask Gateway -> object store path, under the NetworkPolicies deployed.
 
-The policies are our own (deploy_gateway.yaml) and those zero-to-jupyterhub
+The policies are our own (deploy_gateway.yaml: the gateway pod's, and its Dask pods') and those zero-to-jupyterhub
 renders from its values merged with jupyterhub_values.yaml. Helm cannot run
 here, so the chart's two templates are mirrored below as data; the first test
 checks that each piece mirrored is still in the chart's template text.
 Pods carry the labels their charts give them: zero-to-jupyterhub's user
 servers and hub (`component`, `app`, `release`, with `singleuser.extraLabels`
 on user servers), the dask-gateway chart's Traefik and API server
-(`app.kubernetes.io/*`, and on the API server the hub's access label), and ours
-from the Deployment's pod template.
+(`app.kubernetes.io/*`, and on the API server the hub's access label), Dask
+Gateway's schedulers and workers (its controller's, with the options handler's
+for the gateway's own clusters), and ours from the Deployment's pod template.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 
 import pytest
 import yaml
+from dask_gateway_server.models import User
 
-from artifacts import CHARTS, chart, jupyterhub_values, manifest_documents, manifests, merged
-from network_policies import Endpoint, Policy, allowed
+from artifacts import CHARTS, chart, dask_clusters_policy, jupyterhub_values, manifest_documents, manifests, merged, options_handler
+from network_policies import Endpoint, Policy, allowed, selects
 from servers import PROJECT
 
 NAMESPACE = "science"
@@ -136,9 +138,16 @@ def gateway_endpoint() -> Endpoint:
 PROMETHEUS_LABELS = {"app.kubernetes.io/name": "prometheus", "prometheus": "k8s"}
 
 
+def dask_pod_labels(identity: str, component: str) -> dict[str, str]:
+    """A scheduler's or worker's labels: dask-gateway's controller's own, and the options handler's for the identity's clusters."""
+    own = {"app.kubernetes.io/name": "dask-gateway", "gateway.dask.org/instance": "dask-gateway", "app.kubernetes.io/component": f"dask-{component}"}
+    return {**own, **options_handler()({}, User(identity)).get(f"{component}_extra_pod_labels", {})}
+
+
 def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
     notebook_labels = {**z2jh_labels("singleuser-server"), **values["singleuser"]["extraLabels"]}
     dask_gateway = {"app.kubernetes.io/name": "dask-gateway", "app.kubernetes.io/instance": "dask-gateway"}
+    dask_ports = {"scheduler": 8786, "dashboard": 8787, "api": 8788}
     return {
         "notebook": Endpoint("notebook", notebook_labels, {"notebook-port": 8888}, NAMESPACE),
         "notebook elsewhere": Endpoint("notebook in another namespace", notebook_labels, {"notebook-port": 8888}, "other"),
@@ -151,9 +160,9 @@ def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
         "dask-gateway api": Endpoint(
             "api", {**dask_gateway, "app.kubernetes.io/component": "gateway", "hub.jupyter.org/network-access-hub": "true"}, {"api": 8000}, NAMESPACE
         ),
-        "scheduler": Endpoint(
-            "scheduler", {"app.kubernetes.io/name": "dask-gateway", "app.kubernetes.io/component": "dask-scheduler"}, {"tcp-comm": 8786}, NAMESPACE
-        ),
+        "scheduler": Endpoint("scheduler", dask_pod_labels("service:science-gateway", "scheduler"), dask_ports, NAMESPACE),
+        "worker": Endpoint("worker", dask_pod_labels("service:science-gateway", "worker"), dask_ports, NAMESPACE),
+        "alice's worker": Endpoint("alice's worker", dask_pod_labels("alice", "worker"), dask_ports, NAMESPACE),
         # Where docs/operations.md's scrape rule expects Prometheus, and the same pod elsewhere.
         "prometheus": Endpoint("prometheus", PROMETHEUS_LABELS, {"web": 9090}, "monitoring"),
         "prometheus here": Endpoint("prometheus in the gateway's namespace", PROMETHEUS_LABELS, {"web": 9090}, NAMESPACE),
@@ -166,9 +175,13 @@ def endpoints(values: dict[str, Any]) -> dict[str, Endpoint]:
 
 
 def deployed_with(hub_values: dict[str, Any]) -> tuple[list[tuple[Policy, str]], dict[str, Endpoint]]:
-    """Our policy and the chart's, rendered from these values over the chart's own, with the pods they select."""
+    """Our policies and the chart's, rendered from these values over the chart's own, with the pods they select."""
     values = merged(chart("zero-to-jupyterhub-chart").values, hub_values)
-    policies = [(manifest_documents()["NetworkPolicy"], NAMESPACE), *((z2jh_policy(values, key), NAMESPACE) for key in Z2JH_POLICIES)]
+    policies = [
+        (manifest_documents()["NetworkPolicy"], NAMESPACE),
+        (dask_clusters_policy(), NAMESPACE),
+        *((z2jh_policy(values, key), NAMESPACE) for key in Z2JH_POLICIES),
+    ]
     return policies, endpoints(values)
 
 
@@ -194,6 +207,11 @@ NEEDED = [
     ("notebook", "traefik", 8000, "TCP", "a notebook starts its user's own Dask cluster"),
     ("notebook", "object store", 443, "TCP", "a notebook opens results"),
     ("dask-gateway api", "hub", 8081, "TCP", "Dask Gateway checks users' and the gateway's tokens with the hub"),
+    ("worker", "object store", 443, "TCP", "the gateway's workers write results and read sources"),
+    ("worker", "scheduler", 8786, "TCP", "the gateway's workers join their scheduler"),
+    ("scheduler", "worker", 8788, "TCP", "and it reaches them"),
+    ("worker", "dns", 53, "UDP", "they resolve the scheduler's Service and the object store's name"),
+    ("scheduler", "dask-gateway api", 8000, "TCP", "the scheduler reports to Dask Gateway's API"),
 ]
 
 REFUSED = [
@@ -215,6 +233,8 @@ REFUSED = [
     ("gateway", "object store", 80, "TCP", "the object store over HTTPS only"),
     ("gateway", "dns", 8000, "TCP", "kube-system only for DNS"),
     ("prometheus", "gateway", None, "TCP", "Prometheus only with the rule docs/operations.md shows"),
+    ("worker", "cloud metadata", 80, "TCP", "the gateway's workers never reach the node's credentials"),
+    ("scheduler", "cloud metadata", 80, "TCP", "nor does its scheduler"),
 ]
 
 
@@ -242,15 +262,18 @@ def broken_hops(deployed) -> list[str]:
     return [why for source, destination, port, protocol, why in NEEDED if not hop(deployed, source, destination, port, protocol)]
 
 
-def test_every_rule_of_the_gateways_policy_serves_a_needed_hop(deployed) -> None:
+@pytest.mark.parametrize("position", [0, 1], ids=["the gateway's", "its Dask pods'"])
+def test_every_rule_of_our_policies_serves_a_needed_hop(deployed, position: int) -> None:
     """Without any one of its rules, some needed hop fails: the policy allows nothing beyond them."""
     policies, pods = deployed
-    ours = policies[0][0]
-    for direction in ("ingress", "egress"):
+    ours = policies[position][0]
+    for direction in ours["spec"]["policyTypes"]:
+        direction = direction.lower()
         for index in range(len(ours["spec"][direction])):
-            rules = [rule for position, rule in enumerate(ours["spec"][direction]) if position != index]
+            rules = [rule for at, rule in enumerate(ours["spec"][direction]) if at != index]
             without = {**ours, "spec": {**ours["spec"], direction: rules}}
-            assert broken_hops(([(without, NAMESPACE), *policies[1:]], pods)), f"{direction} rule {index} serves no needed hop"
+            reduced = [*policies[:position], (without, NAMESPACE), *policies[position + 1 :]]
+            assert broken_hops((reduced, pods)), f"{direction} rule {index} serves no needed hop"
 
 
 def test_every_rule_jupyterhub_values_adds_to_the_charts_policies_serves_a_needed_hop() -> None:
@@ -290,3 +313,11 @@ def test_the_scrape_rule_the_docs_show_admits_prometheus_and_nothing_else(deploy
     others = [(source, destination, port, protocol, why) for source, destination, port, protocol, why in REFUSED if source != "prometheus"]
     assert not [why for source, destination, port, protocol, why in others if hop(with_rule, source, destination, port, protocol)]
     assert not broken_hops(with_rule)
+
+
+def test_the_dask_pods_policy_selects_the_gateways_schedulers_and_workers_alone(deployed) -> None:
+    """Users' own clusters get no label from the options handler: the policy is the gateway's business alone."""
+    _, pods = deployed
+    selector = dask_clusters_policy()["spec"]["podSelector"]
+    chosen = [name for name, pod in pods.items() if pod.ip is None and selects(selector, pod.labels)]
+    assert chosen == ["scheduler", "worker"]

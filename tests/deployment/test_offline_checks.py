@@ -46,7 +46,7 @@ def test_checkov_with_every_skip_explained() -> None:
 
 
 # Folders with their slash: git matches a folder pattern to a path that need not exist yet.
-@pytest.mark.parametrize("path", ["my_aws_config", ".venv/", ".venv-tools/", ".data/"])
+@pytest.mark.parametrize("path", ["my_aws_config", "my_aws_workers_config", "my_aws_reader_config", ".venv/", ".venv-tools/", ".data/"])
 def test_secrets_and_local_state_stay_out_of_git_and_the_image(path: str) -> None:
     ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=PROJECT)
     assert ignored.returncode == 0, f"{path} should be git-ignored"

@@ -23,7 +23,7 @@ from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import stop_process
 from helpers import assert_all_gone, assert_complete_result, assert_computed_by_the_app, descendants, finished_job, wait_for
-from servers import DaskGatewayServer, start_dask_gateway_server
+from servers import DaskGatewayServer, dask_gateway_login_environ, start_dask_gateway_server
 
 USER = "scientist"
 
@@ -31,7 +31,7 @@ USER = "scientist"
 @pytest.fixture(scope="module")
 def dask_gateway_server(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskGatewayServer]:
     server = start_dask_gateway_server(
-        tmp_path_factory.mktemp("dask-gateway"), {"awsconfig": s3.environ()}, password="gateway-pw-0", results_writer=USER
+        tmp_path_factory.mktemp("dask-gateway"), {"gateway-results-workers": s3.environ()}, password="gateway-pw-0", results_writer=USER
     )
     yield server
     stop_process(server.process, timeout=60)
@@ -42,15 +42,7 @@ def gateway_environ(server: DaskGatewayServer, password: str) -> dict[str, str]:
 
 
 def environ_for(address: str, proxy_address: str, password: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "GATEWAY_RESULTS_URL": f"s3://{BUCKET}",
-        "DASK_GATEWAY__ADDRESS": address,
-        "DASK_GATEWAY__PROXY_ADDRESS": proxy_address,
-        "DASK_GATEWAY__AUTH__TYPE": "basic",
-        "DASK_GATEWAY__AUTH__KWARGS__USERNAME": USER,
-        "DASK_GATEWAY__AUTH__KWARGS__PASSWORD": password,
-    }
+    return {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}", **dask_gateway_login_environ(address, proxy_address, USER, password)}
 
 
 def cluster_processes(server: DaskGatewayServer) -> list:
@@ -241,7 +233,8 @@ def test_an_unreachable_dask_gateway_at_start_up_is_retried_with_backoff_until_i
         (tmp_path / "late").mkdir()
         for each in held:
             each.close()
-        server = start_dask_gateway_server(tmp_path / "late", {"awsconfig": s3.environ()}, password, ports=(api_port, proxy_port), results_writer=USER)
+        workers_secret = {"gateway-results-workers": s3.environ()}
+        server = start_dask_gateway_server(tmp_path / "late", workers_secret, password, ports=(api_port, proxy_port), results_writer=USER)
         served.wait_until_ready(120)
         assert http.get(f"{served.url}/submit_job/once-the-gateway-answers?shape=100,100", timeout=120).status_code == 200
     finally:
@@ -269,7 +262,7 @@ c.Backend.cluster_options = Options(String("label", default="unlabelled"), handl
 def test_the_cluster_options_setting_reaches_dask_gateway_and_a_wrong_one_is_named(s3: LocalS3, tmp_path: Path, http) -> None:
     (tmp_path / "dask-gateway").mkdir()
     server = start_dask_gateway_server(
-        tmp_path / "dask-gateway", {"awsconfig": s3.environ()}, password="gateway-pw-1", results_writer=USER, operator_config=LABELLED_CLUSTERS
+        tmp_path / "dask-gateway", {"gateway-results-workers": s3.environ()}, password="gateway-pw-1", results_writer=USER, operator_config=LABELLED_CLUSTERS
     )
     try:
         environ = {**gateway_environ(server, server.password), "GATEWAY_N_WORKERS": "1"}

@@ -2,18 +2,21 @@
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from conftest import BUCKET, serve_for_module
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
-from devtools.processes import start_process, stop_process
+from devtools.processes import free_port, start_process, stop_process
 from helpers import assert_all_gone, assert_complete_result, descendants, listing
 
 
@@ -116,3 +119,36 @@ def test_the_user_guides_first_job_answers_as_shown_and_its_polling_example_runs
     progress = [json.loads(line.replace("'", '"')) for line in done.stdout.splitlines()[:-1]]
     assert progress and progress[-1] == {"chunks_written": 400, "chunks_total": 400}
     assert done.stdout.splitlines()[-1].startswith(f"done {served.url}/jobs/")
+
+
+def test_the_access_log_line_of_the_oauth_callback_has_neither_its_code_nor_its_state(tmp_path: Path, http, audited_secrets: list[str]) -> None:
+    """A code read from the log before the browser uses it would be a login; the hub is not there, which changes no line."""
+    environ = {
+        **os.environ,
+        "GATEWAY_RESULTS_URL": str(tmp_path / "results"),
+        "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}",
+        "GATEWAY_AUTH": "jupyterhub",
+        "JUPYTERHUB_API_URL": f"http://127.0.0.1:{free_port()}/hub/api",
+        "JUPYTERHUB_API_TOKEN": f"test-hub-token-{secrets.token_hex(16)}",
+        "JUPYTERHUB_OAUTH_CALLBACK_URL": "http://127.0.0.1:8000/oauth_callback",
+    }
+    (tmp_path / "results").mkdir()
+    # Not ready without a cluster: its port is enough.
+    gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log", ready_timeout=0)
+    try:
+        login = http.get(f"{gateway.url}/", headers={"Accept": "text/html"}, allow_redirects=False, timeout=30)
+        state = parse_qs(urlsplit(login.headers["Location"]).query)["state"][0]
+        code = f"one-time-code-{uuid.uuid4().hex}"
+        audited_secrets.append(code)
+        back = http.get(f"{gateway.url}/oauth_callback", params={"code": code, "state": state}, cookies=login.cookies, timeout=30)
+        refused = http.get(f"{gateway.url}/oauth_callback", params={"code": code, "state": "not-the-cookies"}, timeout=30)
+        unrelated = http.get(f"{gateway.url}/healthz", params={"state": "kept"}, timeout=30)
+    finally:
+        stop_process(gateway.process, timeout=60)
+
+    assert (back.status_code, refused.status_code, unrelated.status_code) == (503, 401, 200), "the hub could not be asked; a state of no login"
+    lines = gateway.log().splitlines()
+    callbacks = [line for line in lines if "/oauth_callback?" in line]
+    assert len(callbacks) == 2 and all('?[hidden] HTTP/1.1"' in line for line in callbacks), callbacks
+    assert not [line for line in lines if code in line or state in line or "not-the-cookies" in line]
+    assert [line for line in lines if '"GET /healthz?state=kept HTTP/1.1" 200' in line], "every other line is gunicorn's own"

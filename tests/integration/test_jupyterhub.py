@@ -145,7 +145,7 @@ def dask_gateway_server(
     s3: LocalS3, hub: JupyterHubServer, dask_gateway_ports: tuple[int, int], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaskGatewayServer]:
     server = start_dask_gateway_server(
-        tmp_path_factory.mktemp("dask-gateway-hub"), {"awsconfig": s3.environ()}, ports=dask_gateway_ports,
+        tmp_path_factory.mktemp("dask-gateway-hub"), {"gateway-results-workers": s3.environ()}, ports=dask_gateway_ports,
         authentication=jupyterhub_authentication(hub, "dask-gateway"),
     )  # fmt: skip
     yield server
@@ -430,7 +430,7 @@ def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
 
         page.fill("input[name=job_id]", "from-alices-browser")
         page.fill("input[name=shape]", "100,100")
-        page.click("button[type=submit]")
+        page.click("#submit-job button[type=submit]")
         row = page.locator('#jobs tbody tr[data-job-id="from-alices-browser"]')
         expect(row).to_have_attribute("data-status", "done", timeout=60_000)
         expect(row.locator(".owner")).to_have_text("by alice")
@@ -454,6 +454,43 @@ def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
     assert record["owner"] == "alice"
     assert not [job for job in alices if job["submitted_at"] > record["submitted_at"]], "the other site's form made no job"
     assert cookies["service-science-gateway"]["httpOnly"], "the page's script never sees the token"
+
+
+def test_a_browsers_login_lasts_its_max_age_leaves_no_code_in_the_log_and_logging_out_ends_it_at_the_hub(
+    hub_gateway: RunningGateway, browser: Browser, audited_secrets: list[str], http
+) -> None:
+    context = browser.new_context(base_url=hub_gateway.url)
+    page = context.new_page()
+    callbacks: list[dict[str, list[str]]] = []
+    page.on("request", lambda request: callbacks.append(parse_qs(urlsplit(request.url).query)) if "/oauth_callback?" in request.url else None)
+    try:
+        page.goto("/")
+        page.fill("#username_input", "bob")
+        page.fill("#password_input", "any password: the test hub's dummy authenticator")
+        page.click("#login_submit")
+        expect(page).to_have_title("Science gateway: jobs")
+        logged_in_at = time.time()
+        (login,) = [cookie for cookie in context.cookies(hub_gateway.url) if cookie["name"] == "service-science-gateway"]
+        (callback,) = callbacks
+        code, state = callback["code"][0], callback["state"][0]
+        audited_secrets.append(code)
+
+        page.click("#logout button")
+        expect(page.locator("#username_input")).to_be_visible()  # the hub's login form again, past its logout
+        kept = [cookie for cookie in context.cookies(hub_gateway.url) if cookie["name"] == "service-science-gateway"]
+    finally:
+        context.close()
+
+    # Max-Age, as the browser keeps it: GATEWAY_LOGIN_MAX_AGE's default; a minute of slack for a loaded machine.
+    assert logged_in_at + 8 * 3600 - 60 < login["expires"] <= logged_in_at + 8 * 3600 + 1
+    assert kept == [], "logging out cleared the cookie"
+    assert code not in hub_gateway.log() and state not in hub_gateway.log() and "/oauth_callback?[hidden]" in hub_gateway.log()
+
+    # A copy of the cookie kept from before is no login either: the hub deleted the token its logout ended.
+    def refused() -> bool:
+        return http.get(f"{hub_gateway.url}/jobs", cookies={login["name"]: login["value"]}, timeout=30).status_code == 401
+
+    wait_for(refused, 10, "the hub's answer about the token, cached for GATEWAY_AUTH_CACHE_SECONDS (1 s here), to be asked again")
 
 
 def test_a_code_the_hub_did_not_issue_is_refused_with_a_401(hub_gateway: RunningGateway, http) -> None:

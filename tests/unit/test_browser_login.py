@@ -4,6 +4,7 @@ import base64
 import gc
 import json
 import socket
+import time
 import tracemalloc
 from collections.abc import Iterator
 
@@ -142,3 +143,40 @@ def test_anonymous_page_views_leave_no_login_state_in_memory(http: FlaskClient, 
     # A state kept per view took 3.5 MB here; the bound leaves room for what other threads allocate meanwhile.
     assert grown < 2**20, f"{grown} bytes kept after 10,000 logins begun"
     measured(f"browser login: 10,000 anonymous page views kept {grown} bytes (tracemalloc)")
+
+
+def test_a_login_cookie_is_honoured_for_the_logins_lifetime_and_not_a_second_longer(http: FlaskClient, https_app: Flask) -> None:
+    """Fernet's time stamp is the cookie's own: one made as long ago as the login lasts is refused, whoever kept it."""
+    login = services(https_app).browser_login
+    assert login.max_age == services(https_app).settings.login_max_age == 8 * 3600
+    now = int(time.time())
+    for age, code in ((login.max_age - 60, "auth_unavailable"), (login.max_age + 1, "not_authenticated")):
+        http.set_cookie(login.token_cookie, login._cipher.encrypt_at_time(b"alices-hub-token", now - age).decode(), domain="localhost")
+        response = http.get("/jobs")
+        assert response.json["error"]["code"] == code, (age, "past the cookie, on to the hub, which is not there" if age < login.max_age else "")
+
+
+def test_logging_out_clears_the_cookie_and_goes_on_to_the_hubs_logout_whatever_the_hub_says(http: FlaskClient, https_app: Flask) -> None:
+    login = services(https_app).browser_login
+    http.set_cookie(login.token_cookie, login._cipher.encrypt(b"alices-hub-token").decode(), domain="localhost")
+
+    out = http.post("/logout", headers={"Origin": "https://gateway.example.org"})
+
+    assert out.status_code == 303 and out.headers["Location"] == "https://hub.example.org/hub/logout"
+    cleared = [cookie for cookie in out.headers.getlist("Set-Cookie") if cookie.startswith(f"{login.token_cookie}=;")]
+    assert len(cleared) == 1 and {"Max-Age=0", "Secure", "HttpOnly", "Path=/"} <= {part.strip() for part in cleared[0].split(";")}
+    assert http.get_cookie(login.token_cookie, domain="localhost") is None
+    assert http.get("/jobs").json["error"]["code"] == "not_authenticated"
+
+
+def test_only_the_gateways_own_page_logs_a_browser_out(http: FlaskClient, https_app: Flask) -> None:
+    """Another site's form is refused, and a GET (a link, a prefetch, an image) is no logout."""
+    login = services(https_app).browser_login
+    cookie = login._cipher.encrypt(b"alices-hub-token").decode()
+    http.set_cookie(login.token_cookie, cookie, domain="localhost")
+    refused = http.post("/logout", headers={"Origin": "https://evil.example"})
+    assert refused.status_code == 403 and refused.json["error"]["code"] == "cross_site_request"
+    fetched = http.get("/logout")
+    # Its cookie is checked first, as for any route's wrong method: with the hub, a 405.
+    assert fetched.status_code == 503 and "Set-Cookie" not in fetched.headers
+    assert http.get_cookie(login.token_cookie, domain="localhost").value == cookie

@@ -63,6 +63,8 @@ def test_values_are_read_from_the_environment() -> None:
         ("JUPYTERHUB_API_URL", "hub:8081/hub/api"),
         ("JUPYTERHUB_OAUTH_CALLBACK_URL", "/oauth_callback"),
         ("JUPYTERHUB_HOST", "hub.example.org"),
+        ("GATEWAY_LOGIN_MAX_AGE", "8h"),
+        ("GATEWAY_LOGIN_MAX_AGE", "0"),
         ("GATEWAY_MAX_WAITING_CALLERS", "0"),
         ("GATEWAY_MAX_WAITING_CALLERS_PER_OWNER", "a few"),
         ("GATEWAY_MAX_READS_PER_OWNER", "0"),
@@ -103,6 +105,7 @@ def test_jupyterhub_authentication_reads_the_hubs_own_variables() -> None:
     assert settings.auth_cache_seconds == 60
     assert "a-service-token" not in repr(settings), "a logged Settings must not carry the token"
     assert settings.oauth_callback_url is None, "no browser login unless its callback is given"
+    assert load_settings({"GATEWAY_LOGIN_MAX_AGE": "3600"}).login_max_age == 3600
 
 
 def test_jupyterhub_authentication_needs_the_hubs_api() -> None:
