@@ -6,6 +6,7 @@ would send them. Characters a URL cannot hold are sent percent-encoded, as
 every HTTP client sends them.
 """
 
+import base64
 import http.client
 import json
 from collections.abc import Iterator
@@ -21,8 +22,9 @@ from helpers import responses_log
 
 PREFIX = f"{BUCKET}/bad-input"
 JSON = {"Content-Type": "application/json"}
-# Nested past what Python's JSON reader takes, inside an app's parameters.
+# Nested past what Python's JSON reader takes, inside an app's parameters, and in a cursor.
 DEEP_FACTOR = '{"app": "coarsen", "parameters": {"source": "x", "factor": ' + "[" * 3000 + "]" * 3000 + "}}"
+DEEP_CURSOR = base64.urlsafe_b64encode(b"[" * 1000).decode()
 
 # (method, path, body, headers, status, error code, words the message must contain)
 CASES = [
@@ -91,6 +93,8 @@ CASES = [
     ("GET", "/jobs?limit=lots", None, {}, 400, "invalid_parameters", "limit must be an integer"),
     ("GET", "/jobs?status=finished", None, {}, 400, "invalid_parameters", "status must be one of"),
     ("GET", "/jobs?cursor=not-a-cursor", None, {}, 400, "invalid_parameters", "cursor is not one"),
+    ("GET", f"/jobs?cursor={DEEP_CURSOR}", None, {}, 400, "invalid_parameters", "cursor is not one"),
+    ("GET", "/jobs?cursor=" + "%5B" * 1000, None, {}, 400, "invalid_parameters", "cursor is not one"),
     ("GET", "/jobs/no-such-job", None, {}, 404, "job_not_found", "no job 'no-such-job'"),
     # methods and routes
     ("POST", "/submit_job/m1", None, {}, 405, "method_not_allowed", "not allowed"),
