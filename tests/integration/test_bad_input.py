@@ -25,6 +25,8 @@ JSON = {"Content-Type": "application/json"}
 # Nested past what Python's JSON reader takes, inside an app's parameters, and in a cursor.
 DEEP_FACTOR = '{"app": "coarsen", "parameters": {"source": "x", "factor": ' + "[" * 3000 + "]" * 3000 + "}}"
 DEEP_CURSOR = base64.urlsafe_b64encode(b"[" * 1000).decode()
+# A side of 401 digits: more than a float holds.
+HUGE_SIDE = "1" + "0" * 400
 
 # (method, path, body, headers, status, error code, words the message must contain)
 CASES = [
@@ -65,11 +67,14 @@ CASES = [
     ("GET", "/submit_job/p15?wait=perhaps", None, {}, 400, "invalid_parameters", "wait must be true or false"),
     ("GET", "/submit_job/p16?seed=1&seed=2", None, {}, 400, "invalid_parameters", "more than once"),
     ("GET", "/submit_job/p17?colour=red", None, {}, 400, "invalid_parameters", "unknown query parameter 'colour'"),
+    ("GET", f"/submit_job/p18?shape={HUGE_SIDE},1", None, {}, 400, "invalid_parameters", "0000' is not of type 'integer'"),
     # bodies
     ("POST", "/jobs", '{"seed": ', JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", "[1, 2]", JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", "[" * 5000 + "]" * 5000, JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", DEEP_FACTOR, JSON, 400, "invalid_parameters", "must be a JSON object"),
+    ("POST", "/jobs", "[" * 8192 + "]" * 8192, JSON, 400, "invalid_parameters", "must be a JSON object"),
+    ("POST", "/jobs", json.dumps({"shape": [int(HUGE_SIDE), 1]}), JSON, 400, "invalid_parameters", "0000 is greater than the maximum of 1099511627776"),
     ("POST", "/jobs", '{"app": "julia-set", "parameters": {"c": [NaN, Infinity]}}', JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", '"a string"', JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", "seed=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type", "application/json"),
