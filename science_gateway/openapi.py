@@ -38,7 +38,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "No such job of the caller's (another user's job is not found either), no such source, no such app (unknown_app, error.apps lists them), no such object in its result, or no such route",
         405: "Method not allowed",
         409: "The id names a job of other parameters (error.differences names each), the job was cancelled, it or a source is not done, or a source was deleted",
-        413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS), or the body over 16 KiB",
+        # Size limits are products of sides and the operator's settings, which no JSON Schema states: parameters
+        # that fit their app's schema may still be over one, and this is the one answer they get for it.
+        413: "The job's array is over a size limit, named in the message (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS, GATEWAY_MAX_CHUNK_BYTES, 256 MiB a shard), even with parameters that fit the app's schema; or the body is over 16 KiB",
         415: "The Content-Type is not application/json, even with no body",
         416: "No byte of the requested range is in the object; Content-Range says its size",
         429: "Over a limit on waiting callers (all, or one owner's), queued jobs, one owner's jobs, stored bytes or one owner's reads (error.limit, error.setting; error.usage for quota_exceeded); Retry-After says when to try again",
