@@ -6,7 +6,7 @@ import signal
 # One worker process: the Dask cluster belongs to the process that created it,
 # and several processes would each start a cluster of their own. Threads let
 # that one process serve many requests while jobs wait on the cluster.
-from science_gateway.settings import load_settings
+from science_gateway.settings import MAX_REQUEST_LINE, load_settings
 
 # Requests that hold their thread for long (a waiting /submit_job, a preview being
 # drawn) take at most GATEWAY_MAX_WAITING_CALLERS threads, and result reads at most
@@ -27,6 +27,8 @@ timeout = 120
 # GATEWAY_SHUTDOWN_TIMEOUT (540 s by default) of it to finish; the rest is for
 # cancelling the unfinished ones, recording them and stopping the cluster.
 graceful_timeout = 630
+# The API document's 414 (science_gateway/openapi.py) names this limit.
+limit_request_line = MAX_REQUEST_LINE
 accesslog = "-"
 errorlog = "-"
 # gunicorn's control socket manages workers at run time, which a one-worker

@@ -14,7 +14,7 @@ from .apps.base import App
 from .apps.registry import Apps, load_apps
 from .job_parameters import JOB_ID_PATTERN, JOB_ID_RULE
 from .job_records import MAX_PAGE, OUTPUT_DTYPES, STATUSES
-from .settings import LONGEST_TTL
+from .settings import LONGEST_TTL, MAX_REQUEST_LINE
 
 PREVIEW_SIZES = ("full", "thumbnail")
 
@@ -266,6 +266,21 @@ def _first_app_query(apps: Apps) -> list[dict[str, Any]]:
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
+# gunicorn's answer, not the gateway's: it refuses a request line over its limit before the gateway reads it.
+_REQUEST_LINE_TOO_LONG = {
+    "description": f"The request line (method, path and query string) is over {MAX_REQUEST_LINE} bytes: gunicorn refuses it with an HTML page, before the gateway reads the request",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
+
+
+def _with_request_line_limit(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation may be answered 414 by gunicorn."""
+    for operations in paths.values():
+        for operation in operations.values():
+            operation["responses"]["414"] = _REQUEST_LINE_TOO_LONG
+    return paths
+
+
 def _with_authentication(paths: dict[str, Any]) -> dict[str, Any]:
     """Every other operation takes the JupyterHub token, and may answer 401, 403 or 503 for it."""
     for path, operations in paths.items():
@@ -334,7 +349,7 @@ def openapi_document(apps: Apps | None = None) -> dict[str, Any]:
             "version": "1.0.0",
             "description": "Runs apps' jobs on a Dask cluster and stores each result in object storage as Zarr: " + ", ".join(f"{app.name} ({app.description})" for app in apps),
         },
-        "paths": _with_authentication({
+        "paths": _with_request_line_limit(_with_authentication({
             "/": {
                 "get": {
                     "summary": "Liveness in words; the jobs page for a browser (Accept: text/html)",
@@ -394,7 +409,7 @@ def openapi_document(apps: Apps | None = None) -> dict[str, Any]:
             },
             **_job_paths("/jobs/{job_id}", []),
             **_job_paths("/users/{owner}/jobs/{job_id}", [_OWNER]),
-        }),
+        })),
         "components": {
             "schemas": {**_SCHEMAS, **_app_schemas(apps)},
             "securitySchemes": {

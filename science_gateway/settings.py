@@ -82,6 +82,10 @@ class Settings:
 # writes it. A fixed limit, as results_objects' REQUEST_TIMEOUT gives an object of this size its time to travel.
 MAX_SHARD_BYTES = 256 * 2**20
 
+# gunicorn's limit_request_line (its default), named for the API document: a request line (method, path and query
+# string) over it is refused by gunicorn with a 414 page of its own, before the gateway reads the request.
+MAX_REQUEST_LINE = 4094
+
 # The longest a result can be kept by a ttl: 100 years. An expiry time must be a date, and a ttl of
 # 10**14 s is none (the fuzz test found one that stopped a job runner).
 LONGEST_TTL = 100 * 365 * 24 * 3600

@@ -19,6 +19,8 @@ from conftest import BUCKET, serve_for_module
 from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
 from helpers import responses_log
+from science_gateway.openapi import openapi_document
+from science_gateway.settings import MAX_REQUEST_LINE
 
 PREFIX = f"{BUCKET}/bad-input"
 JSON = {"Content-Type": "application/json"}
@@ -153,6 +155,17 @@ def test_a_malformed_request_gets_a_json_4xx_naming_the_problem_and_writes_nothi
     assert error["code"] == code
     assert words.lower() in error["message"].lower(), error["message"]
     assert on_disk(s3.data_dir) == before
+
+
+def test_a_request_line_over_the_limit_is_gunicorns_414_as_the_document_says(served: RunningGateway, tmp_path_factory: pytest.TempPathFactory) -> None:
+    log = responses_log(tmp_path_factory.getbasetemp())
+    path = "/jobs?cursor="
+    path += "a" * (MAX_REQUEST_LINE - len(f"GET {path} HTTP/1.1"))
+    assert len(f"GET {path} HTTP/1.1") == MAX_REQUEST_LINE
+    assert send(served.url, "GET", path, None, {}, log)[:2] == (400, "application/json"), "the longest line the gateway reads"
+    status, content_type, _ = send(served.url, "GET", path + "a", None, {}, log)
+    assert (status, content_type.split(";")[0]) == (414, "text/html")
+    assert "text/html" in openapi_document()["paths"]["/jobs"]["get"]["responses"]["414"]["content"]
 
 
 def test_a_good_job_writes_only_under_the_results_url(served: RunningGateway, s3: LocalS3, http) -> None:
