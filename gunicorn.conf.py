@@ -7,7 +7,7 @@ import signal
 # and several processes would each start a cluster of their own. Threads let
 # that one process serve many requests while jobs wait on the cluster.
 from science_gateway.access_log import LoginSecretsHidden
-from science_gateway.settings import load_settings
+from science_gateway.settings import MAX_REQUEST_LINE, load_settings
 
 # Requests that hold their thread for long (a waiting /submit_job, a preview being
 # drawn) take at most GATEWAY_MAX_WAITING_CALLERS threads, and result reads at most
@@ -28,6 +28,8 @@ timeout = 120
 # GATEWAY_SHUTDOWN_TIMEOUT (540 s by default) of it to finish; the rest is for
 # cancelling the unfinished ones, recording them and stopping the cluster.
 graceful_timeout = 630
+# The API document's 414 (science_gateway/openapi.py) names this limit.
+limit_request_line = MAX_REQUEST_LINE
 accesslog = "-"
 errorlog = "-"
 # gunicorn's log lines, but the OAuth callback's: its query holds the login's code and state (access_log.py).

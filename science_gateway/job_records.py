@@ -137,7 +137,8 @@ def decode_cursor(cursor: str) -> tuple[str, str, str]:
     try:
         submitted_at, job_id, owner = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         return str(submitted_at), str(job_id), str(owner)
-    except (ValueError, TypeError, binascii.Error):
+    # A caller's cursor may decode to anything, JSON nested past Python's depth included.
+    except (ValueError, TypeError, binascii.Error, RecursionError):
         raise InvalidParameters("cursor is not one this service gave out; use next_cursor from a listing") from None
 
 

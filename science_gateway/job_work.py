@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .apps.base import App, Limits, Output, Plan, Source
+from .apps.layout import within_limits
 from .apps.registry import Apps
 from .errors import GatewayError
 
@@ -104,8 +105,10 @@ def plan_work(app: App, parameters: dict[str, Any], limits: Limits, find: Callab
     """The work of a job of ``app`` with ``parameters`` (accepted by its schema), planned by the app.
 
     ``find`` gives the caller's done job of an id, the status of one that is not done, or None.
+    Whatever the app, its output is then held to the gateway's size limits (413).
     """
     plan = app.plan(parameters, _Planning(limits, find))
+    within_limits(plan.output, limits)
     sources = {name: SourceRun(source.job_id, source.finished_at) for name, source in plan.sources.items()}
     return JobWork(app.name, app.version, plan.parameters, plan.output, sources)
 

@@ -161,7 +161,7 @@ class JobManager:
     def limits(self) -> Limits:
         """The settings an app's plan keeps to."""
         settings = self._settings
-        return Limits(settings.max_elements, settings.max_chunks, settings.default_shards, settings.zarr_format)
+        return Limits(settings.max_elements, settings.max_chunks, settings.max_chunk_bytes, settings.default_shards, settings.zarr_format)
 
     def source(self, owner: str | None, job_id: str) -> SourceResult | str | None:
         """``owner``'s done job ``job_id`` as a source; the status of one that is not done; None when there is none."""

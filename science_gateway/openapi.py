@@ -14,7 +14,7 @@ from .apps.base import App
 from .apps.registry import Apps, load_apps
 from .job_parameters import JOB_ID_PATTERN, JOB_ID_RULE
 from .job_records import MAX_PAGE, OUTPUT_DTYPES, STATUSES
-from .settings import LONGEST_TTL
+from .settings import LONGEST_TTL, MAX_REQUEST_LINE
 
 PREVIEW_SIZES = ("full", "thumbnail")
 
@@ -38,7 +38,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "No such job of the caller's (another user's job is not found either), no such source, no such app (unknown_app, error.apps lists them), no such object in its result, or no such route",
         405: "Method not allowed",
         409: "The id names a job of other parameters (error.differences names each), the job was cancelled, it or a source is not done, or a source was deleted",
-        413: "The job is over a size limit (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS), or the body over 16 KiB",
+        # Size limits are products of sides and the operator's settings, which no JSON Schema states: parameters
+        # that fit their app's schema may still be over one, and this is the one answer they get for it.
+        413: "The job's array is over a size limit, named in the message (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS, GATEWAY_MAX_CHUNK_BYTES, 256 MiB a shard), even with parameters that fit the app's schema; or the body is over 16 KiB",
         415: "The Content-Type is not application/json, even with no body",
         416: "No byte of the requested range is in the object; Content-Range says its size",
         429: "Over a limit on waiting callers (all, or one owner's), queued jobs, one owner's jobs, one owner's records, stored bytes or one owner's reads (error.limit, error.setting; error.usage for quota_exceeded); Retry-After says when to try again",
@@ -264,6 +266,21 @@ def _first_app_query(apps: Apps) -> list[dict[str, Any]]:
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
+# gunicorn's answer, not the gateway's: it refuses a request line over its limit before the gateway reads it.
+_REQUEST_LINE_TOO_LONG = {
+    "description": f"The request line (method, path and query string) is over {MAX_REQUEST_LINE} bytes: gunicorn refuses it with an HTML page, before the gateway reads the request",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
+
+
+def _with_request_line_limit(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation may be answered 414 by gunicorn."""
+    for operations in paths.values():
+        for operation in operations.values():
+            operation["responses"]["414"] = _REQUEST_LINE_TOO_LONG
+    return paths
+
+
 def _with_authentication(paths: dict[str, Any]) -> dict[str, Any]:
     """Every other operation takes the JupyterHub token, and may answer 401, 403 or 503 for it."""
     for path, operations in paths.items():
@@ -332,7 +349,7 @@ def openapi_document(apps: Apps | None = None) -> dict[str, Any]:
             "version": "1.0.0",
             "description": "Runs apps' jobs on a Dask cluster and stores each result in object storage as Zarr: " + ", ".join(f"{app.name} ({app.description})" for app in apps),
         },
-        "paths": _with_authentication({
+        "paths": _with_request_line_limit(_with_authentication({
             "/": {
                 "get": {
                     "summary": "Liveness in words; the jobs page for a browser (Accept: text/html)",
@@ -392,7 +409,7 @@ def openapi_document(apps: Apps | None = None) -> dict[str, Any]:
             },
             **_job_paths("/jobs/{job_id}", []),
             **_job_paths("/users/{owner}/jobs/{job_id}", [_OWNER]),
-        }),
+        })),
         "components": {
             "schemas": {**_SCHEMAS, **_app_schemas(apps)},
             "securitySchemes": {

@@ -29,14 +29,16 @@ import obstore.exceptions
 from obstore.store import LocalStore, ObjectStore, S3Store
 from zarr.core.sync import sync
 
+from .settings import MAX_SHARD_BYTES
+
 if TYPE_CHECKING:
     # Typed dictionaries of obstore's stubs, not importable at run time.
     from obstore.store import ClientConfig, RetryConfig
 
 # A store that fails keeps failing a job only this long: retried with backoff, then the job fails naming storage.
 RETRIES: RetryConfig = {"max_retries": 5, "retry_timeout": timedelta(seconds=60)}
-# Per request, from connecting to the last byte: a 256 MiB shard at 10 MB/s.
-REQUEST_TIMEOUT = timedelta(seconds=30 + 256 * 2**20 // 10**7)
+# Per request, from connecting to the last byte: the largest object a worker writes at 10 MB/s.
+REQUEST_TIMEOUT = timedelta(seconds=30 + MAX_SHARD_BYTES // 10**7)
 
 
 # The variables a store is configured from: a process whose environment changes opens the store anew.

@@ -38,6 +38,8 @@ class Settings:
     job_timeout: float = 600.0
     max_elements: int = 10**8
     max_chunks: int = 10_000
+    # A chunk is what a reader, a preview included, reads whole: 64 MiB is 1,600 times the tutorial's 100x100 float32 chunk.
+    max_chunk_bytes: int = 64 * 2**20
     max_running_jobs: int = 4
     max_queued_jobs: int = 1000
     max_jobs_per_owner: int = 20
@@ -81,6 +83,14 @@ class Settings:
         return self.dask_gateway_address is not None
 
 
+# The largest object a worker writes, a shard or a chunk of its own: it holds the object and its encoded copy while it
+# writes it. A fixed limit, as results_objects' REQUEST_TIMEOUT gives an object of this size its time to travel.
+MAX_SHARD_BYTES = 256 * 2**20
+
+# gunicorn's limit_request_line (its default), named for the API document: a request line (method, path and query
+# string) over it is refused by gunicorn with a 414 page of its own, before the gateway reads the request.
+MAX_REQUEST_LINE = 4094
+
 # The longest a result can be kept by a ttl: 100 years. An expiry time must be a date, and a ttl of
 # 10**14 s is none (the fuzz test found one that stopped a job runner).
 LONGEST_TTL = 100 * 365 * 24 * 3600
@@ -116,6 +126,14 @@ def _adaptive_max_workers(environ: Mapping[str, str]) -> int | None:
 def _optional_positive(environ: Mapping[str, str], name: str) -> int | None:
     """A whole number above 0, or None when unset."""
     return _positive_number(environ, name, 0, int) if environ.get(name, "").strip() else None
+
+
+def _max_chunk_bytes(environ: Mapping[str, str]) -> int:
+    limit: int = _positive_number(environ, "GATEWAY_MAX_CHUNK_BYTES", _DEFAULTS.max_chunk_bytes, int)
+    if limit > MAX_SHARD_BYTES:
+        # A chunk that is no shard's is an object of its own, and no object may be larger than a shard.
+        raise SettingsError(f"GATEWAY_MAX_CHUNK_BYTES={limit} is over {MAX_SHARD_BYTES} (256 MiB), the largest object a worker writes")
+    return limit
 
 
 def _expiry_settings(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -233,6 +251,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         job_timeout=_positive_number(environ, "GATEWAY_JOB_TIMEOUT", _DEFAULTS.job_timeout, float),
         max_elements=_positive_number(environ, "GATEWAY_MAX_ELEMENTS", _DEFAULTS.max_elements, int),
         max_chunks=_positive_number(environ, "GATEWAY_MAX_CHUNKS", _DEFAULTS.max_chunks, int),
+        max_chunk_bytes=_max_chunk_bytes(environ),
         max_running_jobs=_positive_number(environ, "GATEWAY_MAX_RUNNING_JOBS", _DEFAULTS.max_running_jobs, int),
         max_queued_jobs=_positive_number(environ, "GATEWAY_MAX_QUEUED_JOBS", _DEFAULTS.max_queued_jobs, int),
         max_jobs_per_owner=_positive_number(environ, "GATEWAY_MAX_JOBS_PER_OWNER", _DEFAULTS.max_jobs_per_owner, int),

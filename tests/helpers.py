@@ -37,7 +37,7 @@ CHUNKS = (100, 100)
 def random_job(**parameters: Any) -> JobWork:
     """The work of a random-array job of these parameters, planned as the gateway plans it: no size limits, one object per chunk unless shards are given."""
     as_json = {name: list(value) if isinstance(value, tuple) else value for name, value in parameters.items()}
-    return plan_work(RandomArray(), as_json, Limits(math.inf, math.inf, "none", 3), lambda job_id: None)
+    return plan_work(RandomArray(), as_json, Limits(math.inf, math.inf, math.inf, "none", 3), lambda job_id: None)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

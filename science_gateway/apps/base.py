@@ -60,7 +60,8 @@ class Output:
 
     @property
     def n_chunks(self) -> int:
-        return math.prod(math.ceil(size / step) for size, step in zip(self.shape, self.chunks, strict=True))
+        # Whole numbers throughout: an app's schema may allow sides too large for a float.
+        return math.prod(-(-size // step) for size, step in zip(self.shape, self.chunks, strict=True))
 
     @property
     def write_unit(self) -> tuple[int, ...]:
@@ -87,6 +88,7 @@ class Limits:
 
     max_elements: float
     max_chunks: float
+    max_chunk_bytes: float
     # "none", "auto" or "<rows>,<columns>": the shards of an output whose parameters do not say.
     default_shards: str
     zarr_format: int

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..region_writes import MAX_TASK_BYTES
+from ..settings import MAX_SHARD_BYTES
 from .base import Limits, Output, OutputTooLarge, PlanRefused
 
 # The shards parameter's words: one object per chunk, or shards of about AUTO_SHARD_BYTES.
@@ -16,8 +17,6 @@ NO_SHARDS, AUTO_SHARDS = "none", "auto"
 # About a task's size: a default job is one shard, and a large job's shards
 # still spread over the workers.
 AUTO_SHARD_BYTES = MAX_TASK_BYTES
-# A worker holds a whole shard, and its encoded copy, while it writes it.
-MAX_SHARD_BYTES = 256 * 2**20
 
 
 def shards_for(value: Any, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, zarr_format: int) -> tuple[int, ...] | None:
@@ -36,8 +35,6 @@ def shards_for(value: Any, shape: tuple[int, ...], chunks: tuple[int, ...], dtyp
         raise PlanRefused(
             f"shards {list(shards)} must be whole multiples of chunks {list(chunks)}, no larger than the array in chunks {list(covering)}"
         )
-    if math.prod(shards) * np.dtype(dtype).itemsize > MAX_SHARD_BYTES:
-        raise PlanRefused(f"a shard of {list(shards)} is over {MAX_SHARD_BYTES // 2**20} MiB; use smaller shards")
     return shards
 
 
@@ -49,17 +46,38 @@ def auto_shards(shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int) 
     budget = max(1, AUTO_SHARD_BYTES // (math.prod(chunks) * itemsize))
     counts = []
     for size, step in reversed(list(zip(shape, chunks, strict=True))):
-        count = max(1, min(math.ceil(size / step), budget))
+        count = max(1, min(-(-size // step), budget))
         counts.append(count)
         budget //= count
     return tuple(count * step for count, step in zip(reversed(counts), chunks, strict=True))
 
 
 def within_limits(output: Output, limits: Limits) -> Output:
-    """``output`` unchanged, or :class:`OutputTooLarge` naming the limit it is over and its setting."""
+    """``output`` unchanged, or :class:`OutputTooLarge` naming the limit it is over and its setting.
+
+    The gateway checks every app's planned output with it; an app may call it
+    sooner, to refuse before it works anything else out.
+    """
     elements = math.prod(output.shape)
     if elements > limits.max_elements:
         raise OutputTooLarge(f"shape {list(output.shape)} has {elements} elements, over the limit of {limits.max_elements} (GATEWAY_MAX_ELEMENTS)")
     if output.n_chunks > limits.max_chunks:
         raise OutputTooLarge(f"{output.n_chunks} chunks is over the limit of {limits.max_chunks} (GATEWAY_MAX_CHUNKS); use larger chunks")
+    itemsize = np.dtype(output.dtype).itemsize
+    chunk_bytes = math.prod(output.chunks) * itemsize
+    if chunk_bytes > limits.max_chunk_bytes:
+        raise OutputTooLarge(
+            f"a chunk of {list(output.chunks)} {output.dtype} is {_size(chunk_bytes)}, over the limit of {_size(limits.max_chunk_bytes)} "
+            "(GATEWAY_MAX_CHUNK_BYTES); use smaller chunks"
+        )
+    shard_bytes = math.prod(output.shards) * itemsize if output.shards else 0
+    if shard_bytes > MAX_SHARD_BYTES:
+        raise OutputTooLarge(
+            f"a shard of {list(output.shards or ())} {output.dtype} is {_size(shard_bytes)}, over the limit of {_size(MAX_SHARD_BYTES)} a shard, "
+            "the most a worker holds of one object; use smaller shards"
+        )
     return output
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes:.0f} bytes ({nbytes / 2**20:.1f} MiB)"

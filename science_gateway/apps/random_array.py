@@ -66,6 +66,7 @@ class RandomArray(App):
         dtype = parameters.get("dtype", DEFAULT_DTYPE)
         if any(step > size for step, size in zip(chunks, shape, strict=True)):
             raise PlanRefused(f"chunks {list(chunks)} must be no larger than shape {list(shape)}")
+        # Before its shards are worked out: a job over a size limit hears that, rather than what is wrong with its shards.
         within_limits(Output(shape, chunks, dtype), limits)
         shards = shards_for(parameters.get("shards", limits.default_shards), shape, chunks, dtype, limits.zarr_format)
         output = Output(shape, chunks, dtype, shards)

@@ -32,8 +32,9 @@ BUILT_IN: tuple[type[App], ...] = (RandomArray, Coarsen)
 BUILT_IN_PACKAGE = "science-gateway (built in)"
 # An app's name is a path segment of /apps/<name> and a metric label: lower-case words joined by "-".
 NAME_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
-# The most schema errors one answer lists.
+# The most schema errors one answer lists, and the longest reason it gives.
 MAX_ERRORS = 20
+MAX_REASON = 300
 
 
 class AppLoadError(RuntimeError):
@@ -97,7 +98,7 @@ class Apps:
                     if name not in known
                 ]
             else:
-                failures.append({"pointer": pointer, "reason": error.message if len(error.message) <= 300 else error.message[:300] + "..."})
+                failures.append({"pointer": pointer, "reason": _shortened(error.message)})
         if failures:
             raise ParametersRefused(app.name, failures[:MAX_ERRORS])
         return _whole_numbers(parameters)
@@ -165,6 +166,13 @@ def checked_app(app_class: Any, package: str) -> App:
         return app_class()
     except Exception as exc:
         raise AppLoadError(f"{label}: it could not be made without arguments: {type(exc).__name__}: {exc}") from exc
+
+
+def _shortened(reason: str) -> str:
+    """A reason of at most about ``MAX_REASON`` characters: a long value is cut in its middle, so that why it is refused stays."""
+    if len(reason) <= MAX_REASON:
+        return reason
+    return reason[: MAX_REASON // 2] + "..." + reason[-MAX_REASON // 2 :]
 
 
 def _escaped(part: Any) -> str:

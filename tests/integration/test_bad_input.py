@@ -6,6 +6,7 @@ would send them. Characters a URL cannot hold are sent percent-encoded, as
 every HTTP client sends them.
 """
 
+import base64
 import http.client
 import json
 from collections.abc import Iterator
@@ -18,11 +19,16 @@ from conftest import BUCKET, serve_for_module
 from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
 from helpers import responses_log
+from science_gateway.openapi import openapi_document
+from science_gateway.settings import MAX_REQUEST_LINE
 
 PREFIX = f"{BUCKET}/bad-input"
 JSON = {"Content-Type": "application/json"}
-# Nested past what Python's JSON reader takes, inside an app's parameters.
+# Nested past what Python's JSON reader takes, inside an app's parameters, and in a cursor.
 DEEP_FACTOR = '{"app": "coarsen", "parameters": {"source": "x", "factor": ' + "[" * 3000 + "]" * 3000 + "}}"
+DEEP_CURSOR = base64.urlsafe_b64encode(b"[" * 1000).decode()
+# A side of 401 digits: more than a float holds.
+HUGE_SIDE = "1" + "0" * 400
 
 # (method, path, body, headers, status, error code, words the message must contain)
 CASES = [
@@ -63,11 +69,14 @@ CASES = [
     ("GET", "/submit_job/p15?wait=perhaps", None, {}, 400, "invalid_parameters", "wait must be true or false"),
     ("GET", "/submit_job/p16?seed=1&seed=2", None, {}, 400, "invalid_parameters", "more than once"),
     ("GET", "/submit_job/p17?colour=red", None, {}, 400, "invalid_parameters", "unknown query parameter 'colour'"),
+    ("GET", f"/submit_job/p18?shape={HUGE_SIDE},1", None, {}, 400, "invalid_parameters", "0000' is not of type 'integer'"),
     # bodies
     ("POST", "/jobs", '{"seed": ', JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", "[1, 2]", JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", "[" * 5000 + "]" * 5000, JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", DEEP_FACTOR, JSON, 400, "invalid_parameters", "must be a JSON object"),
+    ("POST", "/jobs", "[" * 8192 + "]" * 8192, JSON, 400, "invalid_parameters", "must be a JSON object"),
+    ("POST", "/jobs", json.dumps({"shape": [int(HUGE_SIDE), 1]}), JSON, 400, "invalid_parameters", "0000 is greater than the maximum of 1099511627776"),
     ("POST", "/jobs", '{"app": "julia-set", "parameters": {"c": [NaN, Infinity]}}', JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", '"a string"', JSON, 400, "invalid_parameters", "must be a JSON object"),
     ("POST", "/jobs", "seed=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type", "application/json"),
@@ -91,6 +100,8 @@ CASES = [
     ("GET", "/jobs?limit=lots", None, {}, 400, "invalid_parameters", "limit must be an integer"),
     ("GET", "/jobs?status=finished", None, {}, 400, "invalid_parameters", "status must be one of"),
     ("GET", "/jobs?cursor=not-a-cursor", None, {}, 400, "invalid_parameters", "cursor is not one"),
+    ("GET", f"/jobs?cursor={DEEP_CURSOR}", None, {}, 400, "invalid_parameters", "cursor is not one"),
+    ("GET", "/jobs?cursor=" + "%5B" * 1000, None, {}, 400, "invalid_parameters", "cursor is not one"),
     ("GET", "/jobs/no-such-job", None, {}, 404, "job_not_found", "no job 'no-such-job'"),
     # methods and routes
     ("POST", "/submit_job/m1", None, {}, 405, "method_not_allowed", "not allowed"),
@@ -144,6 +155,17 @@ def test_a_malformed_request_gets_a_json_4xx_naming_the_problem_and_writes_nothi
     assert error["code"] == code
     assert words.lower() in error["message"].lower(), error["message"]
     assert on_disk(s3.data_dir) == before
+
+
+def test_a_request_line_over_the_limit_is_gunicorns_414_as_the_document_says(served: RunningGateway, tmp_path_factory: pytest.TempPathFactory) -> None:
+    log = responses_log(tmp_path_factory.getbasetemp())
+    path = "/jobs?cursor="
+    path += "a" * (MAX_REQUEST_LINE - len(f"GET {path} HTTP/1.1"))
+    assert len(f"GET {path} HTTP/1.1") == MAX_REQUEST_LINE
+    assert send(served.url, "GET", path, None, {}, log)[:2] == (400, "application/json"), "the longest line the gateway reads"
+    status, content_type, _ = send(served.url, "GET", path + "a", None, {}, log)
+    assert (status, content_type.split(";")[0]) == (414, "text/html")
+    assert "text/html" in openapi_document()["paths"]["/jobs"]["get"]["responses"]["414"]["content"]
 
 
 def test_a_good_job_writes_only_under_the_results_url(served: RunningGateway, s3: LocalS3, http) -> None:

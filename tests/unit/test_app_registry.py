@@ -7,7 +7,9 @@ from jsonschema import Draft202012Validator
 
 from gateway import create_app
 from helpers import installed_package
+from science_gateway.apps import App, Limits, Output, OutputTooLarge, Plan
 from science_gateway.apps.registry import AppLoadError, ParametersRefused, UnknownApp, load_apps
+from science_gateway.job_work import plan_work
 from science_gateway.settings import load_settings
 
 AN_APP = '''
@@ -116,3 +118,36 @@ def test_each_rule_of_coarsens_schema_refuses_by_pointer(parameters: object, fai
     with pytest.raises(ParametersRefused) as refused:
         apps.check(apps.get("coarsen"), parameters)
     assert refused.value.details() == {"details": [{"pointer": pointer, "reason": reason} for pointer, reason in failures]}
+
+
+class Outputs(App):
+    """An app that plans the output its parameters name, and checks no limit itself."""
+
+    name = "outputs"
+    version = "1.0"
+    description = "Plans the output it is given"
+    parameters = {"type": "object"}
+
+    def plan(self, parameters, context):
+        return Plan(parameters, Output(tuple(parameters["shape"]), tuple(parameters["chunks"]), "float64", parameters.get("shards")))
+
+    def compute(self, region, parameters, output, inputs):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "shards", "limit"),
+    [
+        ((10**400, 1), (1, 1), None, "GATEWAY_MAX_ELEMENTS"),
+        ((10**4, 10**4), (1, 1), None, "GATEWAY_MAX_CHUNKS"),
+        ((8192, 1025), (8192, 1025), None, "GATEWAY_MAX_CHUNK_BYTES"),
+        ((8192, 8200), (8, 4100), (8192, 4100), "256.0 MiB\\) a shard"),
+    ],
+)
+def test_the_gateway_holds_every_apps_output_to_its_size_limits(shape, chunks, shards, limit) -> None:
+    """Whatever an app plans, however large its sides, the gateway refuses it 413 naming the limit."""
+    limits = Limits(10**8, 10_000, 64 * 2**20, "none", 3)
+    with pytest.raises(OutputTooLarge, match=limit) as refused:
+        plan_work(Outputs(), {"shape": shape, "chunks": chunks, "shards": shards}, limits, lambda job_id: None)
+    assert (refused.value.status, refused.value.code) == (413, "job_too_large")
+    assert plan_work(Outputs(), {"shape": (8192, 1024), "chunks": (8192, 1024), "shards": None}, limits, lambda job_id: None).output.chunks == (8192, 1024)

@@ -15,7 +15,7 @@ from science_gateway.job_parameters import InvalidParameters, parse_ttl
 from science_gateway.job_work import JobWork, plan_work
 from science_gateway.openapi import openapi_document
 from science_gateway.region_writes import chunk_selections
-from science_gateway.settings import LONGEST_TTL
+from science_gateway.settings import LONGEST_TTL, Settings
 
 APPS = load_apps()
 UNKNOWN = "unknown parameter; the parameters are seed, shape, chunks, dtype, shards"
@@ -23,13 +23,14 @@ RANDOM = APPS.get("random-array")
 
 
 def planned(
-    parameters: dict[str, Any], *, query: bool = False, default_shards: str = "none", zarr_format: int = 3, max_elements: int = 10**8
+    parameters: dict[str, Any], *, query: bool = False, default_shards: str = "none", zarr_format: int = 3, max_elements: int = 10**8,
+    max_chunk_bytes: int = Settings().max_chunk_bytes,
 ) -> JobWork:
     """As the gateway plans a random-array job: from the query string's text when ``query``, checked against the schema, then planned."""
     if query:
         parameters = APPS.from_query(RANDOM, parameters)
     checked = APPS.check(RANDOM, parameters)
-    return plan_work(RANDOM, checked, Limits(max_elements, 10_000, default_shards, zarr_format), lambda job_id: None)
+    return plan_work(RANDOM, checked, Limits(max_elements, 10_000, max_chunk_bytes, default_shards, zarr_format), lambda job_id: None)
 
 
 def test_defaults_are_the_tutorials_job_with_a_recorded_seed() -> None:
@@ -103,6 +104,17 @@ def test_limits_name_their_setting() -> None:
         planned({"shape": "20000,20000", "chunks": "1000,1000"}, query=True)
     with pytest.raises(OutputTooLarge, match="GATEWAY_MAX_CHUNKS"):
         planned({"shape": "10000,10000", "chunks": "10,10"}, query=True)
+    with pytest.raises(OutputTooLarge, match="GATEWAY_MAX_CHUNK_BYTES"):
+        planned({"shape": "10000,10000", "chunks": "10000,10000", "dtype": "float64"}, query=True)
+
+
+def test_a_chunk_may_be_as_large_as_gateway_max_chunk_bytes_and_no_larger() -> None:
+    # 4096 x 4096 float32 is 64 MiB, the default limit.
+    assert planned({"shape": [4096, 4097], "chunks": [4096, 4096]}).output.chunks == (4096, 4096)
+    over = r"a chunk of \[4096, 4097\] float32 is 67125248 bytes \(64.0 MiB\), over the limit of 67108864 bytes \(64.0 MiB\) \(GATEWAY_MAX_CHUNK_BYTES\)"
+    with pytest.raises(OutputTooLarge, match=over):
+        planned({"shape": [4096, 4097], "chunks": [4096, 4097]})
+    assert planned({"shape": [4096, 4097], "chunks": [4096, 4097]}, max_chunk_bytes=2**27).output.chunks == (4096, 4097)
 
 
 def test_a_huge_shape_is_a_size_refusal_before_any_shard_is_worked_out() -> None:
@@ -170,12 +182,18 @@ def test_auto_shards_are_whole_chunks_of_at_most_a_tasks_bytes(shape, chunks, it
     [
         ({"shards": "150,100"}, "whole multiples of chunks"),
         ({"shards": "1100,1000"}, "no larger than the array in chunks"),
-        ({"shape": "20000,20000", "chunks": "10000,10000", "shards": "20000,20000"}, "over 256 MiB"),
     ],
 )
 def test_bad_shards_are_named(parameters: dict, message: str) -> None:
     with pytest.raises(PlanRefused, match=message):
-        planned(parameters, query=True, max_elements=10**9)
+        planned(parameters, query=True)
+
+
+def test_a_shard_over_256_mib_is_too_large_as_the_other_size_limits_are() -> None:
+    over = r"a shard of \[20000, 20000\] float32 is 1600000000 bytes \(1525.9 MiB\), over the limit of 268435456 bytes \(256.0 MiB\) a shard"
+    with pytest.raises(OutputTooLarge, match=over):
+        planned({"shape": "20000,20000", "chunks": "4000,4000", "shards": "20000,20000"}, query=True, max_elements=10**9)
+    assert planned({"shape": "20000,20000", "chunks": "4000,4000", "shards": "8000,8000"}, query=True, max_elements=10**9).output.shards == (8000, 8000)
 
 
 def test_explicit_shards_on_a_zarr_2_gateway_are_refused_naming_the_setting() -> None:

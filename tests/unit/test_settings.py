@@ -70,6 +70,8 @@ def test_values_are_read_from_the_environment() -> None:
         ("GATEWAY_MAX_READS_PER_OWNER", "0"),
         ("GATEWAY_MAX_ELEMENTS", "1e8"),
         ("GATEWAY_MAX_CHUNKS", "0"),
+        ("GATEWAY_MAX_CHUNK_BYTES", "64MiB"),
+        ("GATEWAY_MAX_CHUNK_BYTES", "268435457"),
         ("GATEWAY_MAX_RUNNING_JOBS", "four"),
         ("GATEWAY_MAX_QUEUED_JOBS", "many"),
         ("GATEWAY_MAX_JOBS_PER_OWNER", "-3"),

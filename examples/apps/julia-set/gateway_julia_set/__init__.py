@@ -4,7 +4,7 @@ from typing import Any
 
 import numpy as np
 
-from science_gateway.apps import App, Inputs, Output, Plan, PlanContext, Selection, within_limits
+from science_gateway.apps import App, Inputs, Output, Plan, PlanContext, Selection
 
 SIDE = {"type": "integer", "minimum": 1, "maximum": 100_000}
 
@@ -28,7 +28,7 @@ class JuliaSet(App):
         parameters = {"c": [-0.8, 0.156], "size": [1000, 1000], "max_steps": 100, **parameters}
         shape = tuple(parameters["size"])
         chunks = tuple(min(500, side) for side in shape)
-        return Plan(parameters, within_limits(Output(shape, chunks, "uint16"), context.limits))
+        return Plan(parameters, Output(shape, chunks, "uint16"))
 
     def compute(self, region: Selection, parameters: dict[str, Any], output: Output, inputs: Inputs) -> np.ndarray:
         rows, columns = (np.linspace(-1.5, 1.5, side)[part] for side, part in zip(output.shape, region, strict=True))
