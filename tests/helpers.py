@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +33,16 @@ from science_gateway.settings import load_settings
 
 SHAPE = (1000, 1000)
 CHUNKS = (100, 100)
+
+# The form of every password, secret key and token the tests make: the audit of secrets
+# (test_secrets_audit.py) finds each by it. Those a server makes (tokens a hub issues,
+# moto's keys) are added to the fixture ``audited_secrets`` instead.
+SECRET_FORM = r"test-secret-[0-9a-f]{24}"
+
+
+def new_secret() -> str:
+    """A password, secret key or token for a test's server or gateway, in the form the audit of secrets looks for."""
+    return f"test-secret-{secrets.token_hex(12)}"
 
 
 def random_job(**parameters: Any) -> JobWork:

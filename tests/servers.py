@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ import yaml
 
 from devtools.gunicorn_gateway import PROJECT
 from devtools.processes import free_port, start_process, stopped_if_start_up_fails, wait_for_port, wait_while_running
+from helpers import new_secret
 
 # configurable-http-proxy, which the Makefile installs from npm for the hub.
 PROXY_COMMAND = PROJECT / ".venv" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -48,6 +50,8 @@ class JupyterHubServer:
     public_url: str
     admin_token: str
     service_tokens: dict[str, str]
+    # The hub's own: its cookie secret and its proxy's token, for the audit of secrets.
+    own_secrets: tuple[str, str]
 
     def _api(self, method: str, path: str, **kwargs) -> requests.Response:
         response = requests.request(
@@ -151,7 +155,11 @@ def start_jupyterhub(
         cookie_secret_file=str(workdir / "cookie_secret"), pid_file=str(workdir / "jupyterhub.pid"),
     )  # fmt: skip
     config.setdefault("Authenticator", {})["allowed_users"] = users
-    config["ConfigurableHTTPProxy"] = {"api_url": f"http://127.0.0.1:{proxy_api_port}", "command": [str(PROXY_COMMAND)]}
+    # Made here rather than by the hub, so that the audit of secrets knows them.
+    cookie_secret, proxy_token = secrets.token_hex(32), new_secret()
+    with open(os.open(workdir / "cookie_secret", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as secret_file:
+        secret_file.write(cookie_secret)
+    config["ConfigurableHTTPProxy"] = {"api_url": f"http://127.0.0.1:{proxy_api_port}", "command": [str(PROXY_COMMAND)], "auth_token": proxy_token}
     config["SimpleLocalProcessSpawner"] = {"home_dir_template": str(workdir / "home" / "{username}")}
     spawner = config["Spawner"]
     # A container image puts its Python on PATH: here the project's venv, whose kernel spec runs `python`.
@@ -176,7 +184,9 @@ def start_jupyterhub(
     process = start_process(command, env=hub_env, log_file=workdir / "jupyterhub.log", cwd=workdir)
     with stopped_if_start_up_fails(process):
         wait_for_port(hub_port, process, timeout)
-        server = JupyterHubServer(process, f"http://127.0.0.1:{hub_port}/hub/api", f"http://127.0.0.1:{proxy_port}", admin_token, services)
+        server = JupyterHubServer(
+            process, f"http://127.0.0.1:{hub_port}/hub/api", f"http://127.0.0.1:{proxy_port}", admin_token, services, (cookie_secret, proxy_token)
+        )
         wait_while_running(lambda: _answers(server), process, timeout, "the hub's API")
     return server
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import subprocess
 import time
 import uuid
@@ -33,7 +32,7 @@ from devtools.container_engine import (
 )  # fmt: skip
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
-from helpers import assert_computed_by_the_app, assert_made_from_its_seed, finished_job, wait_for
+from helpers import assert_computed_by_the_app, assert_made_from_its_seed, finished_job, new_secret, wait_for
 from servers import PROJECT, DaskGatewayServer, start_dask_gateway_server
 
 IMAGE = "science-gateway:test"
@@ -159,7 +158,7 @@ def test_the_container_runs_as_the_pod_does(image: str, s3: LocalS3, tmp_path: P
 
 @pytest.fixture
 def containers_dask_gateway(image: str, s3: LocalS3, tmp_path: Path) -> Iterator[DaskGatewayServer]:
-    password = secrets.token_hex(8)
+    password = new_secret()
     server = start_dask_gateway_server(
         tmp_path, {"awsconfig": s3.environ()}, password=password, results_writer=RESULTS_WRITER, container_image=image
     )

@@ -22,7 +22,7 @@ from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import stop_process
-from helpers import assert_all_gone, assert_complete_result, assert_computed_by_the_app, descendants, finished_job, wait_for
+from helpers import assert_all_gone, assert_complete_result, assert_computed_by_the_app, descendants, finished_job, new_secret, wait_for
 from servers import DaskGatewayServer, start_dask_gateway_server
 
 USER = "scientist"
@@ -31,7 +31,7 @@ USER = "scientist"
 @pytest.fixture(scope="module")
 def dask_gateway_server(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskGatewayServer]:
     server = start_dask_gateway_server(
-        tmp_path_factory.mktemp("dask-gateway"), {"awsconfig": s3.environ()}, password="gateway-pw-0", results_writer=USER
+        tmp_path_factory.mktemp("dask-gateway"), {"awsconfig": s3.environ()}, password=new_secret(), results_writer=USER
     )
     yield server
     stop_process(server.process, timeout=60)
@@ -165,7 +165,8 @@ def test_other_unused_clusters_of_its_identity_are_stopped_and_one_a_gateway_use
 
 
 def test_a_refused_login_is_reported_by_readiness(dask_gateway_server: DaskGatewayServer, tmp_path: Path) -> None:
-    served = start_gunicorn_gateway(gateway_environ(dask_gateway_server, "wrong-password"), log_file=tmp_path / "gateway.log", ready_timeout=0)
+    wrong_password = new_secret()
+    served = start_gunicorn_gateway(gateway_environ(dask_gateway_server, wrong_password), log_file=tmp_path / "gateway.log", ready_timeout=0)
     try:
         def refused() -> dict | None:
             response = requests.get(f"{served.url}/readyz", timeout=10)
@@ -174,13 +175,13 @@ def test_a_refused_login_is_reported_by_readiness(dask_gateway_server: DaskGatew
 
         body = wait_for(refused, 30, "readiness to report the refused login")
         assert "DASK_GATEWAY__AUTH__TYPE" in body["error"]["message"]
-        assert "wrong-password" not in body["error"]["message"]
+        assert wrong_password not in body["error"]["message"]
         assert requests.get(f"{served.url}/healthz", timeout=10).status_code == 200
         assert requests.get(f"{served.url}/submit_job/no-cluster", timeout=10).status_code == 503
     finally:
         stop_process(served.process, timeout=60)
     assert "refused the login" in served.log()
-    assert "wrong-password" not in served.log()
+    assert wrong_password not in served.log()
 
 
 def lose_the_cluster(server: DaskGatewayServer, name: str, how: str) -> None:
@@ -227,7 +228,7 @@ def test_an_unreachable_dask_gateway_at_start_up_is_retried_with_backoff_until_i
     for each in held:
         each.bind(("127.0.0.1", 0))
     api_port, proxy_port = (each.getsockname()[1] for each in held)
-    password = "late-gateway-pw"
+    password = new_secret()
     environ = environ_for(f"http://127.0.0.1:{api_port}", f"gateway://127.0.0.1:{proxy_port}", password)
     served = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log", ready_timeout=0)
     server = None
@@ -269,7 +270,7 @@ c.Backend.cluster_options = Options(String("label", default="unlabelled"), handl
 def test_the_cluster_options_setting_reaches_dask_gateway_and_a_wrong_one_is_named(s3: LocalS3, tmp_path: Path, http) -> None:
     (tmp_path / "dask-gateway").mkdir()
     server = start_dask_gateway_server(
-        tmp_path / "dask-gateway", {"awsconfig": s3.environ()}, password="gateway-pw-1", results_writer=USER, operator_config=LABELLED_CLUSTERS
+        tmp_path / "dask-gateway", {"awsconfig": s3.environ()}, password=new_secret(), results_writer=USER, operator_config=LABELLED_CLUSTERS
     )
     try:
         environ = {**gateway_environ(server, server.password), "GATEWAY_N_WORKERS": "1"}

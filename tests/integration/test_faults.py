@@ -25,7 +25,7 @@ from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import free_port, stop_process
 from gateway import services
-from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, random_job, wait_for, wait_for_the_stop, workers_held
+from helpers import assert_all_gone, chunk_objects, descendants, expected_objects, new_secret, random_job, wait_for, wait_for_the_stop, workers_held
 from science_gateway.apps.random_array import random_chunk
 from science_gateway.jobs import JobManager
 from science_gateway.region_writes import chunk_selections
@@ -73,7 +73,7 @@ def accepts_connections(url: str) -> bool:
 
 
 def test_s3_stopping_mid_job_fails_it_naming_storage_and_the_id_can_run_again(tmp_path: Path, http: requests.Session) -> None:
-    credentials = {"access_key": f"fault-access-{secrets.token_hex(4)}", "secret_key": f"fault-secret-{secrets.token_hex(12)}"}
+    credentials = {"access_key": f"fault-access-{secrets.token_hex(4)}", "secret_key": new_secret()}
     port = free_port()
     data = tmp_path / "s3"
     s3 = start_local_s3(data, ("results",), **credentials, port=port, log_file=tmp_path / "s3.log")

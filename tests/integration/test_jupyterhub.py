@@ -38,7 +38,7 @@ from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
-from helpers import assert_made_from_its_seed, descendants, finished_job, outputs, run_notebook_on_server, wait_for, workers_held
+from helpers import SECRET_FORM, assert_made_from_its_seed, descendants, finished_job, new_secret, outputs, run_notebook_on_server, wait_for, workers_held
 from servers import (
     HUB_VALUES,
     PROJECT,
@@ -53,11 +53,6 @@ USERS = ["alice", "bob", "carol", "gateway-bot"]
 ADMINS = "gateway-admins"
 SMALL = "shape=100,100"
 FINISHED = ("done", "failed", "cancelled")
-
-
-def hub_token() -> str:
-    # The audit of secrets recognises this form (test_secrets_audit.py).
-    return f"test-hub-token-{secrets.token_hex(16)}"
 
 
 @pytest.fixture(scope="module")
@@ -84,19 +79,22 @@ def notebook_environment(gateway_url: str, dask_gateway_ports: tuple[int, int]) 
 
 
 def start_hub(workdir: Path, gateway_port: int, dask_gateway_ports: tuple[int, int], **options) -> JupyterHubServer:
-    services = {"science-gateway": hub_token(), "dask-gateway": hub_token()}
+    services = {"science-gateway": new_secret(), "dask-gateway": new_secret()}
     return start_jupyterhub(
-        workdir, USERS, {ADMINS: ["carol"]}, services, admin_token=hub_token(),
+        workdir, USERS, {ADMINS: ["carol"]}, services, admin_token=new_secret(),
         notebook_environment=notebook_environment(f"http://127.0.0.1:{gateway_port}", dask_gateway_ports), **options,
     )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory, hub_gateway_port: int, dask_gateway_ports: tuple[int, int]) -> Iterator[JupyterHubServer]:
+def hub(
+    tmp_path_factory: pytest.TempPathFactory, hub_gateway_port: int, dask_gateway_ports: tuple[int, int], audited_secrets: list[str]
+) -> Iterator[JupyterHubServer]:
     server = start_hub(
         tmp_path_factory.mktemp("jupyterhub"), hub_gateway_port, dask_gateway_ports,
         oauth_redirects={"science-gateway": f"http://127.0.0.1:{hub_gateway_port}/oauth_callback"},
     )  # fmt: skip
+    audited_secrets.extend(server.own_secrets)
     yield server
     stop_process(server.process, timeout=60)
 
@@ -329,8 +327,8 @@ def dask_gateway_server_logs(server: DaskGatewayServer) -> Path:
     return server.workdir / "cluster-logs"
 
 
-# The forms of the tests' secrets (test_secrets_audit.py): the cell names any variable holding one.
-USERS_OWN_CLUSTER = """
+# The form of the tests' secrets (helpers.SECRET_FORM): the cell names any variable holding one.
+USERS_OWN_CLUSTER = f"""
 import os, re
 from dask_gateway import Gateway
 
@@ -340,26 +338,27 @@ cluster.scale(1)
 client = cluster.get_client()
 client.wait_for_workers(1, timeout=120)
 environments = client.run(lambda: dict(os.environ))
-secret = re.compile(r"(?:test|fault)-secret-|test-hub-token-")
+secret = re.compile({SECRET_FORM!r})
 print("secret values:", sorted(name for env in environments.values() for name, value in env.items() if secret.search(value)))
 print("variables:", sorted(name for env in environments.values() for name in env))
 listed = [report.name for report in gateway.list_clusters()]
 client.close()
 cluster.shutdown()
 assert cluster.name in listed, listed
-print(f"cluster {cluster.name} started, listed, stopped")
+print(f"cluster {{cluster.name}} started, listed, stopped")
 """
 
 
 @pytest.fixture(scope="module")
 def hub_with_default_server_role(
-    tmp_path_factory: pytest.TempPathFactory, dask_gateway_ports: tuple[int, int]
+    tmp_path_factory: pytest.TempPathFactory, dask_gateway_ports: tuple[int, int], audited_secrets: list[str]
 ) -> Iterator[tuple[JupyterHubServer, int]]:
     """A hub configured from jupyterhub_values.yaml less its `server` role, so notebooks' tokens get JupyterHub's default."""
     values = yaml.safe_load(HUB_VALUES.read_text())
     del values["hub"]["loadRoles"]["server"]
     gateway_port = free_port()
     server = start_hub(tmp_path_factory.mktemp("jupyterhub-default-server-role"), gateway_port, dask_gateway_ports, values=values)
+    audited_secrets.extend(server.own_secrets)
     yield server, gateway_port
     stop_process(server.process, timeout=60)
 

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from devtools.gunicorn_gateway import start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
 from devtools.processes import stop_process
+from helpers import new_secret
 from science_gateway.apps.random_array import random_chunk
 from science_gateway.region_writes import chunk_selections
 
@@ -62,7 +63,7 @@ def private_ca(tmp_path: Path) -> dict[str, Path]:
 
 def test_a_store_with_a_private_ca_takes_jobs_when_aws_ca_bundle_names_it(private_ca: dict[str, Path], tmp_path: Path) -> None:
     s3 = start_local_s3(
-        tmp_path / "s3", ("results",), access_key=f"tls-access-{secrets.token_hex(4)}", secret_key=f"tls-secret-{secrets.token_hex(12)}",
+        tmp_path / "s3", ("results",), access_key=f"tls-access-{secrets.token_hex(4)}", secret_key=new_secret(),
         tls=(private_ca["chain"], private_ca["key"]),
     )  # fmt: skip
     environ = {**os.environ, **s3.environ(), "AWS_CA_BUNDLE": str(private_ca["ca"]), "GATEWAY_RESULTS_URL": "s3://results"}
