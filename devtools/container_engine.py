@@ -29,6 +29,8 @@ from devtools.processes import start_process, stop_process
 PROJECT = Path(__file__).resolve().parents[1]
 DEBIAN_BASE_IMAGE = "debian:bookworm-slim"
 DEBIAN_SUITE = "bookworm"
+# The tests' timeout covers their own code, not a fixture's set-up: each step here has a bound of its own.
+APT_TIMEOUT = 900
 # No bridge and no iptables: containers share the host's network (--network host) and get no private-range address.
 DOCKERD_FLAGS = ["--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false"]
 # What debuerreotype's "slim" variant keeps out of the official image, and the apt settings it ships.
@@ -100,7 +102,10 @@ def _install_engine() -> None:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise EngineUnavailable("no Docker engine here, and installing Debian's (docker.io) needs root and apt-get")
     for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "docker.io", "debootstrap"]):
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout=APT_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            raise EngineUnavailable(f"{' '.join(command)} did not finish within {APT_TIMEOUT} s") from exc
         if done.returncode != 0:
             raise EngineUnavailable(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
 

@@ -9,7 +9,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from devtools.processes import free_port, on_a_free_port, start_process, stop_process, wait_for_port, wait_while_running
+from devtools.processes import free_port, on_a_free_port, start_process, stopped_if_start_up_fails, wait_for_port, wait_while_running
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -51,12 +51,9 @@ def start_gunicorn_gateway(
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", "gateway:app"]
     process = start_process(command, env={**environ, "GATEWAY_PROBE_ADDRESS": probe_address}, log_file=log_file, cwd=PROJECT)
     gateway = RunningGateway(process, f"http://127.0.0.1:{port}", log_file, f"http://{probe_address}")
-    try:
+    # Stopped first, not killed: gunicorn then stops its worker and the worker's Dask cluster.
+    with stopped_if_start_up_fails(process):
         wait_for_port(port, process, timeout=60)
         if ready_timeout:
             gateway.wait_until_ready(ready_timeout)
-    except BaseException:
-        # Stopped, not killed: gunicorn then stops its worker and the worker's Dask cluster.
-        stop_process(process, timeout=60)
-        raise
     return gateway

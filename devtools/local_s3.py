@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devtools.processes import free_port, on_a_free_port, start_process, stop_process, wait_for_port
+from devtools.processes import free_port, on_a_free_port, start_process, stop_process, stopped_if_start_up_fails, wait_for_port
 
 
 def rclone_executable() -> str:
@@ -112,11 +112,7 @@ def start_local_s3(
     if tls:
         command += ["--cert", str(tls[0]), "--key", str(tls[1])]
     process = start_process(command, env={**os.environ, "RCLONE_CONFIG": "/dev/null"}, log_file=log_file)
-    try:
+    with stopped_if_start_up_fails(process):
         wait_for_port(port, process, timeout)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
     control_url = f"http://127.0.0.1:{control_port}" if control_port else None
     return LocalS3(f"{'https' if tls else 'http'}://127.0.0.1:{port}", access_key, secret_key, data_dir, process, control_url)

@@ -8,7 +8,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -86,11 +87,15 @@ def _listeners(port: int) -> set[int | None]:
     }
 
 
-def _tree(process: subprocess.Popen) -> set[int]:
+def _descendants(process: subprocess.Popen) -> list[psutil.Process]:
     try:
-        return {process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))}
+        return psutil.Process(process.pid).children(recursive=True)
     except psutil.NoSuchProcess:
-        return {process.pid}
+        return []
+
+
+def _tree(process: subprocess.Popen) -> set[int]:
+    return {process.pid, *(child.pid for child in _descendants(process))}
 
 
 def wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
@@ -140,3 +145,29 @@ def stop_process(process: subprocess.Popen, timeout: float = 30) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
     return process.wait(timeout)
+
+
+@contextmanager
+def stopped_if_start_up_fails(process: subprocess.Popen, timeout: float = 60) -> Iterator[None]:
+    """Around a server's start-up: if it raises (a timeout, a taken port), the server and every process
+    it started are stopped before the error goes on, so that no failed start leaves one running.
+
+    The server gets SIGTERM first, as :func:`stop_process` sends it, to stop its own children in order;
+    what is left of them then, in its process group or among its descendants, gets SIGKILL.
+    """
+    try:
+        yield
+    except BaseException:
+        started = _descendants(process)
+        stop_process(process, timeout)
+        for child in started:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            # start_process made it the leader of a group of its own, which its children join unless they leave it.
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        raise

@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, sync_playwright
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import stop_process
-from helpers import keep_responses, responses_log, running_app
+from helpers import keep_responses, new_secret, reachable_cluster, responses_log, running_app
 
 # What `make test` said when it tried to install chromium.
 INSTALL_LOG = Path(__file__).parents[1] / ".venv" / ".browser"
@@ -67,7 +67,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
         base / "data",
         (BUCKET,),
         access_key=f"test-access-{secrets.token_hex(4)}",
-        secret_key=f"test-secret-{secrets.token_hex(12)}",
+        secret_key=new_secret(),
         log_file=base / "server.log",
     )
     with pytest.MonkeyPatch.context() as patch:
@@ -75,14 +75,14 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
             patch.setenv(name, value)
         # The Secret gives the gateway a JupyterHub token as well: every gateway
         # of the tests holds one, and the last test checks that none leaked.
-        patch.setenv("JUPYTERHUB_API_TOKEN", f"test-hub-token-{secrets.token_hex(16)}")
+        patch.setenv("JUPYTERHUB_API_TOKEN", new_secret())
         yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def audited_secrets(pytestconfig: pytest.Config) -> list[str]:
-    """Secrets the tests were handed in a form no pattern knows (tokens a hub issued): the audit looks for each."""
+    """Secrets that servers made, in a form no pattern knows (tokens a hub issued, moto's keys, a hub's cookie secret): the audit looks for each."""
     return pytestconfig.stash.setdefault(AUDITED_SECRETS, [])
 
 
@@ -101,10 +101,12 @@ def app(s3: LocalS3) -> Iterator[Flask]:
 def serve_for_module(tmp_path_factory: pytest.TempPathFactory, name: str, results_url: str, **settings: str) -> Iterator[RunningGateway]:
     """Body of a module's fixture: the gateway under gunicorn with these settings, stopped at teardown.
 
-    Its log is ``<name>/gateway.log`` under the session's base directory.
+    Its log is ``<name>/gateway.log`` under the session's base directory, where its LocalCluster's scheduler
+    writes its address: ``helpers.gateways_cluster(gateway.log_file.parent)`` reaches its workers.
     """
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": results_url, **settings}
-    gateway = start_gunicorn_gateway(environ, log_file=tmp_path_factory.mktemp(name) / "gateway.log")
+    directory = tmp_path_factory.mktemp(name)
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": results_url, **settings, **reachable_cluster(directory)}
+    gateway = start_gunicorn_gateway(environ, log_file=directory / "gateway.log")
     yield gateway
     stop_process(gateway.process, timeout=60)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -11,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import fsspec
 import nbformat
 import numpy as np
@@ -19,6 +22,7 @@ import pytest
 import requests
 import websocket
 import xarray as xr
+import yaml
 import zarr
 from flask import Flask
 from nbclient import NotebookClient
@@ -32,6 +36,16 @@ from science_gateway.settings import load_settings
 
 SHAPE = (1000, 1000)
 CHUNKS = (100, 100)
+
+# The form of every password, secret key and token the tests make: the audit of secrets
+# (test_secrets_audit.py) finds each by it. Those a server makes (tokens a hub issues,
+# moto's keys) are added to the fixture ``audited_secrets`` instead.
+SECRET_FORM = r"test-secret-[0-9a-f]{24}"
+
+
+def new_secret() -> str:
+    """A password, secret key or token for a test's server or gateway, in the form the audit of secrets looks for."""
+    return f"test-secret-{secrets.token_hex(12)}"
 
 
 def random_job(**parameters: Any) -> JobWork:
@@ -163,6 +177,14 @@ def keep_responses(session: requests.Session, log: Path) -> requests.Session:
 
 
 EXAMPLE_NOTEBOOK = Path(__file__).parents[1] / "examples" / "gateway_demo.ipynb"
+DEPLOYMENT = Path(__file__).parents[1] / "deploy_gateway.yaml"
+
+
+def kubelets_probe_timeout() -> int:
+    """The seconds the kubelet waits for a probe's answer (deploy_gateway.yaml): a slower answer is a failed probe."""
+    manifest = yaml.safe_load_all(DEPLOYMENT.read_text())
+    (container,) = next(document for document in manifest if document and document["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+    return min(container["livenessProbe"]["timeoutSeconds"], container["readinessProbe"]["timeoutSeconds"])
 
 
 def run_example_notebook(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
@@ -290,17 +312,87 @@ def _resume(fraction: Any, dask_worker: Any) -> None:
     dask_worker.memory_manager.memory_pause_fraction = fraction
 
 
+def pause_workers(client: Any) -> Any:
+    """Pause every worker of the cluster (see :func:`workers_held`); what :func:`resume_workers` needs to undo it."""
+    return next(iter(client.run(_pause).values()))
+
+
+def resume_workers(client: Any, paused: Any) -> None:
+    client.run(_resume, paused)
+
+
 @contextmanager
 def workers_held(client: Any) -> Iterator[None]:
     """The cluster's workers paused: a job's tasks wait queued until the block ends, however fast the machine.
 
     A paused worker still answers the scheduler and ``client.run``, so a job's stop reaches it.
     """
-    fractions = client.run(_pause)
+    paused = pause_workers(client)
     try:
         yield
     finally:
-        client.run(_resume, next(iter(fractions.values())))
+        resume_workers(client, paused)
+
+
+def _has_tasks_of(job_id: str, dask_scheduler: Any) -> bool:
+    for task in dask_scheduler.tasks.values():
+        run_id = getattr(task.run_spec, "kwargs", {}).get("run_id")
+        if isinstance(run_id, str) and run_id.startswith(f"{job_id}/"):
+            return True
+    return False
+
+
+def wait_for_the_tasks(client: Any, job_id: str) -> None:
+    """Until the scheduler has the job's tasks (sent together): held by :func:`workers_held`, the job then runs with
+    every task sent and none begun, where a test makes its fault. Its status is ``running`` a moment before."""
+    wait_for(lambda: client.run_on_scheduler(_has_tasks_of, job_id), 60, f"the tasks of {job_id} to reach the scheduler")
+
+
+def _running_tasks(dask_worker: Any) -> int:
+    return len(dask_worker.state.executing)
+
+
+def workers_running_tasks(client: Any) -> list[str]:
+    """The addresses of the workers running a task now."""
+    return [address for address, running in client.run(_running_tasks).items() if running]
+
+
+@contextmanager
+def helpers_by_value() -> Iterator[None]:
+    """These helpers' functions sent to a cluster by value: the workers and scheduler of a gateway under gunicorn or
+    Dask Gateway import the project, not the tests."""
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+SCHEDULER_ADDRESS = "scheduler-address"
+
+
+def reachable_cluster(directory: Path) -> dict[str, str]:
+    """Dask's own setting, for a gateway under gunicorn: its LocalCluster's scheduler (a scheduler preload) writes its
+    address into ``directory``, where :func:`gateways_cluster` finds it."""
+    preload = directory / "write_scheduler_address.py"
+    preload.write_text(
+        "def dask_setup(scheduler):\n"
+        f"    with open({str(directory / SCHEDULER_ADDRESS)!r}, 'w') as out:\n"
+        "        out.write(scheduler.address)\n"
+    )
+    return {"DASK_DISTRIBUTED__SCHEDULER__PRELOAD": json.dumps([str(preload)])}
+
+
+@contextmanager
+def gateways_cluster(directory: Path) -> Iterator[Any]:
+    """A client of the LocalCluster of the gateway started with :func:`reachable_cluster` (``directory``): to hold its workers."""
+    from distributed import Client
+
+    written = directory / SCHEDULER_ADDRESS
+    address = wait_for(lambda: written.exists() and written.read_text(), 60, "the gateway's scheduler to write its address")
+    with helpers_by_value(), Client(address, timeout=30) as client:
+        yield client
 
 
 def stop_reached(job_id: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import secrets
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,8 @@ import requests
 import yaml
 
 from devtools.gunicorn_gateway import PROJECT
-from devtools.processes import free_port, start_process, wait_for_port, wait_while_running
+from devtools.processes import free_port, start_process, stopped_if_start_up_fails, wait_for_port, wait_while_running
+from helpers import new_secret
 
 # configurable-http-proxy, which the Makefile installs from npm for the hub.
 PROXY_COMMAND = PROJECT / ".venv" / "node" / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -59,6 +61,8 @@ class JupyterHubServer:
     public_url: str
     admin_token: str
     service_tokens: dict[str, str]
+    # The hub's own: its cookie secret and its proxy's token, for the audit of secrets.
+    own_secrets: tuple[str, str]
 
     def _api(self, method: str, path: str, **kwargs) -> requests.Response:
         response = requests.request(
@@ -162,7 +166,11 @@ def start_jupyterhub(
         cookie_secret_file=str(workdir / "cookie_secret"), pid_file=str(workdir / "jupyterhub.pid"),
     )  # fmt: skip
     config.setdefault("Authenticator", {})["allowed_users"] = users
-    config["ConfigurableHTTPProxy"] = {"api_url": f"http://127.0.0.1:{proxy_api_port}", "command": [str(PROXY_COMMAND)]}
+    # Made here rather than by the hub, so that the audit of secrets knows them.
+    cookie_secret, proxy_token = secrets.token_hex(32), new_secret()
+    with open(os.open(workdir / "cookie_secret", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as secret_file:
+        secret_file.write(cookie_secret)
+    config["ConfigurableHTTPProxy"] = {"api_url": f"http://127.0.0.1:{proxy_api_port}", "command": [str(PROXY_COMMAND)], "auth_token": proxy_token}
     config["SimpleLocalProcessSpawner"] = {"home_dir_template": str(workdir / "home" / "{username}")}
     spawner = config["Spawner"]
     # A container image puts its Python on PATH: here the project's venv, whose kernel spec runs `python`.
@@ -185,9 +193,12 @@ def start_jupyterhub(
     # The hub needs none of the tests' secrets.
     hub_env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "JUPYTERHUB_"))}
     process = start_process(command, env=hub_env, log_file=workdir / "jupyterhub.log", cwd=workdir)
-    wait_for_port(hub_port, process, timeout)
-    server = JupyterHubServer(process, f"http://127.0.0.1:{hub_port}/hub/api", f"http://127.0.0.1:{proxy_port}", admin_token, services)
-    wait_while_running(lambda: _answers(server), process, timeout, "the hub's API")
+    with stopped_if_start_up_fails(process):
+        wait_for_port(hub_port, process, timeout)
+        server = JupyterHubServer(
+            process, f"http://127.0.0.1:{hub_port}/hub/api", f"http://127.0.0.1:{proxy_port}", admin_token, services, (cookie_secret, proxy_token)
+        )
+        wait_while_running(lambda: _answers(server), process, timeout, "the hub's API")
     return server
 
 
@@ -247,18 +258,19 @@ def start_policed_s3(workdir: Path, bucket: str, policies: dict[str, dict[str, A
     command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
     env = {**{name: value for name, value in os.environ.items() if not name.startswith("AWS_")}, "INITIAL_NO_AUTH_ACTION_COUNT": str(set_up_requests)}
     process = start_process(command, env=env, log_file=workdir / "moto.log", cwd=workdir)
-    wait_for_port(port, process, timeout)
     endpoint = f"http://127.0.0.1:{port}"
-    # moto counts these requests, not checking their keys.
-    anyone = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "set-up-only", "aws_secret_access_key": "set-up-only"}
-    boto3.client("s3", **anyone).create_bucket(Bucket=bucket)
-    iam = boto3.client("iam", **anyone)
     keys = {}
-    for name, policy in policies.items():
-        iam.create_user(UserName=name)
-        iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
-        key = iam.create_access_key(UserName=name)["AccessKey"]
-        keys[name] = (key["AccessKeyId"], key["SecretAccessKey"])
+    with stopped_if_start_up_fails(process):
+        wait_for_port(port, process, timeout)
+        # moto counts these requests, not checking their keys.
+        anyone = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "set-up-only", "aws_secret_access_key": "set-up-only"}
+        boto3.client("s3", **anyone).create_bucket(Bucket=bucket)
+        iam = boto3.client("iam", **anyone)
+        for name, policy in policies.items():
+            iam.create_user(UserName=name)
+            iam.put_user_policy(UserName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
+            key = iam.create_access_key(UserName=name)["AccessKey"]
+            keys[name] = (key["AccessKeyId"], key["SecretAccessKey"])
     return PolicedS3(process, endpoint, keys)
 
 
@@ -380,7 +392,8 @@ def start_dask_gateway_server(
     server_env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     command = [str(Path(sys.executable).parent / "dask-gateway-server"), "-f", str(config)]
     process = start_process(command, env=server_env, log_file=workdir / "dask-gateway-server.log", cwd=workdir)
-    wait_for_port(api_port, process, timeout)
+    with stopped_if_start_up_fails(process):
+        wait_for_port(api_port, process, timeout)
     return DaskGatewayServer(
         process, f"http://127.0.0.1:{api_port}", f"gateway://127.0.0.1:{proxy_port}", password, workdir, container_label
     )

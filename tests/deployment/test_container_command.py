@@ -14,6 +14,8 @@ from devtools.processes import free_port, start_process, stop_process, wait_for_
 from helpers import assert_complete_result, wait_for
 from servers import PROJECT
 
+PREFIX = f"{BUCKET}/dockerfile-cmd"
+
 
 def test_the_dockerfile_cmd_serves_a_job(s3: LocalS3, results_fs, tmp_path: Path) -> None:
     command = dockerfile_cmd()
@@ -22,7 +24,7 @@ def test_the_dockerfile_cmd_serves_a_job(s3: LocalS3, results_fs, tmp_path: Path
         **os.environ,
         # The venv's executables, as the image's are on its PATH.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GATEWAY_RESULTS_URL": f"s3://{BUCKET}",
+        "GATEWAY_RESULTS_URL": f"s3://{PREFIX}",
         # gunicorn reads this after its config file: loopback and a free port instead of 0.0.0.0:8000.
         "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}",
     }
@@ -34,7 +36,7 @@ def test_the_dockerfile_cmd_serves_a_job(s3: LocalS3, results_fs, tmp_path: Path
         wait_for(lambda: requests.get(f"{url}/readyz", timeout=10).ok, 120, "readiness")
         response = requests.get(f"{url}/submit_job/from-the-dockerfile-cmd", timeout=120)
         assert response.status_code == 200, response.text
-        assert_complete_result(results_fs, response.json(), BUCKET)
+        assert_complete_result(results_fs, response.json(), PREFIX)
     finally:
         assert stop_process(process, timeout=90) == 0, (tmp_path / "container.log").read_text()[-3000:]
     assert (tmp_path / "container.log").read_text().count("Booting worker") == 1, "one worker process"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import subprocess
 import time
 import uuid
@@ -33,7 +32,7 @@ from devtools.container_engine import (
 )  # fmt: skip
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
-from helpers import assert_computed_by_the_app, assert_made_from_its_seed, finished_job, wait_for
+from helpers import assert_computed_by_the_app, assert_made_from_its_seed, finished_job, new_secret, wait_for
 from servers import PROJECT, DaskGatewayServer, start_dask_gateway_server
 
 IMAGE = "science-gateway:test"
@@ -70,12 +69,15 @@ def image(engine: None, tmp_path_factory: pytest.TempPathFactory, request: pytes
     return IMAGE
 
 
-def pod_environment(s3: LocalS3) -> dict[str, str]:
-    """The Deployment's plain values that apply without a hub or Dask Gateway, and the awsconfig Secret's variables."""
+def pod_environment(s3: LocalS3, results_prefix: str) -> dict[str, str]:
+    """The Deployment's plain values that apply without a hub or Dask Gateway, and the awsconfig Secret's variables.
+
+    Its results go under ``results_prefix`` of the Deployment's bucket, the test's own place in the tests' S3 server.
+    """
     (container,) = manifests().deployment.spec.template.spec.containers
     plain = {item.name: item.value for item in container.env if item.value is not None}
     applies = {name: value for name, value in plain.items() if not name.startswith(("DASK_GATEWAY__", "JUPYTERHUB_", "GATEWAY_AUTH"))}
-    return {**applies, **s3.environ()}
+    return {**applies, "GATEWAY_RESULTS_URL": f"{applies['GATEWAY_RESULTS_URL']}/{results_prefix}", **s3.environ()}
 
 
 class Container:
@@ -118,7 +120,7 @@ def wait_until_ready(url: str, container: Container, timeout: float) -> None:
 def test_the_container_runs_as_the_pod_does(image: str, s3: LocalS3, tmp_path: Path, measured) -> None:
     port, probe_port = free_port(), free_port()
     environ = {
-        **pod_environment(s3),
+        **pod_environment(s3, "image-as-the-pod"),
         # gunicorn's own variable: the pod's port 8000 may be taken on this host.
         "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}",
         "GATEWAY_PROBE_ADDRESS": f"127.0.0.1:{probe_port}",
@@ -133,7 +135,7 @@ def test_the_container_runs_as_the_pod_does(image: str, s3: LocalS3, tmp_path: P
 
         job = requests.get(f"{url}/submit_job/from-the-image?seed=17", timeout=300)
         assert job.status_code == 200, job.text
-        assert job.json()["status"] == "done" and job.json()["url"] == f"s3://{BUCKET}/from-the-image"
+        assert job.json()["status"] == "done" and job.json()["url"] == f"s3://{BUCKET}/image-as-the-pod/from-the-image"
         assert_made_from_its_seed(job.json()["url"], 17)
         picture = requests.get(f"{url}/jobs/from-the-image/preview.png", timeout=120)
         assert picture.status_code == 200, picture.text
@@ -148,6 +150,7 @@ def test_the_container_runs_as_the_pod_does(image: str, s3: LocalS3, tmp_path: P
         exit_code = int(docker("wait", container.name, timeout=720).stdout)
         stopped_in = time.monotonic() - stopping
         assert exit_code == 0, container.logs()[-3000:]
+        # A timing that must be asserted: past terminationGracePeriodSeconds the kubelet sends SIGKILL, and running jobs die.
         assert stopped_in < manifests().deployment.spec.template.spec.termination_grace_period_seconds
         logs = container.logs()
         for trouble in ("Read-only file system", "Permission denied", "Traceback", "is not a writable directory"):
@@ -159,7 +162,7 @@ def test_the_container_runs_as_the_pod_does(image: str, s3: LocalS3, tmp_path: P
 
 @pytest.fixture
 def containers_dask_gateway(image: str, s3: LocalS3, tmp_path: Path) -> Iterator[DaskGatewayServer]:
-    password = secrets.token_hex(8)
+    password = new_secret()
     server = start_dask_gateway_server(
         tmp_path, {"gateway-results-workers": s3.environ()}, password=password, results_writer=RESULTS_WRITER, container_image=image
     )
@@ -179,7 +182,7 @@ def test_dask_gateway_runs_the_scheduler_and_workers_from_the_image(
     server = containers_dask_gateway
     port, probe_port = free_port(), free_port()
     environ = {
-        **pod_environment(s3),
+        **pod_environment(s3, "image-with-dask-gateway"),
         "DASK_GATEWAY__ADDRESS": server.address,
         "DASK_GATEWAY__PROXY_ADDRESS": server.proxy_address,
         "DASK_GATEWAY__AUTH__TYPE": "basic",

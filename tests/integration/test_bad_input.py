@@ -10,6 +10,7 @@ import base64
 import http.client
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,7 +19,7 @@ import pytest
 from conftest import BUCKET, serve_for_module
 from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
-from helpers import responses_log
+from helpers import gateways_cluster, responses_log, wait_for_the_stop, wait_for_the_tasks, workers_held
 from science_gateway.openapi import openapi_document
 from science_gateway.settings import MAX_REQUEST_LINE
 
@@ -176,8 +177,15 @@ def test_a_good_job_writes_only_under_the_results_url(served: RunningGateway, s3
     assert http.get(f"{served.url}/submit_job/kept?shape=100,100&chunks=10,10", timeout=60).status_code == 200
     assert http.get(f"{served.url}/submit_job/removed?shape=100,100&chunks=10,10", timeout=60).status_code == 200
     assert http.delete(f"{served.url}/jobs/removed", timeout=60).status_code == 204
-    assert http.post(f"{served.url}/jobs", json={"job_id": "cancelled", "shape": [1000, 1000], "chunks": [100, 100]}, timeout=60).status_code == 202
-    assert http.delete(f"{served.url}/jobs/cancelled", timeout=60).json()["status"] in ("cancelled", "done")
+    with ThreadPoolExecutor(1) as pool, gateways_cluster(served.log_file.parent) as cluster:
+        # Held running, its array begun: the cancel removes what it wrote.
+        with workers_held(cluster):
+            assert http.post(f"{served.url}/jobs", json={"job_id": "cancelled", "shape": [1000, 1000], "chunks": [100, 100]}, timeout=60).status_code == 202
+            wait_for_the_tasks(cluster, "cancelled")
+            # The DELETE of a running job answers once its tasks have stopped, after the workers go on.
+            cancelled = pool.submit(http.delete, f"{served.url}/jobs/cancelled", timeout=120)
+            wait_for_the_stop(cluster, "cancelled")
+        assert cancelled.result(timeout=120).json()["status"] == "cancelled"
 
     after = on_disk(s3.data_dir)
     assert {path for path in after if path.startswith("gateway-results/bad-input/kept/")}, "the job was written"

@@ -8,6 +8,7 @@ Secret into worker pods): the dask-gateway-server process itself runs without th
 import os
 import signal
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import stop_process
-from helpers import assert_all_gone, assert_complete_result, assert_computed_by_the_app, descendants, finished_job, wait_for
+from helpers import assert_all_gone, assert_complete_result, assert_computed_by_the_app, descendants, finished_job, new_secret, wait_for
 from servers import DaskGatewayServer, dask_gateway_login_environ, start_dask_gateway_server
 
 USER = "scientist"
@@ -31,18 +32,24 @@ USER = "scientist"
 @pytest.fixture(scope="module")
 def dask_gateway_server(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskGatewayServer]:
     server = start_dask_gateway_server(
-        tmp_path_factory.mktemp("dask-gateway"), {"gateway-results-workers": s3.environ()}, password="gateway-pw-0", results_writer=USER
+        tmp_path_factory.mktemp("dask-gateway"), {"gateway-results-workers": s3.environ()}, password=new_secret(), results_writer=USER
     )
     yield server
     stop_process(server.process, timeout=60)
 
 
-def gateway_environ(server: DaskGatewayServer, password: str) -> dict[str, str]:
-    return environ_for(server.address, server.proxy_address, password)
+@pytest.fixture
+def results_prefix() -> str:
+    """The test's own place in the bucket: its gateways read and write no other test's records."""
+    return f"{BUCKET}/dask-gateway-{uuid.uuid4().hex[:8]}"
 
 
-def environ_for(address: str, proxy_address: str, password: str) -> dict[str, str]:
-    return {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}", **dask_gateway_login_environ(address, proxy_address, USER, password)}
+def gateway_environ(server: DaskGatewayServer, password: str, results_prefix: str) -> dict[str, str]:
+    return environ_for(server.address, server.proxy_address, password, results_prefix)
+
+
+def environ_for(address: str, proxy_address: str, password: str, results_prefix: str) -> dict[str, str]:
+    return {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{results_prefix}", **dask_gateway_login_environ(address, proxy_address, USER, password)}
 
 
 def cluster_processes(server: DaskGatewayServer) -> list:
@@ -68,10 +75,10 @@ def running_clusters(server: DaskGatewayServer) -> list:
 
 
 def test_jobs_run_on_a_dask_gateway_cluster_that_is_shut_down_with_the_service(
-    dask_gateway_server: DaskGatewayServer, results_fs, tmp_path: Path
+    dask_gateway_server: DaskGatewayServer, results_fs, results_prefix: str, tmp_path: Path
 ) -> None:
     served: RunningGateway = start_gunicorn_gateway(
-        gateway_environ(dask_gateway_server, dask_gateway_server.password), log_file=tmp_path / "gateway.log"
+        gateway_environ(dask_gateway_server, dask_gateway_server.password, results_prefix), log_file=tmp_path / "gateway.log"
     )
     try:
         ready = requests.get(f"{served.url}/readyz", timeout=10).json()
@@ -81,7 +88,7 @@ def test_jobs_run_on_a_dask_gateway_cluster_that_is_shut_down_with_the_service(
 
         response = requests.get(f"{served.url}/submit_job/via-dask-gateway", timeout=120)
         assert response.status_code == 200, response.text
-        source = assert_complete_result(results_fs, response.json(), BUCKET)
+        source = assert_complete_result(results_fs, response.json(), results_prefix)
         # Both built-in apps and the installed example run on the Dask Gateway cluster's workers.
         coarse = submitted(served.url, {"app": "coarsen", "job_id": "coarse-via-dask-gateway", "parameters": {"source": "via-dask-gateway", "factor": 4}})
         expected = source.astype("float64").reshape(250, 4, 250, 4).mean(axis=(1, 3)).astype(source.dtype)
@@ -106,9 +113,9 @@ def kill_with_sigkill(served: RunningGateway) -> None:
 
 
 def test_a_gateway_killed_with_sigkill_leaves_its_cluster_and_the_next_one_adopts_it(
-    dask_gateway_server: DaskGatewayServer, results_fs, tmp_path: Path, http
+    dask_gateway_server: DaskGatewayServer, results_fs, results_prefix: str, tmp_path: Path, http
 ) -> None:
-    environ = gateway_environ(dask_gateway_server, dask_gateway_server.password)
+    environ = gateway_environ(dask_gateway_server, dask_gateway_server.password, results_prefix)
     first = start_gunicorn_gateway(environ, log_file=tmp_path / "first.log")
     [left] = running_clusters(dask_gateway_server)
     warm_workers = {process.pid for process in cluster_processes(dask_gateway_server)}
@@ -128,7 +135,7 @@ def test_a_gateway_killed_with_sigkill_leaves_its_cluster_and_the_next_one_adopt
 
 
 def test_other_unused_clusters_of_its_identity_are_stopped_and_one_a_gateway_uses_is_left(
-    dask_gateway_server: DaskGatewayServer, tmp_path: Path, http
+    dask_gateway_server: DaskGatewayServer, results_prefix: str, tmp_path: Path, http
 ) -> None:
     same_identity = gateway_client(dask_gateway_server)
 
@@ -139,7 +146,7 @@ def test_other_unused_clusters_of_its_identity_are_stopped_and_one_a_gateway_use
 
     older = started()
     newer = started()
-    environ = gateway_environ(dask_gateway_server, dask_gateway_server.password)
+    environ = gateway_environ(dask_gateway_server, dask_gateway_server.password, results_prefix)
 
     first = start_gunicorn_gateway(environ, log_file=tmp_path / "first.log")
     # A second replica, or a new pod while the old one stops: the first one's cluster has its client.
@@ -156,8 +163,9 @@ def test_other_unused_clusters_of_its_identity_are_stopped_and_one_a_gateway_use
     wait_for(lambda: not running_clusters(dask_gateway_server), 30, "every cluster to be stopped")
 
 
-def test_a_refused_login_is_reported_by_readiness(dask_gateway_server: DaskGatewayServer, tmp_path: Path) -> None:
-    served = start_gunicorn_gateway(gateway_environ(dask_gateway_server, "wrong-password"), log_file=tmp_path / "gateway.log", ready_timeout=0)
+def test_a_refused_login_is_reported_by_readiness(dask_gateway_server: DaskGatewayServer, results_prefix: str, tmp_path: Path) -> None:
+    wrong_password = new_secret()
+    served = start_gunicorn_gateway(gateway_environ(dask_gateway_server, wrong_password, results_prefix), log_file=tmp_path / "gateway.log", ready_timeout=0)
     try:
         def refused() -> dict | None:
             response = requests.get(f"{served.url}/readyz", timeout=10)
@@ -166,13 +174,13 @@ def test_a_refused_login_is_reported_by_readiness(dask_gateway_server: DaskGatew
 
         body = wait_for(refused, 30, "readiness to report the refused login")
         assert "DASK_GATEWAY__AUTH__TYPE" in body["error"]["message"]
-        assert "wrong-password" not in body["error"]["message"]
+        assert wrong_password not in body["error"]["message"]
         assert requests.get(f"{served.url}/healthz", timeout=10).status_code == 200
         assert requests.get(f"{served.url}/submit_job/no-cluster", timeout=10).status_code == 503
     finally:
         stop_process(served.process, timeout=60)
     assert "refused the login" in served.log()
-    assert "wrong-password" not in served.log()
+    assert wrong_password not in served.log()
 
 
 def lose_the_cluster(server: DaskGatewayServer, name: str, how: str) -> None:
@@ -185,9 +193,9 @@ def lose_the_cluster(server: DaskGatewayServer, name: str, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["scheduler killed", "cluster stopped by Dask Gateway"])
 def test_a_lost_cluster_is_reported_and_the_next_job_gets_a_new_one(
-    dask_gateway_server: DaskGatewayServer, results_fs, tmp_path: Path, http, how: str
+    dask_gateway_server: DaskGatewayServer, results_fs, results_prefix: str, tmp_path: Path, http, how: str
 ) -> None:
-    served = start_gunicorn_gateway(gateway_environ(dask_gateway_server, dask_gateway_server.password), log_file=tmp_path / "gateway.log")
+    served = start_gunicorn_gateway(gateway_environ(dask_gateway_server, dask_gateway_server.password, results_prefix), log_file=tmp_path / "gateway.log")
     try:
         [lost] = running_clusters(dask_gateway_server)
 
@@ -201,9 +209,9 @@ def test_a_lost_cluster_is_reported_and_the_next_job_gets_a_new_one(
         job_id = f"after-loss-{how.split()[0]}"
         response = http.get(f"{served.url}/submit_job/{job_id}", timeout=180)
         assert response.status_code == 200, response.text
-        assert_complete_result(results_fs, response.json(), BUCKET)
-        # Readiness is checked every second in the background: it follows within a check or two.
-        wait_for(lambda: http.get(f"{served.url}/readyz", timeout=30).status_code == 200, 10, "readiness with the new cluster")
+        assert_complete_result(results_fs, response.json(), results_prefix)
+        # Readiness is checked every second in the background; the bound only turns a failure into a report.
+        wait_for(lambda: http.get(f"{served.url}/readyz", timeout=30).status_code == 200, 60, "readiness with the new cluster")
         assert [cluster.name for cluster in running_clusters(dask_gateway_server)] != [lost.name]
         assert "the Dask cluster was lost" in served.log()
     finally:
@@ -212,15 +220,15 @@ def test_a_lost_cluster_is_reported_and_the_next_job_gets_a_new_one(
     wait_for(lambda: not running_clusters(dask_gateway_server), 30, "every cluster of the gateway to be stopped")
 
 
-def test_an_unreachable_dask_gateway_at_start_up_is_retried_with_backoff_until_it_answers(s3: LocalS3, tmp_path: Path, http) -> None:
+def test_an_unreachable_dask_gateway_at_start_up_is_retried_with_backoff_until_it_answers(s3: LocalS3, results_prefix: str, tmp_path: Path, http) -> None:
     # The server's ports are held, bound but not listening (a connection is refused, as by no server), until it
     # starts: chosen and left free for the seconds the gateway retries, another process took one (seen in CI).
     held = [socket.socket() for _ in range(2)]
     for each in held:
         each.bind(("127.0.0.1", 0))
     api_port, proxy_port = (each.getsockname()[1] for each in held)
-    password = "late-gateway-pw"
-    environ = environ_for(f"http://127.0.0.1:{api_port}", f"gateway://127.0.0.1:{proxy_port}", password)
+    password = new_secret()
+    environ = environ_for(f"http://127.0.0.1:{api_port}", f"gateway://127.0.0.1:{proxy_port}", password, results_prefix)
     served = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log", ready_timeout=0)
     server = None
     try:
@@ -259,13 +267,13 @@ c.Backend.cluster_options = Options(String("label", default="unlabelled"), handl
 """
 
 
-def test_the_cluster_options_setting_reaches_dask_gateway_and_a_wrong_one_is_named(s3: LocalS3, tmp_path: Path, http) -> None:
+def test_the_cluster_options_setting_reaches_dask_gateway_and_a_wrong_one_is_named(s3: LocalS3, results_prefix: str, tmp_path: Path, http) -> None:
     (tmp_path / "dask-gateway").mkdir()
     server = start_dask_gateway_server(
-        tmp_path / "dask-gateway", {"gateway-results-workers": s3.environ()}, password="gateway-pw-1", results_writer=USER, operator_config=LABELLED_CLUSTERS
+        tmp_path / "dask-gateway", {"gateway-results-workers": s3.environ()}, password=new_secret(), results_writer=USER, operator_config=LABELLED_CLUSTERS
     )
     try:
-        environ = {**gateway_environ(server, server.password), "GATEWAY_N_WORKERS": "1"}
+        environ = {**gateway_environ(server, server.password, results_prefix), "GATEWAY_N_WORKERS": "1"}
         served = start_gunicorn_gateway({**environ, "GATEWAY_CLUSTER_OPTIONS": '{"label": "from-the-settings"}'}, log_file=tmp_path / "labelled.log")
         try:
             [cluster] = running_clusters(server)

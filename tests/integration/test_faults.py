@@ -7,13 +7,10 @@ array never carries the completion marker, and the service stays up.
 import os
 import secrets
 import signal
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import dask.config
 import fsspec
 import numpy as np
 import psutil
@@ -32,28 +29,28 @@ from helpers import (
     chunk_objects,
     descendants,
     expected_objects,
+    gateways_cluster,
+    kubelets_probe_timeout,
+    new_secret,
     random_job,
-    running_app,
+    reachable_cluster,
     wait_for,
     wait_for_the_stop,
+    wait_for_the_tasks,
     workers_held,
+    workers_running_tasks,
 )  # fmt: skip
 from science_gateway.apps.random_array import random_chunk
 from science_gateway.jobs import JobManager
 from science_gateway.region_writes import chunk_selections
 from science_gateway.results_store import ResultsStore
 
-# 400 MB in about 50 tasks: a few seconds, long enough to be cut short on the way.
-BIG_JOB = {"shape": [10000, 10000], "chunks": [1000, 1000]}
+# Every job here is held where its fault is made, on paused workers (helpers.workers_held), never by its size.
 SMALL_JOB = {"shape": [100, 100], "chunks": [10, 10]}
 
 
 def record(gateway: RunningGateway, job_id: str, http: requests.Session) -> dict:
     return http.get(f"{gateway.url}/jobs/{job_id}", timeout=30).json()
-
-
-def wait_until_writing(gateway: RunningGateway, job_id: str, http: requests.Session) -> None:
-    wait_for(lambda: record(gateway, job_id, http)["progress"]["chunks_written"] > 0, 60, f"{job_id} to write")
 
 
 def wait_until_finished(gateway: RunningGateway, job_id: str, http: requests.Session, timeout: float = 180) -> dict:
@@ -72,43 +69,43 @@ def assert_values_match_the_seed(array: zarr.Array, seed: int, samples: int = 10
         np.testing.assert_array_equal(array[selection], random_chunk(seed, int(index), selection, str(array.dtype)))
 
 
-def accepts_connections(url: str) -> bool:
-    host, port = url.removeprefix("http://").split(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 # -- the S3 server stops in the middle of a job ---------------------------------
 
 
-def test_s3_stopping_mid_job_fails_it_naming_storage_and_the_id_can_run_again(tmp_path: Path, http: requests.Session) -> None:
-    credentials = {"access_key": f"fault-access-{secrets.token_hex(4)}", "secret_key": f"fault-secret-{secrets.token_hex(12)}"}
-    port = free_port()
-    data = tmp_path / "s3"
-    s3 = start_local_s3(data, ("results",), **credentials, port=port, log_file=tmp_path / "s3.log")
-    environ = {**os.environ, **s3.environ(), "GATEWAY_RESULTS_URL": "s3://results"}
-    gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log")
-    try:
-        assert http.post(f"{gateway.url}/jobs", json={"job_id": "outage", **BIG_JOB}, timeout=30).status_code == 202
-        wait_until_writing(gateway, "outage", http)
+def private_s3(tmp_path: Path, port: int | None = None) -> LocalS3:
+    """An S3 server of the test's own, with the bucket ``results``: the test stops or pauses it."""
+    credentials = {"access_key": f"fault-access-{secrets.token_hex(4)}", "secret_key": new_secret()}
+    return start_local_s3(tmp_path / "s3", ("results",), **credentials, port=port, log_file=tmp_path / "s3.log")
 
-        s3.stop()
+
+def test_s3_stopping_mid_job_fails_it_naming_storage_and_the_id_can_run_again(tmp_path: Path, http: requests.Session) -> None:
+    port = free_port()
+    s3 = private_s3(tmp_path, port)
+    environ = {**os.environ, **s3.environ(), "GATEWAY_RESULTS_URL": "s3://results", **reachable_cluster(tmp_path)}
+    gateway = None
+    try:
+        gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log")
+        with gateways_cluster(tmp_path) as cluster:
+            # Its tasks sent and none begun: the store goes away under a job that has begun writing (its metadata).
+            with workers_held(cluster):
+                assert http.post(f"{gateway.url}/jobs", json={"job_id": "outage"}, timeout=30).status_code == 202
+                wait_for_the_tasks(cluster, "outage")
+                s3.stop()
 
         failed = wait_until_finished(gateway, "outage", http)
         assert failed["status"] == "failed"
         assert failed["error"]["code"] == "storage_error"
         assert failed["error"]["message"].startswith("results store error: writing chunks of job 'outage' failed")
-        assert credentials["secret_key"] not in str(failed)
-        assert not list(data.glob("results/outage/zarr.json")), "no completion marker"
+        assert s3.secret_key not in str(failed)
+        assert not list(s3.data_dir.glob("results/outage/zarr.json")), "no completion marker"
         assert http.get(f"{gateway.url}/healthz", timeout=10).status_code == 200
-        not_ready = http.get(f"{gateway.url}/readyz", timeout=30)
+        wait_for(lambda: http.get(f"{gateway.probe_url}/readyz", timeout=30).status_code == 503, 30, "readiness to report the store")
+        not_ready = http.get(f"{gateway.probe_url}/readyz", timeout=30)
         assert not_ready.status_code == 503 and not not_ready.json()["error"]["results_store"]["ready"]
-        assert not_ready.elapsed.total_seconds() < 10, "a readiness probe answers within its timeout"
+        # A timing that must be asserted: the kubelet counts a probe slower than its timeout (deploy_gateway.yaml) as failed.
+        assert not_ready.elapsed.total_seconds() < kubelets_probe_timeout(), "a readiness probe answers within the kubelet's timeout"
 
-        s3 = start_local_s3(data, ("results",), **credentials, port=port, log_file=tmp_path / "s3.log")
+        s3 = start_local_s3(s3.data_dir, ("results",), access_key=s3.access_key, secret_key=s3.secret_key, port=port, log_file=tmp_path / "s3.log")
         gateway.wait_until_ready(60)
         again = http.get(f"{gateway.url}/submit_job/outage?shape=1000,1000&seed=3", timeout=120)
         assert again.status_code == 200, again.text
@@ -119,69 +116,73 @@ def test_s3_stopping_mid_job_fails_it_naming_storage_and_the_id_can_run_again(tm
             assert_values_match_the_seed(array, seed=3)
             assert len(chunk_objects(fsspec.filesystem("s3", skip_instance_cache=True), "results/outage/data")) == expected_objects(again.json())
     finally:
-        stop_process(gateway.process, timeout=60)
+        if gateway is not None:
+            stop_process(gateway.process, timeout=60)
         s3.stop()
-    assert "storage" in gateway.log() and credentials["secret_key"] not in gateway.log()
+    assert "storage" in gateway.log() and s3.secret_key not in gateway.log()
 
 
 # -- a Dask worker dies during a job ----------------------------------------------
 
 
-def tasks_rerun_after_a_worker_died(dask_scheduler: Any) -> int:
-    """On the scheduler: how often a job's region task was on a worker that died (Dask reran it, or gave up)."""
-    prefix = dask_scheduler.task_prefixes.get("write_region")
-    return prefix.suspicious if prefix is not None else 0
+def a_worker_killed_while_it_runs_a_task(tmp_path: Path, http: requests.Session, **settings: str) -> tuple[dict, LocalS3, RunningGateway]:
+    """The default job held until its tasks exist, then one worker killed while it runs one of them; the job once finished.
 
-
-# BIG_JOB as a waiting caller's query.
-WORKER_DIES_JOB = "&".join(["seed=11", *(f"{name}={','.join(map(str, value))}" for name, value in BIG_JOB.items())])
-
-
-def kill_a_worker_while_it_writes(app: Flask, job_id: str) -> Any:
-    """A waiting /submit_job of a large job; once its tasks write, one worker killed; the waiting caller's answer.
-
-    The answer is bounded (180 s) so that a hang fails the test; the job takes seconds.
+    The S3 server is paused meanwhile: a task that begins waits on its first write, on its worker, however fast the machine.
+    Returns the job's record, the S3 server and the gateway, both still running: the caller stops them.
     """
-    client = app.test_client()
-    worker_pids = services(app).cluster.client().run(os.getpid)
-    with ThreadPoolExecutor(1) as caller:
-        waiting = caller.submit(client.get, f"/submit_job/{job_id}?{WORKER_DIES_JOB}")
-
-        def writing() -> bool:
-            record = client.get(f"/jobs/{job_id}")
-            return record.status_code == 200 and record.json["status"] == "running" and record.json["progress"]["chunks_written"] > 0
-
-        wait_for(writing, 60, f"{job_id} to write")
-        psutil.Process(next(iter(worker_pids.values()))).kill()
-        return waiting.result(timeout=180)
-
-
-def test_a_worker_killed_mid_job_costs_the_waiting_caller_nothing_dask_runs_its_tasks_again(app: Flask, results_fs) -> None:
-    cluster = services(app).cluster.client()
-    rerun_before = cluster.run_on_scheduler(tasks_rerun_after_a_worker_died)
-
-    answer = kill_a_worker_while_it_writes(app, "worker-dies")
-
-    assert answer.status_code == 200 and answer.json["status"] == "done", answer.json
-    assert cluster.run_on_scheduler(tasks_rerun_after_a_worker_died) > rerun_before, "a task of the job was on the worker killed"
-    assert len(chunk_objects(results_fs, f"{BUCKET}/worker-dies/data")) == expected_objects(answer.json)
-    assert_values_match_the_seed(zarr.open_group(f"s3://{BUCKET}/worker-dies", mode="r")["data"], seed=11)
-    # The nanny brings the worker back: the cluster keeps its size for the next job.
-    wait_for(lambda: len(cluster.scheduler_info(n_workers=-1)["workers"]) == 3, 60, "the worker to be restarted")
-    assert app.test_client().get("/submit_job/after-the-worker-died?shape=100,100").json["status"] == "done"
+    s3 = private_s3(tmp_path)
+    environ = {**os.environ, **s3.environ(), "GATEWAY_RESULTS_URL": "s3://results", **reachable_cluster(tmp_path), **settings}
+    gateway = None
+    try:
+        gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log")
+        with gateways_cluster(tmp_path) as cluster:
+            with workers_held(cluster):
+                assert http.post(f"{gateway.url}/jobs", json={"job_id": "worker-dies", "seed": 11}, timeout=30).status_code == 202
+                wait_for_the_tasks(cluster, "worker-dies")
+                s3.process.send_signal(signal.SIGSTOP)
+            try:
+                (dying, *_) = wait_for(lambda: workers_running_tasks(cluster), 60, "a task of the job to run on a worker")
+                psutil.Process(cluster.run(os.getpid, workers=[dying])[dying]).kill()
+            finally:
+                s3.process.send_signal(signal.SIGCONT)
+            job = wait_until_finished(gateway, "worker-dies", http)
+            # The nanny brings the worker back: the cluster keeps its size for the next job.
+            wait_for(lambda: len(cluster.scheduler_info(n_workers=-1)["workers"]) == 3, 60, "the worker to be restarted")
+        return job, s3, gateway
+    except BaseException:
+        if gateway is not None:
+            stop_process(gateway.process, timeout=60)
+        s3.stop()
+        raise
 
 
-def test_a_task_whose_workers_die_more_often_than_dask_allows_fails_the_job_naming_the_death(s3: LocalS3, results_fs) -> None:
+def test_a_worker_killed_while_running_a_task_is_replaced_and_the_job_is_done_with_every_chunk(tmp_path: Path, http: requests.Session) -> None:
+    job, s3, gateway = a_worker_killed_while_it_runs_a_task(tmp_path, http)
+    try:
+        assert job["status"] == "done", job["error"]
+        assert http.get(f"{gateway.url}/submit_job/after-the-worker-died?shape=100,100", timeout=120).json()["status"] == "done"
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in s3.environ().items():
+                patch.setenv(name, value)
+            assert len(chunk_objects(fsspec.filesystem("s3", skip_instance_cache=True), "results/worker-dies/data")) == expected_objects(job)
+            array = zarr.open_group("s3://results/worker-dies", mode="r", storage_options={"skip_instance_cache": True})["data"]
+            assert_values_match_the_seed(array, seed=11, samples=len(chunk_selections(array.shape, array.chunks)))
+    finally:
+        stop_process(gateway.process, timeout=60)
+        s3.stop()
+
+
+def test_a_task_whose_worker_dies_more_often_than_dask_allows_fails_the_job_naming_the_death(tmp_path: Path, http: requests.Session) -> None:
     """Dask gives a task up once its worker died distributed.scheduler.allowed-failures + 1 times; 0 here, so one death."""
-    results = f"{BUCKET}/worker-deaths-{secrets.token_hex(4)}"
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), running_app({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{results}"}, 120) as app:
-        answer = kill_a_worker_while_it_writes(app, "worker-dies-for-good")
-
-    assert answer.status_code == 500, answer.json
-    assert answer.json["error"]["code"] == "job_failed"
-    assert answer.json["error"]["message"] == "job 'worker-dies-for-good' failed: a Dask worker died while running it"
-    assert answer.json["error"]["job"]["status"] == "failed"
-    assert not results_fs.exists(f"{results}/worker-dies-for-good"), "its partial array removed"
+    job, s3, gateway = a_worker_killed_while_it_runs_a_task(tmp_path, http, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+    try:
+        assert (job["status"], job["error"]["code"]) == ("failed", "job_failed")
+        assert job["error"]["message"] == "job 'worker-dies' failed: a Dask worker died while running it"
+        assert not (s3.data_dir / "results" / "worker-dies").exists(), "its partial array removed"
+    finally:
+        stop_process(gateway.process, timeout=60)
+        s3.stop()
 
 
 # -- a job over its timeout --------------------------------------------------------
@@ -210,24 +211,25 @@ def test_a_job_over_its_timeout_fails_and_its_dask_work_is_cancelled(app: Flask,
 # -- SIGTERM to gunicorn while a job runs -------------------------------------------
 
 
-def sigterm_while_running(environ: dict, tmp_path: Path, http: requests.Session) -> tuple[RunningGateway, requests.Response]:
-    """Start a long job with a caller waiting for it, queue a short one, send SIGTERM.
+def sigterm_while_running(environ: dict, tmp_path: Path, http: requests.Session, release_once: str) -> tuple[RunningGateway, requests.Response]:
+    """Start a job with a caller waiting for it, held on paused workers, queue another one, send SIGTERM, and let the
+    workers go on once the gateway's log says ``release_once`` (or at once when it is empty).
 
     Return once the gateway has exited, with the waiting caller's answer.
     """
-    gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "first.log")
+    gateway = start_gunicorn_gateway({**environ, **reachable_cluster(tmp_path)}, log_file=tmp_path / "first.log")
     dask_processes = descendants(gateway.process.pid)
     with ThreadPoolExecutor(1) as caller:
-        shape, chunks = (",".join(map(str, BIG_JOB[name])) for name in ("shape", "chunks"))
-        waiting = caller.submit(http.get, f"{gateway.url}/submit_job/long?seed=5&shape={shape}&chunks={chunks}", timeout=300)
-        wait_for(lambda: http.get(f"{gateway.url}/jobs/long", timeout=30).status_code == 200, 30, "the long job")
-        http.post(f"{gateway.url}/jobs", json={"job_id": "queued", **SMALL_JOB}, timeout=30).raise_for_status()
-        wait_until_writing(gateway, "long", http)
-        assert record(gateway, "queued", http)["status"] == "queued"
+        with gateways_cluster(tmp_path) as cluster, workers_held(cluster):
+            waiting = caller.submit(http.get, f"{gateway.url}/submit_job/long?seed=5", timeout=300)
+            wait_for(lambda: http.get(f"{gateway.url}/jobs/long", timeout=30).status_code == 200, 30, "the long job")
+            wait_for_the_tasks(cluster, "long")
+            http.post(f"{gateway.url}/jobs", json={"job_id": "queued", **SMALL_JOB}, timeout=30).raise_for_status()
+            assert record(gateway, "queued", http)["status"] == "queued"
 
-        gateway.process.send_signal(signal.SIGTERM)
+            gateway.process.send_signal(signal.SIGTERM)
 
-        wait_for(lambda: not accepts_connections(gateway.url), 10, "gunicorn to stop taking connections")
+            wait_for(lambda: release_once in gateway.log(), 60, f"the gateway to log {release_once!r}")
         assert gateway.process.wait(timeout=120) == 0, gateway.log()
         assert_all_gone(dask_processes, timeout=30)
         return gateway, waiting.result(timeout=10)
@@ -239,8 +241,7 @@ def restart_environ(s3: LocalS3, request: pytest.FixtureRequest) -> dict[str, st
 
 
 def test_sigterm_lets_the_running_job_finish_and_keeps_the_queued_one(restart_environ: dict, results_fs, tmp_path: Path, http) -> None:
-    first, answer = sigterm_while_running(restart_environ, tmp_path, http)
-    assert "running jobs get 540 s to finish" in first.log()
+    first, answer = sigterm_while_running(restart_environ, tmp_path, http, release_once="stopping: 1 running jobs get 540 s to finish")
     assert answer.status_code == 200 and answer.json()["status"] == "done"
 
     second = start_gunicorn_gateway(restart_environ, log_file=tmp_path / "second.log")
@@ -258,8 +259,7 @@ def test_sigterm_lets_the_running_job_finish_and_keeps_the_queued_one(restart_en
 
 def test_sigterm_past_the_shutdown_timeout_records_the_job_as_interrupted(restart_environ: dict, results_fs, tmp_path: Path, http) -> None:
     environ = {**restart_environ, "GATEWAY_SHUTDOWN_TIMEOUT": "0.1"}
-    first, answer = sigterm_while_running(environ, tmp_path, http)
-    assert "job long interrupted: the gateway is stopping" in first.log()
+    first, answer = sigterm_while_running(environ, tmp_path, http, release_once="job long interrupted: the gateway is stopping")
     assert (answer.status_code, answer.json()["error"]["code"]) == (503, "interrupted"), "the waiting caller is told"
 
     second = start_gunicorn_gateway(environ, log_file=tmp_path / "second.log")

@@ -32,16 +32,19 @@ def curl(url: str, *options: str) -> tuple[int, dict]:
     return int(status), json.loads(body)
 
 
+PREFIX = f"{BUCKET}/gunicorn"
+
+
 @pytest.fixture(scope="module")
 def served(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    yield from serve_for_module(tmp_path_factory, "gunicorn", f"s3://{BUCKET}")
+    yield from serve_for_module(tmp_path_factory, "gunicorn", f"s3://{PREFIX}")
 
 
 def test_curl_submits_a_job_that_reads_back(served: RunningGateway, results_fs) -> None:
     status, body = curl(f"{served.url}/submit_job/curl-job-1")
     assert status == 200, body
-    assert body["url"] == f"s3://{BUCKET}/curl-job-1"
-    assert_complete_result(results_fs, body, BUCKET)
+    assert body["url"] == f"s3://{PREFIX}/curl-job-1"
+    assert_complete_result(results_fs, body, PREFIX)
 
 
 @pytest.mark.parametrize("path", ["..", "%2e%2e", "%2E%2E/%2E%2E/escape", "a%2Fb", "a/../../b", "z" * 129, ".zarray", ""])
@@ -58,12 +61,12 @@ def test_curl_a_repeat_is_the_same_job_and_another_seed_is_409_naming_it(served:
     assert curl(f"{served.url}/submit_job/curl-dup") == first
     status, body = curl(f"{served.url}/submit_job/curl-dup?seed=7")
     assert status == 409
-    assert body["error"]["url"] == f"s3://{BUCKET}/curl-dup"
+    assert body["error"]["url"] == f"s3://{PREFIX}/curl-dup"
     assert body["error"]["differences"] == {"seed": {"existing": first[1]["parameters"]["seed"], "requested": 7}}
 
 
 def test_sigterm_stops_gunicorn_and_every_cluster_process(s3: LocalS3, tmp_path: Path) -> None:
-    gateway = start_gunicorn_gateway({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}, log_file=tmp_path / "gateway.log")
+    gateway = start_gunicorn_gateway({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}/gunicorn-sigterm"}, log_file=tmp_path / "gateway.log")
     processes = descendants(gateway.process.pid)
     assert len(processes) >= 4, "a gunicorn worker and three Dask worker processes"
 
@@ -99,7 +102,7 @@ def test_the_readmes_first_example_runs_as_written(served: RunningGateway, resul
         assert done.returncode == 0, (run, done.stdout + done.stderr)
     status, record = curl(f"{served.url}/jobs/my-first-job")
     assert status == 200
-    assert_complete_result(results_fs, record, BUCKET)
+    assert_complete_result(results_fs, record, PREFIX)
     # Its picture is the gateway's full preview of such a job: a PNG of the same size.
     picture = (PROJECT / "docs" / "preview.png").read_bytes()
     assert "](docs/preview.png)" in readme.split("```sh", 1)[0]

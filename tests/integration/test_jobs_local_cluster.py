@@ -6,6 +6,7 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 import dask
@@ -32,6 +33,7 @@ from helpers import (
     running_app,
     wait_for,
     wait_for_the_stop,
+    wait_for_the_tasks,
     workers_held,
 )  # fmt: skip
 from science_gateway.admission import AdmissionRefused
@@ -173,9 +175,12 @@ def test_malformed_and_foreign_records_are_skipped_and_counted_and_the_others_ru
     results_fs.pipe({f"{prefix}/.jobs/broken.json": b'{"job_id": ', f"{prefix}/.jobs/stolen.json": json.dumps(stolen).encode()})
     metrics = GatewayMetrics(running=lambda: 0, queued=lambda: 0, workers=lambda: 0)
     manager = manager_on(app, f"s3://{prefix}", metrics)
-    manager.start()
+    cluster = services(app).cluster.client()
     try:
-        assert manager.get(queued.key).status in ("queued", "running"), "read once the records are loaded"
+        with workers_held(cluster):
+            manager.start()
+            wait_for_the_tasks(cluster, "queued-before")
+            assert manager.get(queued.key).status == RUNNING, "read once the records are loaded, and run"
         assert manager.wait(queued.key).status == DONE
         assert manager.readiness() == (True, "")
         assert [record.job_id for record in manager.list(None, 10, None)[0]] == ["queued-before"]
@@ -432,8 +437,10 @@ def test_a_missing_bucket_is_a_storage_error_without_credentials(s3: LocalS3) ->
 
 
 def test_closing_the_app_shuts_its_local_cluster_down(s3: LocalS3) -> None:
+    # multiprocessing's resource tracker, started by this process's first LocalCluster, lives as long as this process.
+    resource_tracker.ensure_running()
     already_running = {process.pid for process in descendants(os.getpid())}
-    app = create_app(load_settings({"GATEWAY_RESULTS_URL": f"s3://{BUCKET}"}))
+    app = create_app(load_settings({"GATEWAY_RESULTS_URL": f"s3://{BUCKET}/closing-{uuid.uuid4().hex[:8]}"}))
     assert services(app).cluster.wait_until_ready(60)
     started = [process for process in descendants(os.getpid()) if process.pid not in already_running]
     assert len(started) >= 3, "three worker processes should have started"
@@ -445,9 +452,10 @@ def test_closing_the_app_shuts_its_local_cluster_down(s3: LocalS3) -> None:
 
 
 def test_adaptive_workers_rise_under_a_burst_and_return_to_the_minimum(s3: LocalS3, measured) -> None:
-    settings = load_settings({**os.environ, "GATEWAY_RESULTS_URL": f"s3://{BUCKET}", "GATEWAY_N_WORKERS": "1", "GATEWAY_ADAPTIVE_MAX_WORKERS": "3"})
+    results_url = f"s3://{BUCKET}/adaptive-{uuid.uuid4().hex[:8]}"
+    settings = load_settings({**os.environ, "GATEWAY_RESULTS_URL": results_url, "GATEWAY_N_WORKERS": "1", "GATEWAY_ADAPTIVE_MAX_WORKERS": "3"})
     # Dask adds workers when the work in hand would take longer than this (5 s by default): the
-    # burst here is a few seconds of work, so the target is shorter (an operator's dask setting too).
+    # burst here is less, so the target is shorter (an operator's dask setting too).
     with dask.config.set({"distributed.adaptive.target-duration": "100ms"}):
         app = create_app(settings)
         cluster = services(app).cluster
@@ -455,10 +463,12 @@ def test_adaptive_workers_rise_under_a_burst_and_return_to_the_minimum(s3: Local
     try:
         assert ready, cluster.status().reason
         api = app.test_client()
-        for index in range(4):
-            assert api.post("/jobs", json={"job_id": f"burst-{uuid.uuid4().hex[:8]}-{index}", "shape": [6000, 6000], "chunks": [500, 500]}).status_code == 202
-
-        most = wait_for(lambda: (workers := cluster.status().workers) >= 2 and workers, 120, "more workers under the burst")
+        # The one worker paused, the burst's tasks wait on the scheduler however fast the machine; the workers
+        # Dask adds are not paused, and run them.
+        with workers_held(cluster.client()):
+            for index in range(4):
+                assert api.post("/jobs", json={"job_id": f"burst-{uuid.uuid4().hex[:8]}-{index}", "shape": [1000, 1000]}).status_code == 202
+            most = wait_for(lambda: (workers := cluster.status().workers) >= 2 and workers, 120, "more workers under the burst")
         wait_for(lambda: not api.get("/jobs?status=running").json["jobs"] and not api.get("/jobs?status=queued").json["jobs"], 300, "the burst to end")
         wait_for(lambda: cluster.status().workers == 1, 120, "the workers to return to the minimum")
         assert cluster.status().wanted_workers == 1 and cluster.status().ready
@@ -527,4 +537,5 @@ def test_a_lost_local_cluster_is_reported_and_the_next_job_gets_a_new_one(s3: Lo
         assert response.status_code == 200, response.json
         assert_complete_result(results_fs, response.json, f"{BUCKET}/local-lost")
         assert services(app).cluster.client().scheduler.address != lost_scheduler
-        wait_for(lambda: http.get("/readyz").status_code == 200, 10, "readiness with the new cluster")
+        # Readiness is checked every second in the background; the bound only turns a failure into a report.
+        wait_for(lambda: http.get("/readyz").status_code == 200, 60, "readiness with the new cluster")

@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from devtools.gunicorn_gateway import start_gunicorn_gateway
-from devtools.local_s3 import start_local_s3
+from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import stop_process
+from helpers import new_secret, wait_for
 from science_gateway.apps.random_array import random_chunk
 from science_gateway.region_writes import chunk_selections
 
@@ -46,13 +48,18 @@ def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Cer
 
 @pytest.fixture()
 def private_ca(tmp_path: Path) -> dict[str, Path]:
-    """A CA of the test's own, and a certificate for 127.0.0.1 it signed: the chain rclone serves, and its key."""
-    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    """A CA of the test's own, and a certificate for 127.0.0.1 it signed: the chain rclone serves, and its key.
+
+    And ``another_ca``: a CA that signed nothing here, as an operator who names the wrong one names it.
+    """
+    ca_key, server_key, another_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
     ca_certificate = _certificate("test private CA", ca_key, None, ca_key, ca=True)
     server_certificate = _certificate("127.0.0.1", server_key, ca_certificate, ca_key, ca=False)
-    paths = {"ca": tmp_path / "ca.pem", "chain": tmp_path / "chain.pem", "key": tmp_path / "key.pem"}
+    another_ca = _certificate("test private CA", another_key, None, another_key, ca=True)
+    paths = {"ca": tmp_path / "ca.pem", "chain": tmp_path / "chain.pem", "key": tmp_path / "key.pem", "another_ca": tmp_path / "another-ca.pem"}
     pem = serialization.Encoding.PEM
     paths["ca"].write_bytes(ca_certificate.public_bytes(pem))
+    paths["another_ca"].write_bytes(another_ca.public_bytes(pem))
     paths["chain"].write_bytes(server_certificate.public_bytes(pem) + ca_certificate.public_bytes(pem))
     paths["key"].write_bytes(
         server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -60,13 +67,20 @@ def private_ca(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
-def test_a_store_with_a_private_ca_takes_jobs_when_aws_ca_bundle_names_it(private_ca: dict[str, Path], tmp_path: Path) -> None:
+@pytest.fixture()
+def tls_s3(private_ca: dict[str, Path], tmp_path: Path) -> Iterator[LocalS3]:
+    """An S3 server behind TLS with the private CA's certificate, and the bucket ``results``."""
     s3 = start_local_s3(
-        tmp_path / "s3", ("results",), access_key=f"tls-access-{secrets.token_hex(4)}", secret_key=f"tls-secret-{secrets.token_hex(12)}",
+        tmp_path / "s3", ("results",), access_key=f"tls-access-{secrets.token_hex(4)}", secret_key=new_secret(),
         tls=(private_ca["chain"], private_ca["key"]),
     )  # fmt: skip
-    environ = {**os.environ, **s3.environ(), "AWS_CA_BUNDLE": str(private_ca["ca"]), "GATEWAY_RESULTS_URL": "s3://results"}
     assert s3.endpoint_url.startswith("https://")
+    yield s3
+    s3.stop()
+
+
+def test_a_store_with_a_private_ca_takes_jobs_when_aws_ca_bundle_names_it(private_ca: dict[str, Path], tls_s3: LocalS3, tmp_path: Path) -> None:
+    environ = {**os.environ, **tls_s3.environ(), "AWS_CA_BUNDLE": str(private_ca["ca"]), "GATEWAY_RESULTS_URL": "s3://results"}
     gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log")
     try:
         for shards in ("none", "auto"):
@@ -81,5 +95,28 @@ def test_a_store_with_a_private_ca_takes_jobs_when_aws_ca_bundle_names_it(privat
                 np.testing.assert_array_equal(array[selection], random_chunk(5, len(chunk_selections(array.shape, array.chunks)) - 1, selection, "float32"))
     finally:
         stop_process(gateway.process, timeout=60)
-        s3.stop()
     assert "certificate" not in gateway.log().lower(), "no TLS complaint on the way"
+
+
+def test_a_store_whose_certificate_another_ca_signed_is_refused_and_nothing_is_written(
+    private_ca: dict[str, Path], tls_s3: LocalS3, tmp_path: Path
+) -> None:
+    """AWS_CA_BUNDLE naming a CA that did not sign the store's certificate: the gateway trusts that CA alone, not the store."""
+    stored = sorted(path.relative_to(tls_s3.data_dir) for path in tls_s3.data_dir.rglob("*"))
+    environ = {**os.environ, **tls_s3.environ(), "AWS_CA_BUNDLE": str(private_ca["another_ca"]), "GATEWAY_RESULTS_URL": "s3://results"}
+    gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log", ready_timeout=0)
+    try:
+        def refused() -> dict | None:
+            # Before its first check, readiness names no store.
+            store = requests.get(f"{gateway.url}/readyz", timeout=30).json().get("error", {}).get("results_store", {"ready": True})
+            return None if store["ready"] else store
+
+        store = wait_for(refused, 60, "readiness to refuse the store")
+        assert "certificate" in store["reason"].lower(), store
+        posted = requests.post(f"{gateway.url}/jobs", json={"job_id": "never-written"}, timeout=60)
+        assert (posted.status_code, posted.json()["error"]["code"]) == (502, "storage_error"), posted.text
+        assert "certificate" in posted.json()["error"]["message"].lower(), posted.text
+    finally:
+        stop_process(gateway.process, timeout=60)
+    assert sorted(path.relative_to(tls_s3.data_dir) for path in tls_s3.data_dir.rglob("*")) == stored, "nothing was written"
+    assert tls_s3.secret_key not in gateway.log()

@@ -10,7 +10,7 @@ from conftest import BUCKET
 from devtools.gunicorn_gateway import start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import stop_process
-from helpers import assert_all_gone, wait_for
+from helpers import assert_all_gone, gateways_cluster, pause_workers, reachable_cluster, wait_for, wait_for_the_tasks
 
 PREFIX = f"{BUCKET}/restart"
 
@@ -28,12 +28,16 @@ def lists_what_it_stored(s3: LocalS3, results_fs, prefix: str) -> bool:
 
 def test_records_survive_a_crash_and_the_running_job_is_marked_failed(s3: LocalS3, results_fs, tmp_path: Path) -> None:
     environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_MAX_RUNNING_JOBS": "1"}
-    first = start_gunicorn_gateway(environ, log_file=tmp_path / "first.log")
+    first = start_gunicorn_gateway({**environ, **reachable_cluster(tmp_path)}, log_file=tmp_path / "first.log")
     try:
         assert requests.get(f"{first.url}/submit_job/finished-before?shape=10,10&chunks=10,10", timeout=60).status_code == 200
-        requests.post(f"{first.url}/jobs", json={"job_id": "cut-short", "shape": [10000, 10000]}, timeout=10)
-        wait_for(lambda: record(first.url, "cut-short")["progress"]["chunks_written"] > 0, 60, "the long job to write")
-        requests.post(f"{first.url}/jobs", json={"job_id": "still-queued", "shape": [10, 10], "chunks": [10, 10]}, timeout=10)
+        with gateways_cluster(tmp_path) as cluster:
+            # Paused for good: the crash comes while the job runs, its array begun and its tasks waiting.
+            pause_workers(cluster)
+            assert requests.post(f"{first.url}/jobs", json={"job_id": "cut-short"}, timeout=10).status_code == 202
+            wait_for_the_tasks(cluster, "cut-short")
+        assert results_fs.exists(f"{PREFIX}/cut-short/data/zarr.json"), "its array was begun"
+        assert requests.post(f"{first.url}/jobs", json={"job_id": "still-queued", "shape": [10, 10], "chunks": [10, 10]}, timeout=10).status_code == 202
         assert record(first.url, "still-queued")["status"] == "queued"
     finally:
         # A crash: no shutdown code runs, in the gateway or its cluster.

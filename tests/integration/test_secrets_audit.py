@@ -7,8 +7,10 @@ timeouts, cancels, crashes. This reads what they left: each response body
 the tests received, the logs of every gunicorn (with its LocalCluster
 workers), of every S3 server, JupyterHub and dask-gateway-server and of the
 schedulers and workers of its clusters (users' own among them), and every job record and metadata
-document the S3 servers keep. Besides the patterned secrets, it looks for
-every token the test hub issued.
+document the S3 servers keep. Every password, secret key and token the tests
+make has one form (helpers.new_secret), which the audit looks for; besides,
+it looks for each secret a server made (the tokens the test hub issued,
+moto's keys, the hub's cookie secret and its proxy's token).
 """
 
 import os
@@ -17,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-# Every secret the tests hand out has one of these forms (see conftest.py and test_faults.py).
-SECRET = re.compile(r"(?:test|fault)-secret-[0-9a-f]{24}|test-hub-token-[0-9a-f]{32}")
+from helpers import SECRET_FORM
+
+# Every secret the tests make has this form (helpers.new_secret).
+SECRET = re.compile(SECRET_FORM)
 # Text the session wrote; chunk objects are random bytes, and the dask-gateway-server's
 # config file holds the write Secret's keys on purpose, as the Kubernetes Secret does.
 WRITTEN_TEXT = ("*.log", "*.json")
@@ -57,5 +61,5 @@ def test_no_secret_in_any_response_log_or_record(
     measured(
         f"secrets audit: {len(files)} files, {len(gateway_logs)} gateway logs, {len(cluster_logs)} Dask Gateway scheduler and worker logs, "
         f"{sum(p.stat().st_size for p in files) // 2**20} MB read, "
-        f"{len(audited_secrets)} hub-issued tokens looked for besides the patterned secrets, none found"
+        f"{len(audited_secrets)} secrets that servers made looked for besides the patterned ones, none found"
     )

@@ -22,15 +22,23 @@ from werkzeug.serving import make_server
 from conftest import BUCKET
 from devtools.local_s3 import LocalS3
 from gateway import services
-from helpers import running_app, wait_for, wait_for_the_stop, workers_held
+from helpers import running_app, wait_for, wait_for_the_stop, wait_for_the_tasks, workers_held
 from openapi_check import CheckedClient
 
-PREFIX = f"{BUCKET}/waiting"
+
+def own_prefix() -> str:
+    """A test's own place in the bucket: a gateway starting reads every record under its prefix."""
+    return f"{BUCKET}/waiting-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
-def one_worker_app(s3: LocalS3) -> Iterator[Flask]:
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_N_WORKERS": "1", "GATEWAY_JOB_TIMEOUT": "2"}
+def results_prefix() -> str:
+    return own_prefix()
+
+
+@pytest.fixture
+def one_worker_app(s3: LocalS3, results_prefix: str) -> Iterator[Flask]:
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{results_prefix}", "GATEWAY_N_WORKERS": "1", "GATEWAY_JOB_TIMEOUT": "2"}
     with running_app(environ, ready_within=60) as app:
         yield app
 
@@ -44,17 +52,20 @@ def status_of(app: Flask, job_id: str) -> str | None:
 def held_waiting_call(app: Flask, job_id: str) -> Iterator[tuple[Client, Future]]:
     """A caller waiting on /submit_job for a job held running: the block makes it fail, then the workers go on.
 
+    The block begins once the job's tasks are on the scheduler, not as soon as it is ``running``: a
+    fault made in between (a restart, the bucket gone) would come before the job's tasks exist.
     Yields the cluster's client and the caller's future answer, which comes once the block has ended.
     """
     client = services(app).cluster.client()
     with ThreadPoolExecutor(1) as pool:
         with workers_held(client):
             answer = pool.submit(CheckedClient(app.test_client()).get, f"/submit_job/{job_id}")
-            wait_for(lambda: status_of(app, job_id) == "running", 60, "the job to run")
+            wait_for_the_tasks(client, job_id)
+            assert status_of(app, job_id) == "running"
             yield client, answer
 
 
-def test_a_waiting_caller_whose_job_runs_over_the_timeout_gets_504(one_worker_app: Flask, results_fs) -> None:
+def test_a_waiting_caller_whose_job_runs_over_the_timeout_gets_504(one_worker_app: Flask, results_prefix: str, results_fs) -> None:
     with held_waiting_call(one_worker_app, "overrun") as (client, answer):
         wait_for_the_stop(client, "overrun")  # sent once the job's own timeout has fired
     response = answer.result(timeout=120)
@@ -62,20 +73,20 @@ def test_a_waiting_caller_whose_job_runs_over_the_timeout_gets_504(one_worker_ap
     assert response.json["error"]["code"] == "job_timeout"
     assert "GATEWAY_JOB_TIMEOUT" in response.json["error"]["message"]
     assert response.json["error"]["job"]["status"] == "failed"
-    assert not results_fs.exists(f"{PREFIX}/overrun"), "the partial array is removed"
+    assert not results_fs.exists(f"{results_prefix}/overrun"), "the partial array is removed"
 
 
-def test_a_waiting_caller_whose_job_loses_its_tasks_gets_500(one_worker_app: Flask, results_fs) -> None:
+def test_a_waiting_caller_whose_job_loses_its_tasks_gets_500(one_worker_app: Flask, results_prefix: str, results_fs) -> None:
     with held_waiting_call(one_worker_app, "restarted") as (client, answer):
         client.restart()
     response = answer.result(timeout=120)
     assert response.status_code == 500, response.json
     assert response.json["error"]["code"] == "job_failed"
     assert "lost its Dask tasks" in response.json["error"]["message"]
-    assert not results_fs.exists(f"{PREFIX}/restarted/zarr.json"), "no completion marker"
+    assert not results_fs.exists(f"{results_prefix}/restarted/zarr.json"), "no completion marker"
 
 
-def test_a_waiting_caller_whose_job_is_cancelled_gets_409(one_worker_app: Flask, results_fs) -> None:
+def test_a_waiting_caller_whose_job_is_cancelled_gets_409(one_worker_app: Flask, results_prefix: str, results_fs) -> None:
     # The DELETE of a running job answers once it has ended, after the workers go on.
     with ThreadPoolExecutor(1) as pool, held_waiting_call(one_worker_app, "called-off") as (client, answer):
         cancelled = pool.submit(CheckedClient(one_worker_app.test_client()).delete, "/jobs/called-off")
@@ -85,7 +96,7 @@ def test_a_waiting_caller_whose_job_is_cancelled_gets_409(one_worker_app: Flask,
     assert response.status_code == 409, response.json
     assert response.json["error"]["code"] == "job_cancelled"
     assert response.json["error"]["job"]["status"] == "cancelled"
-    assert not results_fs.exists(f"{PREFIX}/called-off"), "its partial array is removed"
+    assert not results_fs.exists(f"{results_prefix}/called-off"), "its partial array is removed"
 
 
 def test_a_waiting_caller_whose_bucket_goes_away_gets_502(s3: LocalS3, results_fs) -> None:
@@ -104,7 +115,7 @@ def test_a_waiting_caller_whose_bucket_goes_away_gets_502(s3: LocalS3, results_f
 @contextmanager
 def served(**settings: str) -> Iterator[tuple[Flask, str]]:
     """A one-worker gateway with these settings, served over real connections by Werkzeug's threaded server; its URL."""
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_N_WORKERS": "1", **settings}
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{own_prefix()}", "GATEWAY_N_WORKERS": "1", **settings}
     with running_app(environ, ready_within=60) as app:
         server = make_server("127.0.0.1", 0, app, threaded=True)
         thread = threading.Thread(target=server.serve_forever)
