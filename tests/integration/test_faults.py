@@ -7,9 +7,11 @@ array never carries the completion marker, and the service stays up.
 import os
 import secrets
 import signal
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -72,117 +74,134 @@ def assert_values_match_the_seed(array: zarr.Array, seed: int, samples: int = 10
 # -- the S3 server stops in the middle of a job ---------------------------------
 
 
-def private_s3(tmp_path: Path, port: int | None = None) -> LocalS3:
-    """An S3 server of the test's own, with the bucket ``results``: the test stops or pauses it."""
-    credentials = {"access_key": f"fault-access-{secrets.token_hex(4)}", "secret_key": new_secret()}
-    return start_local_s3(tmp_path / "s3", ("results",), **credentials, port=port, log_file=tmp_path / "s3.log")
+@dataclass
+class PrivateStack:
+    """A gateway under gunicorn, its cluster reachable (helpers.reachable_cluster in ``directory``), on an S3 server of
+    the test's own with the bucket ``results``, which the test stops, pauses or starts again on its ``port``."""
 
+    s3: LocalS3
+    gateway: RunningGateway
+    port: int
+    directory: Path
 
-def test_s3_stopping_mid_job_fails_it_naming_storage_and_the_id_can_run_again(tmp_path: Path, http: requests.Session) -> None:
-    port = free_port()
-    s3 = private_s3(tmp_path, port)
-    environ = {**os.environ, **s3.environ(), "GATEWAY_RESULTS_URL": "s3://results", **reachable_cluster(tmp_path)}
-    gateway = None
-    try:
-        gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log")
-        with gateways_cluster(tmp_path) as cluster:
-            # Its tasks sent and none begun: the store goes away under a job that has begun writing (its metadata).
-            with workers_held(cluster):
-                assert http.post(f"{gateway.url}/jobs", json={"job_id": "outage"}, timeout=30).status_code == 202
-                wait_for_the_tasks(cluster, "outage")
-                s3.stop()
+    def restart_s3(self) -> None:
+        self.s3 = start_local_s3(
+            self.s3.data_dir, ("results",), access_key=self.s3.access_key, secret_key=self.s3.secret_key, port=self.port,
+            log_file=self.directory / "s3.log",
+        )  # fmt: skip
 
-        failed = wait_until_finished(gateway, "outage", http)
-        assert failed["status"] == "failed"
-        assert failed["error"]["code"] == "storage_error"
-        assert failed["error"]["message"].startswith("results store error: writing chunks of job 'outage' failed")
-        assert s3.secret_key not in str(failed)
-        assert not list(s3.data_dir.glob("results/outage/zarr.json")), "no completion marker"
-        assert http.get(f"{gateway.url}/healthz", timeout=10).status_code == 200
-        wait_for(lambda: http.get(f"{gateway.probe_url}/readyz", timeout=30).status_code == 503, 30, "readiness to report the store")
-        not_ready = http.get(f"{gateway.probe_url}/readyz", timeout=30)
-        assert not_ready.status_code == 503 and not not_ready.json()["error"]["results_store"]["ready"]
-        # A timing that must be asserted: the kubelet counts a probe slower than its timeout (deploy_gateway.yaml) as failed.
-        assert not_ready.elapsed.total_seconds() < kubelets_probe_timeout(), "a readiness probe answers within the kubelet's timeout"
-
-        s3 = start_local_s3(s3.data_dir, ("results",), access_key=s3.access_key, secret_key=s3.secret_key, port=port, log_file=tmp_path / "s3.log")
-        gateway.wait_until_ready(60)
-        again = http.get(f"{gateway.url}/submit_job/outage?shape=1000,1000&seed=3", timeout=120)
-        assert again.status_code == 200, again.text
+    def stored(self, job_id: str) -> tuple[zarr.Array, int]:
+        """The job's stored array and how many chunk or shard objects it has, read with the server's key."""
         with pytest.MonkeyPatch.context() as patch:
-            for name, value in s3.environ().items():
+            for name, value in self.s3.environ().items():
                 patch.setenv(name, value)
-            array = zarr.open_group("s3://results/outage", mode="r", storage_options={"skip_instance_cache": True})["data"]
-            assert_values_match_the_seed(array, seed=3)
-            assert len(chunk_objects(fsspec.filesystem("s3", skip_instance_cache=True), "results/outage/data")) == expected_objects(again.json())
+            array = zarr.open_group(f"s3://results/{job_id}", mode="r", storage_options={"skip_instance_cache": True})["data"]
+            return array, len(chunk_objects(fsspec.filesystem("s3", skip_instance_cache=True), f"results/{job_id}/data"))
+
+
+@pytest.fixture
+def stack_settings() -> dict[str, str]:
+    """Settings of the private stack's gateway beyond its store and cluster: a test parametrizes it to change them."""
+    return {}
+
+
+@pytest.fixture
+def private_stack(tmp_path: Path, stack_settings: dict[str, str]) -> Iterator[PrivateStack]:
+    port = free_port()
+    credentials = {"access_key": f"fault-access-{secrets.token_hex(4)}", "secret_key": new_secret()}
+    s3 = start_local_s3(tmp_path / "s3", ("results",), **credentials, port=port, log_file=tmp_path / "s3.log")
+    stack = None
+    try:
+        environ = {**os.environ, **s3.environ(), "GATEWAY_RESULTS_URL": "s3://results", **reachable_cluster(tmp_path), **stack_settings}
+        stack = PrivateStack(s3, start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log"), port, tmp_path)
+        yield stack
     finally:
-        if gateway is not None:
-            stop_process(gateway.process, timeout=60)
+        if stack is not None:
+            stop_process(stack.gateway.process, timeout=60)
+            s3 = stack.s3
+        s3.process.send_signal(signal.SIGCONT)
         s3.stop()
-    assert "storage" in gateway.log() and s3.secret_key not in gateway.log()
+
+
+def submitted_and_held(stack: PrivateStack, cluster: Any, http: requests.Session, body: dict) -> None:
+    """Post the job while ``cluster``'s workers are held, and return once its tasks are sent, none begun."""
+    assert http.post(f"{stack.gateway.url}/jobs", json=body, timeout=30).status_code == 202
+    wait_for_the_tasks(cluster, body["job_id"])
+
+
+def test_s3_stopping_mid_job_fails_it_naming_storage_and_the_id_can_run_again(private_stack: PrivateStack, http: requests.Session) -> None:
+    stack, gateway = private_stack, private_stack.gateway
+    with gateways_cluster(stack.directory) as cluster, workers_held(cluster):
+        # The store goes away under a job that has begun writing (its metadata).
+        submitted_and_held(stack, cluster, http, {"job_id": "outage"})
+        stack.s3.stop()
+
+    failed = wait_until_finished(gateway, "outage", http)
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "storage_error"
+    assert failed["error"]["message"].startswith("results store error: writing chunks of job 'outage' failed")
+    assert stack.s3.secret_key not in str(failed)
+    assert not list(stack.s3.data_dir.glob("results/outage/zarr.json")), "no completion marker"
+    assert http.get(f"{gateway.url}/healthz", timeout=10).status_code == 200
+    wait_for(lambda: http.get(f"{gateway.probe_url}/readyz", timeout=30).status_code == 503, 30, "readiness to report the store")
+    not_ready = http.get(f"{gateway.probe_url}/readyz", timeout=30)
+    assert not_ready.status_code == 503 and not not_ready.json()["error"]["results_store"]["ready"]
+    # A timing that must be asserted: the kubelet counts a probe slower than its timeout (deploy_gateway.yaml) as failed.
+    assert not_ready.elapsed.total_seconds() < kubelets_probe_timeout(), "a readiness probe answers within the kubelet's timeout"
+
+    stack.restart_s3()
+    gateway.wait_until_ready(60)
+    again = http.get(f"{gateway.url}/submit_job/outage?shape=1000,1000&seed=3", timeout=120)
+    assert again.status_code == 200, again.text
+    array, objects = stack.stored("outage")
+    assert_values_match_the_seed(array, seed=3)
+    assert objects == expected_objects(again.json())
+    assert "storage" in gateway.log() and stack.s3.secret_key not in gateway.log()
 
 
 # -- a Dask worker dies during a job ----------------------------------------------
 
 
-def a_worker_killed_while_it_runs_a_task(tmp_path: Path, http: requests.Session, **settings: str) -> tuple[dict, LocalS3, RunningGateway]:
+def a_worker_killed_while_it_runs_a_task(stack: PrivateStack, http: requests.Session) -> dict:
     """The default job held until its tasks exist, then one worker killed while it runs one of them; the job once finished.
 
     The S3 server is paused meanwhile: a task that begins waits on its first write, on its worker, however fast the machine.
-    Returns the job's record, the S3 server and the gateway, both still running: the caller stops them.
     """
-    s3 = private_s3(tmp_path)
-    environ = {**os.environ, **s3.environ(), "GATEWAY_RESULTS_URL": "s3://results", **reachable_cluster(tmp_path), **settings}
-    gateway = None
-    try:
-        gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log")
-        with gateways_cluster(tmp_path) as cluster:
-            with workers_held(cluster):
-                assert http.post(f"{gateway.url}/jobs", json={"job_id": "worker-dies", "seed": 11}, timeout=30).status_code == 202
-                wait_for_the_tasks(cluster, "worker-dies")
-                s3.process.send_signal(signal.SIGSTOP)
-            try:
-                (dying, *_) = wait_for(lambda: workers_running_tasks(cluster), 60, "a task of the job to run on a worker")
-                psutil.Process(cluster.run(os.getpid, workers=[dying])[dying]).kill()
-            finally:
-                s3.process.send_signal(signal.SIGCONT)
-            job = wait_until_finished(gateway, "worker-dies", http)
-            # The nanny brings the worker back: the cluster keeps its size for the next job.
-            wait_for(lambda: len(cluster.scheduler_info(n_workers=-1)["workers"]) == 3, 60, "the worker to be restarted")
-        return job, s3, gateway
-    except BaseException:
-        if gateway is not None:
-            stop_process(gateway.process, timeout=60)
-        s3.stop()
-        raise
+    with gateways_cluster(stack.directory) as cluster:
+        with workers_held(cluster):
+            submitted_and_held(stack, cluster, http, {"job_id": "worker-dies", "seed": 11})
+            stack.s3.process.send_signal(signal.SIGSTOP)
+        try:
+            (dying, *_) = wait_for(lambda: workers_running_tasks(cluster), 60, "a task of the job to run on a worker")
+            psutil.Process(cluster.run(os.getpid, workers=[dying])[dying]).kill()
+        finally:
+            stack.s3.process.send_signal(signal.SIGCONT)
+        job = wait_until_finished(stack.gateway, "worker-dies", http)
+        # The nanny brings the worker back: the cluster keeps its size for the next job.
+        wait_for(lambda: len(cluster.scheduler_info(n_workers=-1)["workers"]) == 3, 60, "the worker to be restarted")
+    return job
 
 
-def test_a_worker_killed_while_running_a_task_is_replaced_and_the_job_is_done_with_every_chunk(tmp_path: Path, http: requests.Session) -> None:
-    job, s3, gateway = a_worker_killed_while_it_runs_a_task(tmp_path, http)
-    try:
-        assert job["status"] == "done", job["error"]
-        assert http.get(f"{gateway.url}/submit_job/after-the-worker-died?shape=100,100", timeout=120).json()["status"] == "done"
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in s3.environ().items():
-                patch.setenv(name, value)
-            assert len(chunk_objects(fsspec.filesystem("s3", skip_instance_cache=True), "results/worker-dies/data")) == expected_objects(job)
-            array = zarr.open_group("s3://results/worker-dies", mode="r", storage_options={"skip_instance_cache": True})["data"]
-            assert_values_match_the_seed(array, seed=11, samples=len(chunk_selections(array.shape, array.chunks)))
-    finally:
-        stop_process(gateway.process, timeout=60)
-        s3.stop()
+def test_a_worker_killed_while_running_a_task_is_replaced_and_the_job_is_done_with_every_chunk(
+    private_stack: PrivateStack, http: requests.Session
+) -> None:
+    job = a_worker_killed_while_it_runs_a_task(private_stack, http)
+    assert job["status"] == "done", job["error"]
+    array, objects = private_stack.stored("worker-dies")
+    assert objects == expected_objects(job)
+    assert_values_match_the_seed(array, seed=11, samples=len(chunk_selections(array.shape, array.chunks)))
+    assert http.get(f"{private_stack.gateway.url}/submit_job/after-the-worker-died?shape=100,100", timeout=120).json()["status"] == "done"
 
 
-def test_a_task_whose_worker_dies_more_often_than_dask_allows_fails_the_job_naming_the_death(tmp_path: Path, http: requests.Session) -> None:
-    """Dask gives a task up once its worker died distributed.scheduler.allowed-failures + 1 times; 0 here, so one death."""
-    job, s3, gateway = a_worker_killed_while_it_runs_a_task(tmp_path, http, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
-    try:
-        assert (job["status"], job["error"]["code"]) == ("failed", "job_failed")
-        assert job["error"]["message"] == "job 'worker-dies' failed: a Dask worker died while running it"
-        assert not (s3.data_dir / "results" / "worker-dies").exists(), "its partial array removed"
-    finally:
-        stop_process(gateway.process, timeout=60)
-        s3.stop()
+# Dask gives a task up once its worker died distributed.scheduler.allowed-failures + 1 times; 0 here, so one death.
+@pytest.mark.parametrize("stack_settings", [{"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}])
+def test_a_task_whose_worker_dies_more_often_than_dask_allows_fails_the_job_naming_the_death(
+    private_stack: PrivateStack, http: requests.Session
+) -> None:
+    job = a_worker_killed_while_it_runs_a_task(private_stack, http)
+    assert (job["status"], job["error"]["code"]) == ("failed", "job_failed")
+    assert job["error"]["message"] == "job 'worker-dies' failed: a Dask worker died while running it"
+    assert not (private_stack.s3.data_dir / "results" / "worker-dies").exists(), "its partial array removed"
 
 
 # -- a job over its timeout --------------------------------------------------------
