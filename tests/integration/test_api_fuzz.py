@@ -23,8 +23,8 @@ from science_gateway.settings import MAX_REQUEST_LINE
 
 # Examples per operation: make test runs 40, make soak more.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
-# Small limits keep every job the fuzzer may submit small, so that many run in a short time; the chunk's bytes
-# (64x64 float32) are small enough that requests the document accepts reach that limit too.
+# Small limits keep every job the fuzzer may submit small, so that many run in a short time; a chunk's bytes
+# (64x64 float32) are limited below what those allow, so that a request the document accepts can be over that limit too.
 LIMITS = {"GATEWAY_MAX_ELEMENTS": "40000", "GATEWAY_MAX_CHUNKS": "16", "GATEWAY_MAX_CHUNK_BYTES": "16384"}
 
 
