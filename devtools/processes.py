@@ -170,4 +170,6 @@ def stopped_if_start_up_fails(process: subprocess.Popen, timeout: float = 60) ->
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        # Gone once this returns: a killed process is reaped a moment after its signal.
+        psutil.wait_procs(started, timeout=timeout)
         raise

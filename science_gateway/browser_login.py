@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .auth import AuthUnavailable, NotAuthenticated, hub_failure, hub_refused
 from .errors import GatewayError
 from .hub_calls import hub_loop
-from .settings import Settings
+from .settings import OAUTH_CALLBACK_PATH, Settings
 
 if TYPE_CHECKING:
     from werkzeug.datastructures import Headers
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 # How long a browser may take at the hub's login page.
 LOGIN_PAGE_SECONDS = 600
 # Where the hub sends a browser back with its code (the path of JUPYTERHUB_OAUTH_CALLBACK_URL), and where a browser logs out.
-CALLBACK_PATH = "/oauth_callback"
+CALLBACK_PATH = OAUTH_CALLBACK_PATH
 LOGOUT_PATH = "/logout"
 
 

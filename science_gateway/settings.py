@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import dask.config
 
@@ -94,6 +95,10 @@ MAX_REQUEST_LINE = 4094
 # The longest a result can be kept by a ttl: 100 years. An expiry time must be a date, and a ttl of
 # 10**14 s is none (the fuzz test found one that stopped a job runner).
 LONGEST_TTL = 100 * 365 * 24 * 3600
+# Browsers keep a cookie 400 days at most; a Max-Age beyond the calendar could not even be written.
+LONGEST_LOGIN = 400 * 24 * 3600
+# Where the hub sends a browser back with its login's code: the path of JUPYTERHUB_OAUTH_CALLBACK_URL.
+OAUTH_CALLBACK_PATH = "/oauth_callback"
 
 # Each setting's default is written once, in Settings; the reading below takes it from here.
 _DEFAULTS = Settings()
@@ -281,8 +286,23 @@ def _auth_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         "jupyterhub_service_name": environ.get("JUPYTERHUB_SERVICE_NAME", "").strip() or _DEFAULTS.jupyterhub_service_name,
         "admin_group": environ.get("GATEWAY_ADMIN_GROUP", "").strip() or _DEFAULTS.admin_group,
         "auth_cache_seconds": _positive_number(environ, "GATEWAY_AUTH_CACHE_SECONDS", _DEFAULTS.auth_cache_seconds, float),
-        "oauth_callback_url": _url(environ, "JUPYTERHUB_OAUTH_CALLBACK_URL", "https://gateway.example.org/oauth_callback"),
+        "oauth_callback_url": _oauth_callback_url(environ),
         "oauth_client_id": environ.get("JUPYTERHUB_CLIENT_ID", "").strip(),
         "jupyterhub_host": (_url(environ, "JUPYTERHUB_HOST", "https://hub.example.org") or "").rstrip("/"),
-        "login_max_age": _positive_number(environ, "GATEWAY_LOGIN_MAX_AGE", _DEFAULTS.login_max_age, int),
+        "login_max_age": _login_max_age(environ),
     }
+
+
+def _oauth_callback_url(environ: Mapping[str, str]) -> str | None:
+    url = _url(environ, "JUPYTERHUB_OAUTH_CALLBACK_URL", f"https://gateway.example.org{OAUTH_CALLBACK_PATH}")
+    # The gateway serves the callback at this path alone, and keeps its query (the login's code) out of the access log there alone.
+    if url is not None and urlsplit(url).path != OAUTH_CALLBACK_PATH:
+        raise SettingsError(f"JUPYTERHUB_OAUTH_CALLBACK_URL={url!r} must end in the path {OAUTH_CALLBACK_PATH}, where the gateway serves it")
+    return url
+
+
+def _login_max_age(environ: Mapping[str, str]) -> int:
+    seconds: int = _positive_number(environ, "GATEWAY_LOGIN_MAX_AGE", _DEFAULTS.login_max_age, int)
+    if seconds > LONGEST_LOGIN:
+        raise SettingsError(f"GATEWAY_LOGIN_MAX_AGE={seconds} is over {LONGEST_LOGIN} s (400 days, the longest a browser keeps a cookie)")
+    return seconds

@@ -27,7 +27,8 @@ PREFIX = f"{BUCKET}/bad-input"
 JSON = {"Content-Type": "application/json"}
 # Nested past what Python's JSON reader takes, inside an app's parameters, and in a cursor.
 DEEP_FACTOR = '{"app": "coarsen", "parameters": {"source": "x", "factor": ' + "[" * 3000 + "]" * 3000 + "}}"
-DEEP_CURSOR = base64.urlsafe_b64encode(b"[" * 1000).decode()
+# Twice as deep as the JSON decoder recurses (sys.getrecursionlimit(), 1000), and short enough for gunicorn's request line.
+DEEP_CURSOR = base64.urlsafe_b64encode(b"[" * 2000).decode()
 # A side of 401 digits: more than a float holds.
 HUGE_SIDE = "1" + "0" * 400
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from conftest import BUCKET, serve_for_module
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, start_process, stop_process
-from helpers import assert_all_gone, assert_complete_result, descendants, listing
+from helpers import assert_all_gone, assert_complete_result, descendants, listing, new_secret
 
 
 def curl(url: str, *options: str) -> tuple[int, dict]:
@@ -132,7 +131,7 @@ def test_the_access_log_line_of_the_oauth_callback_has_neither_its_code_nor_its_
         "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}",
         "GATEWAY_AUTH": "jupyterhub",
         "JUPYTERHUB_API_URL": f"http://127.0.0.1:{free_port()}/hub/api",
-        "JUPYTERHUB_API_TOKEN": f"test-hub-token-{secrets.token_hex(16)}",
+        "JUPYTERHUB_API_TOKEN": new_secret(),
         "JUPYTERHUB_OAUTH_CALLBACK_URL": "http://127.0.0.1:8000/oauth_callback",
     }
     (tmp_path / "results").mkdir()

@@ -1,7 +1,7 @@
 """The job lifecycle API on the real stack, every response checked against /openapi.json."""
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,7 +19,7 @@ from science_gateway.apps.random_array import random_chunk
 from science_gateway.region_writes import chunk_selections
 
 PREFIX = f"{BUCKET}/lifecycle"
-# 10000 chunks in many tasks: seen writing, then held (cancel_while_held) until its cancel reaches the workers.
+# 10000 chunks in many tasks, held on paused workers (held_then_cancelled) until its cancel reaches them.
 BIG_JOB = {"shape": [10000, 10000], "chunks": [100, 100]}
 SMALL_JOB = {"shape": [10, 10], "chunks": [10, 10]}
 
@@ -45,15 +45,16 @@ def wait_for_status(api: CheckedClient, job_id: str, *statuses: str, timeout: fl
     return wait_for(lambda: (record := job(api, job_id))["status"] in statuses and record, timeout, f"{job_id} to be {statuses}")
 
 
-def wait_until_writing(api: CheckedClient, job_id: str) -> dict:
-    return wait_for(lambda: (record := job(api, job_id))["progress"]["chunks_written"] > 0 and record, 60, f"{job_id} to write")
-
-
-def cancel_while_held(app: Flask, job_id: str) -> TestResponse:
-    """DELETE a running job while its workers are held, so that it cannot finish first, however fast the machine."""
+def held_then_cancelled(app: Flask, job_id: str, meanwhile: Callable[[], None] = lambda: None) -> TestResponse:
+    """Submit a job while the workers are held, so that it runs with no task begun, however fast the machine; do
+    ``meanwhile``; DELETE it. The answer, once its tasks have stopped."""
     cluster = services(app).cluster.client()
+    api = CheckedClient(app.test_client())
     with ThreadPoolExecutor(1) as pool:
         with workers_held(cluster):
+            assert api.post("/jobs", json={"job_id": job_id, **BIG_JOB}).status_code == 202
+            wait_for_the_tasks(cluster, job_id)
+            meanwhile()
             answer = pool.submit(CheckedClient(app.test_client()).delete, f"/jobs/{job_id}")
             wait_for_the_stop(cluster, job_id)
         return answer.result(timeout=120)
@@ -83,29 +84,26 @@ def test_a_submitted_job_is_watched_to_done(api: CheckedClient, lifecycle_app: F
 
 
 def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: CheckedClient, lifecycle_app: Flask, results_fs) -> None:
-    assert api.post("/jobs", json={"job_id": "big", **BIG_JOB}).status_code == 202
-    wait_until_writing(api, "big")
-    assert api.post("/jobs", json={"job_id": "waits", **SMALL_JOB}).status_code == 202
-    assert api.post("/jobs", json={"job_id": "dropped", **SMALL_JOB}).status_code == 202
-    assert job(api, "waits")["status"] == "queued", "one job runs at a time here"
+    def queue_two_and_cancel_one() -> None:
+        assert api.post("/jobs", json={"job_id": "waits", **SMALL_JOB}).status_code == 202
+        assert api.post("/jobs", json={"job_id": "dropped", **SMALL_JOB}).status_code == 202
+        assert job(api, "waits")["status"] == "queued", "one job runs at a time here"
+        dropped = api.delete("/jobs/dropped")
+        assert dropped.status_code == 200 and dropped.json["status"] == "cancelled"
 
-    dropped = api.delete("/jobs/dropped")
-    assert dropped.status_code == 200 and dropped.json["status"] == "cancelled"
-    cancelled = cancel_while_held(lifecycle_app, "big")
+    cancelled = held_then_cancelled(lifecycle_app, "big", queue_two_and_cancel_one)
     assert cancelled.status_code == 200
     assert cancelled.json["status"] == "cancelled"
-    assert 0 < cancelled.json["progress"]["chunks_written"] < 10000
+    assert cancelled.json["progress"] == {"chunks_written": 0, "chunks_total": 10000}, "no task began on the held workers"
 
     assert wait_for_status(api, "waits", "done")["progress"]["chunks_written"] == 1
     assert job(api, "big")["status"] == "cancelled" and job(api, "dropped")["status"] == "cancelled"
-    assert not results_fs.exists(f"{PREFIX}/big"), "a cancelled job's chunks are removed"
+    assert not results_fs.exists(f"{PREFIX}/big"), "a cancelled job's metadata and chunks are removed"
     assert not results_fs.exists(f"{PREFIX}/dropped")
 
 
 def test_a_cancelled_id_can_be_submitted_again_and_a_finished_job_deleted(api: CheckedClient, lifecycle_app: Flask, results_fs) -> None:
-    assert api.post("/jobs", json={"job_id": "again", **BIG_JOB}).status_code == 202
-    wait_until_writing(api, "again")
-    assert cancel_while_held(lifecycle_app, "again").json["status"] == "cancelled"
+    assert held_then_cancelled(lifecycle_app, "again").json["status"] == "cancelled"
 
     assert api.post("/jobs", json={"job_id": "again", "seed": 3, **SMALL_JOB}).status_code == 202
     assert wait_for_status(api, "again", "done")["progress"]["chunks_written"] == 1

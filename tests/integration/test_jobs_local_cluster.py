@@ -143,8 +143,8 @@ def test_bad_ids_leave_the_bucket_unchanged(client: FlaskClient, results_fs, pat
 
 
 def test_readyz_reports_workers_and_store(client: FlaskClient) -> None:
-    response = client.get("/readyz")
-    assert response.status_code == 200
+    # Readiness is checked every second in the background: the first answer may predate the cluster being up.
+    response = wait_for(lambda: (answer := client.get("/readyz")).status_code == 200 and answer, 10, "the readiness check to see the cluster")
     assert response.json["cluster"]["workers"] == 3
     assert response.json["results_store"] == {"ready": True, "url": f"s3://{BUCKET}", "reason": ""}
 
@@ -277,7 +277,12 @@ def test_deletes_racing_resubmissions_of_one_id_leave_every_runner_alive_and_the
             manager.submit("contested", small)
             # Cancelled if it had not finished, deleted if it had: never done after its DELETE, whichever it was.
             answer = manager.cancel_or_delete(contested)
-            assert answer is None or (answer.status, manager.get(contested).status) == ("cancelled", "cancelled")
+            if answer is None:
+                with pytest.raises(JobNotFound):
+                    manager.get(contested)
+                assert not results_fs.exists(f"{prefix}/contested")
+            else:
+                assert (answer.status, manager.get(contested).status) == ("cancelled", "cancelled")
             start = threading.Barrier(2)
             racers = [threading.Thread(target=action, args=(start,)) for action in ((delete, resubmit) if round % 2 else (resubmit, delete))]
             for racer in racers:

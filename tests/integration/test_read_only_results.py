@@ -12,7 +12,6 @@ it opens every result and record, and can change none of them.
 
 import json
 import os
-import secrets
 from collections.abc import Iterator
 
 import fsspec
@@ -27,7 +26,7 @@ from flask.testing import FlaskClient
 from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.processes import stop_process
-from helpers import descendants, finished_job, running_app, wait_for
+from helpers import descendants, finished_job, new_secret, running_app, wait_for
 from science_gateway.region_writes import _Sources
 from servers import PROJECT, DaskGatewayServer, PolicedS3, dask_gateway_login_environ, start_dask_gateway_server, start_policed_s3
 
@@ -69,7 +68,7 @@ def writer(policed_s3: PolicedS3) -> Iterator[FlaskClient]:
 def on_dask_gateway(policed_s3: PolicedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGateway, DaskGatewayServer]]:
     """The gateway under gunicorn with the writer's key, as the `awsconfig` Secret gives it, and its cluster on a real
     dask-gateway-server, whose shipped options handler mounts the workers' Secret, and nothing else of S3, into its workers."""
-    password = secrets.token_hex(8)
+    password = new_secret()
     workdir = tmp_path_factory.mktemp("workers-key")
     server = start_dask_gateway_server(workdir, {"gateway-results-workers": policed_s3.environ("workers")}, password, results_writer=GATEWAYS_IDENTITY)
     try:

@@ -65,6 +65,9 @@ def test_values_are_read_from_the_environment() -> None:
         ("JUPYTERHUB_HOST", "hub.example.org"),
         ("GATEWAY_LOGIN_MAX_AGE", "8h"),
         ("GATEWAY_LOGIN_MAX_AGE", "0"),
+        ("GATEWAY_LOGIN_MAX_AGE", str(10**12)),  # no date follows: every login's cookie would be a 500
+        ("JUPYTERHUB_OAUTH_CALLBACK_URL", "https://gateway.example.org/oauth_callback/"),  # served, and hidden in the log, at one path
+        ("GATEWAY_MAX_RECORDS_PER_OWNER", "0"),
         ("GATEWAY_MAX_WAITING_CALLERS", "0"),
         ("GATEWAY_MAX_WAITING_CALLERS_PER_OWNER", "a few"),
         ("GATEWAY_MAX_READS_PER_OWNER", "0"),
