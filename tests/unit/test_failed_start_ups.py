@@ -16,7 +16,6 @@ import yaml
 
 from devtools.gunicorn_gateway import start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
-from devtools.processes import free_port
 from servers import HUB_VALUES, start_dask_gateway_server, start_jupyterhub, start_policed_s3
 
 MARKER = "SCIENCE_GATEWAY_TEST_START_UP"
@@ -43,11 +42,11 @@ def hub(workdir: Path) -> object:
 def gateway(workdir: Path) -> object:
     # Ready in no time: it fails once gunicorn listens, its Dask cluster starting.
     environ = {**os.environ, "GATEWAY_RESULTS_URL": str(workdir / "results"), "GATEWAY_N_WORKERS": "1"}
-    return start_gunicorn_gateway(environ, port=free_port(), log_file=workdir / "gateway.log", ready_timeout=0.001)
+    return start_gunicorn_gateway(environ, log_file=workdir / "gateway.log", ready_timeout=0.001)
 
 
 STARTERS: dict[str, Callable[[Path], object]] = {
-    "rclone's S3": lambda workdir: start_local_s3(workdir, access_key="a", secret_key="b", port=free_port(), timeout=0),
+    "rclone's S3": lambda workdir: start_local_s3(workdir, access_key="a", secret_key="b", timeout=0),
     "moto's S3": lambda workdir: start_policed_s3(workdir, "bucket", {}, timeout=0),
     "JupyterHub": hub,
     "dask-gateway-server": lambda workdir: start_dask_gateway_server(workdir, {}, password="not-used", timeout=0),
