@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def main() -> int:
     parser.add_argument("--s3-port", type=int, default=9000, help="S3 server port on 127.0.0.1 (default 9000)")
     parser.add_argument("--data-dir", type=Path, default=PROJECT / ".data", help="where the S3 objects are kept")
     args = parser.parse_args()
+    # Ctrl-C stops everything even when started from a shell that ignores SIGINT for what it starts
+    # (a non-interactive shell's background jobs inherit the signal ignored, and Python keeps that).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     args.data_dir.mkdir(parents=True, exist_ok=True)
     s3 = start_local_s3(
