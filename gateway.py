@@ -526,7 +526,7 @@ def job_events(job_id: str, owner: str | None) -> Any:
         # The caller has the final event: 204 tells an EventSource not to connect again.
         return Response(status=204)
     http_url = _http_url(key)
-    response = Response(_event_stream(events, http_url), mimetype="text/event-stream")
+    response = Response(_event_stream(events, http_url, held), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     # nginx, as an ingress controller, would otherwise hold the events back in its buffer.
     response.headers["X-Accel-Buffering"] = "no"
@@ -538,8 +538,9 @@ def job_events(job_id: str, owner: str | None) -> Any:
 RECONNECT_MILLISECONDS = 2000
 
 
-def _event_stream(events: Generator[JobEvent | None], http_url: str) -> Iterator[str]:
-    with closing(events):
+def _event_stream(events: Generator[JobEvent | None], http_url: str, held: ExitStack) -> Iterator[str]:
+    # The places are given back when the stream ends, and (if it never began) when the server closes the answer.
+    with held, closing(events):
         yield f"retry: {RECONNECT_MILLISECONDS}\n\n"
         for event in events:
             if event is None:

@@ -113,10 +113,13 @@ class JobEvents:
 def follow(table: JobTable, key: JobKey, last_id: int | None, waiter: Waiter) -> Generator[JobEvent | None]:
     """The job's events after ``last_id`` as they happen, and None each time ``KEEP_ALIVE_SECONDS`` pass without one.
 
-    Ends after the job's final event; when its record is gone (deleted); when
-    the caller hangs up; and, for a queued job, when the gateway begins to
+    Follows one run of the job, the one there is when it begins. Ends after
+    its final event, or once it is finished whatever ``last_id`` said; when
+    its record is gone (deleted) or is another run's (its id submitted again);
+    when the caller hangs up; and, for a queued job, when the gateway begins to
     stop: it runs in the next process, where the caller resumes.
     """
+    run = None
     with table.lock:
         table.waiters.setdefault(key, set()).add(waiter)
     try:
@@ -124,14 +127,20 @@ def follow(table: JobTable, key: JobKey, last_id: int | None, waiter: Waiter) ->
             waiter.wake.clear()
             with table.lock:
                 record = table.records.get(key)
+                if record is not None and run is not None and record.submitted_at != run:
+                    record = None
                 events = table.events.after(key, record, last_id) if record is not None else []
-                stopping = record is not None and record.status == QUEUED and table.drain_deadline is not None
+            if record is None:
+                return
+            run = record.submitted_at
             for event in events:
                 yield event
                 last_id = event.id
                 if event.final:
                     return
-            if record is None or stopping or waiter.gone:
+            # A caller whose Last-Event-ID is past the end (a clock set back, or a made-up id) is told nothing more.
+            stopping = record.status == QUEUED and table.drain_deadline is not None
+            if record.status in FINISHED or stopping or waiter.gone:
                 return
             if not waiter.wake.wait(KEEP_ALIVE_SECONDS):
                 yield None

@@ -316,8 +316,9 @@ class JobManager:
     def wait(self, key: JobKey, timeout: float | None = None, waiter: Waiter | None = None) -> JobRecord:
         """Block until the job is finished, will not start before the gateway stops, ``timeout`` s have passed or the waiter hangs up; its record.
 
-        The waiter is woken at each change of this job's status only, so that
-        a room of waiting callers costs no more than its jobs' changes.
+        The waiter is woken at each change of this job's record only (its status,
+        and its progress as each task's chunks land), so that a room of waiting
+        callers costs no more than its jobs' changes.
         """
         table = self._table
         waiter = waiter or Waiter()

@@ -105,6 +105,8 @@ def test_streams_beyond_the_limit_are_refused_with_429_and_a_caller_who_hangs_up
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "10"
     assert refused.json()["error"]["code"] == "too_many_streams" and refused.json()["error"]["setting"] == "GATEWAY_MAX_STREAMS"
     assert ends == [("cancelled", 0)] * STREAMS
+    # Every place given back: the ended streams', the refused one's and the one its caller left.
+    wait_for(lambda: open_streams(served, http) == 0, 10, "the gateway to close the ended streams")
 
 
 @pytest.mark.parametrize(
