@@ -34,7 +34,7 @@ from science_gateway.errors import GatewayError, status_of
 from science_gateway.hang_ups import HangUpWatch
 from science_gateway.job_events import JobEvent
 from science_gateway.job_parameters import JOB_ID_PATTERN, JOB_ID_RULE, InvalidJobId, InvalidParameters, parse_ttl, validate_job_id
-from science_gateway.job_records import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobKey, JobRecord
+from science_gateway.job_records import CANCELLED, DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobKey, JobRecord
 from science_gateway.job_work import JobWork, plan_work
 from science_gateway.jobs import JobManager, JobNotFound
 from science_gateway.metrics import GatewayMetrics, JsonFormatter
@@ -97,11 +97,11 @@ class AnyJobId(PathConverter):
     Werkzeug's ``path`` stops at a newline and a leading slash, which would make
     such an id a bare 404; this way every malformed id reaches
     :func:`validate_job_id` and its caller learns what an id may be. A path
-    ending in ``/preview.png``, ``/events``, or ``/result`` and its objects, is left to that
+    ending in ``/preview.png``, ``/events``, ``/cancel``, or ``/result`` and its objects, is left to that
     route alone, so that its ``Allow`` lists only that route's methods.
     """
 
-    regex = r"(?![\s\S]*/(?:preview\.png|events|result(?:/[\s\S]*)?)$)[\s\S]+?"
+    regex = r"(?![\s\S]*/(?:preview\.png|events|cancel|result(?:/[\s\S]*)?)$)[\s\S]+?"
     part_isolating = False
 
 
@@ -557,6 +557,19 @@ def _last_event_id() -> int | None:
     if not re.fullmatch(LAST_EVENT_ID_PATTERN, value):
         raise InvalidParameters(f"Last-Event-ID must be the id of an event of this stream, a whole number; got {value[:40]!r}")
     return int(value)
+
+
+@routes.post("/jobs/<job_id>/cancel", defaults={"owner": None})
+@routes.post("/users/<owner>/jobs/<job_id>/cancel")
+def cancel_job(job_id: str, owner: str | None) -> Any:
+    """Stop a queued or running job; never delete one: a job that finished first keeps its result (409)."""
+    gateway = _services()
+    _query(())
+    record = gateway.jobs.cancel(_job_key(job_id, owner))
+    if record.status != CANCELLED:
+        message = f"job {job_id!r} is {record.status}: there is nothing to cancel (DELETE the job to delete its result)"
+        return error_response(409, "job_finished", message, job=_job_json(record))
+    return jsonify(_job_json(record))
 
 
 @routes.delete("/jobs/<job_id:job_id>", defaults={"owner": None})

@@ -392,3 +392,13 @@ class JobManager:
         """
         self._require_loaded()
         return self._deletion.cancel_or_delete(key)
+
+    def cancel(self, key: JobKey) -> JobRecord:
+        """Cancel a queued or running job, as :meth:`cancel_or_delete` does; a finished job's record, untouched.
+
+        What a client that means to stop a job asks for: a job that finished meanwhile keeps its result.
+        """
+        self._require_loaded()
+        record = self._deletion.cancel_or_delete(key, delete_finished=False)
+        assert record is not None  # a finished job is returned, never deleted
+        return record
