@@ -16,6 +16,7 @@ from typing import Any
 from . import __version__
 from .errors import ConfigurationError, GatewayRefused, GatewayUnavailable, JobUnsuccessful, unsuccessful
 from .gateway import Gateway
+from .options import DEFAULT_RETRY_FOR
 
 EXIT_DONE, EXIT_JOB_UNSUCCESSFUL, EXIT_USAGE, EXIT_REFUSED, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON (the gateway's records and answers) instead of text")
     common.add_argument("--url", help="the gateway's address (default: $GATEWAY_URL); the token is $JUPYTERHUB_API_TOKEN")
+    common.add_argument(
+        "--retry-for", type=float, default=DEFAULT_RETRY_FOR, metavar="SECONDS",
+        help=f"how long to retry a request the gateway refuses with 429 or 503, or that gets no answer (default {DEFAULT_RETRY_FOR:.0f}; 0: never)",
+    )  # fmt: skip
     parser = argparse.ArgumentParser(
         prog="science-gateway",
         description="Submit jobs to a science gateway, wait for them, find their results.",
@@ -86,7 +91,7 @@ def _record_line(record: dict[str, Any]) -> str:
 
 
 def run(arguments: argparse.Namespace) -> int:
-    gateway = Gateway(url=arguments.url)
+    gateway = Gateway(url=arguments.url, retry_for=arguments.retry_for)
     show_progress = sys.stderr.isatty()
     command = arguments.command
     if command == "apps":

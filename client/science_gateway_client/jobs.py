@@ -14,7 +14,7 @@ import urllib3
 from .auth import auth_headers
 from .errors import GatewayRefused, GatewayUnavailable, JobNotDone, MissingExtra, WaitTimeout, unsuccessful
 from .events import EventParser
-from .transport import Transport, error_of
+from .transport import Transport
 
 if TYPE_CHECKING:
     import xarray
@@ -30,6 +30,8 @@ STREAM_READ_TIMEOUT = 45.0
 STREAM_ATTEMPTS = 5
 # The server's advice until it gives its own (``retry:``), in seconds.
 DEFAULT_RECONNECT = 2.0
+# The stream is never retried on a refusal: the client polls instead.
+ANY_STATUS = range(100, 600)
 
 
 class Job:
@@ -131,7 +133,7 @@ class Job:
                 headers["Last-Event-ID"] = parser.last_event_id
             try:
                 response = self._transport.request(
-                    "GET", f"{self.path}/events", idempotent=True, expected=(200, 204, 404, 405, 429),
+                    "GET", f"{self.path}/events", idempotent=True, expected=ANY_STATUS,
                     headers=headers, stream=True, timeout=(self._transport.options.timeout, read_timeout),
                 )  # fmt: skip
             except GatewayUnavailable as exc:
@@ -144,9 +146,8 @@ class Job:
                 bar.show(self._record)
                 return self._record["status"] in FINAL
             if response.status_code != 200 or not response.headers.get("Content-Type", "").startswith("text/event-stream"):
-                if response.status_code == 404 and error_of(response).get("code") == "job_not_found":
-                    raise self._transport.error("GET", f"{self.path}/events", response, None)
-                # 429 (too many streams), or a gateway or proxy that serves no stream here.
+                # 429 (too many streams), a gateway or proxy that serves no stream here, or any other refusal:
+                # the record's own GET says what is wrong, if anything (a job not found, a token refused).
                 logger.info("the gateway did not stream job %s's events (%d): polling instead", self.job_id, response.status_code)
                 response.close()
                 return False

@@ -1,0 +1,232 @@
+"""The Python client (client/) and its CLI against the gateway under gunicorn with a local S3 server.
+
+The CLI runs as a subprocess (``python -m science_gateway_client``, the ``science-gateway`` script's code), once per
+exit code. Jobs held with paused workers, never by their size.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import BUCKET, serve_for_module
+from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
+from devtools.local_s3 import LocalS3
+from devtools.processes import free_port, stop_process
+from helpers import gateways_cluster, wait_for, wait_for_the_stop, wait_for_the_tasks, workers_held
+from science_gateway_client import Gateway, GatewayUnavailable, JobCancelled, JobFailed, JobNotDone, JobNotFound, TooManyRequests, WaitTimeout
+
+PREFIX = f"{BUCKET}/client"
+SMALL = {"shape": [100, 100], "chunks": [10, 10]}
+REFUSED_SUBMISSION = '"POST /jobs HTTP/1.1" 429'
+
+
+@pytest.fixture(scope="module")
+def served(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    # One job runs at a time and one waits: a held job and a queued one fill the gateway, for the 429s.
+    yield from serve_for_module(
+        tmp_path_factory, "client", f"s3://{PREFIX}", GATEWAY_N_WORKERS="2", GATEWAY_MAX_RUNNING_JOBS="1", GATEWAY_MAX_QUEUED_JOBS="1"
+    )
+
+
+@pytest.fixture
+def gateway(served: RunningGateway, monkeypatch: pytest.MonkeyPatch) -> Gateway:
+    """``Gateway()`` with no arguments, as in a notebook: GATEWAY_URL, and the token of the session's environment."""
+    monkeypatch.setenv("GATEWAY_URL", served.url)
+    return Gateway()
+
+
+def cli(*arguments: str, url: str | None = None, environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The science-gateway command as installed (its script runs this module's main): stderr is no terminal here, so it shows no progress."""
+    env = {**os.environ, **(environ or {})}
+    if url is not None:
+        env["GATEWAY_URL"] = url
+    return subprocess.run([sys.executable, "-m", "science_gateway_client", *arguments], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_gateway_reads_its_address_from_the_environment_and_says_which_variable_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GATEWAY_URL", raising=False)
+    with pytest.raises(ValueError, match="set GATEWAY_URL"):
+        Gateway()
+    assert Gateway(url="http://127.0.0.1:1/").url == "http://127.0.0.1:1", "an explicit address, without its trailing slash"
+
+
+def test_submit_wait_open_a_job_and_a_repeat_is_the_same_job(gateway: Gateway) -> None:
+    job = gateway.submit("random-array", seed=7, **SMALL)
+    assert job.job_id.startswith("random-array-") and job.record["status"] in ("queued", "running", "done")
+
+    record = job.wait(progress=False)
+
+    assert record["status"] == job.status == "done"
+    assert record["progress"] == {"chunks_written": 100, "chunks_total": 100}
+    dataset = job.open()
+    assert dict(dataset.sizes) == {"y": 100, "x": 100} and str(dataset["data"].dtype) == "float32"
+    again = gateway.submit("random-array", job.job_id, seed=7, **SMALL)
+    assert again.record["status"] == "done" and again.record["submitted_at"] == record["submitted_at"]
+
+
+def test_wait_shows_a_bar_of_the_chunks_written(gateway: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
+    job = gateway.submit("random-array", **SMALL)
+    job.wait()
+    assert "100/100" in capsys.readouterr().err
+
+
+def test_apps_usage_and_every_page_of_jobs(gateway: Gateway) -> None:
+    assert {"random-array", "coarsen"} <= {app["name"] for app in gateway.apps()}
+    submitted = [gateway.submit("random-array", **SMALL) for _ in range(5)]
+    for job in submitted:
+        job.wait(progress=False)
+
+    listed = [job.job_id for job in gateway.jobs(page_size=2)]
+
+    assert {job.job_id for job in submitted} <= set(listed) and len(listed) == len(set(listed)), "every page, no job twice"
+    usage = gateway.usage()
+    kept = [job for job in gateway.jobs() if job.record["status"] in ("queued", "running", "done")]
+    assert usage["jobs"] == len(kept) and usage["stored_bytes"] > 0 and usage["quota_bytes"] is None
+
+
+def test_a_job_not_found_is_its_own_error_naming_the_code(gateway: Gateway) -> None:
+    with pytest.raises(JobNotFound) as raised:
+        gateway.job("no-such-job")
+    assert (raised.value.status, raised.value.code) == (404, "job_not_found")
+
+
+def test_cancel_a_running_job_and_wait_raises_with_its_status_then_delete_removes_it(gateway: Gateway, served: RunningGateway) -> None:
+    with ThreadPoolExecutor(1) as pool, gateways_cluster(served.log_file.parent) as cluster:
+        with workers_held(cluster):
+            job = gateway.submit("random-array", **SMALL)
+            wait_for_the_tasks(cluster, job.job_id)
+            with pytest.raises(JobNotDone):
+                job.open()
+            with pytest.raises(WaitTimeout):
+                job.wait(progress=False, timeout=0.5)
+            # The DELETE of a running job answers once its tasks have stopped, after the workers go on.
+            cancelling = pool.submit(job.cancel)
+            wait_for_the_stop(cluster, job.job_id)
+        assert cancelling.result(timeout=120)["status"] == "cancelled"
+
+    with pytest.raises(JobCancelled) as raised:
+        job.wait(progress=False)
+    assert raised.value.status == "cancelled" and raised.value.record["job_id"] == job.job_id
+    job.delete()
+    with pytest.raises(JobNotFound):
+        job.refresh()
+
+
+def test_a_failed_job_raises_with_the_gateways_code_and_the_cli_exits_1(gateway: Gateway, served: RunningGateway) -> None:
+    """A queued coarsen job whose source is deleted fails at once with source_deleted."""
+    source = gateway.submit("random-array", **SMALL)
+    source.wait(progress=False)
+    with ThreadPoolExecutor(1) as pool, gateways_cluster(served.log_file.parent) as cluster:
+        with workers_held(cluster):
+            blocker = gateway.submit("random-array", **SMALL)
+            wait_for_the_tasks(cluster, blocker.job_id)
+            coarsened = gateway.submit("coarsen", source=source.job_id, factor=10)
+            assert coarsened.status == "queued", "one job runs at a time"
+            source.delete()
+            with pytest.raises(JobFailed) as raised:
+                coarsened.wait(progress=False)
+            cancelling = pool.submit(blocker.cancel)
+            wait_for_the_stop(cluster, blocker.job_id)
+        cancelling.result(timeout=120)
+
+    assert raised.value.code == "source_deleted" and source.job_id in raised.value.message
+    failed, cancelled = cli("wait", coarsened.job_id, url=served.url), cli("wait", blocker.job_id, "--json", url=served.url)
+    assert failed.returncode == 1 and "source_deleted" in failed.stderr and failed.stdout.startswith(f"{coarsened.job_id}\tfailed"), failed
+    assert cancelled.returncode == 1 and json.loads(cancelled.stdout)["status"] == "cancelled", cancelled
+
+
+def test_a_submission_refused_with_429_is_sent_again_after_retry_after(gateway: Gateway, served: RunningGateway) -> None:
+    """A held job runs, a queued one fills the queue: the next submission gets 429 too_many_queued_jobs with Retry-After.
+
+    A client that may not wait that long raises at once; one that may is refused, then admitted once the queue has room.
+    """
+    impatient = Gateway(served.url, retry_for=0)
+    with ThreadPoolExecutor(2) as pool, gateways_cluster(served.log_file.parent) as cluster:
+        with workers_held(cluster):
+            blocker = gateway.submit("random-array", **SMALL)
+            wait_for_the_tasks(cluster, blocker.job_id)
+            queued = gateway.submit("random-array", **SMALL)
+            with pytest.raises(TooManyRequests) as raised:
+                impatient.submit("random-array", **SMALL)
+            refused = served.log().count(REFUSED_SUBMISSION)
+            cli_refused = cli("submit", "random-array", "--retry-for", "0", url=served.url)
+
+            retried = pool.submit(gateway.submit, "random-array", **SMALL)
+            wait_for(lambda: served.log().count(REFUSED_SUBMISSION) > refused + 1, 60, "the client's submission to be refused")
+            assert not retried.done()
+            queued.cancel()
+            admitted = retried.result(timeout=120)
+            assert admitted.record["status"] == "queued"
+            admitted.cancel()
+            cancelling = pool.submit(blocker.cancel)
+            wait_for_the_stop(cluster, blocker.job_id)
+        cancelling.result(timeout=120)
+
+    assert (raised.value.status, raised.value.code, raised.value.retry_after) == (429, "too_many_queued_jobs", 10)
+    assert cli_refused.returncode == 3 and "too_many_queued_jobs" in cli_refused.stderr, cli_refused
+
+
+def test_the_cli_submits_waits_and_finds_a_job_exit_0(served: RunningGateway) -> None:
+    parameters = ["-p", "seed=7", "-p", "shape=[100,100]", "-p", "chunks=[10,10]", "-p", "dtype=float64"]
+    submitted = cli("submit", "random-array", *parameters, "--wait", "--json", url=served.url)
+    assert submitted.returncode == 0, submitted
+    record = json.loads(submitted.stdout)
+    assert record["status"] == "done" and record["parameters"]["seed"] == 7 and record["dtype"] == "float64"
+    assert submitted.stderr == "", "no progress where stderr is no terminal"
+    job_id = record["job_id"]
+
+    named = cli("submit", "random-array", "--id", "cli-named", "-p", "shape=[100,100]", "-p", "chunks=[10,10]", url=served.url)
+    assert named.returncode == 0 and named.stdout.startswith("cli-named\t"), named
+    assert cli("wait", "cli-named", url=served.url).returncode == 0
+    status = cli("status", job_id, url=served.url)
+    assert status.returncode == 0 and status.stdout.startswith(f"{job_id}\tdone\t100/100 chunks"), status
+    url = cli("url", job_id, url=served.url)
+    assert (url.returncode, url.stdout.strip()) == (0, record["http_url"])
+    listed = cli("jobs", "--json", url=served.url)
+    assert listed.returncode == 0 and job_id in {job["job_id"] for job in json.loads(listed.stdout)}
+    apps = cli("apps", url=served.url)
+    assert apps.returncode == 0 and "random-array" in apps.stdout
+    assert cli("cancel", job_id, url=served.url).stdout.startswith(f"{job_id}\tdone"), "a finished job is left as it is"
+    assert cli("delete", job_id, url=served.url).returncode == 0
+    gone = cli("status", job_id, url=served.url)
+    assert gone.returncode == 3 and "job_not_found" in gone.stderr, gone
+
+
+def test_the_cli_exits_2_on_a_usage_error(served: RunningGateway) -> None:
+    no_id = cli("status", url=served.url)
+    assert no_id.returncode == 2 and "ID" in no_id.stderr, no_id
+    bad_parameter = cli("submit", "random-array", "-p", "seed", url=served.url)
+    assert bad_parameter.returncode == 2 and "NAME=VALUE" in bad_parameter.stderr, bad_parameter
+    environ = {name: value for name, value in os.environ.items() if name != "GATEWAY_URL"}
+    done = subprocess.run([sys.executable, "-m", "science_gateway_client", "apps"], env=environ, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "GATEWAY_URL" in done.stderr, done
+
+
+def test_the_cli_exits_3_when_the_gateway_refuses(served: RunningGateway) -> None:
+    refused = cli("submit", "random-array", "-p", "shape=[0,100]", url=served.url)
+    assert refused.returncode == 3 and "invalid_parameters" in refused.stderr and refused.stdout == "", refused
+
+
+def test_the_cli_exits_4_when_no_gateway_answers_and_the_client_raises_gateway_unavailable() -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(GatewayUnavailable, match="check the address"):
+        Gateway(nobody, retry_for=0).apps()
+    unavailable = cli("apps", "--retry-for", "0", url=nobody)
+    assert unavailable.returncode == 4 and "no answer from the gateway" in unavailable.stderr, unavailable
+
+
+def test_the_cli_exits_4_on_a_gateway_that_answers_5xx(s3: LocalS3, tmp_path: Path) -> None:
+    """A gateway whose results bucket does not exist answers a submission 502 storage_error (a cluster it does not need)."""
+    environ = {**os.environ, "GATEWAY_RESULTS_URL": "s3://no-such-bucket", "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}"}
+    broken = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log", ready_timeout=0)
+    try:
+        done = cli("submit", "random-array", "--json", url=broken.url)
+    finally:
+        stop_process(broken.process, timeout=60)
+    assert done.returncode == 4 and "502 storage_error" in done.stderr and json.loads(done.stdout)["error"]["code"] == "storage_error", done
