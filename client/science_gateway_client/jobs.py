@@ -79,6 +79,11 @@ class Job:
         """The result's Zarr group, as the gateway serves it (with the token)."""
         return str(self._record["http_url"])
 
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec's options that read ``http_url`` with your token: ``zarr.open_group(job.http_url, storage_options=job.storage_options)``."""
+        return {"headers": auth_headers(self._transport.options.token)}
+
     def refresh(self) -> dict[str, Any]:
         """The job's record, asked of the gateway now."""
         self._record = self._transport.json("GET", self.path, idempotent=True)
@@ -228,8 +233,7 @@ class Job:
             raise unsuccessful(self._record)
         if status != "done":
             raise JobNotDone(f"job {self.job_id!r} is {status}: its result opens once it is done; job.wait() first")
-        storage_options = {"headers": auth_headers(self._transport.options.token)}
-        dataset: xarray.Dataset = xr.open_zarr(self.http_url, storage_options=storage_options, **open_zarr_options)
+        dataset: xarray.Dataset = xr.open_zarr(self.http_url, storage_options=self.storage_options, **open_zarr_options)
         return dataset
 
 

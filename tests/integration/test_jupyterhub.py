@@ -332,7 +332,8 @@ def test_the_notebook_runs_on_alices_hub_spawned_server_with_the_token_the_hub_m
     _, submitted, watched, opened_with_xarray, _, plotted = cells
     # The record the POST answered with, as the job was queued.
     assert "'queued'" in outputs(submitted), outputs(submitted)
-    assert "'done'" in outputs(watched), outputs(watched)
+    # Gateway() with no arguments: the server's GATEWAY_URL and token. Its bar (tqdm's, a widget or text) and the record once done.
+    assert "chunk/s" in outputs(watched) and "'done', {'chunks_written': 100, 'chunks_total': 100}" in outputs(watched), outputs(watched)
     assert "(y: 1000, x: 1000)" in outputs(opened_with_xarray), outputs(opened_with_xarray)
     assert [output for output in plotted.outputs if "image/png" in output.get("data", {})], "the plot cell shows its image"
     job_id = outputs(submitted).split("'")[1]
