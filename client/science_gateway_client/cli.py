@@ -64,14 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in [
         ("status", "a job's status and progress"),
         ("wait", "wait until a job has finished; exit 0 when done, 1 when failed or cancelled"),
+        ("jobs", "your jobs, newest first"),
         ("cancel", "cancel a queued or running job (a finished one is left as it is)"),
         ("delete", "delete a job: its result and record (cancelled first if it runs)"),
         ("url", "the address of a job's result (its http_url), to open with xarray.open_zarr"),
     ]:
         command = commands.add_parser(name, parents=[common], help=what)
-        command.add_argument("job_id", metavar="ID")
-    jobs = commands.add_parser("jobs", parents=[common], help="your jobs, newest first")
-    jobs.add_argument("--status", choices=["queued", "running", "done", "failed", "cancelled"], help="only the jobs of this status")
+        if name == "jobs":
+            command.add_argument("--status", choices=["queued", "running", "done", "failed", "cancelled"], help="only the jobs of this status")
+        else:
+            command.add_argument("job_id", metavar="ID")
     return parser
 
 

@@ -6,6 +6,7 @@ exit code. Jobs held with paused workers, never by their size.
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BUCKET, serve_for_module
-from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
+from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import free_port, stop_process
 from helpers import gateways_cluster, wait_for, wait_for_the_stop, wait_for_the_tasks, workers_held
@@ -230,3 +231,13 @@ def test_the_cli_exits_4_on_a_gateway_that_answers_5xx(s3: LocalS3, tmp_path: Pa
     finally:
         stop_process(broken.process, timeout=60)
     assert done.returncode == 4 and "502 storage_error" in done.stderr and json.loads(done.stdout)["error"]["code"] == "storage_error", done
+
+
+def test_the_user_guides_command_lines_print_what_it_shows(served: RunningGateway) -> None:
+    guide = (PROJECT / "docs" / "user-guide.md").read_text().split("## The Python client and the command line", 1)[1]
+    console = guide.split("```console\n", 1)[1].split("```", 1)[0]
+    runs = [run.split("\n", 1) for run in console.split("$ science-gateway ")[1:]]
+    assert len(runs) == 2
+    for command, shown in runs:
+        done = cli(*shlex.split(command), url=served.url)
+        assert (done.returncode, done.stdout) == (0, shown.replace("http://127.0.0.1:8000", served.url)), done

@@ -2,7 +2,9 @@
 
 Its tests against a real gateway are tests/integration/test_client.py."""
 
+import argparse
 import ast
+import re
 import sys
 import tomllib
 
@@ -99,3 +101,25 @@ def test_the_event_parser_follows_the_standards_fields() -> None:
     stream = b"\xef\xbb\xbfdata:a\ndata: b\nid: 7\nretry: x\nunknown: y\n\ndata\n\nid\nevent: e\n\ndata: left without its blank line"
     events = list(parse_events([stream]))
     assert events == [ServerSentEvent("message", "a\nb", "7"), ServerSentEvent("message", "", "7")], "an id stays until another is set"
+
+
+GUIDE = (PROJECT / "docs" / "user-guide.md").read_text().split("## The Python client and the command line", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_guides_exit_codes_are_the_clis() -> None:
+    from science_gateway_client import cli
+
+    table = GUIDE.split("| exit code | when |", 1)[1]
+    documented = [int(code) for code in re.findall(r"^\| (\d) \|", table, flags=re.MULTILINE)]
+    assert documented == [cli.EXIT_DONE, cli.EXIT_JOB_UNSUCCESSFUL, cli.EXIT_USAGE, cli.EXIT_REFUSED, cli.EXIT_UNAVAILABLE] == [0, 1, 2, 3, 4]
+
+
+def test_the_guides_commands_are_the_clis_and_its_retry_bound_is_the_default() -> None:
+    from science_gateway_client.options import DEFAULT_RETRY_FOR, DEFAULT_TIMEOUT
+
+    table = GUIDE.split("| command | does |", 1)[1]
+    documented = re.findall(r"^\| `(\w+)[ `]", table, flags=re.MULTILINE)
+    (commands,) = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    assert documented == list(commands.choices)
+    assert f"timeout={DEFAULT_TIMEOUT:.0f}, retry_for={DEFAULT_RETRY_FOR:.0f}," in GUIDE
+    assert f"`retry_for` seconds ({DEFAULT_RETRY_FOR:.0f}\nby default" in GUIDE
