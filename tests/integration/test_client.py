@@ -4,16 +4,23 @@ The CLI runs as a subprocess (``python -m science_gateway_client``, the ``scienc
 exit code. Jobs held with paused workers, never by their size.
 """
 
+import contextlib
 import json
 import os
+import re
 import shlex
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 from conftest import BUCKET, serve_for_module
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
@@ -25,14 +32,17 @@ from science_gateway_client import Gateway, GatewayUnavailable, JobCancelled, Jo
 PREFIX = f"{BUCKET}/client"
 SMALL = {"shape": [100, 100], "chunks": [10, 10]}
 REFUSED_SUBMISSION = '"POST /jobs HTTP/1.1" 429'
+# Event streams the gateway serves at once: a test takes them all to see the client poll instead.
+STREAMS = 2
 
 
 @pytest.fixture(scope="module")
 def served(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     # One job runs at a time and one waits: a held job and a queued one fill the gateway, for the 429s.
     yield from serve_for_module(
-        tmp_path_factory, "client", f"s3://{PREFIX}", GATEWAY_N_WORKERS="2", GATEWAY_MAX_RUNNING_JOBS="1", GATEWAY_MAX_QUEUED_JOBS="1"
-    )
+        tmp_path_factory, "client", f"s3://{PREFIX}",
+        GATEWAY_N_WORKERS="2", GATEWAY_MAX_RUNNING_JOBS="1", GATEWAY_MAX_QUEUED_JOBS="1", GATEWAY_MAX_STREAMS=str(STREAMS),
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -241,3 +251,113 @@ def test_the_user_guides_command_lines_print_what_it_shows(served: RunningGatewa
     for command, shown in runs:
         done = cli(*shlex.split(command), url=served.url)
         assert (done.returncode, done.stdout) == (0, shown.replace("http://127.0.0.1:8000", served.url)), done
+
+
+class Relay:
+    """A TCP relay in front of the gateway, as a proxy is: it keeps what each connection carried, and cuts one on demand.
+
+    Its threads record their failures in ``failures``; a connection's end is no failure.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = urlsplit(target)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.connections: list[dict[str, Any]] = []
+        self.failures: list[BaseException] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                caller, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                gateway = socket.create_connection((self.target.hostname, self.target.port), timeout=30)
+                gateway.settimeout(None)
+            except OSError as exc:
+                self.failures.append(exc)
+                caller.close()
+                continue
+            connection = {"sent": bytearray(), "received": bytearray(), "sockets": (caller, gateway)}
+            self.connections.append(connection)
+            threading.Thread(target=self._pump, args=(caller, gateway, connection["sent"]), daemon=True).start()
+            threading.Thread(target=self._pump, args=(gateway, caller, connection["received"]), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket, kept: bytearray) -> None:
+        try:
+            while chunk := source.recv(65536):
+                kept += chunk
+                target.sendall(chunk)
+        except OSError:
+            pass  # the other side closed, or the test cut the connection
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def streams(self, job_id: str) -> list[dict[str, Any]]:
+        """The connections that asked for the job's events, in order."""
+        return [connection for connection in list(self.connections) if f"GET /jobs/{job_id}/events ".encode() in connection["sent"]]
+
+    @staticmethod
+    def cut(connection: dict[str, Any]) -> None:
+        for end in connection["sockets"]:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            self.cut(connection)
+
+
+def event_ids(stream: bytes) -> list[int]:
+    return [int(found) for found in re.findall(rb"^id: (\d+)$", stream, flags=re.MULTILINE)]
+
+
+def test_a_wait_whose_event_stream_is_cut_mid_job_resumes_after_its_last_event_with_none_repeated(served: RunningGateway) -> None:
+    relay = Relay(served.url)
+    try:
+        client = Gateway(relay.url)
+        with ThreadPoolExecutor(1) as pool, gateways_cluster(served.log_file.parent) as cluster:
+            with workers_held(cluster):
+                job = client.submit("random-array", **SMALL)
+                wait_for_the_tasks(cluster, job.job_id)
+                waited = pool.submit(job.wait, progress=False)
+                (first,) = wait_for(lambda: relay.streams(job.job_id), 60, "the client to follow the job's events")
+                wait_for(lambda: b'"status": "running"' in first["received"], 60, "the event of the job running")
+                relay.cut(first)
+                wait_for(lambda: len(relay.streams(job.job_id)) == 2, 60, "the client to follow the events again")
+            record = waited.result(timeout=120)
+    finally:
+        relay.close()
+
+    assert relay.failures == []
+    assert record["status"] == "done"
+    first, second = relay.streams(job.job_id)
+    before, after = event_ids(bytes(first["received"])), event_ids(bytes(second["received"]))
+    assert f"\r\nLast-Event-ID: {before[-1]}\r\n".encode() in second["sent"], "resumed after the last event it had"
+    assert before and after and before + after == sorted(set(before + after)), "no event seen twice, in order"
+    assert b'"status": "done"' in second["received"].split(b"id: ")[-1], "the final event came on the resumed stream"
+
+
+def test_a_wait_the_gateway_refuses_a_stream_polls_the_record_instead(served: RunningGateway) -> None:
+    """Every stream of the gateway taken (GATEWAY_MAX_STREAMS): 429 too_many_streams, and the client asks for the record instead."""
+    client = Gateway(served.url)
+    refusal = "/events HTTP/1.1\" 429"
+    with ThreadPoolExecutor(1) as pool, gateways_cluster(served.log_file.parent) as cluster, contextlib.ExitStack() as streams:
+        with workers_held(cluster):
+            job = client.submit("random-array", **SMALL)
+            wait_for_the_tasks(cluster, job.job_id)
+            events = f"{served.url}/jobs/{job.job_id}/events"
+            taken = [streams.enter_context(requests.get(events, stream=True, timeout=60)) for _ in range(STREAMS)]
+            assert [response.status_code for response in taken] == [200] * STREAMS
+            refused = served.log().count(refusal)
+            waited = pool.submit(job.wait, progress=False)
+            wait_for(lambda: served.log().count(refusal) > refused, 60, "the client's stream to be refused")
+        record = waited.result(timeout=120)
+    assert record["status"] == "done"
+    assert f'"GET /jobs/{job.job_id} HTTP/1.1" 200' in served.log(), "it polled the record"
