@@ -128,9 +128,13 @@ class Job:
 
     def _follow_events(self, bar: Progress, deadline: float | None) -> bool:
         """Follow the job's event stream until its final event: True; False where the client must poll instead."""
-        parser = EventParser()
+        last_event_id: str | None = None
+        reconnect = DEFAULT_RECONNECT
         failures = 0
         while True:
+            # Each connection is parsed afresh (an event cut in half is dropped, as the standard says), from the last id.
+            parser = EventParser()
+            parser.last_event_id = last_event_id
             left = self._left(deadline)
             read_timeout = STREAM_READ_TIMEOUT if left is None else min(STREAM_READ_TIMEOUT, left)
             headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
@@ -157,6 +161,8 @@ class Job:
                 response.close()
                 return False
             received = self._read_stream(response, parser, bar, deadline)
+            last_event_id = parser.last_event_id
+            reconnect = parser.retry / 1000 if parser.retry is not None else reconnect
             if self._record.get("status") in FINAL:
                 return True
             failures = 0 if received else failures + 1
@@ -164,9 +170,8 @@ class Job:
                 logger.info("the event stream of job %s ended %d times without an event: polling instead", self.job_id, failures)
                 return False
             # Cut (a proxy's timeout, a gateway that stops): resume after the server's advice, from the last event.
-            wait = parser.retry / 1000 if parser.retry is not None else DEFAULT_RECONNECT
             left = self._left(deadline)
-            time.sleep(wait if left is None else min(wait, left))
+            time.sleep(reconnect if left is None else min(reconnect, left))
 
     def _read_stream(self, response: requests.Response, parser: EventParser, bar: Progress, deadline: float | None) -> int:
         """Read a stream until it ends or is cut; the number of job events it gave."""
@@ -177,7 +182,11 @@ class Job:
                     for event in parser.feed(chunk):
                         if event.event != "job":
                             continue
-                        self._record = json.loads(event.data)
+                        try:
+                            self._record = json.loads(event.data)
+                        except ValueError:
+                            logger.warning("an event of job %s is not JSON; skipped", self.job_id)
+                            continue
                         received += 1
                         bar.show(self._record)
                         if self._record.get("status") in FINAL:

@@ -5,13 +5,17 @@ exit code. Jobs held with paused workers, never by their size.
 """
 
 import contextlib
+import fcntl
 import json
 import os
+import pty
 import re
 import shlex
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -207,6 +211,29 @@ def test_the_cli_submits_waits_and_finds_a_job_exit_0(served: RunningGateway) ->
     assert cli("delete", job_id, url=served.url).returncode == 0
     gone = cli("status", job_id, url=served.url)
     assert gone.returncode == 3 and "job_not_found" in gone.stderr, gone
+
+
+def test_the_cli_shows_its_progress_bar_on_stderr_when_stderr_is_a_terminal(served: RunningGateway) -> None:
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 rows of 100 columns, as a terminal window has
+    shown = bytearray()
+
+    def read() -> None:
+        with contextlib.suppress(OSError):  # EIO once the command has exited and the terminal is closed
+            while chunk := os.read(controller, 4096):
+                shown.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        command = [sys.executable, "-m", "science_gateway_client", "submit", "random-array", "-p", "shape=[100,100]", "-p", "chunks=[10,10]", "--wait"]
+        done = subprocess.run(command, env={**os.environ, "GATEWAY_URL": served.url}, stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=300)
+    finally:
+        os.close(terminal)
+        reader.join(timeout=60)
+        os.close(controller)
+    assert done.returncode == 0 and "\tdone\t100/100 chunks" in done.stdout, done
+    assert b"100/100" in shown and b"chunk/s" in shown, bytes(shown)
 
 
 def test_the_cli_exits_2_on_a_usage_error(served: RunningGateway) -> None:
