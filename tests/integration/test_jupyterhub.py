@@ -339,6 +339,7 @@ def test_the_notebook_runs_on_alices_hub_spawned_server_with_the_token_the_hub_m
     job_id = outputs(submitted).split("'")[1]
     record = http.get(f"{hub_gateway.url}/jobs/{job_id}", headers=as_user(tokens["alice"]), timeout=30).json()
     assert record["owner"] == "alice" and record["status"] == "done"
+    assert f'"GET /users/alice/jobs/{job_id}/events HTTP/1.1" 200' in hub_gateway.log(), "the client followed the job's events"
 
 
 def test_alices_own_dask_workers_get_none_of_the_gateways_secrets_and_the_gateways_do(
