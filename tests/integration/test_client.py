@@ -286,8 +286,10 @@ class Relay:
     Its threads record their failures in ``failures``; a connection's end is no failure.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, lose_the_answer_to: bytes | None = None) -> None:
         self.target = urlsplit(target)
+        # The first request that starts so reaches the gateway, and its answer is lost: the connection is cut instead.
+        self.lose_the_answer_to = lose_the_answer_to
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.connections: list[dict[str, Any]] = []
@@ -310,13 +312,15 @@ class Relay:
             connection = {"sent": bytearray(), "received": bytearray(), "sockets": (caller, gateway)}
             self.connections.append(connection)
             threading.Thread(target=self._pump, args=(caller, gateway, connection["sent"]), daemon=True).start()
-            threading.Thread(target=self._pump, args=(gateway, caller, connection["received"]), daemon=True).start()
+            threading.Thread(target=self._pump, args=(gateway, caller, connection["received"], connection["sent"]), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, target: socket.socket, kept: bytearray) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, kept: bytearray, asked: bytearray | None = None) -> None:
         try:
             while chunk := source.recv(65536):
                 kept += chunk
+                if asked is not None and self.lose_the_answer_to and asked.startswith(self.lose_the_answer_to):
+                    self.lose_the_answer_to = None
+                    return  # the finally cuts both ends
                 target.sendall(chunk)
         except OSError:
             pass  # the other side closed, or the test cut the connection
@@ -388,3 +392,20 @@ def test_a_wait_the_gateway_refuses_a_stream_polls_the_record_instead(served: Ru
         record = waited.result(timeout=120)
     assert record["status"] == "done"
     assert f'"GET /jobs/{job.job_id} HTTP/1.1" 200' in served.log(), "it polled the record"
+
+
+def test_a_submission_whose_answer_is_lost_is_sent_again_and_is_one_job(served: RunningGateway) -> None:
+    """POST /jobs with the id the client picked: sent again after the connection is cut, the gateway answers with the same job."""
+    relay = Relay(served.url, lose_the_answer_to=b"POST /jobs ")
+    try:
+        job = Gateway(relay.url).submit("random-array", seed=11, **SMALL)
+    finally:
+        relay.close()
+
+    assert relay.failures == []
+    posts = [connection for connection in relay.connections if connection["sent"].startswith(b"POST /jobs ")]
+    assert len(posts) == 2 and posts[0]["received"].startswith(b"HTTP/1.1 20"), "the gateway took the first, whose answer was lost"
+    assert f'"job_id": "{job.job_id}"'.encode() in posts[0]["sent"] and f'"job_id": "{job.job_id}"'.encode() in posts[1]["sent"]
+    record = job.wait(progress=False)
+    assert [other.job_id for other in Gateway(served.url).jobs() if other.record["parameters"].get("seed") == 11] == [job.job_id]
+    assert record["status"] == "done"
