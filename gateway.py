@@ -125,14 +125,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         stored_bytes=lambda: jobs.stored_bytes(),
         waiting_callers=lambda: waiting.taken,
         result_reads=lambda: reads.places.taken,
+        streams=lambda: streams.taken,
     )
     readiness = Readiness(lambda: _check_readiness(cluster, store, metrics))
     jobs = JobManager(cluster, store, settings, metrics, apps)
     callers = HubCallers(settings) if settings.auth == "jupyterhub" else None
     browser_login = BrowserLogin(settings) if callers is not None and settings.oauth_callback_url else None
     waiting = Places("waiting_callers", settings.max_waiting_callers, settings.max_waiting_callers_per_owner)
-    reads = ResultReads(store.url, Places("reads", settings.max_reads, settings.max_reads_per_owner, patience=READ_PATIENCE_SECONDS))
     streams = Places("streams", settings.max_streams, settings.max_streams_per_owner)
+    reads = ResultReads(store.url, Places("reads", settings.max_reads, settings.max_reads_per_owner, patience=READ_PATIENCE_SECONDS))
     gateway = GatewayServices(settings, apps, cluster, store, jobs, metrics, callers, browser_login, waiting, streams, HangUpWatch(), reads, readiness)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

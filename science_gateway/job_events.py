@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from .job_table import JobTable
 
 # Finished jobs whose every event is kept, the most recently finished: a caller who lost its
-# connection near a job's end still gets the events it missed. Of the others, the end alone.
+# connection near a job's end still gets the events it missed. Of the others, the end alone,
+# made from the record when asked for: memory holds the events of unfinished jobs and of these.
 KEPT_FINISHED_JOBS = 100
 # The longest a follower goes without a byte: a comment then, which proxies and load
 # balancers (idle timeouts of 30-60 s and more) see as traffic, and which finds a caller gone.
@@ -93,13 +94,18 @@ class JobEvents:
         if event.final:
             self._finished[key] = None
             while len(self._finished) > self._kept_finished:
+                # Its final event is made again from its record when asked for, under the same id: nothing to keep.
                 oldest, _ = self._finished.popitem(last=False)
-                self._events[oldest] = self._events[oldest][-1:]
+                del self._events[oldest]
 
     def after(self, key: JobKey, record: JobRecord, last_id: int | None) -> list[JobEvent]:
         """The job's events after ``last_id`` (None: all that are kept); its current state at least, when there is nothing before it."""
         if key not in self._events:
-            # A record loaded from the store, unchanged since: its current state is its first event here.
+            if record.status in FINISHED:
+                # Finished before this process or long ago: its end, made from the record, is all there is.
+                end = JobEvent(_stamp(record), record.to_json())
+                return [end] if last_id is None or end.id > last_id else []
+            # A queued record loaded from the store, unchanged since: its current state is its first event here.
             self.note(key, record)
         return [event for event in self._events[key] if last_id is None or event.id > last_id]
 

@@ -92,7 +92,8 @@ def test_the_oldest_finished_jobs_keep_their_final_event_alone() -> None:
         records.append(finish(record, DONE))
         events.note(record.key, records[-1])
     old, new = records
-    assert statuses(events.after(old.key, old, None)) == [(DONE, 0)]
+    (end,) = events.after(old.key, old, None)
+    assert statuses([end]) == [(DONE, 0)] and end.id == job_events._microseconds(old.finished_at)
     assert statuses(events.after(new.key, new, None)) == [(QUEUED, 0), (DONE, 0)]
 
 
