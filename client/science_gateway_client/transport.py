@@ -62,6 +62,12 @@ def error_of(response: requests.Response) -> dict[str, Any]:
     return {"code": f"http_{response.status_code}", "message": f"{response.status_code} {response.reason}" + (f": {text[0][:200]}" if text else "")}
 
 
+def _reason(exc: requests.RequestException) -> str:
+    """What went wrong, without requests' wrapping (``Max retries exceeded with url: ...``)."""
+    wrapped = exc.args[0] if exc.args else exc
+    return str(getattr(wrapped, "reason", wrapped))
+
+
 class Transport:
     """Requests to one gateway, with its token, its timeouts and the retries above."""
 
@@ -105,7 +111,7 @@ class Transport:
                     continue
                 again = "" if idempotent else " (not retried: sending it again might do it twice)"
                 raise GatewayUnavailable(
-                    f"no answer from the gateway at {self.options.url} to {method} {path}{again}: {exc}; check the address and that it runs"
+                    f"no answer from the gateway at {self.options.url} to {method} {path}{again}: {_reason(exc)}; check the address and that it runs"
                 ) from exc
             if response.status_code in expected:
                 return response
