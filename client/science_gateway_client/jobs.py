@@ -201,19 +201,15 @@ class Job:
         return received
 
     def cancel(self) -> dict[str, Any]:
-        """Stop a queued or running job: its record, now ``cancelled``. A job already finished is left as it is, its record returned.
+        """Stop a queued or running job: its record, now ``cancelled``. A job that finished first is left as it is, its record returned.
 
-        The gateway's ``DELETE`` cancels a job that runs and deletes one that has finished: the client asks for the
-        record first and sends it only to a job that runs, so a cancel never deletes a result, except of a job that
-        finishes between the two requests. Not retried after a connection error, for the same reason.
+        Sent to the gateway's ``POST /jobs/<id>/cancel``, which never deletes a job (its ``DELETE`` deletes
+        one that has finished): so it is sent again after a lost answer, and a result that lands first is kept.
         """
-        if self.refresh()["status"] in FINAL:
-            return self._record
-        response = self._transport.request("DELETE", self.path, idempotent=False, expected=(200, 204))
-        if response.status_code == 200:
-            self._record = response.json()
-        else:
-            self._record = {**self._record, "status": "deleted"}
+        response = self._transport.request("POST", f"{self.path}/cancel", idempotent=True, expected=(200, 409))
+        body = response.json()
+        # 409 job_finished: done or failed before the cancel came; the error holds its record.
+        self._record = body if response.status_code == 200 else body["error"]["job"]
         return self._record
 
     def delete(self) -> None:
