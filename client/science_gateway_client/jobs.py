@@ -6,13 +6,13 @@ import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
 
 from .auth import auth_headers
-from .errors import GatewayRefused, GatewayUnavailable, JobNotDone, MissingExtra, WaitTimeout, unsuccessful
+from .errors import ConfigurationError, GatewayRefused, GatewayUnavailable, JobNotDone, MissingExtra, WaitTimeout, unsuccessful
 from .events import EventParser
 from .transport import Transport
 
@@ -76,8 +76,17 @@ class Job:
 
     @property
     def http_url(self) -> str:
-        """The result's Zarr group, as the gateway serves it (with the token)."""
-        return str(self._record["http_url"])
+        """The result's Zarr group, as the gateway serves it (with the token).
+
+        ``ConfigurationError`` when it is not on the gateway's own scheme, host and port: the token goes nowhere else.
+        """
+        url = str(self._record["http_url"])
+        if _origin(url) != _origin(self._transport.options.url):
+            raise ConfigurationError(
+                f"job {self.job_id!r}'s http_url {url!r} is not on the gateway at {self._transport.options.url}, so your token is not sent "
+                "there; give Gateway() the address the gateway's own answers name (GATEWAY_URL)"
+            )
+        return url
 
     @property
     def storage_options(self) -> dict[str, Any]:
@@ -240,6 +249,11 @@ class Job:
             raise JobNotDone(f"job {self.job_id!r} is {status}: its result opens once it is done; job.wait() first")
         dataset: xarray.Dataset = xr.open_zarr(self.http_url, storage_options=self.storage_options, **open_zarr_options)
         return dataset
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
 
 
 def _read_timeout(response: requests.Response, seconds: float) -> None:

@@ -14,8 +14,9 @@ from science_gateway_client.cli import build_parser, parameter
 from science_gateway_client.errors import ConfigurationError, JobCancelled, JobFailed, unsuccessful
 from science_gateway_client.events import ServerSentEvent, parse_events
 from science_gateway_client.gateway import JOB_ID, new_job_id
+from science_gateway_client.jobs import Job
 from science_gateway_client.options import resolve
-from science_gateway_client.transport import retry_after_seconds
+from science_gateway_client.transport import Transport, retry_after_seconds
 from servers import PROJECT
 
 # make test installs it into .venv from here (requirements-test.txt: -e ./client[xarray]).
@@ -123,3 +124,22 @@ def test_the_guides_commands_are_the_clis_and_its_retry_bound_is_the_default() -
     assert documented == list(commands.choices)
     assert f"timeout={DEFAULT_TIMEOUT:.0f}, retry_for={DEFAULT_RETRY_FOR:.0f}," in GUIDE
     assert f"`retry_for` seconds ({DEFAULT_RETRY_FOR:.0f}\nby default" in GUIDE
+
+
+@pytest.mark.parametrize(
+    ("http_url", "sent"),
+    [
+        ("http://gw/jobs/a/result", True),
+        ("http://gw:80/services/science-gateway/jobs/a/result", True),
+        ("https://gw/jobs/a/result", False),
+        ("http://gw:8000/jobs/a/result", False),
+        ("http://elsewhere.example/jobs/a/result", False),
+    ],
+)
+def test_the_token_goes_only_to_the_gateways_own_scheme_host_and_port(http_url: str, sent: bool) -> None:
+    job = Job(Transport(resolve("http://gw", "a-token", environ={})), {"job_id": "a", "status": "done", "http_url": http_url})
+    if sent:
+        assert job.http_url == http_url and job.storage_options == {"headers": {"Authorization": "token a-token"}}
+    else:
+        with pytest.raises(ConfigurationError, match="not on the gateway at http://gw"):
+            job.http_url
