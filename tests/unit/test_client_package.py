@@ -142,4 +142,4 @@ def test_the_token_goes_only_to_the_gateways_own_scheme_host_and_port(http_url: 
         assert job.http_url == http_url and job.storage_options == {"headers": {"Authorization": "token a-token"}}
     else:
         with pytest.raises(ConfigurationError, match="not on the gateway at http://gw"):
-            job.http_url
+            job.open()
