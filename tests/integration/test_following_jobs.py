@@ -15,13 +15,13 @@ from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
 from helpers import gateways_cluster, server_sent_events, wait_for, wait_for_the_stop, wait_for_the_tasks, workers_held
 
-PREFIX = f"{BUCKET}/job-events"
+PREFIX = f"{BUCKET}/following-jobs"
 STREAMS = 3
 
 
 @pytest.fixture(scope="module")
 def served(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
-    yield from serve_for_module(tmp_path_factory, "job-events", f"s3://{PREFIX}", GATEWAY_MAX_STREAMS=str(STREAMS))
+    yield from serve_for_module(tmp_path_factory, "following-jobs", f"s3://{PREFIX}", GATEWAY_MAX_STREAMS=str(STREAMS))
 
 
 def jobs(events: list[dict[str, str]]) -> list[dict]:
