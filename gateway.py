@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(routes)
     _register_error_handlers(app)
     # At the gateway's own root and at the hub proxy's /services/<name>/, url_for's URLs carrying the prefix the request came by.
-    app.wsgi_app = ServicePrefix(app.wsgi_app, settings.service_prefix)  # type: ignore[method-assign]
+    app.wsgi_app = ServicePrefix(app.wsgi_app, settings.service_prefix)  # type: ignore[method-assign,assignment]  # a WSGI app for a method
     cluster.start()
     gateway.jobs.start()
     readiness.start()

@@ -16,10 +16,11 @@ same dict after the response, sees the path as the app routed it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
 def prefix_of(service_name: str) -> str:
@@ -30,17 +31,18 @@ def prefix_of(service_name: str) -> str:
 class ServicePrefix:
     """Serves ``app`` at ``/`` and at ``prefix`` (which ends in ``/``), the prefix then being the request's script root."""
 
-    def __init__(self, app: WsgiApp, prefix: str) -> None:
+    def __init__(self, app: WSGIApplication, prefix: str) -> None:
         if not prefix.startswith("/") or not prefix.endswith("/") or prefix == "/":
             raise ValueError(f"a service prefix starts and ends with '/', such as /services/science-gateway/, got {prefix!r}")
         self.app = app
         self.prefix = prefix
         self._bare = prefix.rstrip("/")
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
+    def __call__(self, request: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # ``request`` is the request's WSGI environ, not the process's environment.
+        path = request.get("PATH_INFO", "")
         if path == self._bare or path.startswith(self.prefix):
-            environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + self._bare
+            request["SCRIPT_NAME"] = request.get("SCRIPT_NAME", "") + self._bare
             # The prefix alone (no slash) is the page, as its own root.
-            environ["PATH_INFO"] = path[len(self._bare) :] or "/"
-        return self.app(environ, start_response)
+            request["PATH_INFO"] = path[len(self._bare) :] or "/"
+        return self.app(request, start_response)
