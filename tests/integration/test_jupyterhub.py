@@ -11,6 +11,7 @@ the room of 200 users.
 """
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -902,3 +903,88 @@ def test_a_room_of_200_users_each_running_the_readmes_cell_at_once_all_get_done_
     last = max(finished for _, finished in answers.values()) - started
     p99 = float(np.percentile([seconds for _, seconds, _ in probes], 99))
     measured(f"room of 200 users: 200 of 200 done, the last after {last:.1f} s; {len(probes)} probes, p99 {p99:.3f} s, slowest {slowest:.3f} s")
+
+
+# -- the job's event stream through the hub's proxy ----------------------------------------
+
+
+class EventStream:
+    """A job's Server-Sent Events read as they arrive, on a connection of its own that the test may cut: (id, record) each."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.response = requests.get(url, headers={**headers, "Accept": "text/event-stream"}, stream=True, timeout=(30, 120))
+        self.events: list[tuple[int, dict[str, Any]]] = []
+        self._pending = ""
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Each event as it comes, until the gateway ends the stream."""
+        fields: dict[str, str] = {}
+        for chunk in self.response.iter_content(chunk_size=None, decode_unicode=True):
+            self._pending += chunk
+            *lines, self._pending = self._pending.split("\n")
+            for line in lines:
+                if line == "":
+                    if fields.get("event") == "job":
+                        event = (int(fields["id"]), json.loads(fields["data"]))
+                        self.events.append(event)
+                        yield event
+                    fields = {}
+                elif not line.startswith(":"):  # a comment keeps the connection alive
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+
+    def read_to_the_end(self, failures: list[BaseException]) -> None:
+        """In a thread of its own: every event, its failure recorded for the test's own thread."""
+        try:
+            for _ in self:
+                pass
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test's own thread to fail on
+            failures.append(exc)
+
+    def ids(self) -> list[int]:
+        return [event_id for event_id, _ in self.events]
+
+
+def test_the_event_stream_through_the_hubs_proxy_is_live_and_resumes_after_a_cut_with_no_id_lost_or_repeated(
+    hub: JupyterHubServer, hub_gateway: RunningGateway, dask_gateway_server: DaskGatewayServer, tokens: dict[str, str], http
+) -> None:
+    """configurable-http-proxy between a client and the stream: events arrive while the job is held on paused workers
+    (before it can end), and a connection cut then resumed with Last-Event-ID gets what an uncut stream beside it gets."""
+    served_through_the_hub(hub)
+    service, alice, job_id = through_the_hub(hub), as_user(tokens["alice"]), f"streamed-{secrets.token_hex(3)}"
+    events_url = f"{service}/jobs/{job_id}/events"
+    failures: list[BaseException] = []
+    with gateways_workers_held(hub, dask_gateway_server) as client:
+        body = {"app": "random-array", "job_id": job_id, "parameters": {"shape": [400, 400], "chunks": [100, 100]}}
+        assert http.post(f"{service}/jobs", json=body, headers=alice, timeout=60).status_code == 202
+        wait_for_the_tasks(client, job_id)
+        uncut = EventStream(events_url, alice)
+        assert uncut.response.status_code == 200 and uncut.response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        beside = threading.Thread(target=uncut.read_to_the_end, args=(failures,))
+        beside.start()
+        cut = EventStream(events_url, alice)
+        for _, record in cut:
+            if record["status"] == "running":
+                break
+        # Received while the workers are paused: the job cannot have ended, so the event came as it ran.
+        assert http.get(f"{service}/jobs/{job_id}", headers=alice, timeout=30).json()["status"] == "running"
+        wait_for(lambda: "running" in [record["status"] for _, record in uncut.events], 60, "the uncut stream's running event, the job held")
+        cut.response.close()
+        resumed = EventStream(events_url, {**alice, "Last-Event-ID": str(cut.ids()[-1])})
+        assert resumed.response.status_code == 200
+        after = threading.Thread(target=resumed.read_to_the_end, args=(failures,))
+        after.start()
+    # The workers go on: both streams run to the job's end, which closes them.
+    beside.join(timeout=180)
+    after.join(timeout=180)
+    assert not beside.is_alive() and not after.is_alive(), "the gateway closes each stream after the final event"
+    assert not failures, failures
+
+    assert cut.ids() + resumed.ids() == uncut.ids(), "no id lost or repeated across the cut"
+    assert uncut.ids() == sorted(set(uncut.ids())), "ids increase"
+    statuses = [record["status"] for _, record in uncut.events]
+    assert statuses[-1] == "done" and statuses.count("done") == 1 and "running" in statuses
+    assert uncut.events[-1][1] == http.get(f"{service}/jobs/{job_id}", headers=alice, timeout=30).json(), "each event is the job's record"
+    assert uncut.events[-1][1]["http_url"].startswith(f"{service}/"), "made under the prefix the stream came by"
+    finished = http.get(events_url, headers={**alice, "Last-Event-ID": str(uncut.ids()[-1])}, timeout=30)
+    assert finished.status_code == 204, "past the final event: nothing more, and an EventSource stops"
