@@ -534,6 +534,10 @@ def test_a_browser_opens_the_gateway_from_the_hubs_services_menu_and_watches_a_h
     service, job_id = through_the_hub(hub), f"watched-{secrets.token_hex(3)}"
     context = browser.new_context()
     page = context.new_page()
+    streams: list[str] = []
+    page.on("request", lambda request: streams.append(request.url) if request.resource_type == "eventsource" else None)
+    failed: list[str] = []
+    page.on("response", lambda response: failed.append(f"{response.status} {response.url}") if response.status >= 400 else None)
     try:
         page.goto(f"{service}/")
         page.fill("#username_input", "alice")
@@ -564,6 +568,9 @@ def test_a_browser_opens_the_gateway_from_the_hubs_services_menu_and_watches_a_h
         expect(row.locator(".result-url")).to_have_text(f"{service}/users/alice/jobs/{job_id}/result")
     finally:
         context.close()
+    # The page followed the job through its event stream, under the prefix, and no stream was refused.
+    assert f"{service}/users/alice/jobs/{job_id}/events" in streams, streams
+    assert failed == [], failed
 
 
 def test_a_browsers_login_lasts_its_max_age_leaves_no_code_in_the_log_and_logging_out_ends_it_at_the_hub(
