@@ -13,6 +13,9 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import re
+from collections.abc import Generator, Iterator
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +32,13 @@ from science_gateway.chunk_writes import STOP_TIMEOUT, JobCancelled
 from science_gateway.cluster import ClusterConnection
 from science_gateway.errors import GatewayError, status_of
 from science_gateway.hang_ups import HangUpWatch
+from science_gateway.job_events import JobEvent
 from science_gateway.job_parameters import JOB_ID_PATTERN, JOB_ID_RULE, InvalidJobId, InvalidParameters, parse_ttl, validate_job_id
 from science_gateway.job_records import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobKey, JobRecord
 from science_gateway.job_work import JobWork, plan_work
 from science_gateway.jobs import JobManager, JobNotFound
 from science_gateway.metrics import GatewayMetrics, JsonFormatter
-from science_gateway.openapi import OPEN_PATHS, PREVIEW_SIZES, openapi_document
+from science_gateway.openapi import LAST_EVENT_ID_PATTERN, OPEN_PATHS, PREVIEW_SIZES, openapi_document
 from science_gateway.readiness import Readiness
 from science_gateway.result_reads import JobNotDone, ResultReads
 from science_gateway.results_store import ResultsStore, StorageError
@@ -71,6 +75,8 @@ class GatewayServices:
     # None: no login through the hub for browsers.
     browser_login: BrowserLogin | None
     waiting: Places
+    # Callers following jobs' events (GET /jobs/<id>/events), each in a request thread of its own.
+    streams: Places
     hang_ups: HangUpWatch
     reads: ResultReads
     readiness: Readiness
@@ -92,11 +98,11 @@ class AnyJobId(PathConverter):
     Werkzeug's ``path`` stops at a newline and a leading slash, which would make
     such an id a bare 404; this way every malformed id reaches
     :func:`validate_job_id` and its caller learns what an id may be. A path
-    ending in ``/preview.png``, or ``/result`` and its objects, is left to that
+    ending in ``/preview.png``, ``/events``, or ``/result`` and its objects, is left to that
     route alone, so that its ``Allow`` lists only that route's methods.
     """
 
-    regex = r"(?![\s\S]*/(?:preview\.png|result(?:/[\s\S]*)?)$)[\s\S]+?"
+    regex = r"(?![\s\S]*/(?:preview\.png|events|result(?:/[\s\S]*)?)$)[\s\S]+?"
     part_isolating = False
 
 
@@ -127,7 +133,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     browser_login = BrowserLogin(settings) if callers is not None and settings.oauth_callback_url else None
     waiting = Places("waiting_callers", settings.max_waiting_callers, settings.max_waiting_callers_per_owner)
     reads = ResultReads(store.url, Places("reads", settings.max_reads, settings.max_reads_per_owner, patience=READ_PATIENCE_SECONDS))
-    gateway = GatewayServices(settings, apps, cluster, store, jobs, metrics, callers, browser_login, waiting, HangUpWatch(), reads, readiness)
+    streams = Places("streams", settings.max_streams, settings.max_streams_per_owner)
+    gateway = GatewayServices(settings, apps, cluster, store, jobs, metrics, callers, browser_login, waiting, streams, HangUpWatch(), reads, readiness)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.url_map.converters["job_id"] = AnyJobId
@@ -235,8 +242,11 @@ def _query(allowed: tuple[str, ...]) -> dict[str, str]:
 
 def _job_json(record: JobRecord) -> dict[str, Any]:
     """A record as callers see it: with ``http_url``, its result's Zarr group as this gateway serves it to them."""
-    http_url = url_for("gateway.read_result", owner=record.owner, job_id=record.job_id, key="", _external=True)
-    return {**record.to_json(), "http_url": http_url}
+    return {**record.to_json(), "http_url": _http_url(record.key)}
+
+
+def _http_url(key: JobKey) -> str:
+    return url_for("gateway.read_result", owner=key.owner, job_id=key.job_id, key="", _external=True)
 
 
 def _submitted(record: JobRecord) -> tuple[Response, int] | tuple[Response, int, dict[str, str]]:
@@ -493,6 +503,61 @@ def read_result(job_id: str, owner: str | None, key: str) -> Any:
     _query(())
     record = gateway.jobs.get(_job_key(job_id, owner))
     return gateway.reads.response(record, _job_json(record), key, request, _caller().name, _connection())
+
+
+@routes.get("/jobs/<job_id>/events", defaults={"owner": None})
+@routes.get("/users/<owner>/jobs/<job_id>/events")
+def job_events(job_id: str, owner: str | None) -> Any:
+    """The job's record at each change, as Server-Sent Events, until it is finished (docs/api.md)."""
+    gateway = _services()
+    _query(())
+    key = _job_key(job_id, owner)
+    last_id = _last_event_id()
+    advice = "poll the job's record (GET /jobs/<id>) instead, or close a stream you no longer read"
+    # Held until the server closes the answer, whether it was read to its end or the caller left.
+    held = ExitStack()
+    try:
+        held.enter_context(gateway.streams.place(_caller().name, advice))
+        waiter = held.enter_context(gateway.hang_ups.watching(_connection()))
+        events = gateway.jobs.follow(key, last_id, waiter)
+    except BaseException:
+        held.close()
+        raise
+    if events is None:
+        held.close()
+        # The caller has the final event: 204 tells an EventSource not to connect again.
+        return Response(status=204)
+    http_url = _http_url(key)
+    response = Response(_event_stream(events, http_url), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    # nginx, as an ingress controller, would otherwise hold the events back in its buffer.
+    response.headers["X-Accel-Buffering"] = "no"
+    response.call_on_close(held.close)
+    return response
+
+
+# What an EventSource waits before it connects again after losing the stream, in milliseconds.
+RECONNECT_MILLISECONDS = 2000
+
+
+def _event_stream(events: Generator[JobEvent | None], http_url: str) -> Iterator[str]:
+    with closing(events):
+        yield f"retry: {RECONNECT_MILLISECONDS}\n\n"
+        for event in events:
+            if event is None:
+                yield ": keep-alive\n\n"
+            else:
+                yield f"id: {event.id}\nevent: job\ndata: {json.dumps({**event.job, 'http_url': http_url})}\n\n"
+
+
+def _last_event_id() -> int | None:
+    """The ``Last-Event-ID`` an EventSource sends when it connects again: the id of the last event it has."""
+    value = request.headers.get("Last-Event-ID")
+    if value is None:
+        return None
+    if not re.fullmatch(LAST_EVENT_ID_PATTERN, value):
+        raise InvalidParameters(f"Last-Event-ID must be the id of an event of this stream, a whole number; got {value[:40]!r}")
+    return int(value)
 
 
 @routes.delete("/jobs/<job_id:job_id>", defaults={"owner": None})

@@ -10,7 +10,8 @@ from science_gateway.access_log import LoginSecretsHidden
 from science_gateway.settings import MAX_REQUEST_LINE, load_settings
 
 # Requests that hold their thread for long (a waiting /submit_job, a preview being
-# drawn) take at most GATEWAY_MAX_WAITING_CALLERS threads, and result reads at most
+# drawn) take at most GATEWAY_MAX_WAITING_CALLERS threads, the followers of jobs'
+# events at most GATEWAY_MAX_STREAMS, and result reads at most
 # GATEWAY_MAX_READS, with as many more waiting a moment for a place (admission.py);
 # these stay free for the quick ones, /jobs polling and the page, whatever the load.
 # A waiting thread blocks on its job's event and costs no CPU (docs/operations.md).
@@ -19,7 +20,7 @@ QUICK_REQUEST_THREADS = 16
 workers = 1
 worker_class = "gthread"
 _settings = load_settings()
-threads = _settings.max_waiting_callers + 2 * _settings.max_reads + QUICK_REQUEST_THREADS
+threads = _settings.max_waiting_callers + _settings.max_streams + 2 * _settings.max_reads + QUICK_REQUEST_THREADS
 bind = "0.0.0.0:8000"
 # With threads, this is the worker's heartbeat, not a limit on a request: a job
 # may run up to GATEWAY_JOB_TIMEOUT (600 s by default).

@@ -169,3 +169,5 @@ class JobRunner:
     def _count_chunks(self, record: JobRecord, written: int) -> None:
         with self._table.lock:
             record.chunks_written += written
+            # Followers of the job see its progress as chunks land.
+            self._table.changed(record.key)

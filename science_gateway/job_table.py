@@ -1,8 +1,8 @@
 """Every job of one gateway process in memory, under one condition: what the job manager, its runners and its deletions share.
 
 Everything here is read and changed with ``lock`` held, and ``changed`` is
-called at every change: it wakes what waits on the table and the callers
-waiting for the jobs that changed.
+called at every change: it notes the change as an event of each job it names,
+and wakes what waits on the table and the callers waiting for those jobs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from .chunk_writes import ChunkWrites
 from .fair_queue import FairQueue
 from .hang_ups import Waiter
 from .job_errors import JobNotFound
+from .job_events import JobEvents
 from .job_records import DONE, QUEUED, RUNNING, TAKING_SPACE, JobKey, JobRecord
 from .job_work import JobWork, SourceResult
 
@@ -86,17 +87,20 @@ class JobTable:
         self.running: dict[JobKey, ChunkWrites | None] = {}
         # Running jobs to stop, and the error each then ends with (None: cancelled by its owner).
         self.cancel_requested: dict[JobKey, dict[str, str] | None] = {}
-        # Callers waiting for each job, woken at each change of its status.
+        # Callers waiting for each job or following its events, woken at each change of its record.
         self.waiters: dict[JobKey, set[Waiter]] = {}
+        # Each job's changes, numbered, for its followers.
+        self.events = JobEvents()
         # Set when a graceful stop begins: the time by which running jobs must end.
         self.drain_deadline: float | None = None
         # Set at that deadline: what still runs is interrupted, and the runners and the expiry sweep end.
         self.stop_requested = threading.Event()
 
     def changed(self, *keys: JobKey) -> None:
-        """Wake what waits on the table and the callers waiting for these jobs."""
+        """Note the records of these jobs as events; wake what waits on the table and the callers waiting for these jobs."""
         self.lock.notify_all()
         for key in keys:
+            self.events.note(key, self.records.get(key))
             for waiter in self.waiters.get(key, ()):
                 waiter.wake.set()
 

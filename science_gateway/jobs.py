@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Generator
 from dataclasses import replace
 
 from .admission import AdmissionRefused
@@ -29,6 +29,7 @@ from .cluster import ClusterConnection
 from .hang_ups import Waiter
 from .job_deletion import JobDeletion
 from .job_errors import INTERRUPTED, GatewayStopping, JobAlreadyExists, JobInterrupted, JobNotFound
+from .job_events import JobEvent, follow
 from .job_parameters import differences, new_job_id, validate_job_id
 from .job_records import FINISHED, QUEUED, RESUBMITTABLE, JobKey, JobRecord, decode_cursor, encode_cursor, sort_key
 from .job_runner import JobRunner
@@ -350,6 +351,19 @@ class JobManager:
             if key not in table.records:
                 raise JobNotFound(f"job {key.job_id!r} was deleted")
             return replace(table.records[key])
+
+    def follow(self, key: JobKey, last_id: int | None, waiter: Waiter) -> Generator[JobEvent | None] | None:
+        """The job's events after ``last_id`` as they happen (:func:`job_events.follow`); None once the caller has its final one.
+
+        :class:`JobNotFound` if there is no such job.
+        """
+        table = self._table
+        self._require_loaded()
+        with table.lock:
+            record = table.record(key)
+            if record.status in FINISHED and not table.events.after(key, record, last_id):
+                return None
+        return follow(table, key, last_id, waiter)
 
     def list(
         self, status: str | None, limit: int, cursor: str | None, visible_to: str | None = None

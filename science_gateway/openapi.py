@@ -43,7 +43,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "The job's array is over a size limit, named in the message (GATEWAY_MAX_ELEMENTS, GATEWAY_MAX_CHUNKS, GATEWAY_MAX_CHUNK_BYTES, 256 MiB a shard), even with parameters that fit the app's schema; or the body is over 16 KiB",
         415: "The Content-Type is not application/json, even with no body",
         416: "No byte of the requested range is in the object; Content-Range says its size",
-        429: "Over a limit on waiting callers (all, or one owner's), queued jobs, one owner's jobs, one owner's records, stored bytes or one owner's reads (error.limit, error.setting; error.usage for quota_exceeded); Retry-After says when to try again",
+        429: "Over a limit on waiting callers (all, or one owner's), queued jobs, one owner's jobs, one owner's records, stored bytes, one owner's reads or streams of events (all, or one owner's) (error.limit, error.setting; error.usage for quota_exceeded); Retry-After says when to try again",
         500: "The job failed on the cluster (job_failed), or the gateway failed unexpectedly (internal_error; its log says more)",
         502: "The results store failed; the message names the cause",
         503: "No working Dask cluster, not ready, the gateway is stopping, or JupyterHub cannot be asked about a token",
@@ -262,6 +262,10 @@ def _first_app_query(apps: Apps) -> list[dict[str, Any]]:
     ]
 
 
+# An event's id as a caller sends it back: a whole number below 10**16, which JSON and JavaScript hold exactly
+# for every id a gateway gives (microseconds since 1970).
+LAST_EVENT_ID_PATTERN = "^[0-9]{1,16}$"
+
 # What a probe or a Prometheus scrape reaches without a token.
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
 
@@ -319,6 +323,24 @@ def _job_paths(prefix: str, owner: list[dict[str, Any]]) -> dict[str, Any]:
                     "200": {"description": "PNG: 600x500 pixels with title and colour bar, or the thumbnail", "headers": {"ETag": {"schema": {"type": "string"}}}, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
                     "304": {"description": "Unchanged since the ETag given in If-None-Match"},
                     **_errors(400, 404, 409, 429, 500, 502, 503),
+                },
+            }
+        },
+        f"{prefix}/events": {
+            "get": {
+                "summary": "The job's record at each change, as Server-Sent Events, until it is done, failed or cancelled; Last-Event-ID resumes after that event",
+                "parameters": [
+                    *job,
+                    {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": LAST_EVENT_ID_PATTERN}, "description": "The id of the last event received: only later events are sent"},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "text/event-stream: 'retry: 2000', then for each change 'id: <increasing integer>', 'event: job' and 'data: <the record, as GET of the job answers it>'; a ': keep-alive' comment at least every 15 s; closed after the final event",
+                        "headers": {"Cache-Control": {"schema": {"type": "string", "const": "no-cache"}}, "X-Accel-Buffering": {"schema": {"type": "string", "const": "no"}}},
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "204": {"description": "The job is finished and Last-Event-ID is its final event's, or later: nothing more will come"},
+                    **_errors(400, 404, 429),
                 },
             }
         },

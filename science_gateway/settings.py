@@ -52,6 +52,9 @@ class Settings:
     # Objects of results sent at once, all readers' and one owner's; as many more may wait a moment for a place.
     max_reads: int = 64
     max_reads_per_owner: int = 32
+    # Callers following a job's events at once, all and one owner's: each holds a request thread while it follows.
+    max_streams: int = 256
+    max_streams_per_owner: int = 8
     # Seconds a finished job's result and record are kept (None: until deleted), and the most a job may ask for.
     result_ttl: int | None = None
     max_result_ttl: int | None = None
@@ -270,6 +273,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         max_reads=_positive_number(environ, "GATEWAY_MAX_READS", _DEFAULTS.max_reads, int),
         max_reads_per_owner=_positive_number(environ, "GATEWAY_MAX_READS_PER_OWNER", _DEFAULTS.max_reads_per_owner, int),
+        max_streams=_positive_number(environ, "GATEWAY_MAX_STREAMS", _DEFAULTS.max_streams, int),
+        max_streams_per_owner=_positive_number(environ, "GATEWAY_MAX_STREAMS_PER_OWNER", _DEFAULTS.max_streams_per_owner, int),
         **_expiry_settings(environ),
         owner_quota_bytes=_optional_positive(environ, "GATEWAY_OWNER_QUOTA_BYTES"),
         probe_address=_address(environ, "GATEWAY_PROBE_ADDRESS", _DEFAULTS.probe_address),

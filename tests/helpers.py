@@ -169,11 +169,25 @@ def responses_log(base: Path) -> Path:
 
 def keep_responses(session: requests.Session, log: Path) -> requests.Session:
     def keep(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        streamed = response.headers.get("Content-Type", "").startswith("text/event-stream")
         with log.open("a", encoding="utf-8") as out:
-            out.write(f"{response.request.method} {response.url} {response.status_code}\n{response.text}\n")
+            # An event stream is read as it arrives, for as long as the test reads it: kept as it is read.
+            out.write(f"{response.request.method} {response.url} {response.status_code}\n{'' if streamed else response.text}\n")
+        if streamed:
+            response.iter_content = _kept_as_read(response.iter_content, log)  # type: ignore[method-assign]
 
     session.hooks["response"].append(keep)
     return session
+
+
+def _kept_as_read(iter_content: Callable[..., Iterator[Any]], log: Path) -> Callable[..., Iterator[Any]]:
+    def kept(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for chunk in iter_content(*args, **kwargs):
+            with log.open("a", encoding="utf-8") as out:
+                out.write(chunk if isinstance(chunk, str) else chunk.decode(errors="replace"))
+            yield chunk
+
+    return kept
 
 
 EXAMPLE_NOTEBOOK = Path(__file__).parents[1] / "examples" / "gateway_demo.ipynb"
@@ -405,3 +419,22 @@ def stop_reached(job_id: str) -> bool:
 def wait_for_the_stop(client: Any, job_id: str) -> None:
     """Until the stop of the job's tasks reaches every worker: held by workers_held, the job has then failed or been cancelled."""
     wait_for(lambda: all(client.run(stop_reached, job_id).values()), 60, f"the stop of {job_id} to reach the workers")
+
+
+def server_sent_events(response: requests.Response) -> Iterator[dict[str, str]]:
+    """The events of a ``text/event-stream`` answer (``stream=True``) as they arrive, each its fields (``id``, ``event``,
+    ``data``, ``retry``); a comment alone is ``{"comment": ...}``. Ends when the server closes the stream."""
+    fields: dict[str, str] = {}
+    # chunk_size=None: each line as soon as its bytes arrive, not once a buffer fills.
+    for line in response.iter_lines(chunk_size=None, decode_unicode=True):
+        if line == "":
+            if fields:
+                yield fields
+            fields = {}
+        elif line.startswith(":"):
+            fields["comment"] = line[1:].strip()
+        else:
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+    if fields:
+        yield fields
