@@ -17,7 +17,8 @@ PROXY := $(VENV)/node/node_modules/.bin/configurable-http-proxy
 
 install: $(STAMP) $(TOOLS_STAMP)
 
-$(STAMP): requirements.txt requirements-test.txt
+# client/pyproject.toml too: requirements-test.txt installs the client from it.
+$(STAMP): requirements.txt requirements-test.txt client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $(STAMP)

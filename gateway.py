@@ -34,7 +34,7 @@ from science_gateway.errors import GatewayError, status_of
 from science_gateway.hang_ups import HangUpWatch
 from science_gateway.job_events import JobEvent
 from science_gateway.job_parameters import JOB_ID_PATTERN, JOB_ID_RULE, InvalidJobId, InvalidParameters, parse_ttl, validate_job_id
-from science_gateway.job_records import DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobKey, JobRecord
+from science_gateway.job_records import CANCELLED, DONE, MAX_PAGE, QUEUED, RUNNING, STATUSES, JobKey, JobRecord
 from science_gateway.job_work import JobWork, plan_work
 from science_gateway.jobs import JobManager, JobNotFound
 from science_gateway.metrics import GatewayMetrics, JsonFormatter
@@ -98,11 +98,11 @@ class AnyJobId(PathConverter):
     Werkzeug's ``path`` stops at a newline and a leading slash, which would make
     such an id a bare 404; this way every malformed id reaches
     :func:`validate_job_id` and its caller learns what an id may be. A path
-    ending in ``/preview.png``, ``/events``, or ``/result`` and its objects, is left to that
+    ending in ``/preview.png``, ``/events``, ``/cancel``, or ``/result`` and its objects, is left to that
     route alone, so that its ``Allow`` lists only that route's methods.
     """
 
-    regex = r"(?![\s\S]*/(?:preview\.png|events|result(?:/[\s\S]*)?)$)[\s\S]+?"
+    regex = r"(?![\s\S]*/(?:preview\.png|events|cancel|result(?:/[\s\S]*)?)$)[\s\S]+?"
     part_isolating = False
 
 
@@ -126,14 +126,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         stored_bytes=lambda: jobs.stored_bytes(),
         waiting_callers=lambda: waiting.taken,
         result_reads=lambda: reads.places.taken,
+        streams=lambda: streams.taken,
     )
     readiness = Readiness(lambda: _check_readiness(cluster, store, metrics))
     jobs = JobManager(cluster, store, settings, metrics, apps)
     callers = HubCallers(settings) if settings.auth == "jupyterhub" else None
     browser_login = BrowserLogin(settings) if callers is not None and settings.oauth_callback_url else None
     waiting = Places("waiting_callers", settings.max_waiting_callers, settings.max_waiting_callers_per_owner)
-    reads = ResultReads(store.url, Places("reads", settings.max_reads, settings.max_reads_per_owner, patience=READ_PATIENCE_SECONDS))
     streams = Places("streams", settings.max_streams, settings.max_streams_per_owner)
+    reads = ResultReads(store.url, Places("reads", settings.max_reads, settings.max_reads_per_owner, patience=READ_PATIENCE_SECONDS))
     gateway = GatewayServices(settings, apps, cluster, store, jobs, metrics, callers, browser_login, waiting, streams, HangUpWatch(), reads, readiness)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -528,7 +529,7 @@ def job_events(job_id: str, owner: str | None) -> Any:
         # The caller has the final event: 204 tells an EventSource not to connect again.
         return Response(status=204)
     http_url = _http_url(key)
-    response = Response(_event_stream(events, http_url), mimetype="text/event-stream")
+    response = Response(_event_stream(events, http_url, held), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     # nginx, as an ingress controller, would otherwise hold the events back in its buffer.
     response.headers["X-Accel-Buffering"] = "no"
@@ -540,8 +541,9 @@ def job_events(job_id: str, owner: str | None) -> Any:
 RECONNECT_MILLISECONDS = 2000
 
 
-def _event_stream(events: Generator[JobEvent | None], http_url: str) -> Iterator[str]:
-    with closing(events):
+def _event_stream(events: Generator[JobEvent | None], http_url: str, held: ExitStack) -> Iterator[str]:
+    # The places are given back when the stream ends, and (if it never began) when the server closes the answer.
+    with held, closing(events):
         yield f"retry: {RECONNECT_MILLISECONDS}\n\n"
         for event in events:
             if event is None:
@@ -558,6 +560,19 @@ def _last_event_id() -> int | None:
     if not re.fullmatch(LAST_EVENT_ID_PATTERN, value):
         raise InvalidParameters(f"Last-Event-ID must be the id of an event of this stream, a whole number; got {value[:40]!r}")
     return int(value)
+
+
+@routes.post("/jobs/<job_id>/cancel", defaults={"owner": None})
+@routes.post("/users/<owner>/jobs/<job_id>/cancel")
+def cancel_job(job_id: str, owner: str | None) -> Any:
+    """Stop a queued or running job; never delete one: a job that finished first keeps its result (409)."""
+    gateway = _services()
+    _query(())
+    record = gateway.jobs.cancel(_job_key(job_id, owner))
+    if record.status != CANCELLED:
+        message = f"job {job_id!r} is {record.status}: there is nothing to cancel (DELETE the job to delete its result)"
+        return error_response(409, "job_finished", message, job=_job_json(record))
+    return jsonify(_job_json(record))
 
 
 @routes.delete("/jobs/<job_id:job_id>", defaults={"owner": None})

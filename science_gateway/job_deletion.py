@@ -36,8 +36,9 @@ class JobDeletion:
         self._metrics = metrics
         self._keeper = keeper
 
-    def cancel_or_delete(self, key: JobKey) -> JobRecord | None:
-        """Cancel a queued or running job and return its record; delete a finished one and return None.
+    def cancel_or_delete(self, key: JobKey, delete_finished: bool = True) -> JobRecord | None:
+        """Cancel a queued or running job and return its record; delete a finished one and return None
+        (unless not ``delete_finished``: then return its record, untouched).
 
         A running job ends cancelled, its result removed, however far its tasks
         got; one whose result was being marked complete when the DELETE came is
@@ -55,6 +56,8 @@ class JobDeletion:
                 self._stop_running(key, None)
                 table.lock.wait_for(lambda: table.records[key].status in FINISHED)
                 return replace(table.records[key])
+            if record.status in FINISHED and not delete_finished:
+                return replace(record)
             if record.status == QUEUED:
                 # Out of the queue, and shown cancelled once that is stored.
                 table.queue.remove(key)

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from .job_table import JobTable
 
 # Finished jobs whose every event is kept, the most recently finished: a caller who lost its
-# connection near a job's end still gets the events it missed. Of the others, the end alone.
+# connection near a job's end still gets the events it missed. Of the others, the end alone,
+# made from the record when asked for: memory holds the events of unfinished jobs and of these.
 KEPT_FINISHED_JOBS = 100
 # The longest a follower goes without a byte: a comment then, which proxies and load
 # balancers (idle timeouts of 30-60 s and more) see as traffic, and which finds a caller gone.
@@ -93,13 +94,18 @@ class JobEvents:
         if event.final:
             self._finished[key] = None
             while len(self._finished) > self._kept_finished:
+                # Its final event is made again from its record when asked for, under the same id: nothing to keep.
                 oldest, _ = self._finished.popitem(last=False)
-                self._events[oldest] = self._events[oldest][-1:]
+                del self._events[oldest]
 
     def after(self, key: JobKey, record: JobRecord, last_id: int | None) -> list[JobEvent]:
         """The job's events after ``last_id`` (None: all that are kept); its current state at least, when there is nothing before it."""
         if key not in self._events:
-            # A record loaded from the store, unchanged since: its current state is its first event here.
+            if record.status in FINISHED:
+                # Finished before this process or long ago: its end, made from the record, is all there is.
+                end = JobEvent(_stamp(record), record.to_json())
+                return [end] if last_id is None or end.id > last_id else []
+            # A queued record loaded from the store, unchanged since: its current state is its first event here.
             self.note(key, record)
         return [event for event in self._events[key] if last_id is None or event.id > last_id]
 
@@ -107,10 +113,13 @@ class JobEvents:
 def follow(table: JobTable, key: JobKey, last_id: int | None, waiter: Waiter) -> Generator[JobEvent | None]:
     """The job's events after ``last_id`` as they happen, and None each time ``KEEP_ALIVE_SECONDS`` pass without one.
 
-    Ends after the job's final event; when its record is gone (deleted); when
-    the caller hangs up; and, for a queued job, when the gateway begins to
+    Follows one run of the job, the one there is when it begins. Ends after
+    its final event, or once it is finished whatever ``last_id`` said; when
+    its record is gone (deleted) or is another run's (its id submitted again);
+    when the caller hangs up; and, for a queued job, when the gateway begins to
     stop: it runs in the next process, where the caller resumes.
     """
+    run = None
     with table.lock:
         table.waiters.setdefault(key, set()).add(waiter)
     try:
@@ -118,14 +127,20 @@ def follow(table: JobTable, key: JobKey, last_id: int | None, waiter: Waiter) ->
             waiter.wake.clear()
             with table.lock:
                 record = table.records.get(key)
+                if record is not None and run is not None and record.submitted_at != run:
+                    record = None
                 events = table.events.after(key, record, last_id) if record is not None else []
-                stopping = record is not None and record.status == QUEUED and table.drain_deadline is not None
+            if record is None:
+                return
+            run = record.submitted_at
             for event in events:
                 yield event
                 last_id = event.id
                 if event.final:
                     return
-            if record is None or stopping or waiter.gone:
+            # A caller whose Last-Event-ID is past the end (a clock set back, or a made-up id) is told nothing more.
+            stopping = record.status == QUEUED and table.drain_deadline is not None
+            if record.status in FINISHED or stopping or waiter.gone:
                 return
             if not waiter.wake.wait(KEEP_ALIVE_SECONDS):
                 yield None

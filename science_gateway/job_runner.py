@@ -170,4 +170,4 @@ class JobRunner:
         with self._table.lock:
             record.chunks_written += written
             # Followers of the job see its progress as chunks land.
-            self._table.changed(record.key)
+            self._table.progressed(record.key)

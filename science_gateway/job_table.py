@@ -87,7 +87,7 @@ class JobTable:
         self.running: dict[JobKey, ChunkWrites | None] = {}
         # Running jobs to stop, and the error each then ends with (None: cancelled by its owner).
         self.cancel_requested: dict[JobKey, dict[str, str] | None] = {}
-        # Callers waiting for each job or following its events, woken at each change of its record.
+        # Callers waiting for each job or following its events, woken at each change of its record (progress included).
         self.waiters: dict[JobKey, set[Waiter]] = {}
         # Each job's changes, numbered, for its followers.
         self.events = JobEvents()
@@ -103,6 +103,12 @@ class JobTable:
             self.events.note(key, self.records.get(key))
             for waiter in self.waiters.get(key, ()):
                 waiter.wake.set()
+
+    def progressed(self, key: JobKey) -> None:
+        """Note the job's progress as an event and wake its callers; nothing else waits on a job's progress."""
+        self.events.note(key, self.records.get(key))
+        for waiter in self.waiters.get(key, ()):
+            waiter.wake.set()
 
     def record(self, key: JobKey) -> JobRecord:
         """The job's record; :class:`JobNotFound` if there is none."""

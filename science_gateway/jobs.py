@@ -316,8 +316,9 @@ class JobManager:
     def wait(self, key: JobKey, timeout: float | None = None, waiter: Waiter | None = None) -> JobRecord:
         """Block until the job is finished, will not start before the gateway stops, ``timeout`` s have passed or the waiter hangs up; its record.
 
-        The waiter is woken at each change of this job's status only, so that
-        a room of waiting callers costs no more than its jobs' changes.
+        The waiter is woken at each change of this job's record only (its status,
+        and its progress as each task's chunks land), so that a room of waiting
+        callers costs no more than its jobs' changes.
         """
         table = self._table
         waiter = waiter or Waiter()
@@ -391,3 +392,13 @@ class JobManager:
         """
         self._require_loaded()
         return self._deletion.cancel_or_delete(key)
+
+    def cancel(self, key: JobKey) -> JobRecord:
+        """Cancel a queued or running job, as :meth:`cancel_or_delete` does; a finished job's record, untouched.
+
+        What a client that means to stop a job asks for: a job that finished meanwhile keeps its result.
+        """
+        self._require_loaded()
+        record = self._deletion.cancel_or_delete(key, delete_finished=False)
+        assert record is not None  # a finished job is returned, never deleted
+        return record

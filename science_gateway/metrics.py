@@ -30,6 +30,7 @@ class GatewayMetrics:
         stored_bytes: Callable[[], int] = lambda: 0,
         waiting_callers: Callable[[], int] = lambda: 0,
         result_reads: Callable[[], int] = lambda: 0,
+        streams: Callable[[], int] = lambda: 0,
     ) -> None:
         self.registry = CollectorRegistry()
         self.jobs_submitted = Counter("gateway_jobs_submitted", "Jobs accepted into the queue, by app", ["app"], registry=self.registry)
@@ -60,6 +61,7 @@ class GatewayMetrics:
             "gateway_waiting_callers", "Requests holding a place in the waiting room (a waiting /submit_job, a preview being drawn)", registry=self.registry
         ).set_function(waiting_callers)
         Gauge("gateway_result_reads", "Objects of results being sent to their readers", registry=self.registry).set_function(result_reads)
+        Gauge("gateway_event_streams", "Callers following a job's events (GET /jobs/<id>/events)", registry=self.registry).set_function(streams)
 
     def job_finished(self, outcome: str, seconds: float, app: str) -> None:
         self.jobs_finished.labels(outcome, app).inc()

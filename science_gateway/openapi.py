@@ -344,6 +344,17 @@ def _job_paths(prefix: str, owner: list[dict[str, Any]]) -> dict[str, Any]:
                 },
             }
         },
+        f"{prefix}/cancel": {
+            "post": {
+                "summary": "Cancel a queued or running job, as DELETE does, but never delete one: a job that finished first keeps its result",
+                "parameters": job,
+                "responses": {
+                    "200": _json("Cancelled (or cancelled already)", "Job"),
+                    "409": _json("job_finished: the job is done or failed; error.job is its record", "Error"),
+                    **_errors(400, 404, 502),
+                },
+            }
+        },
         f"{prefix}/result/{{key}}": {"get": {**result, "parameters": [*job, _OBJECT_KEY]}},
         f"{prefix}/result": {"get": {**result, "summary": "The result's root: it has no object of its own (404); its objects are below it", "parameters": job}},
         prefix: {

@@ -92,7 +92,7 @@ def test_the_readmes_first_example_runs_as_written(served: RunningGateway, resul
     """The scientist's first screen: its code block, unchanged, in a fresh Python with a notebook's environment."""
     readme = (PROJECT / "README.md").read_text()
     example = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    assert "/submit_job/my-first-job" in example and "xr.open_zarr" in example
+    assert 'job_id="my-first-job"' in example and "job.wait()" in example and "job.open()" in example
     # Here the gateway asks nobody's name: the token is sent and not checked. A notebook holds no storage key.
     environ = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
     environ |= {"GATEWAY_URL": served.url, "JUPYTERHUB_API_TOKEN": "a-notebooks-token", "MPLBACKEND": "Agg"}

@@ -72,6 +72,12 @@ def test_a_followed_job_sends_its_changes_while_it_runs_and_a_stream_cut_mid_job
     assert [event["id"] for event in server_sent_events(http.get(url, stream=True, timeout=30)) if "id" in event] == [event["id"] for event in uncut]
 
 
+def open_streams(gateway: RunningGateway, http) -> int:
+    """The gateway_event_streams gauge: callers following a job now."""
+    (line,) = [line for line in http.get(f"{gateway.url}/metrics", timeout=30).text.splitlines() if line.startswith("gateway_event_streams ")]
+    return int(float(line.split()[1]))
+
+
 def test_streams_beyond_the_limit_are_refused_with_429_and_a_caller_who_hangs_up_frees_its_place(served: RunningGateway, http) -> None:
     url = f"{served.url}/jobs/held-for-streams/events"
     streams = []
@@ -81,6 +87,7 @@ def test_streams_beyond_the_limit_are_refused_with_429_and_a_caller_who_hangs_up
                 assert http.post(f"{served.url}/jobs", json={"job_id": "held-for-streams"}, timeout=30).status_code == 202
                 streams.extend(http.get(url, stream=True, timeout=60) for _ in range(STREAMS))
                 refused = http.get(url, timeout=30)
+                followers = open_streams(served, http)
                 streams.pop().close()
                 admitted = wait_for(lambda: (answer := http.get(url, stream=True, timeout=60)).status_code == 200 and answer, 10, "the place to be free")
                 streams.append(admitted)
@@ -94,10 +101,12 @@ def test_streams_beyond_the_limit_are_refused_with_429_and_a_caller_who_hangs_up
             for stream in streams:
                 stream.close()
 
-    assert [stream.status_code for stream in streams] == [200] * STREAMS
+    assert [stream.status_code for stream in streams] == [200] * STREAMS and followers == STREAMS
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "10"
     assert refused.json()["error"]["code"] == "too_many_streams" and refused.json()["error"]["setting"] == "GATEWAY_MAX_STREAMS"
     assert ends == [("cancelled", 0)] * STREAMS
+    # Every place given back: the ended streams', the refused one's and the one its caller left.
+    wait_for(lambda: open_streams(served, http) == 0, 10, "the gateway to close the ended streams")
 
 
 @pytest.mark.parametrize(

@@ -351,12 +351,14 @@ def test_the_notebook_runs_on_alices_hub_spawned_server_with_the_token_the_hub_m
     _, submitted, watched, opened_with_xarray, _, plotted = cells
     # The record the POST answered with, as the job was queued.
     assert "'queued'" in outputs(submitted), outputs(submitted)
-    assert "'done'" in outputs(watched), outputs(watched)
+    # Gateway() with no arguments: the server's GATEWAY_URL and token. Its bar (tqdm's, a widget or text) and the record once done.
+    assert "chunk/s" in outputs(watched) and "'done', {'chunks_written': 100, 'chunks_total': 100}" in outputs(watched), outputs(watched)
     assert "(y: 1000, x: 1000)" in outputs(opened_with_xarray), outputs(opened_with_xarray)
     assert [output for output in plotted.outputs if "image/png" in output.get("data", {})], "the plot cell shows its image"
     job_id = outputs(submitted).split("'")[1]
     record = http.get(f"{hub_gateway.url}/jobs/{job_id}", headers=as_user(tokens["alice"]), timeout=30).json()
     assert record["owner"] == "alice" and record["status"] == "done"
+    assert f'"GET /users/alice/jobs/{job_id}/events HTTP/1.1" 200' in hub_gateway.log(), "the client followed the job's events"
 
 
 def test_alices_own_dask_workers_get_none_of_the_gateways_secrets_and_the_gateways_do(

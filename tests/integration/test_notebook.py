@@ -32,7 +32,9 @@ def test_the_notebook_runs_and_plots_the_result_with_no_storage_key(
 
     # The record the POST answered with, as the job was queued.
     assert "'queued'" in outputs(submitted), outputs(submitted)
-    assert "'done'" in outputs(watched), outputs(watched)
+    # The client's bar, a widget in a notebook, and the record once done.
+    assert [output for output in watched.outputs if "application/vnd.jupyter.widget-view+json" in output.get("data", {})], watched.outputs
+    assert "'done', {'chunks_written': 100, 'chunks_total': 100}" in outputs(watched), outputs(watched)
     assert "(y: 1000, x: 1000)" in outputs(opened_with_xarray) and "float32" in outputs(opened_with_xarray)
     assert "(1000, 1000) float32" in outputs(opened_with_zarr)
     images = [output for output in plotted.outputs if "image/png" in output.get("data", {})]

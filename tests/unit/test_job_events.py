@@ -92,32 +92,43 @@ def test_the_oldest_finished_jobs_keep_their_final_event_alone() -> None:
         records.append(finish(record, DONE))
         events.note(record.key, records[-1])
     old, new = records
-    assert statuses(events.after(old.key, old, None)) == [(DONE, 0)]
+    (end,) = events.after(old.key, old, None)
+    assert statuses([end]) == [(DONE, 0)] and end.id == job_events._microseconds(old.finished_at)
     assert statuses(events.after(new.key, new, None)) == [(QUEUED, 0), (DONE, 0)]
 
 
-def followed(table: JobTable, record: JobRecord, last_id=None) -> tuple[list, threading.Thread, Waiter]:
-    """Follow the job in a thread; what it received, the thread and its waiter."""
+def followed(table: JobTable, record: JobRecord, last_id=None) -> tuple[list, threading.Thread, Waiter, list]:
+    """Follow the job in a thread; what it received, the thread, its waiter, and what it raised."""
     received: list = []
+    raised: list = []
     waiter = Waiter()
 
     def read() -> None:
-        received.extend(follow(table, record.key, last_id, waiter))
+        try:
+            received.extend(follow(table, record.key, last_id, waiter))
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test to fail on
+            raised.append(exc)
 
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
-    return received, thread, waiter
+    return received, thread, waiter, raised
+
+
+def ended(thread: threading.Thread, raised: list) -> bool:
+    thread.join(10)
+    assert raised == []
+    return not thread.is_alive()
 
 
 def test_a_follower_gets_each_change_then_the_end_and_stops_following() -> None:
     table = JobTable()
     record = queued(table)
-    received, thread, _ = followed(table, record)
+    received, thread, _, raised = followed(table, record)
+    wait_for(lambda: received, 10, "the follower's first event")
     change(table, record, status=RUNNING, started_at=now())
     change(table, record, chunks_written=50)
     change(table, record, status=DONE, chunks_written=100)
-    thread.join(10)
-    assert not thread.is_alive()
+    assert ended(thread, raised)
     # A keep-alive (None) may come between them only after KEEP_ALIVE_SECONDS of silence.
     assert statuses(event for event in received if event is not None) == [(QUEUED, 0), (RUNNING, 0), (RUNNING, 50), (DONE, 100)]
     assert table.waiters == {}, "the follower's waiter is gone with it"
@@ -138,7 +149,7 @@ def test_a_silent_job_gets_keep_alives(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_follower_stops_when_the_job_is_deleted_the_gateway_stops_with_it_queued_or_the_caller_hangs_up(ending: str) -> None:
     table = JobTable()
     record = queued(table)
-    received, thread, waiter = followed(table, record)
+    received, thread, waiter, raised = followed(table, record)
     wait_for(lambda: received, 10, "the follower's first event")
     with table.lock:
         if ending == "deleted":
@@ -148,8 +159,7 @@ def test_a_follower_stops_when_the_job_is_deleted_the_gateway_stops_with_it_queu
         table.changed(record.key)
     if ending == "hung up":
         waiter.hang_up()
-    thread.join(10)
-    assert not thread.is_alive()
+    assert ended(thread, raised)
     assert statuses(received) == [(QUEUED, 0)]
 
 
@@ -157,10 +167,37 @@ def test_a_running_job_is_followed_on_while_the_gateway_stops() -> None:
     table = JobTable()
     record = queued(table)
     change(table, record, status=RUNNING, started_at=now())
-    received, thread, _ = followed(table, record)
+    received, thread, _, raised = followed(table, record)
+    wait_for(lambda: len(received) == 2, 10, "the follower's first events")
     with table.lock:
         table.drain_deadline = 0.0
         table.changed(record.key)
     change(table, record, status=DONE, chunks_written=100)
-    thread.join(10)
+    assert ended(thread, raised)
     assert statuses(received) == [(QUEUED, 0), (RUNNING, 0), (DONE, 100)]
+
+
+def test_a_follower_whose_last_id_is_past_the_end_is_told_nothing_and_stops_when_the_job_ends() -> None:
+    table = JobTable()
+    record = queued(table)
+    received, thread, waiter, raised = followed(table, record, last_id=10**16 - 1)
+    wait_for(lambda: record.key in table.waiters, 10, "the follower to wait")
+    change(table, record, status=RUNNING, started_at=now())
+    change(table, record, status=DONE, chunks_written=100)
+    assert ended(thread, raised)
+    assert received == []
+
+
+def test_a_follower_of_a_run_stops_when_its_id_is_submitted_again() -> None:
+    table = JobTable()
+    first = queued(table)
+    received, thread, waiter, raised = followed(table, first)
+    wait_for(lambda: received, 10, "the follower's first event")
+    with table.lock:
+        # Cancelled and submitted again before the follower woke: the record it finds is another run's.
+        table.records[first.key] = finish(first, CANCELLED)
+        again = JobRecord(first.job_id, random_job(seed=2), first.url, submitted_at=now())
+        table.records[first.key] = again
+        table.changed(first.key)
+    assert ended(thread, raised)
+    assert statuses(received) == [(QUEUED, 0)]
