@@ -42,6 +42,7 @@ from science_gateway.openapi import LAST_EVENT_ID_PATTERN, OPEN_PATHS, PREVIEW_S
 from science_gateway.readiness import Readiness
 from science_gateway.result_reads import JobNotDone, ResultReads
 from science_gateway.results_store import ResultsStore, StorageError
+from science_gateway.service_prefix import ServicePrefix
 from science_gateway.settings import Settings, load_settings, parse_flag
 
 logger = logging.getLogger("gateway")
@@ -144,6 +145,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         _register_authentication(app, callers, browser_login)
     app.register_blueprint(routes)
     _register_error_handlers(app)
+    # At the gateway's own root and at the hub proxy's /services/<name>/, url_for's URLs carrying the prefix the request came by.
+    app.wsgi_app = ServicePrefix(app.wsgi_app, settings.service_prefix)  # type: ignore[method-assign,assignment]  # a WSGI app for a method
     cluster.start()
     gateway.jobs.start()
     readiness.start()
@@ -626,7 +629,7 @@ def _register_authentication(app: Flask, callers: HubCallers, login: BrowserLogi
         except NotAuthenticated:
             if login is None or request.endpoint != "gateway.index" or request.method != "GET" or not _wants_html():
                 raise
-            url, state = login.start(request.full_path.rstrip("?"))
+            url, state = login.start(request.script_root + request.full_path.rstrip("?"))
             response: Response = redirect(url)  # type: ignore[assignment]  # Flask's redirect makes Flask's Response
             response.set_cookie(login.state_cookie, state, max_age=LOGIN_PAGE_SECONDS, **login.cookie_options)
             return response

@@ -14,6 +14,12 @@ through the hub, and must come back the same, so anonymous requests cost no
 memory and any replica can finish a login another began. With an ``https``
 callback both cookies are ``Secure`` and ``__Host-`` prefixed (bound to this
 host, never set by a sibling domain), whatever proxy headers say.
+
+Through the hub's proxy (a callback under ``JUPYTERHUB_SERVICE_PREFIX``, on
+the hub's own address) the cookies' ``Path`` is that prefix: the hub's and the
+users' servers share the address, and a browser sends the login to the
+gateway's paths alone. ``__Host-`` requires ``Path=/``, so there they are
+``__Secure-`` prefixed instead (never set over plain HTTP).
 """
 
 from __future__ import annotations
@@ -52,18 +58,18 @@ class CrossSiteRequest(GatewayError):
     status, code = 403, "cross_site_request"
 
 
-def safe_return_path(path: str | None) -> str:
-    """``path`` if it is a path of this service, else ``/``: a login never ends on another site.
+def safe_return_path(path: str | None, home: str = "/") -> str:
+    """``path`` if it is a path of this service, else ``home``: a login never ends on another site.
 
     Browsers drop tabs and newlines from URLs and read ``\\`` as ``/``, so
     ``/\\t/evil.example`` would become ``//evil.example``: any control
     character or backslash is refused, not cleaned.
     """
     if not path or any(ord(char) < 0x20 or ord(char) == 0x7F or char == "\\" for char in path):
-        return "/"
+        return home
     parts = urlsplit(path)
     if parts.scheme or parts.netloc or not path.startswith("/") or path.startswith("//"):
-        return "/"
+        return home
     return path
 
 
@@ -78,6 +84,12 @@ class BrowserLogin:
         callback = urlsplit(settings.oauth_callback_url)
         self.origin = f"{callback.scheme}://{callback.netloc}"
         self._secure = callback.scheme == "https"
+        # Served through the hub's proxy: the cookies go to the gateway's prefix alone (no trailing slash: a browser
+        # then sends them to the prefix itself and everything below it, and to no sibling such as <prefix>-other).
+        through_the_hub = callback.path != CALLBACK_PATH
+        self.path = settings.service_prefix.rstrip("/") if through_the_hub else "/"
+        # Where a login whose return path is lost comes back to: the page, at the root the callback is under.
+        self.home = settings.service_prefix if through_the_hub else "/"
         # JupyterHub names a service's OAuth client "service-<name>".
         self._hub: Any = HubOAuth(
             api_url=settings.jupyterhub_api_url,
@@ -99,14 +111,14 @@ class BrowserLogin:
             settings.jupyterhub_api_token.encode()
         )
         self._cipher = Fernet(base64.urlsafe_b64encode(key))
-        prefix = "__Host-" if self._secure else ""
+        prefix = ("__Secure-" if through_the_hub else "__Host-") if self._secure else ""
         self.token_cookie = f"{prefix}{self._hub.cookie_name}"
         self.state_cookie = f"{prefix}{self._hub.state_cookie_name}"
 
     @property
     def cookie_options(self) -> dict[str, Any]:
-        """The attributes of both cookies: sent to this host's every path, never to a script or another site's request."""
-        return {"path": "/", "httponly": True, "samesite": "Lax", "secure": self._secure}
+        """The attributes of both cookies: sent to the gateway's paths on this host, never to a script or another site's request."""
+        return {"path": self.path, "httponly": True, "samesite": "Lax", "secure": self._secure}
 
     @property
     def token_cookie_options(self) -> dict[str, Any]:
@@ -116,7 +128,7 @@ class BrowserLogin:
     def start(self, next_path: str) -> tuple[str, str]:
         """Where to send the browser to log in, and the value of the state cookie to set meanwhile."""
         state = base64.urlsafe_b64encode(
-            json.dumps({"nonce": secrets.token_urlsafe(16), "next": safe_return_path(next_path)}).encode()
+            json.dumps({"nonce": secrets.token_urlsafe(16), "next": self._return_path(next_path)}).encode()
         ).decode()
         return f"{self._hub.login_url}&{urlencode({'state': state})}", state
 
@@ -127,7 +139,7 @@ class BrowserLogin:
         try:
             next_path = json.loads(base64.urlsafe_b64decode(state.encode()))["next"]
         except (ValueError, TypeError, KeyError, binascii.Error):
-            next_path = "/"
+            next_path = self.home
         try:
             token = self._loop.run(self._hub.token_for_code(code, sync=False))
         except self._hub_error as exc:
@@ -136,7 +148,12 @@ class BrowserLogin:
             raise AuthUnavailable(f"cannot complete the login with JupyterHub at {self._hub.api_url}: {hub_failure(exc)}") from None
         except TimeoutError:
             raise AuthUnavailable(f"cannot complete the login with JupyterHub at {self._hub.api_url}: no answer in time") from None
-        return self._cipher.encrypt(token.encode()).decode(), safe_return_path(next_path)
+        return self._cipher.encrypt(token.encode()).decode(), self._return_path(next_path)
+
+    def _return_path(self, path: str | None) -> str:
+        """A safe return path under the root the callback is under (through the hub, a path outside it is the hub's)."""
+        path = safe_return_path(path, self.home)
+        return path if path.startswith(self.home) or path == self.path else self.home
 
     def token(self, cookie: str | None) -> str | None:
         """The hub token in a token cookie; None for no cookie, one this gateway did not make, or one older than the login lasts."""

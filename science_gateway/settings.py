@@ -72,6 +72,9 @@ class Settings:
     # Kept out of repr: a logged Settings must not carry the token.
     jupyterhub_api_token: str = field(default="", repr=False)
     jupyterhub_service_name: str = "science-gateway"
+    # Where the hub's proxy serves the gateway (JUPYTERHUB_SERVICE_PREFIX; JupyterHub's /services/<name>/ by default),
+    # besides the gateway's own root.
+    service_prefix: str = "/services/science-gateway/"
     admin_group: str = "gateway-admins"
     auth_cache_seconds: float = 60.0
     # Browser login through the hub (OAuth): where the hub sends the browser back, and the hub as browsers reach it.
@@ -284,25 +287,47 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 def _auth_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     auth = _choice(environ, "GATEWAY_AUTH", ("none", "jupyterhub"), _DEFAULTS.auth)
+    service_name = environ.get("JUPYTERHUB_SERVICE_NAME", "").strip() or _DEFAULTS.jupyterhub_service_name
+    service_prefix = _service_prefix(environ, service_name)
     return {
         "auth": auth,
         "jupyterhub_api_url": _jupyterhub_api_url(environ, auth),
         "jupyterhub_api_token": environ.get("JUPYTERHUB_API_TOKEN", "").strip(),
-        "jupyterhub_service_name": environ.get("JUPYTERHUB_SERVICE_NAME", "").strip() or _DEFAULTS.jupyterhub_service_name,
+        "jupyterhub_service_name": service_name,
+        "service_prefix": service_prefix,
         "admin_group": environ.get("GATEWAY_ADMIN_GROUP", "").strip() or _DEFAULTS.admin_group,
         "auth_cache_seconds": _positive_number(environ, "GATEWAY_AUTH_CACHE_SECONDS", _DEFAULTS.auth_cache_seconds, float),
-        "oauth_callback_url": _oauth_callback_url(environ),
+        "oauth_callback_url": _oauth_callback_url(environ, service_prefix),
         "oauth_client_id": environ.get("JUPYTERHUB_CLIENT_ID", "").strip(),
         "jupyterhub_host": (_url(environ, "JUPYTERHUB_HOST", "https://hub.example.org") or "").rstrip("/"),
         "login_max_age": _login_max_age(environ),
     }
 
 
-def _oauth_callback_url(environ: Mapping[str, str]) -> str | None:
-    url = _url(environ, "JUPYTERHUB_OAUTH_CALLBACK_URL", f"https://gateway.example.org{OAUTH_CALLBACK_PATH}")
-    # The gateway serves the callback at this path alone, and keeps its query (the login's code) out of the access log there alone.
-    if url is not None and urlsplit(url).path != OAUTH_CALLBACK_PATH:
-        raise SettingsError(f"JUPYTERHUB_OAUTH_CALLBACK_URL={url!r} must end in the path {OAUTH_CALLBACK_PATH}, where the gateway serves it")
+def _service_prefix(environ: Mapping[str, str], service_name: str) -> str:
+    # JupyterHub's own rule for a service at the hub's root, unless the hub has a base_url of its own.
+    raw = environ.get("JUPYTERHUB_SERVICE_PREFIX", "").strip() or f"/services/{service_name}/"
+    prefix = raw if raw.endswith("/") else f"{raw}/"
+    if (
+        not prefix.startswith("/") or prefix == "/" or "//" in prefix
+        or any(char in prefix for char in "?#%\\") or any(ord(char) <= 0x20 or ord(char) == 0x7F for char in prefix)
+    ):  # fmt: skip
+        raise SettingsError(
+            f"JUPYTERHUB_SERVICE_PREFIX={raw!r} must be the path where the hub's proxy serves the gateway, such as /services/{service_name}/"
+        )
+    return prefix
+
+
+def _oauth_callback_url(environ: Mapping[str, str], service_prefix: str) -> str | None:
+    url = _url(environ, "JUPYTERHUB_OAUTH_CALLBACK_URL", f"https://hub.example.org{service_prefix}{OAUTH_CALLBACK_PATH.lstrip('/')}")
+    # The gateway serves the callback at this path alone, at its own root or under the hub's prefix, and keeps its
+    # query (the login's code) out of the access log there alone.
+    paths = (OAUTH_CALLBACK_PATH, f"{service_prefix.rstrip('/')}{OAUTH_CALLBACK_PATH}")
+    if url is not None and urlsplit(url).path not in paths:
+        raise SettingsError(
+            f"JUPYTERHUB_OAUTH_CALLBACK_URL={url!r} must end in the path {paths[1]} (through the hub's proxy)"
+            f" or {paths[0]} (at the gateway's own address), where the gateway serves it"
+        )
     return url
 
 

@@ -1,6 +1,16 @@
 // The jobs page: submits the form as JSON to POST /jobs and keeps the rows of
-// jobs up to date from GET /jobs, without reloading the page.
+// jobs up to date from GET /jobs, without reloading the page; a few queued or
+// running jobs follow their own event stream (GET <job>/events) as it happens.
 "use strict";
+
+// Jobs followed through their stream at once: a page holds few of the gateway's streams, below each owner's share
+// (GATEWAY_MAX_STREAMS_PER_OWNER), so that a notebook's client of the same user still gets one. The other rows,
+// and a row whose stream the gateway refused or lost, keep the polling of GET /jobs.
+const MAX_STREAMS = 2;
+const FINAL_STATUSES = new Set(["done", "failed", "cancelled"]);
+// The open streams by row (owner and id), and the rows whose stream failed: polled from then on.
+const streams = new Map();
+const polledOnly = new Set();
 
 function jobsUrl() {
   return document.body.dataset.jobsUrl;
@@ -92,6 +102,44 @@ function showJobs(jobs) {
     fillRow(row, job);
   }
   document.querySelector("#no-jobs").hidden = body.rows.length > 0;
+  followJobs();
+}
+
+function rowKey(row) {
+  return JSON.stringify([row.dataset.owner, row.dataset.jobId]);
+}
+
+// Opens a stream for queued or running rows, newest first, while fewer than MAX_STREAMS are open.
+function followJobs() {
+  for (const row of document.querySelectorAll('#jobs tbody tr[data-status="queued"], #jobs tbody tr[data-status="running"]')) {
+    if (streams.size >= MAX_STREAMS) return;
+    const key = rowKey(row);
+    if (!streams.has(key) && !polledOnly.has(key)) follow(row, key);
+  }
+}
+
+// The row's job as the gateway pushes each change of it; the stream is closed after the final one. Its address is the
+// row's own link (made by the gateway, under the prefix the page came by) and "/events".
+function follow(row, key) {
+  const source = new EventSource(`${row.querySelector("a.record").getAttribute("href")}/events`);
+  streams.set(key, source);
+  const stop = (failed) => {
+    source.close();
+    streams.delete(key);
+    if (failed) polledOnly.add(key);
+    followJobs();
+  };
+  source.addEventListener("job", (event) => {
+    const job = JSON.parse(event.data);
+    const shown = rowOf(job);
+    if (shown) fillRow(shown, job);
+    if (FINAL_STATUSES.has(job.status)) stop(false);
+  });
+  // A lost connection is tried again by the browser itself, resuming after the last event (Last-Event-ID); a stream
+  // the gateway refused (a 429, a 404) is closed for good, and the row goes back to the polling.
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) stop(true);
+  });
 }
 
 // A running job's duration so far, counted from its start.
@@ -219,6 +267,7 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelector("#submit-job select[name=app]").addEventListener("change", showParameters);
   showParameters();
   for (const image of document.querySelectorAll("#jobs td.preview img")) retryWhenRefused(image);
+  followJobs();
   setInterval(tickRunningDurations, 250);
   refreshForever();
 });

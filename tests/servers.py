@@ -132,6 +132,8 @@ def start_jupyterhub(
     notebook_environment: dict[str, str],
     local_environment: dict[str, str] | None = None,
     oauth_redirects: dict[str, str] | None = None,
+    service_urls: dict[str, str] | None = None,
+    public_port: int | None = None,
     values: dict[str, Any] | None = None,
     timeout: float = 60,
 ) -> JupyterHubServer:
@@ -145,9 +147,14 @@ def start_jupyterhub(
     ``singleuser.extraEnv``, and ``local_environment`` for what the local
     stand-ins need beyond it. A test-only service with ``admin_token`` manages
     users' tokens and servers. A service with an ``oauth_redirects`` URL lets
-    browsers log in to it through the hub.
+    browsers log in to it through the hub. A service the values give a ``url``
+    (a Kubernetes Service's) is given its loopback stand-in in ``service_urls``,
+    which the hub's proxy then serves at ``/services/<name>/``; the hub waits
+    no more than a second at its start for one that does not answer yet.
+    ``public_port`` is the proxy's (the hub's public URL), free unless given.
     """
-    hub_port, proxy_port, proxy_api_port = free_port(), free_port(), free_port()
+    hub_port, proxy_api_port = free_port(), free_port()
+    proxy_port = public_port or free_port()
     bin_dir = Path(sys.executable).parent
     values = yaml.safe_load(HUB_VALUES.read_text()) if values is None else values
     config = zero_to_jupyterhub_config(values, services, notebook_environment)
@@ -155,6 +162,10 @@ def start_jupyterhub(
     for service in hub["services"]:
         if service["name"] in (oauth_redirects or {}):
             service.update(oauth_redirect_uri=oauth_redirects[service["name"]], oauth_no_confirm=True)
+        if "url" in service:
+            if service["name"] not in (service_urls or {}):
+                raise ValueError(f"the values give service {service['name']} the url {service['url']}; give the test's in service_urls")
+            service.update(url=service_urls[service["name"]], timeout=1)
     hub["services"].append({"name": "test-admin", "api_token": admin_token})
     hub["load_roles"].append({"name": "test-admin", "services": ["test-admin"], "scopes": TEST_ADMIN_SCOPES})
     for group, members in group_members.items():

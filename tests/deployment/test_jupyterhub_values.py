@@ -1,9 +1,12 @@
 """jupyterhub_values.yaml against the zero-to-jupyterhub chart's own schema, and against what the gateway needs."""
 
+from urllib.parse import urlsplit
+
 import yaml
 from jupyterhub.roles import get_default_roles
 
 from artifacts import chart, helm_values, jupyterhub_values, manifests, readers_opt_in_values
+from science_gateway.settings import load_settings
 from servers import PROJECT
 
 ACCESS_SCOPES = {"access:services!service=science-gateway", "access:services!service=dask-gateway"}
@@ -31,7 +34,24 @@ def test_both_services_are_registered_under_the_names_the_gateway_and_dask_gatew
     env = {variable.name: variable.value for variable in manifests().deployment.spec.template.spec.containers[0].env}
     services = jupyterhub_values()["hub"]["services"]
     assert set(services) == {env["JUPYTERHUB_SERVICE_NAME"], helm_values()["gateway"]["auth"]["jupyterhub"]["jupyterhubServiceName"]}
-    assert all("url" not in service for service in services.values()), "neither is served through the hub's proxy"
+    assert "url" not in services["dask-gateway"] and services["dask-gateway"]["display"] is False, "Dask Gateway has its own Traefik"
+
+
+def test_the_hubs_proxy_serves_the_gateway_and_its_home_page_lists_it_with_the_login_coming_back_there() -> None:
+    """The service's url is the gateway's Service; the proxy's prefix, the hub's redirect after a login and the
+    gateway's own settings agree."""
+    deployment, service, _ = manifests()
+    env = {variable.name: variable.value for variable in deployment.spec.template.spec.containers[0].env}
+    registered = jupyterhub_values()["hub"]["services"]["science-gateway"]
+    assert registered["url"] == f"http://{service.metadata.name}" and service.spec.ports[0].port == 80
+    assert registered["display"] is True and registered["oauth_no_confirm"] is True
+    # JupyterHub's proxy serves a service at /services/<name>/ of the hub's address.
+    assert env["JUPYTERHUB_SERVICE_PREFIX"] == f"/services/{env['JUPYTERHUB_SERVICE_NAME']}/"
+    assert registered["oauth_redirect_uri"] == env["JUPYTERHUB_OAUTH_CALLBACK_URL"]
+    assert urlsplit(env["JUPYTERHUB_OAUTH_CALLBACK_URL"]).path == f"{env['JUPYTERHUB_SERVICE_PREFIX']}oauth_callback"
+    # The gateway accepts this configuration as it starts.
+    settings = load_settings({**env, "JUPYTERHUB_API_TOKEN": "a-token"})
+    assert (settings.service_prefix, settings.oauth_callback_url) == (env["JUPYTERHUB_SERVICE_PREFIX"], registered["oauth_redirect_uri"])
 
 
 def test_the_admin_group_is_the_gateways() -> None:

@@ -181,8 +181,24 @@ def deployed_with(hub_values: dict[str, Any]) -> tuple[list[tuple[Policy, str]],
         (manifest_documents()["NetworkPolicy"], NAMESPACE),
         (dask_clusters_policy(), NAMESPACE),
         *((z2jh_policy(values, key), NAMESPACE) for key in Z2JH_POLICIES),
+        (proxy_egress_policy(values), NAMESPACE),
     ]
     return policies, endpoints(values)
+
+
+def proxy_egress_policy(values: dict[str, Any]) -> Policy:
+    """The proxy's policy (proxy.chp.networkPolicy), egress only: its template is not in the reference, so only what the
+    values render through the shared `renderEgressRules` is modelled (its own rules reach the hub and user servers,
+    which the gateway's paths do not need). Ingress is left open, as the chart's is to the proxy's public port."""
+    netpol = values["proxy"]["chp"]["networkPolicy"]
+    assert netpol["enabled"] and netpol["interNamespaceAccessLabels"] == "ignore"
+    return {
+        "spec": {
+            "podSelector": {"matchLabels": z2jh_labels("proxy")},
+            "policyTypes": ["Egress"],
+            "egress": z2jh_egress_allow_rules(values, netpol),
+        }
+    }
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +216,8 @@ def gateway_pod_port() -> int:
 # (from, to, port, protocol, why): each a hop the product needs.
 NEEDED = [
     ("notebook", "gateway", None, "TCP", "a notebook calls http://gateway-svc"),
+    ("proxy", "gateway", None, "TCP", "the hub's proxy serves the gateway to browsers at /services/science-gateway/"),
+    ("hub", "gateway", None, "TCP", "the hub checks that the service answers at its url"),
     ("gateway", "hub", 8081, "TCP", "the gateway checks callers' tokens with the hub"),
     ("gateway", "traefik", 8000, "TCP", "the gateway obtains its cluster and reaches its scheduler through Traefik"),
     ("gateway", "dns", 53, "UDP", "the gateway resolves the Services' and the object store's names"),
@@ -219,8 +237,8 @@ REFUSED = [
     ("notebook", "gateway", 9000, "TCP", "only the gateway's own port"),
     ("notebook", "gateway", 8001, "TCP", "not the probe port: the kubelet's, and kubectl port-forward's"),
     ("notebook elsewhere", "gateway", None, "TCP", "user servers of this namespace only"),
-    ("proxy", "gateway", None, "TCP", "the jobs page is not served through the hub's proxy"),
-    ("hub", "gateway", None, "TCP", "the hub never calls the gateway"),
+    ("proxy", "gateway", 8001, "TCP", "the proxy not the probe port"),
+    ("hub", "gateway", 8001, "TCP", "nor the hub"),
     ("traefik", "gateway", None, "TCP", "nor does Dask Gateway"),
     ("scheduler", "gateway", None, "TCP", "nor the Dask cluster"),
     ("gateway", "notebook", 8888, "TCP", "the gateway never calls notebooks"),
@@ -279,17 +297,23 @@ def test_every_rule_of_our_policies_serves_a_needed_hop(deployed, position: int)
 def test_every_rule_jupyterhub_values_adds_to_the_charts_policies_serves_a_needed_hop() -> None:
     """Without any one of them, some needed hop fails: the chart's labels already admit the rest."""
     ours = jupyterhub_values()
+
+    def netpol_of(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+        for key in keys:
+            values = values.get(key, {})
+        return values.get("networkPolicy", {})
+
     added = [
-        (key, direction, index)
-        for key in Z2JH_POLICIES
+        (keys, direction, index)
+        for keys in [(key,) for key in Z2JH_POLICIES] + [("proxy", "chp")]
         for direction in ("ingress", "egress")
-        for index in range(len(ours[key].get("networkPolicy", {}).get(direction) or []))
+        for index in range(len(netpol_of(ours, keys).get(direction) or []))
     ]
     assert added, "jupyterhub_values.yaml adds rules (the notebooks' egress to the gateway and Traefik)"
-    for key, direction, index in added:
+    for keys, direction, index in added:
         reduced = copy.deepcopy(ours)
-        del reduced[key]["networkPolicy"][direction][index]
-        assert broken_hops(deployed_with(reduced)), f"{key}.networkPolicy.{direction}[{index}] serves no needed hop"
+        del netpol_of(reduced, keys)[direction][index]
+        assert broken_hops(deployed_with(reduced)), f"{'.'.join(keys)}.networkPolicy.{direction}[{index}] serves no needed hop"
 
 
 def test_the_gateway_pod_has_the_label_the_hubs_policy_admits() -> None:
@@ -321,3 +345,4 @@ def test_the_dask_pods_policy_selects_the_gateways_schedulers_and_workers_alone(
     selector = dask_clusters_policy()["spec"]["podSelector"]
     chosen = [name for name, pod in pods.items() if pod.ip is None and selects(selector, pod.labels)]
     assert chosen == ["scheduler", "worker"]
+

@@ -11,6 +11,7 @@ the room of 200 users.
 """
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -91,20 +92,37 @@ def notebook_environment(gateway_url: str, dask_gateway_ports: tuple[int, int]) 
 
 
 def start_hub(workdir: Path, gateway_port: int, dask_gateway_ports: tuple[int, int], **options) -> JupyterHubServer:
+    """A hub whose proxy serves the gateway on ``gateway_port`` at /services/science-gateway/, as the values' service url does."""
     services = {"science-gateway": new_secret(), "dask-gateway": new_secret()}
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
     return start_jupyterhub(
         workdir, USERS, {ADMINS: ["carol"]}, services, admin_token=new_secret(),
-        notebook_environment=notebook_environment(f"http://127.0.0.1:{gateway_port}", dask_gateway_ports), **options,
+        notebook_environment=notebook_environment(gateway_url, dask_gateway_ports), service_urls={"science-gateway": gateway_url}, **options,
     )  # fmt: skip
+
+
+# Where the hub's proxy serves the gateway (JupyterHub's /services/<name>/), and the login comes back through it.
+SERVICE_PATH = "/services/science-gateway"
+
+
+@pytest.fixture(scope="module")
+def hub_public_port() -> int:
+    """Chosen before the hub starts: the hub sends browsers back to the gateway's OAuth callback through its proxy."""
+    return free_port()
+
+
+def hub_callback(hub_public_port: int) -> str:
+    return f"http://127.0.0.1:{hub_public_port}{SERVICE_PATH}/oauth_callback"
 
 
 @pytest.fixture(scope="module")
 def hub(
-    tmp_path_factory: pytest.TempPathFactory, hub_gateway_port: int, dask_gateway_ports: tuple[int, int], audited_secrets: list[str]
+    tmp_path_factory: pytest.TempPathFactory, hub_gateway_port: int, hub_public_port: int, dask_gateway_ports: tuple[int, int],
+    audited_secrets: list[str],
 ) -> Iterator[JupyterHubServer]:
     server = start_hub(
         tmp_path_factory.mktemp("jupyterhub"), hub_gateway_port, dask_gateway_ports,
-        oauth_redirects={"science-gateway": f"http://127.0.0.1:{hub_gateway_port}/oauth_callback"},
+        oauth_redirects={"science-gateway": hub_callback(hub_public_port)}, public_port=hub_public_port,
     )  # fmt: skip
     audited_secrets.extend(server.own_secrets)
     yield server
@@ -180,13 +198,14 @@ def gateway_environ(hub: JupyterHubServer, dask_gateway: DaskGatewayServer, resu
 
 @pytest.fixture(scope="module")
 def hub_gateway(
-    hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, hub_gateway_port: int, tmp_path_factory: pytest.TempPathFactory
+    hub: JupyterHubServer, dask_gateway_server: DaskGatewayServer, hub_gateway_port: int, hub_public_port: int,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningGateway]:
+    # Browsers log in through the hub, as deploy_gateway.yaml has it: at the hub's address, where its proxy serves both
+    # the hub and the gateway (so no JUPYTERHUB_HOST), and the callback under the gateway's prefix there.
     environ = gateway_environ(
         hub, dask_gateway_server, f"s3://{BUCKET}/hub", hub.service_tokens["science-gateway"],
-        # Browsers log in through the hub, as its proxy serves it to them.
-        JUPYTERHUB_OAUTH_CALLBACK_URL=f"http://127.0.0.1:{hub_gateway_port}/oauth_callback",
-        JUPYTERHUB_HOST=hub.public_url,
+        JUPYTERHUB_SERVICE_PREFIX=f"{SERVICE_PATH}/", JUPYTERHUB_OAUTH_CALLBACK_URL=hub_callback(hub_public_port),
     )  # fmt: skip
     gateway = start_gunicorn_gateway(environ, port=hub_gateway_port, log_file=tmp_path_factory.mktemp("hub-gateway") / "gateway.log")
     yield gateway
@@ -434,19 +453,25 @@ def test_without_the_server_role_the_notebook_is_told_which_scope_and_setting_it
     assert not any(cell.outputs for cell in rest), "the notebook stops at the refusal"
 
 
+def through_the_hub(hub: JupyterHubServer) -> str:
+    """The gateway as browsers reach it: through the hub's proxy, at its prefix on the hub's address."""
+    return f"{hub.public_url}{SERVICE_PATH}"
+
+
 def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
-    hub_gateway: RunningGateway, browser: Browser, tokens: dict[str, str], http
+    hub: JupyterHubServer, hub_gateway: RunningGateway, browser: Browser, tokens: dict[str, str], http
 ) -> None:
-    context = browser.new_context(base_url=hub_gateway.url)
+    service = through_the_hub(hub)
+    context = browser.new_context()
     page = context.new_page()
     try:
-        page.goto("/")
+        page.goto(f"{service}/")
         expect(page.locator("#username_input")).to_be_visible()  # the hub's login form
         page.fill("#username_input", "alice")
         page.fill("#password_input", "any password: the test hub's dummy authenticator")
         page.click("#login_submit")
         expect(page).to_have_title("Science gateway: jobs")
-        assert page.url.startswith(hub_gateway.url), "back at the gateway"
+        assert page.url == f"{service}/", "back at the gateway's page, through the hub"
 
         page.fill("input[name=job_id]", "from-alices-browser")
         page.fill("input[name=shape]", "100,100")
@@ -454,15 +479,17 @@ def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
         row = page.locator('#jobs tbody tr[data-job-id="from-alices-browser"]')
         expect(row).to_have_attribute("data-status", "done", timeout=60_000)
         expect(row.locator(".owner")).to_have_text("by alice")
-        cookies = {cookie["name"]: cookie for cookie in context.cookies(hub_gateway.url)}
+        cookies = {cookie["name"]: cookie for cookie in context.cookies(f"{service}/")}
+        # The hub's users' servers share its address: the login goes to the gateway's prefix alone.
+        assert "service-science-gateway" not in {cookie["name"] for cookie in context.cookies(f"{hub.public_url}/user/alice/")}
         # The login cookie is no token for a GET that makes a job, as a link from another site could.
-        by_link = page.request.get(f"{hub_gateway.url}/submit_job/from-a-link?shape=100,100")
+        by_link = page.request.get(f"{service}/submit_job/from-a-link?shape=100,100")
         assert by_link.status == 401
 
         # Another site on this host (another port is the same site, so the Lax cookie goes along)
         # submits an empty form to the gateway as alice's browser.
         other_site = f"http://127.0.0.1:{free_port()}/"
-        form = f'<form method="post" action="{hub_gateway.url}/jobs"></form><script>document.forms[0].submit()</script>'
+        form = f'<form method="post" action="{service}/jobs"></form><script>document.forms[0].submit()</script>'
         page.route(other_site, lambda route: route.fulfill(body=form, content_type="text/html"))
         page.goto(other_site)
         expect(page.locator("body")).to_contain_text("cross_site_request")
@@ -473,38 +500,111 @@ def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
     record = next(job for job in alices if job["job_id"] == "from-alices-browser")
     assert record["owner"] == "alice"
     assert not [job for job in alices if job["submitted_at"] > record["submitted_at"]], "the other site's form made no job"
-    assert cookies["service-science-gateway"]["httpOnly"], "the page's script never sees the token"
+    login = cookies["service-science-gateway"]
+    assert login["httpOnly"] and login["path"] == SERVICE_PATH, "the page's script never sees the token, nor do other paths of the hub"
+
+
+def served_through_the_hub(hub: JupyterHubServer) -> None:
+    """Until the hub's proxy serves the gateway: the hub adds the service's route once it has waited for it at its start."""
+    wait_for(lambda: requests.get(f"{through_the_hub(hub)}/healthz", timeout=30).status_code == 200, 60, "the hub's proxy to route to the gateway")
+
+
+def test_a_token_call_through_the_hubs_proxy_reaches_the_gateway_whose_urls_carry_the_prefix(
+    hub: JupyterHubServer, hub_gateway: RunningGateway, tokens: dict[str, str], http
+) -> None:
+    """configurable-http-proxy forwards the full path: the gateway serves it under the prefix, and says so in its URLs."""
+    served_through_the_hub(hub)
+    service, alice = through_the_hub(hub), as_user(tokens["alice"])
+    submitted = http.post(f"{service}/jobs", json={"job_id": "through-the-hub", "shape": [100, 100]}, headers=alice, timeout=60)
+    assert submitted.status_code == 202, submitted.text
+    assert submitted.headers["Location"] == f"{SERVICE_PATH}/jobs/through-the-hub"
+    done = finished_job(lambda: http.get(f"{service}/jobs/through-the-hub", headers=alice, timeout=30).json(), 120, "the job through the hub")
+    assert done["status"] == "done" and done["http_url"] == f"{service}/users/alice/jobs/through-the-hub/result"
+    listed = http.get(f"{service}/jobs", headers=alice, timeout=30).json()["jobs"]
+    assert listed and all(job["http_url"].startswith(f"{service}/users/alice/jobs/") for job in listed)
+    # The result through the hub, at its http_url; and the same job at the gateway's own address, with URLs of that address.
+    assert http.get(f"{done['http_url']}/zarr.json", headers=alice, timeout=30).json()["node_type"] == "group"
+    direct = http.get(f"{hub_gateway.url}/jobs/through-the-hub", headers=alice, timeout=30).json()
+    assert direct == {**done, "http_url": f"{hub_gateway.url}/users/alice/jobs/through-the-hub/result"}
+    assert http.get(f"{service}/jobs", timeout=30).status_code == 401, "the proxy adds no login"
+
+
+def test_a_browser_opens_the_gateway_from_the_hubs_services_menu_and_watches_a_held_job_run_to_done(
+    hub: JupyterHubServer, hub_gateway: RunningGateway, dask_gateway_server: DaskGatewayServer, browser: Browser
+) -> None:
+    served_through_the_hub(hub)
+    service, job_id = through_the_hub(hub), f"watched-{secrets.token_hex(3)}"
+    context = browser.new_context()
+    page = context.new_page()
+    streams: list[str] = []
+    page.on("request", lambda request: streams.append(request.url) if request.resource_type == "eventsource" else None)
+    failed: list[str] = []
+    page.on("response", lambda response: failed.append(f"{response.status} {response.url}") if response.status >= 400 else None)
+    try:
+        page.goto(f"{service}/")
+        page.fill("#username_input", "alice")
+        page.fill("#password_input", "any password: the test hub's dummy authenticator")
+        page.click("#login_submit")
+        expect(page).to_have_title("Science gateway: jobs")
+
+        # The hub's home page lists the gateway under Services, and its link opens the page.
+        page.goto(f"{hub.public_url}/hub/home")
+        page.get_by_role("button", name="Services").click()
+        page.get_by_role("link", name="science-gateway").click()
+        expect(page).to_have_title("Science gateway: jobs")
+        assert page.url == f"{service}/"
+
+        with gateways_workers_held(hub, dask_gateway_server) as client:
+            page.fill("input[name=job_id]", job_id)
+            page.fill("input[name=shape]", "100,100")
+            page.click("#submit-job button[type=submit]")
+            row = page.locator(f'#jobs tbody tr[data-job-id="{job_id}"]')
+            wait_for_the_tasks(client, job_id)
+            # Held on the paused workers: running, its bar at none of its chunks.
+            expect(row).to_have_attribute("data-status", "running", timeout=60_000)
+            expect(row.locator("progress")).to_have_attribute("value", "0")
+        expect(row).to_have_attribute("data-status", "done", timeout=120_000)
+        # The bar full: every chunk of the job's written.
+        expect(row.locator(".chunks")).to_have_text(re.compile(r"^([1-9][0-9]*)/\1$"))
+        assert row.locator("progress").evaluate("bar => bar.value === bar.max && bar.max > 0")
+        expect(row.locator(".result-url")).to_have_text(f"{service}/users/alice/jobs/{job_id}/result")
+    finally:
+        context.close()
+    # The page followed the job through its event stream, under the prefix, and no stream was refused.
+    assert f"{service}/users/alice/jobs/{job_id}/events" in streams, streams
+    assert failed == [], failed
 
 
 def test_a_browsers_login_lasts_its_max_age_leaves_no_code_in_the_log_and_logging_out_ends_it_at_the_hub(
-    hub_gateway: RunningGateway, browser: Browser, audited_secrets: list[str], http
+    hub: JupyterHubServer, hub_gateway: RunningGateway, browser: Browser, audited_secrets: list[str], http
 ) -> None:
-    context = browser.new_context(base_url=hub_gateway.url)
+    service = through_the_hub(hub)
+    context = browser.new_context()
     page = context.new_page()
     callbacks: list[dict[str, list[str]]] = []
     page.on("request", lambda request: callbacks.append(parse_qs(urlsplit(request.url).query)) if "/oauth_callback?" in request.url else None)
     try:
-        page.goto("/")
+        page.goto(f"{service}/")
         page.fill("#username_input", "bob")
         page.fill("#password_input", "any password: the test hub's dummy authenticator")
         page.click("#login_submit")
         expect(page).to_have_title("Science gateway: jobs")
         logged_in_at = time.time()
-        (login,) = [cookie for cookie in context.cookies(hub_gateway.url) if cookie["name"] == "service-science-gateway"]
+        (login,) = [cookie for cookie in context.cookies(f"{service}/") if cookie["name"] == "service-science-gateway"]
         (callback,) = callbacks
         code, state = callback["code"][0], callback["state"][0]
         audited_secrets.append(code)
 
         page.click("#logout button")
         expect(page.locator("#username_input")).to_be_visible()  # the hub's login form again, past its logout
-        kept = [cookie for cookie in context.cookies(hub_gateway.url) if cookie["name"] == "service-science-gateway"]
+        kept = [cookie for cookie in context.cookies(f"{service}/") if cookie["name"] == "service-science-gateway"]
     finally:
         context.close()
 
     # Max-Age, as the browser keeps it: GATEWAY_LOGIN_MAX_AGE's default; a minute of slack for a loaded machine.
     assert logged_in_at + 8 * 3600 - 60 < login["expires"] <= logged_in_at + 8 * 3600 + 1
     assert kept == [], "logging out cleared the cookie"
-    assert code not in hub_gateway.log() and state not in hub_gateway.log() and "/oauth_callback?[hidden]" in hub_gateway.log()
+    assert code not in hub_gateway.log() and state not in hub_gateway.log() and f"{SERVICE_PATH}/oauth_callback?[hidden]" in hub_gateway.log()
 
     # A copy of the cookie kept from before is no login either: the hub deleted the token its logout ended.
     def refused() -> bool:
@@ -513,10 +613,12 @@ def test_a_browsers_login_lasts_its_max_age_leaves_no_code_in_the_log_and_loggin
     wait_for(refused, 10, "the hub's answer about the token, cached for GATEWAY_AUTH_CACHE_SECONDS (1 s here), to be asked again")
 
 
-def test_a_code_the_hub_did_not_issue_is_refused_with_a_401(hub_gateway: RunningGateway, http) -> None:
-    started = http.get(f"{hub_gateway.url}/", headers={"Accept": "text/html"}, allow_redirects=False)
+def test_a_code_the_hub_did_not_issue_is_refused_with_a_401(hub: JupyterHubServer, hub_gateway: RunningGateway, http) -> None:
+    served_through_the_hub(hub)
+    # Through the hub, where the state cookie's path sends it.
+    started = http.get(f"{through_the_hub(hub)}/", headers={"Accept": "text/html"}, allow_redirects=False)
     state = parse_qs(urlsplit(started.headers["Location"]).query)["state"][0]
-    forged = http.get(f"{hub_gateway.url}/oauth_callback", params={"code": "not-a-code-the-hub-issued", "state": state}, allow_redirects=False)
+    forged = http.get(f"{through_the_hub(hub)}/oauth_callback", params={"code": "not-a-code-the-hub-issued", "state": state}, allow_redirects=False)
     assert forged.status_code == 401 and forged.json()["error"]["code"] == "not_authenticated"
     assert "JupyterHub did not complete the login" in forged.json()["error"]["message"]
     assert "Set-Cookie" not in forged.headers, "no login cookie"
@@ -810,3 +912,88 @@ def test_a_room_of_200_users_each_running_the_readmes_cell_at_once_all_get_done_
     last = max(finished for _, finished in answers.values()) - started
     p99 = float(np.percentile([seconds for _, seconds, _ in probes], 99))
     measured(f"room of 200 users: 200 of 200 done, the last after {last:.1f} s; {len(probes)} probes, p99 {p99:.3f} s, slowest {slowest:.3f} s")
+
+
+# -- the job's event stream through the hub's proxy ----------------------------------------
+
+
+class EventStream:
+    """A job's Server-Sent Events read as they arrive, on a connection of its own that the test may cut: (id, record) each."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        self.response = requests.get(url, headers={**headers, "Accept": "text/event-stream"}, stream=True, timeout=(30, 120))
+        self.events: list[tuple[int, dict[str, Any]]] = []
+        self._pending = ""
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Each event as it comes, until the gateway ends the stream."""
+        fields: dict[str, str] = {}
+        for chunk in self.response.iter_content(chunk_size=None, decode_unicode=True):
+            self._pending += chunk
+            *lines, self._pending = self._pending.split("\n")
+            for line in lines:
+                if line == "":
+                    if fields.get("event") == "job":
+                        event = (int(fields["id"]), json.loads(fields["data"]))
+                        self.events.append(event)
+                        yield event
+                    fields = {}
+                elif not line.startswith(":"):  # a comment keeps the connection alive
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+
+    def read_to_the_end(self, failures: list[BaseException]) -> None:
+        """In a thread of its own: every event, its failure recorded for the test's own thread."""
+        try:
+            for _ in self:
+                pass
+        except BaseException as exc:  # noqa: BLE001 - recorded for the test's own thread to fail on
+            failures.append(exc)
+
+    def ids(self) -> list[int]:
+        return [event_id for event_id, _ in self.events]
+
+
+def test_the_event_stream_through_the_hubs_proxy_is_live_and_resumes_after_a_cut_with_no_id_lost_or_repeated(
+    hub: JupyterHubServer, hub_gateway: RunningGateway, dask_gateway_server: DaskGatewayServer, tokens: dict[str, str], http
+) -> None:
+    """configurable-http-proxy between a client and the stream: events arrive while the job is held on paused workers
+    (before it can end), and a connection cut then resumed with Last-Event-ID gets what an uncut stream beside it gets."""
+    served_through_the_hub(hub)
+    service, alice, job_id = through_the_hub(hub), as_user(tokens["alice"]), f"streamed-{secrets.token_hex(3)}"
+    events_url = f"{service}/jobs/{job_id}/events"
+    failures: list[BaseException] = []
+    with gateways_workers_held(hub, dask_gateway_server) as client:
+        body = {"app": "random-array", "job_id": job_id, "parameters": {"shape": [400, 400], "chunks": [100, 100]}}
+        assert http.post(f"{service}/jobs", json=body, headers=alice, timeout=60).status_code == 202
+        wait_for_the_tasks(client, job_id)
+        uncut = EventStream(events_url, alice)
+        assert uncut.response.status_code == 200 and uncut.response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        beside = threading.Thread(target=uncut.read_to_the_end, args=(failures,))
+        beside.start()
+        cut = EventStream(events_url, alice)
+        for _, record in cut:
+            if record["status"] == "running":
+                break
+        # Received while the workers are paused: the job cannot have ended, so the event came as it ran.
+        assert http.get(f"{service}/jobs/{job_id}", headers=alice, timeout=30).json()["status"] == "running"
+        wait_for(lambda: "running" in [record["status"] for _, record in uncut.events], 60, "the uncut stream's running event, the job held")
+        cut.response.close()
+        resumed = EventStream(events_url, {**alice, "Last-Event-ID": str(cut.ids()[-1])})
+        assert resumed.response.status_code == 200
+        after = threading.Thread(target=resumed.read_to_the_end, args=(failures,))
+        after.start()
+    # The workers go on: both streams run to the job's end, which closes them.
+    beside.join(timeout=180)
+    after.join(timeout=180)
+    assert not beside.is_alive() and not after.is_alive(), "the gateway closes each stream after the final event"
+    assert not failures, failures
+
+    assert cut.ids() + resumed.ids() == uncut.ids(), "no id lost or repeated across the cut"
+    assert uncut.ids() == sorted(set(uncut.ids())), "ids increase"
+    statuses = [record["status"] for _, record in uncut.events]
+    assert statuses[-1] == "done" and statuses.count("done") == 1 and "running" in statuses
+    assert uncut.events[-1][1] == http.get(f"{service}/jobs/{job_id}", headers=alice, timeout=30).json(), "each event is the job's record"
+    assert uncut.events[-1][1]["http_url"].startswith(f"{service}/"), "made under the prefix the stream came by"
+    finished = http.get(events_url, headers={**alice, "Last-Event-ID": str(uncut.ids()[-1])}, timeout=30)
+    assert finished.status_code == 204, "past the final event: nothing more, and an EventSource stops"

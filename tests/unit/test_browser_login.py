@@ -7,6 +7,7 @@ import socket
 import time
 import tracemalloc
 from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from flask import Flask
@@ -180,3 +181,50 @@ def test_only_the_gateways_own_page_logs_a_browser_out(http: FlaskClient, https_
     # Its cookie is checked first, as for any route's wrong method: with the hub, a 405.
     assert fetched.status_code == 503 and "Set-Cookie" not in fetched.headers
     assert http.get_cookie(login.token_cookie, domain="localhost").value == cookie
+
+
+# -- through the hub's proxy: the gateway at /services/science-gateway/ on the hub's own address --------------
+
+PREFIX = "/services/science-gateway"
+
+
+def next_of(response) -> str:
+    (state,) = parse_qs(urlsplit(response.headers["Location"]).query)["state"]
+    return json.loads(base64.urlsafe_b64decode(state))["next"]
+
+
+@pytest.fixture(scope="module")
+def hub_routed_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    yield from auth_app(tmp_path_factory, f"https://hub.example.org{PREFIX}/oauth_callback")
+
+
+def test_through_the_hub_the_login_comes_back_under_the_prefix_with_cookies_scoped_to_it(hub_routed_app: Flask) -> None:
+    http = hub_routed_app.test_client()
+    login = http.get(f"{PREFIX}/", headers=HTML)
+    assert login.status_code == 302 and login.headers["Location"].startswith("https://hub.example.org/hub/api/oauth2/authorize?")
+    assert next_of(login) == f"{PREFIX}/"
+    assert next_of(http.get(f"{PREFIX}/?page=2", headers=HTML)) == f"{PREFIX}/?page=2"
+    cookie = login.headers["Set-Cookie"]
+    # __Host- needs Path=/: scoped to the prefix, the cookie is __Secure- (still never set over plain HTTP).
+    assert cookie.startswith("__Secure-service-science-gateway-oauth-state=")
+    assert {"Secure", "HttpOnly", f"Path={PREFIX}", "SameSite=Lax"} <= {part.strip() for part in cookie.split(";")}
+    assert "Domain=" not in cookie
+    # Through the hub, a login that began at the gateway's own root comes back to the page under the prefix.
+    assert next_of(http.get("/", headers=HTML)) == f"{PREFIX}/"
+
+
+def test_through_the_hub_logging_out_clears_the_cookie_at_the_prefix(hub_routed_app: Flask) -> None:
+    http = hub_routed_app.test_client()
+    login = services(hub_routed_app).browser_login
+    http.set_cookie(login.token_cookie, login._cipher.encrypt(b"alices-hub-token").decode(), domain="localhost", path=PREFIX)
+    out = http.post(f"{PREFIX}/logout", headers={"Origin": "https://hub.example.org"})
+    assert out.status_code == 303 and out.headers["Location"] == "https://hub.example.org/hub/logout"
+    (cleared,) = [cookie for cookie in out.headers.getlist("Set-Cookie") if cookie.startswith(f"{login.token_cookie}=;")]
+    assert {"Max-Age=0", "Secure", "HttpOnly", f"Path={PREFIX}"} <= {part.strip() for part in cleared.split(";")}
+
+
+def test_a_callback_under_the_prefix_is_served_there_and_at_the_gateways_own_root(hub_routed_app: Flask) -> None:
+    http = hub_routed_app.test_client()
+    for path in (f"{PREFIX}/oauth_callback", "/oauth_callback"):
+        forged = http.get(f"{path}?code=c&state=s")
+        assert forged.status_code == 401 and "did not come back as it left" in forged.json["error"]["message"], path

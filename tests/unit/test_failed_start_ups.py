@@ -16,6 +16,7 @@ import yaml
 
 from devtools.gunicorn_gateway import start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
+from devtools.processes import free_port
 from servers import HUB_VALUES, start_dask_gateway_server, start_jupyterhub, start_policed_s3
 
 MARKER = "SCIENCE_GATEWAY_TEST_START_UP"
@@ -36,7 +37,10 @@ def left_running(marker: str) -> list[str]:
 def hub(workdir: Path) -> object:
     values = yaml.safe_load(HUB_VALUES.read_text())
     services = dict.fromkeys(values["hub"]["services"], "not-used")
-    return start_jupyterhub(workdir, [], {}, services, "not-used", notebook_environment=dict.fromkeys(values["singleuser"]["extraEnv"], ""), timeout=0)
+    urls = {name: f"http://127.0.0.1:{free_port()}" for name, service in values["hub"]["services"].items() if "url" in service}
+    return start_jupyterhub(
+        workdir, [], {}, services, "not-used", notebook_environment=dict.fromkeys(values["singleuser"]["extraEnv"], ""), service_urls=urls, timeout=0
+    )
 
 
 def gateway(workdir: Path) -> object:

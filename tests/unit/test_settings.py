@@ -67,6 +67,11 @@ def test_values_are_read_from_the_environment() -> None:
         ("GATEWAY_LOGIN_MAX_AGE", "0"),
         ("GATEWAY_LOGIN_MAX_AGE", str(10**12)),  # no date follows: every login's cookie would be a 500
         ("JUPYTERHUB_OAUTH_CALLBACK_URL", "https://gateway.example.org/oauth_callback/"),  # served, and hidden in the log, at one path
+        ("JUPYTERHUB_OAUTH_CALLBACK_URL", "https://hub.example.org/services/other/oauth_callback"),  # not under the gateway's prefix
+        ("JUPYTERHUB_SERVICE_PREFIX", "services/science-gateway/"),
+        ("JUPYTERHUB_SERVICE_PREFIX", "/"),
+        ("JUPYTERHUB_SERVICE_PREFIX", "//evil.example/"),
+        ("JUPYTERHUB_SERVICE_PREFIX", "/services/science gateway/"),
         ("GATEWAY_MAX_RECORDS_PER_OWNER", "0"),
         ("GATEWAY_MAX_WAITING_CALLERS", "0"),
         ("GATEWAY_MAX_WAITING_CALLERS_PER_OWNER", "a few"),
@@ -111,6 +116,14 @@ def test_jupyterhub_authentication_reads_the_hubs_own_variables() -> None:
     assert "a-service-token" not in repr(settings), "a logged Settings must not carry the token"
     assert settings.oauth_callback_url is None, "no browser login unless its callback is given"
     assert load_settings({"GATEWAY_LOGIN_MAX_AGE": "3600"}).login_max_age == 3600
+
+
+def test_the_hubs_prefix_is_jupyterhubs_for_the_service_unless_given_and_the_callback_may_be_under_it() -> None:
+    assert Settings().service_prefix == load_settings({}).service_prefix == "/services/science-gateway/"
+    assert load_settings({"JUPYTERHUB_SERVICE_NAME": "gw"}).service_prefix == "/services/gw/"
+    assert load_settings({"JUPYTERHUB_SERVICE_PREFIX": "/jhub/services/gw"}).service_prefix == "/jhub/services/gw/"
+    for callback in ("https://hub.example.org/services/science-gateway/oauth_callback", "https://gateway.example.org/oauth_callback"):
+        assert load_settings({"JUPYTERHUB_OAUTH_CALLBACK_URL": callback}).oauth_callback_url == callback
 
 
 def test_jupyterhub_authentication_needs_the_hubs_api() -> None:
