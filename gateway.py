@@ -146,7 +146,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(routes)
     _register_error_handlers(app)
     # At the gateway's own root and at the hub proxy's /services/<name>/, url_for's URLs carrying the prefix the request came by.
-    app.wsgi_app = ServicePrefix(app.wsgi_app, settings.service_prefix)  # type: ignore[method-assign,assignment]  # a WSGI app for a method
+    public_origin = browser_login.origin if browser_login is not None and browser_login.served_through_hub else None
+    app.wsgi_app = ServicePrefix(app.wsgi_app, settings.service_prefix, public_origin)  # type: ignore[method-assign,assignment]  # a WSGI app for a method
     cluster.start()
     gateway.jobs.start()
     readiness.start()
@@ -612,7 +613,9 @@ def _register_authentication(app: Flask, callers: HubCallers, login: BrowserLogi
     def identify_caller() -> Response | None:
         # The API document's open paths (a probe, a Prometheus scrape), the hub's way back from a login, and the
         # way out of one, which must clear the cookie whether or not the hub can be asked about its token.
-        if (request.url_rule is not None and request.url_rule.rule in OPEN_PATHS) or request.endpoint in ("oauth_callback", "logout"):
+        # Open at the pod's own root alone, where probes and scrapes come: through the hub's proxy, anyone on the internet would reach them.
+        is_open = request.url_rule is not None and request.url_rule.rule in OPEN_PATHS and not request.script_root
+        if is_open or request.endpoint in ("oauth_callback", "logout"):
             return None
         authorization = request.headers.get("Authorization")
         cookie_token = None

@@ -86,7 +86,7 @@ class BrowserLogin:
         self._secure = callback.scheme == "https"
         # Served through the hub's proxy: the cookies go to the gateway's prefix alone (no trailing slash: a browser
         # then sends them to the prefix itself and everything below it, and to no sibling such as <prefix>-other).
-        through_the_hub = callback.path != CALLBACK_PATH
+        self.served_through_hub = through_the_hub = callback.path != CALLBACK_PATH
         self.path = settings.service_prefix.rstrip("/") if through_the_hub else "/"
         # Where a login whose return path is lost comes back to: the page, at the root the callback is under.
         self.home = settings.service_prefix if through_the_hub else "/"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -29,14 +30,21 @@ def prefix_of(service_name: str) -> str:
 
 
 class ServicePrefix:
-    """Serves ``app`` at ``/`` and at ``prefix`` (which ends in ``/``), the prefix then being the request's script root."""
+    """Serves ``app`` at ``/`` and at ``prefix`` (which ends in ``/``), the prefix then being the request's script root.
 
-    def __init__(self, app: WSGIApplication, prefix: str) -> None:
+    ``public_origin`` (``https://hub.example.org``), when given, is the scheme and host of every URL made for a
+    request that came through the prefix: the hub's proxy reaches the pod over plain HTTP from an address whose
+    forwarded headers gunicorn does not believe, and a record's ``http_url`` must name what the browser or
+    notebook reached, ``https`` included.
+    """
+
+    def __init__(self, app: WSGIApplication, prefix: str, public_origin: str | None = None) -> None:
         if not prefix.startswith("/") or not prefix.endswith("/") or prefix == "/":
             raise ValueError(f"a service prefix starts and ends with '/', such as /services/science-gateway/, got {prefix!r}")
         self.app = app
         self.prefix = prefix
         self._bare = prefix.rstrip("/")
+        self._public = urlsplit(public_origin) if public_origin else None
 
     def __call__(self, request: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # ``request`` is the request's WSGI environ, not the process's environment.
@@ -45,4 +53,6 @@ class ServicePrefix:
             request["SCRIPT_NAME"] = request.get("SCRIPT_NAME", "") + self._bare
             # The prefix alone (no slash) is the page, as its own root.
             request["PATH_INFO"] = path[len(self._bare) :] or "/"
+            if self._public is not None:
+                request["wsgi.url_scheme"], request["HTTP_HOST"] = self._public.scheme, self._public.netloc
         return self.app(request, start_response)

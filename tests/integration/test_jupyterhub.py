@@ -227,9 +227,14 @@ def test_the_gateway_gets_its_cluster_from_dask_gateway_with_its_service_token(
     assert len(clusters) == 1, "the gateway's one cluster, listed under its own (service) identity"
 
 
-def test_probes_and_metrics_need_no_token_and_everything_else_does(hub_gateway: RunningGateway, tokens: dict[str, str], http) -> None:
+def test_probes_and_metrics_need_no_token_and_everything_else_does(
+    hub_gateway: RunningGateway, hub: JupyterHubServer, tokens: dict[str, str], http
+) -> None:
     for path in ("/healthz", "/readyz", "/metrics"):
         assert http.get(f"{hub_gateway.url}{path}", timeout=30).status_code == 200, path
+        # Through the hub's proxy, which anyone on the internet reaches, they are no open paths.
+        through_the_hub = http.get(f"{hub.public_url}{SERVICE_PATH}{path}", timeout=30)
+        assert through_the_hub.status_code == 401 and through_the_hub.json()["error"]["code"] == "not_authenticated", path
 
     for path in ("/", "/jobs", "/openapi.json", f"/submit_job/no-token?{SMALL}", "/jobs/no-token/preview.png"):
         response = http.get(f"{hub_gateway.url}{path}", timeout=30)

@@ -61,3 +61,31 @@ def test_a_path_that_only_begins_like_the_prefix_is_not_under_it(http: FlaskClie
 def test_a_prefix_is_a_path_that_starts_and_ends_with_a_slash(prefix: str) -> None:
     with pytest.raises(ValueError, match="starts and ends with '/'"):
         ServicePrefix(lambda environ, start_response: [], prefix)
+
+
+def seen_by_the_app(prefix: str, public_origin: str | None, path: str) -> dict:
+    seen: dict = {}
+
+    def app(environ, start_response):
+        seen.update({name: environ.get(name) for name in ("SCRIPT_NAME", "PATH_INFO", "wsgi.url_scheme", "HTTP_HOST")})
+        return []
+
+    ServicePrefix(app, prefix, public_origin)({"PATH_INFO": path, "SCRIPT_NAME": "", "wsgi.url_scheme": "http", "HTTP_HOST": "gateway-svc"}, None)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        # Through the hub's proxy: the hub's https address, as the browser or notebook reached it.
+        (f"{PREFIX}/jobs", {"SCRIPT_NAME": PREFIX, "PATH_INFO": "/jobs", "wsgi.url_scheme": "https", "HTTP_HOST": "hub.example.org"}),
+        # At the pod's own root (notebooks, curl in the cluster): as the request came.
+        ("/jobs", {"SCRIPT_NAME": "", "PATH_INFO": "/jobs", "wsgi.url_scheme": "http", "HTTP_HOST": "gateway-svc"}),
+    ],
+)
+def test_urls_made_for_a_request_through_the_prefix_name_the_hubs_public_address(path: str, expected: dict) -> None:
+    assert seen_by_the_app(f"{PREFIX}/", "https://hub.example.org", path) == expected
+
+
+def test_without_a_public_address_a_request_through_the_prefix_keeps_its_own() -> None:
+    assert seen_by_the_app(f"{PREFIX}/", None, f"{PREFIX}/jobs")["HTTP_HOST"] == "gateway-svc"
