@@ -2,7 +2,7 @@
 
 Exit codes: 0 done (or the command succeeded), 1 the job failed or was cancelled, 2 a usage error (no
 ``GATEWAY_URL``, a bad argument), 3 refused by the gateway (4xx, its message on stderr), 4 the gateway
-unavailable (no connection, or 5xx after the retries).
+unavailable (no connection, 5xx after the retries, or an answer that is no gateway's).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import requests
+
 from . import __version__
-from .errors import ConfigurationError, GatewayRefused, GatewayUnavailable, JobUnsuccessful, unsuccessful
+from .errors import ConfigurationError, GatewayClientError, GatewayRefused, GatewayUnavailable, JobUnsuccessful, unsuccessful
 from .gateway import Gateway
 from .options import DEFAULT_RETRY_FOR
 
@@ -170,6 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("science-gateway: interrupted (the job, if any, goes on)", file=sys.stderr)
         return 130
+    except (GatewayClientError, requests.RequestException, ValueError) as exc:
+        # An answer that is no gateway's (a proxy's HTML page, a cut body), or a wait that ran out: not the job's
+        # failure (1), which a script must be able to tell from the gateway not being usable.
+        print(f"science-gateway: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@ import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import requests
 import urllib3
 
-from .auth import auth_headers
+from .auth import auth_headers, origin
 from .errors import ConfigurationError, GatewayRefused, GatewayUnavailable, JobNotDone, MissingExtra, WaitTimeout, unsuccessful
 from .events import EventParser
 from .transport import Transport
@@ -32,6 +32,11 @@ STREAM_ATTEMPTS = 5
 DEFAULT_RECONNECT = 2.0
 # The stream is never retried on a refusal: the client polls instead.
 ANY_STATUS = range(100, 600)
+
+# The gateway answers a cancel or delete of a running job once its tasks have stopped (it waits up to 60 s
+# for them) and its record is saved (up to 7.5 s of retries): a read timeout shorter than that would report
+# a cancel that worked as a failure.
+STOP_ANSWER_SECONDS = 180.0
 
 
 class Job:
@@ -75,13 +80,18 @@ class Job:
         return str(self.refresh()["status"])
 
     @property
+    def _stop_timeout(self) -> tuple[float, float]:
+        """Connect as usual; read for as long as the gateway may take to stop a running job's tasks and save its record."""
+        return (self._transport.options.timeout, max(self._transport.options.timeout, STOP_ANSWER_SECONDS))
+
+    @property
     def http_url(self) -> str:
         """The result's Zarr group, as the gateway serves it (with the token).
 
         ``ConfigurationError`` when it is not on the gateway's own scheme, host and port: the token goes nowhere else.
         """
         url = str(self._record["http_url"])
-        if _origin(url) != _origin(self._transport.options.url):
+        if origin(url) != origin(self._transport.options.url):
             raise ConfigurationError(
                 f"job {self.job_id!r}'s http_url {url!r} is not on the gateway at {self._transport.options.url}, so your token is not sent "
                 "there; give Gateway() the address the gateway's own answers name (GATEWAY_URL)"
@@ -215,7 +225,7 @@ class Job:
         Sent to the gateway's ``POST /jobs/<id>/cancel``, which never deletes a job (its ``DELETE`` deletes
         one that has finished): so it is sent again after a lost answer, and a result that lands first is kept.
         """
-        response = self._transport.request("POST", f"{self.path}/cancel", idempotent=True, expected=(200, 409))
+        response = self._transport.request("POST", f"{self.path}/cancel", idempotent=True, expected=(200, 409), timeout=self._stop_timeout)
         body = response.json()
         # 409 job_finished: done or failed before the cancel came; the error holds its record.
         self._record = body if response.status_code == 200 else body["error"]["job"]
@@ -224,7 +234,7 @@ class Job:
     def delete(self) -> None:
         """Delete the job: its result and record. A queued or running one is cancelled first (the gateway's first ``DELETE``), then deleted."""
         for _ in range(3):
-            response = self._transport.request("DELETE", self.path, idempotent=False, expected=(200, 204))
+            response = self._transport.request("DELETE", self.path, idempotent=False, expected=(200, 204), timeout=self._stop_timeout)
             if response.status_code == 204:
                 return
             self._record = response.json()
@@ -249,11 +259,6 @@ class Job:
             raise JobNotDone(f"job {self.job_id!r} is {status}: its result opens once it is done; job.wait() first")
         dataset: xarray.Dataset = xr.open_zarr(self.http_url, storage_options=self.storage_options, **open_zarr_options)
         return dataset
-
-
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
 
 
 def _read_timeout(response: requests.Response, seconds: float) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigurationError
 
@@ -22,7 +22,8 @@ DEFAULT_TIMEOUT = 30.0
 @dataclass(frozen=True)
 class Options:
     url: str
-    token: str | None
+    # Never in a repr: an Options printed, or shown in a traceback, shows no token.
+    token: str | None = field(repr=False)
     timeout: float = DEFAULT_TIMEOUT
     retry_for: float = DEFAULT_RETRY_FOR
 

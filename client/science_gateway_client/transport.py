@@ -24,7 +24,7 @@ from typing import Any
 import requests
 
 from . import __version__
-from .auth import auth_headers
+from .auth import GatewayToken
 from .errors import GatewayRefused, GatewayUnavailable, JobNotFound, NotAuthenticated, TooManyRequests
 from .options import TOKEN_VARIABLE, Options
 
@@ -74,7 +74,7 @@ class Transport:
     def __init__(self, options: Options, session: requests.Session | None = None) -> None:
         self.options = options
         self.session = session or requests.Session()
-        self.session.headers.update(auth_headers(options.token))
+        self._auth = GatewayToken(options.url, options.token)
         self.session.headers.setdefault("User-Agent", f"science-gateway-client/{__version__}")
 
     def url(self, path: str) -> str:
@@ -101,7 +101,7 @@ class Transport:
             attempt += 1
             try:
                 response = self.session.request(
-                    method, self.url(path), json=json, params=params, headers=headers, stream=stream, timeout=timeout or self.options.timeout
+                    method, self.url(path), auth=self._auth, json=json, params=params, headers=headers, stream=stream, timeout=timeout or self.options.timeout
                 )
             except requests.RequestException as exc:
                 wait = min(LONGEST_BACKOFF, FIRST_BACKOFF * 2 ** (attempt - 1))

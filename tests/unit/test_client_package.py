@@ -9,6 +9,7 @@ import sys
 import tomllib
 
 import pytest
+import requests
 
 from science_gateway_client.cli import build_parser, parameter
 from science_gateway_client.errors import ConfigurationError, JobCancelled, JobFailed, unsuccessful
@@ -143,3 +144,14 @@ def test_the_token_goes_only_to_the_gateways_own_scheme_host_and_port(http_url: 
     else:
         with pytest.raises(ConfigurationError, match="not on the gateway at http://gw"):
             job.open()
+
+
+def test_the_token_is_in_no_repr_and_a_session_of_ones_own_carries_it_to_the_gateway_alone() -> None:
+    options = resolve("http://gw", "a-token", environ={})
+    session = requests.Session()
+    transport = Transport(options, session)
+    sent = {url: transport._auth(requests.Request("GET", url).prepare()).headers.get("Authorization") for url in ("http://gw/jobs", "http://other/jobs")}
+
+    assert "a-token" not in repr(options) and "a-token" not in repr(transport._auth)
+    assert sent == {"http://gw/jobs": "token a-token", "http://other/jobs": None}
+    assert "Authorization" not in session.headers, "the caller's session, used for anything else, has no token"
