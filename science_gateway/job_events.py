@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 # connection near a job's end still gets the events it missed. Of the others, the end alone,
 # made from the record when asked for: memory holds the events of unfinished jobs and of these.
 KEPT_FINISHED_JOBS = 100
+# Progress events kept of one run: past them, each new one replaces the last, so that a job of
+# thousands of tasks keeps a few dozen records in memory, not thousands.
+KEPT_PROGRESS_EVENTS = 32
 # The longest a follower goes without a byte: a comment then, which proxies and load
 # balancers (idle timeouts of 30-60 s and more) see as traffic, and which finds a caller gone.
 KEEP_ALIVE_SECONDS = 15.0
@@ -48,6 +51,10 @@ class JobEvent:
     @property
     def final(self) -> bool:
         return self.job["status"] in FINISHED
+
+
+def _is_progress(event: JobEvent) -> bool:
+    return event.job["status"] == RUNNING and event.job["progress"]["chunks_written"] > 0
 
 
 def _microseconds(stamp: str) -> int:
@@ -90,7 +97,11 @@ class JobEvents:
             events = self._events[key] = []
             self._finished.pop(key, None)
         event = JobEvent(max(_stamp(record), events[-1].id + 1) if events else _stamp(record), job)
-        events.append(event)
+        if _is_progress(event) and sum(map(_is_progress, events)) >= KEPT_PROGRESS_EVENTS and _is_progress(events[-1]):
+            # A job of many tasks: its latest progress takes the place of the one before, which it says more than.
+            events[-1] = event
+        else:
+            events.append(event)
         if event.final:
             self._finished[key] = None
             while len(self._finished) > self._kept_finished:

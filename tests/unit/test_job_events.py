@@ -201,3 +201,18 @@ def test_a_follower_of_a_run_stops_when_its_id_is_submitted_again() -> None:
         table.changed(first.key)
     assert ended(thread, raised)
     assert statuses(received) == [(QUEUED, 0)]
+
+
+def test_a_job_of_many_tasks_keeps_its_latest_progress_past_the_kept_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(job_events, "KEPT_PROGRESS_EVENTS", 3)
+    table = JobTable()
+    record = queued(table)
+    change(table, record, status=RUNNING, started_at=now())
+    for written in range(10, 60, 10):
+        change(table, record, chunks_written=written)
+    final = change(table, record, status=DONE, chunks_written=100)
+    with table.lock:
+        events = table.events.after(record.key, final, None)
+    assert statuses(events) == [(QUEUED, 0), (RUNNING, 0), (RUNNING, 10), (RUNNING, 20), (RUNNING, 50), (DONE, 100)]
+    ids = [event.id for event in events]
+    assert ids == sorted(set(ids))
