@@ -131,9 +131,7 @@ def follow(table: JobTable, key: JobKey, last_id: int | None, waiter: Waiter) ->
     stop: it runs in the next process, where the caller resumes.
     """
     run = None
-    with table.lock:
-        table.waiters.setdefault(key, set()).add(waiter)
-    try:
+    with table.waiting(key, waiter):
         while True:
             waiter.wake.clear()
             with table.lock:
@@ -155,9 +153,3 @@ def follow(table: JobTable, key: JobKey, last_id: int | None, waiter: Waiter) ->
                 return
             if not waiter.wake.wait(KEEP_ALIVE_SECONDS):
                 yield None
-    finally:
-        with table.lock:
-            waiting = table.waiters[key]
-            waiting.discard(waiter)
-            if not waiting:
-                del table.waiters[key]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection, ItemsView, Iterator, KeysView, MutableMapping, ValuesView
+from contextlib import contextmanager
 from typing import Any
 
 from .chunk_writes import ChunkWrites
@@ -109,6 +110,20 @@ class JobTable:
         self.events.note(key, self.records.get(key))
         for waiter in self.waiters.get(key, ()):
             waiter.wake.set()
+
+    @contextmanager
+    def waiting(self, key: JobKey, waiter: Waiter) -> Iterator[None]:
+        """``waiter`` woken at each change of the job's record while the block runs; called without the lock."""
+        with self.lock:
+            self.waiters.setdefault(key, set()).add(waiter)
+        try:
+            yield
+        finally:
+            with self.lock:
+                waiting = self.waiters[key]
+                waiting.discard(waiter)
+                if not waiting:
+                    del self.waiters[key]
 
     def record(self, key: JobKey) -> JobRecord:
         """The job's record; :class:`JobNotFound` if there is none."""

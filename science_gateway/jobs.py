@@ -330,9 +330,7 @@ class JobManager:
                 return True
             return record.status == QUEUED and table.drain_deadline is not None
 
-        with table.lock:
-            table.waiters.setdefault(key, set()).add(waiter)
-        try:
+        with table.waiting(key, waiter):
             while True:
                 waiter.wake.clear()
                 with table.lock:
@@ -342,12 +340,6 @@ class JobManager:
                 if waiter.gone or (remaining is not None and remaining <= 0):
                     break
                 waiter.wake.wait(remaining)
-        finally:
-            with table.lock:
-                waiting = table.waiters[key]
-                waiting.discard(waiter)
-                if not waiting:
-                    del table.waiters[key]
         with table.lock:
             if key not in table.records:
                 raise JobNotFound(f"job {key.job_id!r} was deleted")

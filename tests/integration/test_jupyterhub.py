@@ -212,6 +212,15 @@ def hub_gateway(
     stop_process(gateway.process, timeout=60)
 
 
+def log_in_at_the_hub(page: Any, url: str, user: str) -> None:
+    """Open ``url``, log in as ``user`` at the hub's form it leads to, and be back at the jobs page."""
+    page.goto(url)
+    page.fill("#username_input", user)
+    page.fill("#password_input", "any password: the test hub's dummy authenticator")
+    page.click("#login_submit")
+    expect(page).to_have_title("Science gateway: jobs")
+
+
 def as_user(token: str) -> dict[str, str]:
     return {"Authorization": f"token {token}"}
 
@@ -546,11 +555,7 @@ def test_a_browser_opens_the_gateway_from_the_hubs_services_menu_and_watches_a_h
     failed: list[str] = []
     page.on("response", lambda response: failed.append(f"{response.status} {response.url}") if response.status >= 400 else None)
     try:
-        page.goto(f"{service}/")
-        page.fill("#username_input", "alice")
-        page.fill("#password_input", "any password: the test hub's dummy authenticator")
-        page.click("#login_submit")
-        expect(page).to_have_title("Science gateway: jobs")
+        log_in_at_the_hub(page, f"{service}/", "alice")
 
         # The hub's home page lists the gateway under Services, and its link opens the page.
         page.goto(f"{hub.public_url}/hub/home")
@@ -589,11 +594,7 @@ def test_a_browsers_login_lasts_its_max_age_leaves_no_code_in_the_log_and_loggin
     callbacks: list[dict[str, list[str]]] = []
     page.on("request", lambda request: callbacks.append(parse_qs(urlsplit(request.url).query)) if "/oauth_callback?" in request.url else None)
     try:
-        page.goto(f"{service}/")
-        page.fill("#username_input", "bob")
-        page.fill("#password_input", "any password: the test hub's dummy authenticator")
-        page.click("#login_submit")
-        expect(page).to_have_title("Science gateway: jobs")
+        log_in_at_the_hub(page, f"{service}/", "bob")
         logged_in_at = time.time()
         (login,) = [cookie for cookie in context.cookies(f"{service}/") if cookie["name"] == "service-science-gateway"]
         (callback,) = callbacks
