@@ -337,7 +337,17 @@ def _job_paths(prefix: str, owner: list[dict[str, Any]]) -> dict[str, Any]:
                     "200": {
                         "description": "text/event-stream: 'retry: 2000', then for each change 'id: <increasing integer>', 'event: job' and 'data: <the record, as GET of the job answers it>'; a ': keep-alive' comment at least every 15 s; closed after the final event",
                         "headers": {"Cache-Control": {"schema": {"type": "string", "const": "no-cache"}}, "X-Accel-Buffering": {"schema": {"type": "string", "const": "no"}}},
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        # The schema of each event, as a client's parser gives it (its fields); data is the record's JSON.
+                        "content": {"text/event-stream": {"schema": {
+                            "type": "object",
+                            "required": ["id", "event", "data"],
+                            "properties": {
+                                "id": {"type": "string", "pattern": LAST_EVENT_ID_PATTERN},
+                                "event": {"const": "job"},
+                                "data": {"type": "string", "contentMediaType": "application/json"},
+                                "retry": {"type": "integer"},
+                            },
+                        }}},
                     },
                     "204": {"description": "The job is finished and Last-Event-ID is its final event's, or later: nothing more will come"},
                     **_errors(400, 404, 429),

@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from conftest import BUCKET, serve_for_module
 from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
 from helpers import gateways_cluster, server_sent_events, wait_for, wait_for_the_stop, wait_for_the_tasks, workers_held
+from science_gateway.openapi import openapi_document
 
 PREFIX = f"{BUCKET}/following-jobs"
 STREAMS = 3
@@ -64,6 +66,9 @@ def test_a_followed_job_sends_its_changes_while_it_runs_and_a_stream_cut_mid_job
     assert len(written) >= 4 and written == sorted(set(written)) and written[-1] == 100, progress(uncut)
     assert progress(uncut)[-1] == ("done", 100)
     assert jobs(uncut)[-1] == http.get(f"{served.url}/jobs/followed", timeout=30).json()
+    # Each event as the API document describes it, to a client's parser.
+    described = openapi_document()["paths"]["/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    assert [error.message for event in uncut for error in Draft202012Validator(described).iter_errors(event)] == []
 
     # Connecting again after the end: nothing more to send, which an EventSource takes as the end.
     again = http.get(url, headers={"Last-Event-ID": uncut[-1]["id"]}, timeout=30)
