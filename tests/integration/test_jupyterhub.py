@@ -462,7 +462,8 @@ def test_without_the_server_role_the_notebook_is_told_which_scope_and_setting_it
         stop_process(gateway.process, timeout=60)
 
     said = outputs(submitted)
-    assert "RuntimeError: the gateway answered 403: alice's token does not grant access:services!service=science-gateway" in said, said
+    refused = "NotAuthenticated: the gateway refused POST /jobs: 403 forbidden: alice's token does not grant access:services!service=science-gateway"
+    assert refused in said, said
     assert "`server` role" in said and "hub.loadRoles.server.scopes" in said
     assert not any(cell.outputs for cell in rest), "the notebook stops at the refusal"
 
@@ -519,8 +520,16 @@ def test_a_browser_logs_in_through_the_hub_and_submits_from_the_page(
 
 
 def served_through_the_hub(hub: JupyterHubServer) -> None:
-    """Until the hub's proxy serves the gateway: the hub adds the service's route once it has waited for it at its start."""
-    wait_for(lambda: requests.get(f"{through_the_hub(hub)}/healthz", timeout=30).status_code == 200, 60, "the hub's proxy to route to the gateway")
+    """Until the hub's proxy serves the gateway: the hub adds the service's route once it has waited for it at its start.
+
+    The gateway's own answer there is its 401 (no path is open through the proxy); the hub's, before the route, a 404 page.
+    """
+
+    def gateways_answer() -> bool:
+        answer = requests.get(f"{through_the_hub(hub)}/healthz", timeout=30)
+        return answer.status_code == 401 and answer.headers.get("Content-Type") == "application/json"
+
+    wait_for(gateways_answer, 60, "the hub's proxy to route to the gateway")
 
 
 def test_a_token_call_through_the_hubs_proxy_reaches_the_gateway_whose_urls_carry_the_prefix(
