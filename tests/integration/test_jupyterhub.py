@@ -48,6 +48,7 @@ from helpers import (
     new_secret,
     outputs,
     run_notebook_on_server,
+    server_sent_events,
     wait_for,
     wait_for_the_stop,
     wait_for_the_tasks,
@@ -774,6 +775,21 @@ def test_bobs_token_gets_404_and_no_token_401_on_every_object_under_alices_http_
         assert http.get(url, headers=as_user(notebook_tokens["alice"]), timeout=30).content == results_fs.cat(f"{place}/{key}"), key
     carols = http.get(f"{alices['http_url']}/zarr.json", headers=as_user(tokens["carol"]), timeout=30)
     assert carols.status_code == 200, "an admin reads it through the same URL"
+
+
+def test_bob_neither_follows_nor_cancels_alices_job_and_his_own_id_is_his_own_job(
+    hub_gateway: RunningGateway, notebook_tokens: dict[str, str], tokens: dict[str, str], my_first_jobs: dict[str, dict[str, Any]], http
+) -> None:
+    bob = as_user(notebook_tokens["bob"])
+    alices = f"{hub_gateway.url}/users/alice/jobs/my-first-job"
+    refused = [http.get(f"{alices}/events", headers=bob, timeout=30), http.post(f"{alices}/cancel", headers=bob, timeout=30)]
+    # Each stream gives every event kept of the job, its end last.
+    *_, bobs_own = server_sent_events(http.get(f"{hub_gateway.url}/jobs/my-first-job/events", headers=bob, stream=True, timeout=30))
+    *_, carols_view = server_sent_events(http.get(f"{alices}/events", headers=as_user(tokens["carol"]), stream=True, timeout=30))
+
+    assert [(answer.status_code, answer.json()["error"]["code"]) for answer in refused] == [(404, "job_not_found")] * 2
+    assert json.loads(bobs_own["data"])["owner"] == "bob" and json.loads(bobs_own["data"])["status"] == "done"
+    assert json.loads(carols_view["data"]) == my_first_jobs["alice"], "an admin follows anyone's job"
 
 
 @contextmanager
