@@ -18,18 +18,22 @@ def served(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
     yield from serve_for_module(tmp_path_factory, "cancel", f"s3://{PREFIX}")
 
 
-def test_a_running_job_is_cancelled_and_a_second_cancel_answers_the_same(served: RunningGateway, http) -> None:
-    with ThreadPoolExecutor(1) as pool, gateways_cluster(served.log_file.parent) as cluster:
+BURST = 8
+
+
+def test_a_burst_of_cancels_of_a_running_job_all_answer_it_cancelled_and_a_later_one_the_same(served: RunningGateway, http) -> None:
+    with ThreadPoolExecutor(BURST) as pool, gateways_cluster(served.log_file.parent) as cluster:
         with workers_held(cluster):
             assert http.post(f"{served.url}/jobs", json={"job_id": "to-cancel"}, timeout=30).status_code == 202
             wait_for_the_tasks(cluster, "to-cancel")
-            cancelled = pool.submit(http.post, f"{served.url}/jobs/to-cancel/cancel", timeout=120)
+            burst = [pool.submit(http.post, f"{served.url}/jobs/to-cancel/cancel", timeout=120) for _ in range(BURST)]
             wait_for_the_stop(cluster, "to-cancel")
-        first = cancelled.result(timeout=120)
+        answers = [cancelled.result(timeout=120) for cancelled in burst]
     again = http.post(f"{served.url}/jobs/to-cancel/cancel", timeout=30)
+    record = http.get(f"{served.url}/jobs/to-cancel", timeout=30).json()
 
-    assert (first.status_code, first.json()["status"]) == (200, "cancelled")
-    assert (again.status_code, again.json()) == (200, http.get(f"{served.url}/jobs/to-cancel", timeout=30).json())
+    assert [(answer.status_code, answer.json()["status"]) for answer in answers] == [(200, "cancelled")] * BURST
+    assert (again.status_code, again.json()) == (200, record)
 
 
 def test_a_done_job_is_not_cancelled_and_keeps_its_result(served: RunningGateway, http) -> None:
