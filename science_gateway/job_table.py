@@ -101,12 +101,10 @@ class JobTable:
         """Note the records of these jobs as events; wake what waits on the table and the callers waiting for these jobs."""
         self.lock.notify_all()
         for key in keys:
-            self.events.note(key, self.records.get(key))
-            for waiter in self.waiters.get(key, ()):
-                waiter.wake.set()
+            self.progressed(key)
 
     def progressed(self, key: JobKey) -> None:
-        """Note the job's progress as an event and wake its callers; nothing else waits on a job's progress."""
+        """Note the job's record as an event and wake its callers: all a change of its progress needs, which nothing else waits on."""
         self.events.note(key, self.records.get(key))
         for waiter in self.waiters.get(key, ()):
             waiter.wake.set()

@@ -157,8 +157,8 @@ class Job:
             left = self._left(deadline)
             read_timeout = STREAM_READ_TIMEOUT if left is None else min(STREAM_READ_TIMEOUT, left)
             headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-            if parser.last_event_id is not None:
-                headers["Last-Event-ID"] = parser.last_event_id
+            if last_event_id is not None:
+                headers["Last-Event-ID"] = last_event_id
             try:
                 response = self._transport.request(
                     "GET", f"{self.path}/events", idempotent=True, expected=ANY_STATUS,
