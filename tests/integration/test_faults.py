@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 import numpy as np
@@ -24,7 +25,7 @@ from flask import Flask
 from conftest import BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
-from devtools.processes import free_port, stop_process
+from devtools.processes import on_a_free_port, stop_process
 from gateway import services
 from helpers import (
     assert_all_gone,
@@ -107,9 +108,11 @@ def stack_settings() -> dict[str, str]:
 
 @pytest.fixture
 def private_stack(tmp_path: Path, stack_settings: dict[str, str]) -> Iterator[PrivateStack]:
-    port = free_port()
     credentials = {"access_key": f"fault-access-{secrets.token_hex(4)}", "secret_key": new_secret()}
-    s3 = start_local_s3(tmp_path / "s3", ("results",), **credentials, port=port, log_file=tmp_path / "s3.log")
+    # On a free port, another if a process takes it meanwhile; the store starts again on it in the tests.
+    s3 = on_a_free_port(lambda free: start_local_s3(tmp_path / "s3", ("results",), **credentials, port=free, log_file=tmp_path / "s3.log"))
+    port = urlsplit(s3.endpoint_url).port
+    assert port is not None
     stack = None
     try:
         environ = {**os.environ, **s3.environ(), "GATEWAY_RESULTS_URL": "s3://results", **reachable_cluster(tmp_path), **stack_settings}

@@ -107,11 +107,13 @@ def test_a_store_whose_certificate_another_ca_signed_is_refused_and_nothing_is_w
     gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log", ready_timeout=0)
     try:
         def refused() -> dict | None:
-            # Before its first check, readiness names no store.
-            store = requests.get(f"{gateway.url}/readyz", timeout=30).json().get("error", {}).get("results_store", {"ready": True})
-            return None if store["ready"] else store
+            # Before its first check, readiness names no store; and until the first read of the records has failed,
+            # a submission is told they are not read yet, not why.
+            error = requests.get(f"{gateway.url}/readyz", timeout=30).json().get("error", {})
+            store, records = error.get("results_store", {"ready": True}), error.get("job_records", {"reason": ""})
+            return None if store["ready"] or "could not be read" not in records["reason"] else store
 
-        store = wait_for(refused, 60, "readiness to refuse the store")
+        store = wait_for(refused, 120, "readiness to refuse the store and the first read of the records to fail")
         assert "certificate" in store["reason"].lower(), store
         posted = requests.post(f"{gateway.url}/jobs", json={"job_id": "never-written"}, timeout=60)
         assert (posted.status_code, posted.json()["error"]["code"]) == (502, "storage_error"), posted.text
