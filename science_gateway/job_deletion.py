@@ -12,6 +12,7 @@ import logging
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from .job_errors import JobNotFound
 from .job_records import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, JobKey, JobRecord, finish, has_expired
 from .job_table import JobTable, reads
 from .job_work import SourceGone
@@ -21,6 +22,9 @@ from .results_store import ResultsStore, StorageError
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# Saves of a cancellation of a job another replica holds, each after its record changed first.
+CANCEL_ATTEMPTS = 3
 
 
 class JobDeletion:
@@ -52,17 +56,20 @@ class JobDeletion:
             # A submission of this job under way, or its completion, decides which run there is to cancel or delete.
             table.lock.wait_for(lambda: key not in table.reserved)
             record = table.record(key)
-            if record.status == RUNNING:
+            elsewhere = record.status in (QUEUED, RUNNING) and not self._keeper.holds(record)
+            if record.status == RUNNING and not elsewhere:
                 self._stop_running(key, None)
                 table.lock.wait_for(lambda: table.records[key].status in FINISHED)
                 return replace(table.records[key])
             if record.status in FINISHED and not delete_finished:
                 return replace(record)
-            if record.status == QUEUED:
+            if record.status == QUEUED and not elsewhere:
                 # Out of the queue, and shown cancelled once that is stored.
                 table.queue.remove(key)
             # Reserved while the store changes: a resubmission of its id, or a new reader, must not find it first.
             table.reserved.add(key)
+        if elsewhere:
+            return self._cancel_elsewhere(record)
         if record.status == QUEUED:
             return self._cancel_queued(record)
         try:
@@ -76,25 +83,59 @@ class JobDeletion:
         logger.info("job %s deleted", key)
         return None
 
+    def _cancel_elsewhere(self, record: JobRecord) -> JobRecord:
+        """Cancel a job another replica holds, reserved here: its record saved cancelled, if still as this replica last saw it.
+
+        The replica that runs it sees the record change (:mod:`record_sync`) and
+        stops its tasks and removes what they wrote; the answer does not wait for that.
+        """
+        table = self._table
+        key = record.key
+        standing: JobRecord | None = record
+        try:
+            for _attempt in range(CANCEL_ATTEMPTS):
+                cancelled = finish(record, CANCELLED)
+                standing = self._keeper.save_final(cancelled)
+                if standing is None or standing is cancelled or standing.status in FINISHED or self._keeper.holds(standing):
+                    break
+                # Changed meanwhile (taken over by a third replica): cancel it as it stands now.
+                record = standing
+            with table.lock:
+                self._keeper.settle(key, standing)
+        finally:
+            with table.lock:
+                table.reserved.discard(key)
+                table.changed(key)
+        if standing is None:
+            raise JobNotFound(f"job {key.job_id!r} was deleted")
+        if standing.status not in FINISHED:
+            # This replica took it over meanwhile, or others kept changing it: cancelled as one of this replica's jobs.
+            return self.cancel_or_delete(key, delete_finished=False) or standing
+        logger.info("job %s, held by replica %s, is %s", key, record.replica, standing.status)
+        return replace(standing)
+
     def _cancel_queued(self, queued: JobRecord) -> JobRecord:
         """Store the cancellation of a queued job taken out of the queue and reserved; queue it again if that fails."""
         table = self._table
         key = queued.key
         cancelled = finish(queued, CANCELLED)
         try:
-            self._keeper.save_final(cancelled)
+            standing = self._keeper.save_final(cancelled)
         except BaseException:
             with table.lock:
                 table.queue.append(key, queued.owner)
             raise
         else:
             with table.lock:
-                table.records[key] = cancelled
+                # Another replica may have taken it over first, believing this one gone.
+                self._keeper.settle(key, standing)
         finally:
             with table.lock:
                 table.reserved.discard(key)
                 table.changed(key)
-        return replace(cancelled)
+        if standing is None:
+            raise JobNotFound(f"job {key.job_id!r} was deleted")
+        return replace(standing)
 
     def _fail_readers(self, source: JobRecord) -> None:
         """Fail every job that reads ``source``, which is reserved for its deletion; return once none of them runs."""

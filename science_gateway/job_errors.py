@@ -50,3 +50,17 @@ class GatewayStopping(GatewayError, RuntimeError):
     def headers(self) -> dict[str, str]:
         # The next pod takes submissions within about this long.
         return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+# A running job of a replica whose lease lapsed: its tasks stopped with it, or can no longer be told to stop.
+REPLICA_LOST = {"code": JobInterrupted.code, "message": "the gateway replica running this job stopped renewing its lease; submit it again"}
+
+
+class ReplicaStandby(GatewayError, RuntimeError):
+    """Another replica holds this store, which has no conditional writes: this one waits until that one's lease lapses."""
+
+    status, code = 503, "replica_standby"
+    retry_after = 10
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -22,7 +22,7 @@ from .apps.registry import NAME_PATTERN
 from .job_parameters import InvalidJobId, InvalidParameters, validate_job_id
 from .job_work import FIRST_APP, FIRST_APP_VERSION, JobWork, SourceRun
 from .results_store import ARRAY_NAME, owner_prefix, place_for, record_name
-from .settings import LONGEST_TTL
+from .settings import LONGEST_TTL, REPLICA_ID_PATTERN
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
@@ -70,6 +70,8 @@ class JobRecord:
     # Seconds its result and record are kept once it has finished (None: until deleted), and until when.
     ttl: int | None = None
     expires_at: str | None = None
+    # The replica that holds it while it is queued or running (None: none; records from before replicas).
+    replica: str | None = None
 
     def __post_init__(self) -> None:
         # Records written before places had none: their result is at the job id.
@@ -191,6 +193,7 @@ def record_from_stored(name: str, content: bytes, url_for: Callable[[str], str],
         and (record.seconds is None or (type(record.seconds) in (int, float) and 0 <= record.seconds < math.inf)),
         "error": record.error is None or (isinstance(record.error, dict) and all(isinstance(record.error.get(key), str) for key in ("code", "message"))),
         # A ttl beyond the longest a gateway gives has no expiry time: finishing its job would overflow.
+        "replica": record.replica is None or (isinstance(record.replica, str) and re.fullmatch(REPLICA_ID_PATTERN, record.replica) is not None),
         "expiry": (record.ttl is None or (type(record.ttl) is int and 0 < record.ttl <= LONGEST_TTL)) and _is_time_or_none(record.expires_at),
     }
     wrong = [field for field, valid in checks.items() if not valid]

@@ -16,7 +16,7 @@ from .job_table import JobTable
 from .job_work import runnable
 from .metrics import GatewayMetrics, job_event_fields
 from .record_keeping import RecordKeeper
-from .results_store import ResultsStore, StorageError
+from .results_store import RecordChanged, ResultsStore, StorageError
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,19 @@ class JobRunner:
                 # Its app as offered now, and its sources as they are now: a source being deleted fails it here.
                 work = runnable(record.work, self._apps, lambda job_id: table.source(JobKey(record.owner, job_id)))
             result = self._store.pending_result(record.record_name, record.place, record.work.output, self._settings.zarr_format)
-            self._store.begin_result(result, self._keeper.stored(record))
+            if self._keeper.shared:
+                # The claim: of two replicas that both took this job, the one whose save comes second finds it changed.
+                try:
+                    self._keeper.save(record)
+                except RecordChanged:
+                    self._lose(record)
+                    return
+                # What a previous run of this id left: removed by the run that holds the id now, never by a submission.
+                if self._store.exists(record.place):
+                    self._store.delete(record.place)
+                self._store.begin_result(result, None)
+            else:
+                self._store.begin_result(result, self._keeper.stored(record))
             client = self._cluster.client()
             writes = ChunkWrites(client, result.target, work.app, work.plan, work.source_groups, record.job_id, min_tasks=self._settings.n_workers)
             with table.lock:
@@ -139,7 +151,17 @@ class JobRunner:
             final = finish(record, status, error=error, seconds=round(time.monotonic() - started, 3))
         # Saved before it shows as finished, so that a DELETE of the finished job cannot race the save
         # (a DELETE of a job being completed waits on its reservation).
-        self._keeper.save_quietly(final)
+        standing = self._keeper.save_quietly(final)
+        if standing is not final:
+            # Another replica ended it first (its owner cancelled it there, or it was taken over as interrupted).
+            if status == DONE:
+                self._keeper.discard_result(record)
+            with table.lock:
+                table.running.pop(key, None)
+                table.cancel_requested.pop(key, None)
+                table.reserved.discard(key)
+                self._keeper.settle(key, standing)
+            return
         # Counted and logged before it shows as finished: a caller who learns the job is done finds both.
         self._metrics.job_finished(status, final.seconds or 0.0, record.work.app)
         logger.info(
@@ -152,6 +174,16 @@ class JobRunner:
             table.cancel_requested.pop(key, None)
             table.reserved.discard(key)
             table.changed(key)
+
+    def _lose(self, record: JobRecord) -> None:
+        """Give up a job whose claim another replica's save came before: it stands as that replica saved it."""
+        key = record.key
+        logger.info("job %s was taken or ended by another replica first; this one leaves it", key)
+        standing = self._keeper.read(key)
+        with self._table.lock:
+            self._table.running.pop(key, None)
+            self._table.cancel_requested.pop(key, None)
+            self._keeper.settle(key, standing)
 
     def _complete(self, key: JobKey, mark_complete: Callable[[], None]) -> None:
         """Mark a job's result complete, unless its cancellation came first: then it ends cancelled, never done.

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Collection, Generator
 from dataclasses import replace
+from typing import Any
 
 from .admission import AdmissionRefused
 from .apps.base import Limits
@@ -28,7 +29,7 @@ from .apps.registry import Apps
 from .cluster import ClusterConnection
 from .hang_ups import Waiter
 from .job_deletion import JobDeletion
-from .job_errors import INTERRUPTED, GatewayStopping, JobAlreadyExists, JobInterrupted, JobNotFound
+from .job_errors import INTERRUPTED, GatewayStopping, JobAlreadyExists, JobInterrupted, JobNotFound, ReplicaStandby
 from .job_events import JobEvent, follow
 from .job_parameters import differences, new_job_id, validate_job_id
 from .job_records import FINISHED, QUEUED, RESUBMITTABLE, JobKey, JobRecord, decode_cursor, encode_cursor, sort_key
@@ -37,13 +38,18 @@ from .job_table import JobTable
 from .job_work import JobWork, SourceGone, SourceResult
 from .metrics import GatewayMetrics, job_event_fields
 from .record_keeping import RecordKeeper
-from .results_store import ResultsStore, StorageError, place_for
+from .record_sync import RecordSync
+from .replicas import Replicas
+from .results_store import RecordChanged, ResultsStore, StorageError, place_for
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
 # A caller at their records' cap must delete jobs first: trying again soon would only be refused again.
 RECORDS_RETRY_AFTER_SECONDS = 300
+
+# Saves of a new job's record, each after another replica changed it first, before the submission gives up.
+SAVE_ATTEMPTS = 3
 
 # The job errors are raised here, and their callers name them from this module.
 __all__ = ["INTERRUPTED", "GatewayStopping", "JobAlreadyExists", "JobInterrupted", "JobManager", "JobNotFound"]
@@ -58,9 +64,14 @@ class JobManager:
         self._settings = settings
         self._metrics = metrics
         self._table = table = JobTable()
-        self._keeper = keeper = RecordKeeper(table, store, metrics, apps)
+        self._keeper = keeper = RecordKeeper(table, store, metrics, apps, settings.replica_id)
         self._runner = JobRunner(table, cluster, store, settings, metrics, apps, keeper)
         self._deletion = JobDeletion(table, store, settings, metrics, keeper)
+        self._replicas = Replicas(store, settings.replica_id, settings.replica_lease_seconds)
+        self._sync = RecordSync(table, keeper, self._replicas, store, metrics)
+        self._sync_stopping = threading.Event()
+        # Why this replica serves no job yet, while another holds a store without conditional writes.
+        self._standby: str | None = None
         self._interrupter: threading.Thread | None = None
         self._loaded = threading.Event()
         self._load_error = "job records not read yet"
@@ -80,7 +91,16 @@ class JobManager:
             return sum(record.status == status for record in self._table.records.values())
 
     def readiness(self) -> tuple[bool, str]:
+        if self._standby is not None:
+            return False, self._standby
         return (True, "") if self._loaded.is_set() else (False, self._load_error)
+
+    def replication(self) -> dict[str, Any]:
+        """This replica, whether the store lets replicas share it, and the other replicas seen alive."""
+        others = sorted(self._replicas.others_alive())
+        intruders = sorted(self._sync.intruders)
+        reason = f"replicas {', '.join(intruders)} also run on this store without conditional writes; run one replica" if intruders else ""
+        return {"ready": not intruders, "reason": reason, "replica": self._replicas.id, "shared": self._keeper.shared, "others": others}
 
     def stop_starting_jobs(self) -> None:
         """Begin a graceful stop: no new job and no queued job starts; running jobs go on.
@@ -99,6 +119,11 @@ class JobManager:
             logger.info("stopping: %d running jobs get %g s to finish", len(table.running), self._settings.shutdown_timeout)
             # Callers waiting for a queued job learn that it starts in the next process.
             table.changed(*table.waiters)
+            queued = [record for record in table.records.values() if record.key in table.queue] if self._keeper.shared else []
+        if queued:
+            handing_over = threading.Thread(target=self._hand_over, args=(queued,), name="job-hand-over", daemon=True)
+            handing_over.start()
+            self._threads.append(handing_over)
         self._interrupter = threading.Thread(
             target=self._interrupt_at_deadline, args=(deadline,), name="job-interrupter", daemon=True
         )
@@ -111,6 +136,52 @@ class JobManager:
             self._interrupter.join()
         for thread in self._threads:
             thread.join(timeout=30)
+        self._sync_stopping.set()
+        try:
+            self._replicas.release()
+        except StorageError as exc:
+            logger.error("the lease of this replica could not be removed; the others take over once it lapses: %s", exc)
+
+    def _hand_over(self, queued: list[JobRecord]) -> None:
+        """Give up the queued jobs of a replica that is stopping: saved as held by none, another replica takes them over at once."""
+        for record in queued:
+            with self._table.lock:
+                if self._table.records.get(record.key) is not record or record.key not in self._table.queue or record.key in self._table.reserved:
+                    continue
+                self._table.queue.remove(record.key)
+                self._table.reserved.add(record.key)
+            try:
+                standing = self._keeper.save_final(replace(record, replica=None))
+            except StorageError:
+                # Still this replica's: taken over once its lease is gone.
+                standing = record
+            finally:
+                with self._table.lock:
+                    self._table.reserved.discard(record.key)
+            with self._table.lock:
+                self._keeper.settle(record.key, standing)
+        logger.info("stopping: %d queued jobs handed over to the other replicas", len(queued))
+
+    def _take_the_store(self) -> None:
+        """Hold a lease, learn whether replicas can share the store, and on one they cannot, wait while another holds it."""
+        replicas = self._replicas
+        replicas.renew_and_observe()
+        self._keeper.shared = self._store.has_conditional_writes()
+        while not self._keeper.shared and (others := replicas.others_alive()) and not self._table.stop_requested.is_set():
+            if self._standby is None:
+                logger.warning("replica %s holds this results store, which has no conditional writes: this one waits until it stops", ", ".join(sorted(others)))
+            self._standby = (
+                f"replica {', '.join(sorted(others))} holds this results store, which has no conditional writes: "
+                "this replica takes over once it stops (run one replica on such a store)"
+            )
+            self._table.stop_requested.wait(replicas.renew_interval)
+            replicas.renew_and_observe()
+        if not self._keeper.shared:
+            for replica in replicas.lapsed():
+                replicas.forget(replica)
+        self._standby = None
+        sharing = "is shared through conditional writes" if self._keeper.shared else "has no conditional writes: one replica"
+        logger.info("replica %s: the results store %s", replicas.id, sharing)
 
     def _interrupt_at_deadline(self, deadline: float) -> None:
         table = self._table
@@ -130,6 +201,7 @@ class JobManager:
         delay = 1.0
         while not table.stop_requested.is_set():
             try:
+                self._take_the_store()
                 self._keeper.load()
                 self._loaded.set()
                 break
@@ -150,10 +222,14 @@ class JobManager:
         sweeper = threading.Thread(target=self._deletion.expire_results, name="job-expiry", daemon=True)
         sweeper.start()
         self._threads.append(sweeper)
+        # Not joined with the runners: jobs that run until the end of a graceful stop must still see cancellations made elsewhere.
+        threading.Thread(target=self._sync.keep_in_view, args=(self._sync_stopping,), name="replicas", daemon=True).start()
 
     # -- the API ----------------------------------------------------------
 
     def _require_loaded(self) -> None:
+        if self._standby is not None:
+            raise ReplicaStandby(self._standby)
         # Right after start-up the records are still being read; once a read has failed, say so at once.
         if not self._loaded.wait(0 if self._load_failed else 10):
             raise StorageError(self._load_error)
@@ -206,12 +282,27 @@ class JobManager:
             table.reserved.add(key)
             table.submitting[key] = work
         try:
-            if previous is not None:
+            # On a shared store a previous run's result is removed by the run that wins the claim (job_runner):
+            # removed here, it could be another replica's new run, saved first.
+            if previous is not None and not self._keeper.shared:
                 self._store.delete(previous.place)
-            if self._store.exists(place):
+            if previous is None and self._store.exists(place):
                 raise JobAlreadyExists(job_id, url)
-            record = JobRecord(job_id, work, url, owner=owner, place=place, ttl=ttl)
-            self._store.write_record(record.record_name, record.to_stored())
+            record = JobRecord(job_id, work, url, owner=owner, place=place, ttl=ttl, replica=self._keeper.replica)
+            for _attempt in range(SAVE_ATTEMPTS):
+                try:
+                    self._keeper.save(record)
+                    break
+                except RecordChanged:
+                    # Another replica saved this id first: its job decides, as if it had been submitted here;
+                    # one that has ended since (failed, cancelled, deleted) is replaced as here.
+                    standing = self._keeper.read(key)
+                    with table.lock:
+                        self._keeper.settle(key, standing)
+                        if (repeated := self._repeated(key, work, ttl, left_to_gateway)) is not None:
+                            return repeated, False
+            else:
+                raise StorageError(f"the record of job {job_id!r} changed {SAVE_ATTEMPTS} times while it was saved; submit it again")
             with table.lock:
                 table.records[key] = record
                 table.queue.append(key, owner)
@@ -307,6 +398,14 @@ class JobManager:
         table = self._table
         self._require_loaded()
         with table.lock:
+            record = table.record(key)
+            if record.status in FINISHED or self._keeper.holds(record) or key in table.reserved:
+                return replace(record)
+        # Another replica runs it: its record as that replica saved it last, not as this one last read it.
+        standing = self._keeper.read(key)
+        with table.lock:
+            if key not in table.reserved and key not in table.running:
+                self._keeper.settle(key, standing)
             return replace(table.record(key))
 
     @property

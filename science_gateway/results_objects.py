@@ -20,7 +20,7 @@ import functools
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -116,26 +116,67 @@ def put_all(store: ObjectStore, objects: dict[str, bytes]) -> None:
 GETS_IN_FLIGHT = 64
 
 
-def get_all(store: ObjectStore, keys: list[str]) -> dict[str, bytes]:
-    """The objects' contents, ``GETS_IN_FLIGHT`` at a time; one deleted meanwhile is left out.
+def get_all(store: ObjectStore, keys: list[str]) -> dict[str, tuple[bytes, str]]:
+    """The objects' contents and versions (ETags), ``GETS_IN_FLIGHT`` at a time; one deleted meanwhile is left out.
 
     A key obstore cannot use as a path (an empty segment, bytes that are no UTF-8) reads as empty: it is no object of the service's.
     """
     in_flight = asyncio.Semaphore(GETS_IN_FLIGHT)
 
-    async def get(key: str) -> tuple[str, bytes | None]:
+    async def get(key: str) -> tuple[str, tuple[bytes, str] | None]:
         async with in_flight:
             try:
-                return key, (await (await obstore.get_async(store, key)).bytes_async()).to_bytes()
+                found = await obstore.get_async(store, key)
+                return key, ((await found.bytes_async()).to_bytes(), str(found.meta["e_tag"]))
             except obstore.exceptions.NotFoundError:
                 return key, None
             except (obstore.exceptions.InvalidPathError, UnicodeEncodeError):
-                return key, b""
+                return key, (b"", "")
 
-    async def get_each() -> list[tuple[str, bytes | None]]:
+    async def get_each() -> list[tuple[str, tuple[bytes, str] | None]]:
         return await asyncio.gather(*(get(key) for key in keys))
 
-    return {key: content for key, content in sync(get_each()) if content is not None}
+    return {key: found for key, found in sync(get_each()) if found is not None}
+
+
+class VersionChanged(Exception):
+    """A conditional write found the object other than expected: created by another writer, changed or deleted since it was read."""
+
+
+# A conditional write: create the object only if there is none, or replace it only at this version (its ETag).
+CREATE = "create"
+
+
+def put_if(store: ObjectStore, key: str, data: bytes, expected: str) -> str:
+    """Write the object only if it is as ``expected`` (:data:`CREATE`, or an ETag); its new ETag. :class:`VersionChanged` otherwise.
+
+    ``If-None-Match: *`` or ``If-Match: <etag>``: of replicas writing one record at once, exactly one succeeds.
+    """
+    mode: Any = "create" if expected == CREATE else {"e_tag": expected}
+    try:
+        written = obstore.put(store, key, data, mode=mode, use_multipart=False)
+    except (obstore.exceptions.AlreadyExistsError, obstore.exceptions.PreconditionError) as exc:
+        raise VersionChanged(f"{key} is no longer as it was read") from exc
+    return str(written["e_tag"])
+
+
+def put_versioned(store: ObjectStore, key: str, data: bytes) -> str:
+    """Write the object whatever is there; its new ETag."""
+    return str(obstore.put(store, key, data, use_multipart=False)["e_tag"])
+
+
+def get_versioned(store: ObjectStore, key: str) -> tuple[bytes, str] | None:
+    """The object's content and ETag; None if there is none."""
+    try:
+        found = obstore.get(store, key)
+    except obstore.exceptions.NotFoundError:
+        return None
+    return found.bytes().to_bytes(), str(found.meta["e_tag"])
+
+
+def versions_under(store: ObjectStore, prefix: str) -> dict[str, str]:
+    """Each object's key under ``prefix`` and its ETag: a listing, no object read."""
+    return {str(meta["path"]): str(meta["e_tag"]) for batch in obstore.list(store, prefix=prefix) for meta in batch}
 
 
 def any_under(store: ObjectStore, prefix: str) -> bool:

@@ -20,9 +20,11 @@ gateway and on each worker, so no secret travels inside a task graph.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import secrets
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +62,8 @@ RECORDS_PREFIX = ".jobs"
 # Records read at once at start-up.
 RECORDS_PER_READ = 1000
 PREVIEWS_PREFIX = ".previews"
+# Each replica's lease: an object it rewrites every few seconds (:mod:`replicas`).
+REPLICAS_PREFIX = ".replicas"
 OWNERS_PREFIX = ".users"
 # Characters of an owner's name kept as they are in its prefix; every other byte is "_" and two hex digits.
 _KEPT_IN_PREFIX = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
@@ -98,6 +102,10 @@ class PendingResult:
     target: ArrayTarget
     array_metadata: dict[str, bytes]
     group_metadata: dict[str, bytes]
+
+
+class RecordChanged(Exception):
+    """A job record changed in the store since this replica read or wrote it: another replica wrote it first."""
 
 
 class StorageError(GatewayError, RuntimeError):
@@ -217,18 +225,19 @@ class ResultsStore:
             group_metadata=dict(group_documents),
         )
 
-    def begin_result(self, result: PendingResult, record: dict[str, Any]) -> None:
+    def begin_result(self, result: PendingResult, record: dict[str, Any] | None) -> None:
         """Save the job's record and its array's metadata, before any chunk is written.
 
         S3 servers that keep objects as files (rclone's, for one) sometimes fail,
         or hang on, concurrent writes that create the same new directory. So the
         array's prefix is made by one write, here, and every chunk then goes into
-        it (the chunk keys have no "/" of their own). The record is saved alongside,
-        and Zarr 2's second array document after the first.
+        it (the chunk keys have no "/" of their own). The record, when given, is saved alongside
+        (a replica on a shared store has saved it already, conditionally), and Zarr 2's second array document after the first.
         """
         failure = f"starting {self.url_for(result.place)} failed"
         (first_key, first_document), *rest = self._documents(result, result.array_metadata).items()
-        self._write({self._record_path(result.record_name): _json(record), first_key: first_document}, failure)
+        record_document = {} if record is None else {self._record_path(result.record_name): _json(record)}
+        self._write({**record_document, first_key: first_document}, failure)
         if rest:
             self._write(dict(rest), failure)
 
@@ -301,13 +310,93 @@ class ResultsStore:
     def _record_path(self, name: str) -> str:
         return f"{self._root}/{RECORDS_PREFIX}/{name}"
 
-    def write_record(self, name: str, record: dict[str, Any]) -> None:
-        self._write({self._record_path(name): _json(record)}, f"saving the job record {name!r} failed")
+    def write_record(self, name: str, record: dict[str, Any], expected: str | None = None) -> str | None:
+        """Save a job record; its new version (ETag) when ``expected`` made the write conditional.
 
-    def read_records(self) -> Iterator[tuple[str, bytes]]:
+        ``expected``: None writes whatever is stored; :data:`results_objects.CREATE` or the
+        version last read makes the write :class:`RecordChanged` if another replica wrote first.
+        """
+        failure = f"saving the job record {name!r} failed"
+        if expected is None:
+            self._write({self._record_path(name): _json(record)}, failure)
+            return None
+        try:
+            return results_objects.put_if(self._objects, f"{RECORDS_PREFIX}/{name}", _json(record), expected)
+        except results_objects.VersionChanged:
+            raise RecordChanged(f"job record {name!r} was changed by another replica") from None
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(failure, exc)) from exc
+
+    def read_record(self, name: str) -> tuple[bytes, str] | None:
+        """A job record as stored now and its version; None if there is none."""
+        try:
+            return results_objects.get_versioned(self._objects, f"{RECORDS_PREFIX}/{name}")
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"reading the job record {name!r} failed", exc)) from exc
+
+    def record_versions(self) -> dict[str, str]:
+        """Each stored record's name and version: one listing, no record read."""
+        try:
+            # With s3fs, as read_records lists: obstore stops a whole listing at one key it cannot parse.
+            found = self._fs.find(f"{self._root}/{RECORDS_PREFIX}/", detail=True)
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"listing the job records in {self.url} failed", exc)) from exc
+        prefix = f"{self._root}/{RECORDS_PREFIX}/"
+        return {path.removeprefix(prefix): str(info.get("ETag", "")) for path, info in found.items() if path.endswith(".json")}
+
+    def has_conditional_writes(self) -> bool:
+        """Whether the store refuses a create of an object that exists and a replace of one that changed.
+
+        Tried on an object of its own: some S3 servers (rclone's) ignore ``If-None-Match`` and ``If-Match``.
+        """
+        key = f"{REPLICAS_PREFIX}/.probe-{secrets.token_hex(8)}"
+        try:
+            first = results_objects.put_if(self._objects, key, b"1", results_objects.CREATE)
+            refused = 0
+            for expected in (results_objects.CREATE, f'"{secrets.token_hex(16)}"'):
+                try:
+                    results_objects.put_if(self._objects, key, b"2", expected)
+                except results_objects.VersionChanged:
+                    refused += 1
+            results_objects.put_if(self._objects, key, b"3", first)
+            return refused == 2
+        except (results_objects.VersionChanged, NotImplementedError):
+            return False
+        except Exception as exc:
+            # A local directory has no replace-if-unchanged: obstore says so by its error's name.
+            if "not yet implemented" in str(exc):
+                return False
+            raise StorageError(describe_storage_failure(f"trying conditional writes in {self.url} failed", exc)) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                self._fs.rm(f"{self._root}/{key}")
+
+    def write_replica(self, replica: str, content: bytes) -> None:
+        """Renew a replica's lease: its object under the replicas prefix."""
+        self._write({f"{self._root}/{REPLICAS_PREFIX}/{replica}.json": content}, f"renewing the lease of replica {replica!r} failed")
+
+    def replica_versions(self) -> dict[str, str]:
+        """Each replica with a lease object, and that object's version."""
+        try:
+            listed = results_objects.versions_under(self._objects, f"{REPLICAS_PREFIX}/")
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"listing the replicas in {self.url} failed", exc)) from exc
+        names = {key.removeprefix(f"{REPLICAS_PREFIX}/"): version for key, version in listed.items()}
+        return {name.removesuffix(".json"): version for name, version in names.items() if name.endswith(".json") and not name.startswith(".")}
+
+    def delete_replica(self, replica: str) -> None:
+        try:
+            self._fs.rm(f"{self._root}/{REPLICAS_PREFIX}/{replica}.json")
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"removing the lease of replica {replica!r} failed", exc)) from exc
+
+    def read_records(self, versions: dict[str, str] | None = None) -> Iterator[tuple[str, bytes]]:
         """Every stored job record as it is stored, by its name under the records prefix (:func:`record_name`).
 
         Fetched ``RECORDS_PER_READ`` at a time, concurrently: a start-up never holds every record's bytes at once.
+        ``versions``, when given, gets each record's version, for writes conditional on it.
         """
         prefix = f"{RECORDS_PREFIX}/"
         failure = f"reading the job records in {self.url} failed"
@@ -321,7 +410,9 @@ class ResultsStore:
                 contents = results_objects.get_all(self._objects, keys[start : start + RECORDS_PER_READ])
             except Exception as exc:
                 raise StorageError(describe_storage_failure(failure, exc)) from exc
-            for key, content in contents.items():
+            for key, (content, version) in contents.items():
+                if versions is not None:
+                    versions[key.removeprefix(prefix)] = version
                 yield key.removeprefix(prefix), content
 
     def delete_record(self, name: str) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -64,6 +67,10 @@ class Settings:
     owner_quota_bytes: int | None = None
     probe_address: str = "0.0.0.0:8001"
     shutdown_timeout: float = 540.0
+    # This process among the replicas on one results store (GATEWAY_REPLICA_ID; the pod's name in the manifest),
+    # and how long a replica's lease lasts unrenewed before another takes over its jobs.
+    replica_id: str = field(default="", compare=False)
+    replica_lease_seconds: float = 30.0
     log_format: str = "text"
     # The apps offered, by name (GATEWAY_APPS, comma-separated); None: every app installed.
     apps: tuple[str, ...] | None = None
@@ -160,6 +167,20 @@ def _expiry_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         "max_result_ttl": maximum,
         "expiry_interval": _positive_number(environ, "GATEWAY_EXPIRY_INTERVAL", _DEFAULTS.expiry_interval, float),
     }
+
+
+REPLICA_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+
+
+def _replica_id(environ: Mapping[str, str]) -> str:
+    """GATEWAY_REPLICA_ID, or the host's name and a random suffix: two processes never share one."""
+    given = environ.get("GATEWAY_REPLICA_ID", "").strip()
+    if given and not re.fullmatch(REPLICA_ID_PATTERN, given):
+        raise SettingsError(f"GATEWAY_REPLICA_ID={given!r}: use letters, digits, '.', '_' and '-', at most 100")
+    if given:
+        return given
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:80].lstrip("._-") or "gateway"
+    return f"{host}-{secrets.token_hex(4)}"
 
 
 def _results_url(environ: Mapping[str, str]) -> str:
@@ -279,6 +300,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         owner_quota_bytes=_optional_positive(environ, "GATEWAY_OWNER_QUOTA_BYTES"),
         probe_address=_address(environ, "GATEWAY_PROBE_ADDRESS", _DEFAULTS.probe_address),
         shutdown_timeout=_positive_number(environ, "GATEWAY_SHUTDOWN_TIMEOUT", _DEFAULTS.shutdown_timeout, float),
+        replica_id=_replica_id(environ),
+        replica_lease_seconds=_positive_number(environ, "GATEWAY_REPLICA_LEASE_SECONDS", _DEFAULTS.replica_lease_seconds, float),
         log_format=_choice(environ, "GATEWAY_LOG_FORMAT", ("text", "json"), _DEFAULTS.log_format),
         apps=_names(environ, "GATEWAY_APPS"),
         **_auth_settings(environ),

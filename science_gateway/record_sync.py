@@ -1,0 +1,143 @@
+"""Replicas on one results store keep each other's jobs in view, and take over the jobs of one that died.
+
+Every renewal of its lease (:mod:`replicas`), a replica on a store with
+conditional writes lists the job records with their versions and reads those
+another replica changed: jobs submitted there, their status as they run,
+cancellations and deletions made there. A job it runs that another replica
+cancelled (or took over as interrupted) is stopped here, and its result removed.
+
+A job held by a replica that is not alive (its lease lapsed, or it removed its
+lease at a graceful stop) is taken over, each by one replica, the first whose
+conditional save of it succeeds: a queued job is queued here, a running one
+fails as interrupted (its tasks stopped with its replica, or can no longer be
+told to stop) and what it wrote is removed.
+
+On a store without conditional writes there is one replica: another replica's
+lease seen there is reported in the log and by ``/readyz``, never acted on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+
+from .job_errors import REPLICA_LOST
+from .job_records import FAILED, FINISHED, QUEUED, RUNNING, JobKey, JobRecord, finish
+from .job_table import JobTable
+from .metrics import GatewayMetrics
+from .record_keeping import RecordKeeper
+from .replicas import Replicas
+from .results_store import ResultsStore, StorageError
+
+logger = logging.getLogger(__name__)
+
+
+class RecordSync:
+    """One replica's view of the others: run :meth:`keep_in_view` in a thread of its own."""
+
+    def __init__(self, table: JobTable, keeper: RecordKeeper, replicas: Replicas, store: ResultsStore, metrics: GatewayMetrics) -> None:
+        self._table = table
+        self._keeper = keeper
+        self._replicas = replicas
+        self._store = store
+        self._metrics = metrics
+        # Other replicas seen on a store without conditional writes, where there must be one.
+        self.intruders: set[str] = set()
+
+    def keep_in_view(self, stopping: threading.Event) -> None:
+        """Renew the lease and look at the others every renewal interval until ``stopping`` is set."""
+        while not stopping.wait(self._replicas.renew_interval):
+            try:
+                self.look()
+            except StorageError as exc:
+                self._metrics.s3_errors.inc()
+                logger.error("the other replicas could not be looked at: %s", exc)
+            except Exception:
+                logger.exception("the other replicas could not be looked at")
+
+    def look(self) -> None:
+        """One round: renew, read what the others changed, take over what the dead held."""
+        replicas = self._replicas
+        replicas.renew_and_observe()
+        if not self._keeper.shared:
+            intruders = replicas.others_alive()
+            if intruders - self.intruders:
+                logger.error(
+                    "replica %s also runs on this results store, which has no conditional writes: run one replica "
+                    "(replicas: 1, strategy Recreate), or use a store with conditional writes", ", ".join(sorted(intruders)),
+                )  # fmt: skip
+            self.intruders = intruders
+            return
+        lapsed = replicas.lapsed()
+        if not (replicas.others_alive() or lapsed or self._held_by_others()):
+            # Alone on the store: nobody else changes its records.
+            return
+        self.read_changes()
+        if self._table.drain_deadline is None:
+            self.take_over()
+            for replica in lapsed:
+                replicas.forget(replica)
+
+    def _held_by_others(self) -> bool:
+        with self._table.lock:
+            return any(record.status in (QUEUED, RUNNING) and not self._keeper.holds(record) for record in self._table.records.values())
+
+    def read_changes(self) -> None:
+        """Read every record another replica wrote, created or deleted since this one last saw it."""
+        keeper = self._keeper
+        with self._table.lock:
+            known = dict(keeper.versions)
+        listed = self._store.record_versions()
+        for name, version in listed.items():
+            if known.get(name) != version and (found := self._store.read_record(name)) is not None:
+                self._apply(name, known.get(name), found[1], keeper.parse(name, found[0]))
+        for name in known.keys() - listed.keys():
+            self._apply(name, known[name], None, None)
+
+    def _apply(self, name: str, seen: str | None, version: str | None, stored: JobRecord | None) -> None:
+        """Take another replica's change of one record, unless this process changed it since the listing."""
+        table = self._table
+        keeper = self._keeper
+        with table.lock:
+            key = stored.key if stored is not None else next((record.key for record in table.records.values() if record.record_name == name), None)
+            # Saved here since (its version moved), or being submitted or deleted here: this process decides it.
+            if keeper.versions.get(name) != seen or key is None or key in table.reserved:
+                return
+            if version is None:
+                keeper.versions.pop(name, None)
+            else:
+                keeper.versions[name] = version
+            if key in table.running:
+                if stored is None or stored.status in FINISHED or not keeper.holds(stored):
+                    self._stop_here(key, stored)
+                return
+            keeper.settle(key, stored)
+
+    def _stop_here(self, key: JobKey, stored: JobRecord | None) -> None:
+        """Stop a job running here that another replica ended: its runner then finds the record changed and leaves it as stored."""
+        table = self._table
+        logger.info("job %s was ended by another replica (%s); its tasks here are stopped", key, stored.status if stored else "deleted")
+        table.cancel_requested[key] = stored.error if stored is not None else None
+        if (writes := table.running.get(key)) is not None:
+            writes.cancel()
+
+    def take_over(self) -> None:
+        """Take over every queued and running job whose replica is not alive, each only if no other replica did first."""
+        replicas = self._replicas
+        with self._table.lock:
+            orphans = [
+                record for record in self._table.records.values()
+                if record.status in (QUEUED, RUNNING) and not replicas.is_alive(record.replica) and record.key not in self._table.reserved
+            ]  # fmt: skip
+        for record in orphans:
+            if record.status == QUEUED:
+                taken = replace(record, replica=replicas.id)
+            else:
+                taken = finish(record, FAILED, error=REPLICA_LOST, replica=replicas.id)
+            standing = self._keeper.save_final(taken)
+            if standing is taken and record.status == RUNNING:
+                self._keeper.discard_result(record)
+            with self._table.lock:
+                self._keeper.settle(record.key, standing)
+            logger.warning("job %s of replica %s, which is not alive, taken over: %s", record.key, record.replica, standing.status if standing else "deleted")
