@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, sync_playwright
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import stop_process
+from devtools.seaweed_s3 import SeaweedS3, start_seaweed_s3
 from helpers import keep_responses, new_secret, reachable_cluster, responses_log, running_app
 
 # What `make test` said when it tried to install chromium.
@@ -30,6 +31,8 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 BUCKET = "gateway-results"
+# The bucket of the SeaweedFS server (the seaweed fixture), another name than rclone's, so that no mix-up goes unseen.
+SEAWEED_BUCKET = "seaweed-results"
 MEASUREMENTS = pytest.StashKey[list[str]]()
 AUDITED_SECRETS = pytest.StashKey[list[str]]()
 
@@ -77,6 +80,22 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
         # of the tests holds one, and the last test checks that none leaked.
         patch.setenv("JUPYTERHUB_API_TOKEN", new_secret())
         yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """A second real S3 server (SeaweedFS's ``weed mini``), with conditional writes, and its own bucket and credentials.
+
+    Its variables are not in os.environ, which the ``s3`` fixture's rclone owns: a gateway on it gets
+    :func:`helpers.environ_on` as its environment (under gunicorn, or patched in for a module).
+    """
+    base = tmp_path_factory.mktemp("seaweed")
+    server = start_seaweed_s3(
+        base / "data", SEAWEED_BUCKET, access_key=f"seaweed-access-{secrets.token_hex(4)}", secret_key=new_secret(),
+        log_file=base / "server.log",
+    )  # fmt: skip
+    yield server
     server.stop()
 
 
