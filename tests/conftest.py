@@ -117,14 +117,18 @@ def app(s3: LocalS3) -> Iterator[Flask]:
         yield app
 
 
-def serve_for_module(tmp_path_factory: pytest.TempPathFactory, name: str, results_url: str, **settings: str) -> Iterator[RunningGateway]:
+def serve_for_module(
+    tmp_path_factory: pytest.TempPathFactory, name: str, results_url: str, *, server: LocalS3 | None = None, **settings: str
+) -> Iterator[RunningGateway]:
     """Body of a module's fixture: the gateway under gunicorn with these settings, stopped at teardown.
 
+    On ``server`` (e.g. the ``seaweed`` fixture's) if given, else on the session's S3 server (os.environ's).
     Its log is ``<name>/gateway.log`` under the session's base directory, where its LocalCluster's scheduler
     writes its address: ``helpers.gateways_cluster(gateway.log_file.parent)`` reaches its workers.
     """
     directory = tmp_path_factory.mktemp(name)
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": results_url, **settings, **reachable_cluster(directory)}
+    store = server.environ() if server else {}
+    environ = {**os.environ, **store, "GATEWAY_RESULTS_URL": results_url, **settings, **reachable_cluster(directory)}
     gateway = start_gunicorn_gateway(environ, log_file=directory / "gateway.log")
     yield gateway
     stop_process(gateway.process, timeout=60)
