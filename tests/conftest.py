@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, sync_playwright
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3, start_local_s3
 from devtools.processes import stop_process
+from devtools.seaweed_s3 import SeaweedS3, start_seaweed_s3
 from helpers import keep_responses, new_secret, reachable_cluster, responses_log, running_app
 
 # What `make test` said when it tried to install chromium.
@@ -30,6 +31,8 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 BUCKET = "gateway-results"
+# The bucket of the SeaweedFS server (the seaweed fixture), another name than rclone's, so that no mix-up goes unseen.
+SEAWEED_BUCKET = "seaweed-results"
 MEASUREMENTS = pytest.StashKey[list[str]]()
 AUDITED_SECRETS = pytest.StashKey[list[str]]()
 
@@ -81,6 +84,22 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
 
 
 @pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """A second real S3 server (SeaweedFS's ``weed mini``), with conditional writes, and its own bucket and credentials.
+
+    Its variables are not in os.environ, which the ``s3`` fixture's rclone owns: a gateway on it gets
+    :func:`helpers.environ_on` as its environment (under gunicorn, or patched in for a module).
+    """
+    base = tmp_path_factory.mktemp("seaweed")
+    server = start_seaweed_s3(
+        base / "data", SEAWEED_BUCKET, access_key=f"seaweed-access-{secrets.token_hex(4)}", secret_key=new_secret(),
+        log_file=base / "server.log",
+    )  # fmt: skip
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def audited_secrets(pytestconfig: pytest.Config) -> list[str]:
     """Secrets that servers made, in a form no pattern knows (tokens a hub issued, moto's keys, a hub's cookie secret): the audit looks for each."""
     return pytestconfig.stash.setdefault(AUDITED_SECRETS, [])
@@ -98,14 +117,18 @@ def app(s3: LocalS3) -> Iterator[Flask]:
         yield app
 
 
-def serve_for_module(tmp_path_factory: pytest.TempPathFactory, name: str, results_url: str, **settings: str) -> Iterator[RunningGateway]:
+def serve_for_module(
+    tmp_path_factory: pytest.TempPathFactory, name: str, results_url: str, *, server: LocalS3 | None = None, **settings: str
+) -> Iterator[RunningGateway]:
     """Body of a module's fixture: the gateway under gunicorn with these settings, stopped at teardown.
 
+    On ``server`` (e.g. the ``seaweed`` fixture's) if given, else on the session's S3 server (os.environ's).
     Its log is ``<name>/gateway.log`` under the session's base directory, where its LocalCluster's scheduler
     writes its address: ``helpers.gateways_cluster(gateway.log_file.parent)`` reaches its workers.
     """
     directory = tmp_path_factory.mktemp(name)
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": results_url, **settings, **reachable_cluster(directory)}
+    store = server.environ() if server else {}
+    environ = {**os.environ, **store, "GATEWAY_RESULTS_URL": results_url, **settings, **reachable_cluster(directory)}
     gateway = start_gunicorn_gateway(environ, log_file=directory / "gateway.log")
     yield gateway
     stop_process(gateway.process, timeout=60)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
 import sys
 import time
@@ -26,7 +27,9 @@ import yaml
 import zarr
 from flask import Flask
 from nbclient import NotebookClient
+from obstore.store import S3Store
 
+from devtools.local_s3 import LocalS3
 from gateway import create_app, services
 from science_gateway.apps.base import Limits
 from science_gateway.apps.random_array import RandomArray, random_chunk
@@ -46,6 +49,28 @@ SECRET_FORM = r"test-secret-[0-9a-f]{24}"
 def new_secret() -> str:
     """A password, secret key or token for a test's server or gateway, in the form the audit of secrets looks for."""
     return f"test-secret-{secrets.token_hex(12)}"
+
+
+def environ_on(server: LocalS3, results_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a gateway on ``server`` (rclone's or SeaweedFS's): this process's, with the server's AWS_*
+    variables instead of the session's, the results URL and ``settings``."""
+    return {**os.environ, **server.environ(), "GATEWAY_RESULTS_URL": results_url, **settings}
+
+
+def object_store(server: LocalS3, bucket: str) -> S3Store:
+    """An obstore client (the gateway's) of a bucket on ``server``, with its credentials given, not read from os.environ."""
+    return S3Store(
+        bucket, endpoint=server.endpoint_url, access_key_id=server.access_key, secret_access_key=server.secret_key,
+        region="us-east-1", client_options={"allow_http": server.endpoint_url.startswith("http://")},
+    )  # fmt: skip
+
+
+def server_fs(server: LocalS3) -> fsspec.AbstractFileSystem:
+    """s3fs (the gateway's listings, reads and deletions) on ``server``, with its credentials given, not read from os.environ."""
+    return fsspec.filesystem(
+        "s3", key=server.access_key, secret=server.secret_key, endpoint_url=server.endpoint_url,
+        skip_instance_cache=True, use_listings_cache=False,
+    )  # fmt: skip
 
 
 def random_job(**parameters: Any) -> JobWork:

@@ -1,69 +1,101 @@
-"""The job lifecycle API on the real stack, every response checked against /openapi.json."""
+"""The job lifecycle API on the real stack, every response checked against /openapi.json.
 
-import os
+Each test runs on both S3 servers of the suite: rclone's (no conditional writes) and SeaweedFS (with them).
+"""
+
+import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
+import fsspec
 import numpy as np
 import pytest
+import requests
 import zarr
-from flask import Flask
-from werkzeug.test import TestResponse
 
-from conftest import BUCKET
+from conftest import BUCKET, SEAWEED_BUCKET, serve_for_module
+from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
-from gateway import services
-from helpers import expected_objects, running_app, wait_for, wait_for_the_stop, wait_for_the_tasks, workers_held
-from openapi_check import CheckedClient
+from helpers import expected_objects, gateways_cluster, server_fs, wait_for, wait_for_the_stop, wait_for_the_tasks, workers_held
+from openapi_check import CheckedHttp, HttpAnswer
 from science_gateway.apps.random_array import random_chunk
 from science_gateway.region_writes import chunk_selections
 
-PREFIX = f"{BUCKET}/lifecycle"
+# The session fixture of each server, and its bucket.
+SERVERS = {"rclone": ("s3", BUCKET), "seaweedfs": ("seaweed", SEAWEED_BUCKET)}
 # 10000 chunks in many tasks, held on paused workers (held_then_cancelled) until its cancel reaches them.
 BIG_JOB = {"shape": [10000, 10000], "chunks": [100, 100]}
 SMALL_JOB = {"shape": [10, 10], "chunks": [10, 10]}
 
 
-@pytest.fixture(scope="module")
-def lifecycle_app(s3: LocalS3) -> Iterator[Flask]:
-    """One job at a time, so that a second job is seen queued; results under their own prefix."""
-    environ = {**os.environ, "GATEWAY_RESULTS_URL": f"s3://{PREFIX}", "GATEWAY_MAX_RUNNING_JOBS": "1"}
-    with running_app(environ, ready_within=120) as app:
-        yield app
+@dataclass
+class Lifecycle:
+    """The gateway under gunicorn on one of the servers, its results under the prefix ``lifecycle`` of the server's bucket."""
+
+    gateway: RunningGateway
+    server: LocalS3
+    prefix: str
+
+    @functools.cached_property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return server_fs(self.server)
+
+    def open_result(self, url: str) -> Any:
+        """A job's result, read with the server's credentials (not os.environ's)."""
+        options = {"key": self.server.access_key, "secret": self.server.secret_key, "endpoint_url": self.server.endpoint_url}
+        return zarr.open_group(url, mode="r", storage_options={**options, "skip_instance_cache": True})
+
+    def cluster(self) -> Any:
+        """A client of the gateway's LocalCluster (a context manager): to hold its workers."""
+        assert self.gateway.log_file is not None
+        return gateways_cluster(self.gateway.log_file.parent)
+
+
+@pytest.fixture(scope="module", params=list(SERVERS))
+def lifecycle(s3: LocalS3, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
+    """One job at a time, so that a second job is seen queued; results under their own prefix.
+
+    The gateway runs under gunicorn with the chosen server's variables, it and its workers alone: os.environ, which
+    the session's other gateways read, keeps rclone's.
+    """
+    fixture, bucket = SERVERS[request.param]
+    server = request.getfixturevalue(fixture)
+    prefix = f"{bucket}/lifecycle"
+    for gateway in serve_for_module(tmp_path_factory, f"lifecycle-{request.param}", f"s3://{prefix}", server=server, GATEWAY_MAX_RUNNING_JOBS="1"):
+        yield Lifecycle(gateway, server, prefix)
 
 
 @pytest.fixture
-def api(lifecycle_app: Flask) -> CheckedClient:
-    return CheckedClient(lifecycle_app.test_client())
+def api(lifecycle: Lifecycle, http: requests.Session) -> CheckedHttp:
+    return CheckedHttp(http, lifecycle.gateway.url)
 
 
-def job(api: CheckedClient, job_id: str) -> dict:
+def job(api: CheckedHttp, job_id: str) -> dict:
     return api.get(f"/jobs/{job_id}").json
 
 
-def wait_for_status(api: CheckedClient, job_id: str, *statuses: str, timeout: float = 120) -> dict:
+def wait_for_status(api: CheckedHttp, job_id: str, *statuses: str, timeout: float = 120) -> dict:
     return wait_for(lambda: (record := job(api, job_id))["status"] in statuses and record, timeout, f"{job_id} to be {statuses}")
 
 
-def held_then_cancelled(app: Flask, job_id: str, meanwhile: Callable[[], None] = lambda: None) -> TestResponse:
+def held_then_cancelled(lifecycle: Lifecycle, api: CheckedHttp, job_id: str, meanwhile: Callable[[], None] = lambda: None) -> HttpAnswer:
     """Submit a job while the workers are held, so that it runs with no task begun, however fast the machine; do
     ``meanwhile``; DELETE it. The answer, once its tasks have stopped."""
-    cluster = services(app).cluster.client()
-    api = CheckedClient(app.test_client())
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1) as pool, lifecycle.cluster() as cluster:
         with workers_held(cluster):
             assert api.post("/jobs", json={"job_id": job_id, **BIG_JOB}).status_code == 202
             wait_for_the_tasks(cluster, job_id)
             meanwhile()
-            answer = pool.submit(CheckedClient(app.test_client()).delete, f"/jobs/{job_id}")
+            answer = pool.submit(api.delete, f"/jobs/{job_id}")
             wait_for_the_stop(cluster, job_id)
         return answer.result(timeout=120)
 
 
-def test_a_submitted_job_is_watched_to_done(api: CheckedClient, lifecycle_app: Flask, results_fs) -> None:
-    cluster = services(lifecycle_app).cluster.client()
+def test_a_submitted_job_is_watched_to_done(api: CheckedHttp, lifecycle: Lifecycle) -> None:
     nothing_written = {"chunks_written": 0, "chunks_total": 100}
-    with workers_held(cluster):
+    with lifecycle.cluster() as cluster, workers_held(cluster):
         response = api.post("/jobs", json={"job_id": "watched", "seed": 11})
         assert response.status_code == 202
         assert response.headers["Location"] == "/jobs/watched"
@@ -78,12 +110,12 @@ def test_a_submitted_job_is_watched_to_done(api: CheckedClient, lifecycle_app: F
     assert record["submitted_at"] <= record["started_at"] <= record["finished_at"]
     assert record["error"] is None and record["seconds"] > 0
     assert (record["parameters"]["seed"], record["shape"], record["chunks"], record["dtype"]) == (11, [1000, 1000], [100, 100], "float32")
-    group = zarr.open_group(record["url"], mode="r")
+    group = lifecycle.open_result(record["url"])
     assert group.metadata.consolidated_metadata is not None, "a done job's result is marked complete"
-    assert len([p for p in results_fs.find(f"{PREFIX}/watched/data") if "/c." in p]) == expected_objects(record)
+    assert len([p for p in lifecycle.fs.find(f"{lifecycle.prefix}/watched/data") if "/c." in p]) == expected_objects(record)
 
 
-def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: CheckedClient, lifecycle_app: Flask, results_fs) -> None:
+def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: CheckedHttp, lifecycle: Lifecycle) -> None:
     def queue_two_and_cancel_one() -> None:
         assert api.post("/jobs", json={"job_id": "waits", **SMALL_JOB}).status_code == 202
         assert api.post("/jobs", json={"job_id": "dropped", **SMALL_JOB}).status_code == 202
@@ -91,47 +123,49 @@ def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: Checke
         dropped = api.delete("/jobs/dropped")
         assert dropped.status_code == 200 and dropped.json["status"] == "cancelled"
 
-    cancelled = held_then_cancelled(lifecycle_app, "big", queue_two_and_cancel_one)
+    cancelled = held_then_cancelled(lifecycle, api, "big", queue_two_and_cancel_one)
     assert cancelled.status_code == 200
     assert cancelled.json["status"] == "cancelled"
     assert cancelled.json["progress"] == {"chunks_written": 0, "chunks_total": 10000}, "no task began on the held workers"
 
     assert wait_for_status(api, "waits", "done")["progress"]["chunks_written"] == 1
     assert job(api, "big")["status"] == "cancelled" and job(api, "dropped")["status"] == "cancelled"
-    assert not results_fs.exists(f"{PREFIX}/big"), "a cancelled job's metadata and chunks are removed"
-    assert not results_fs.exists(f"{PREFIX}/dropped")
+    fs = lifecycle.fs
+    assert not fs.exists(f"{lifecycle.prefix}/big"), "a cancelled job's metadata and chunks are removed"
+    assert not fs.exists(f"{lifecycle.prefix}/dropped")
 
 
-def test_a_cancelled_id_can_be_submitted_again_and_a_finished_job_deleted(api: CheckedClient, lifecycle_app: Flask, results_fs) -> None:
-    assert held_then_cancelled(lifecycle_app, "again").json["status"] == "cancelled"
+def test_a_cancelled_id_can_be_submitted_again_and_a_finished_job_deleted(api: CheckedHttp, lifecycle: Lifecycle) -> None:
+    assert held_then_cancelled(lifecycle, api, "again").json["status"] == "cancelled"
 
     assert api.post("/jobs", json={"job_id": "again", "seed": 3, **SMALL_JOB}).status_code == 202
     assert wait_for_status(api, "again", "done")["progress"]["chunks_written"] == 1
 
     assert api.delete("/jobs/again").status_code == 204
     assert api.get("/jobs/again").status_code == 404
-    assert not results_fs.exists(f"{PREFIX}/again")
-    assert not results_fs.exists(f"{PREFIX}/.jobs/again.json")
+    fs = lifecycle.fs
+    assert not fs.exists(f"{lifecycle.prefix}/again")
+    assert not fs.exists(f"{lifecycle.prefix}/.jobs/again.json")
     assert api.delete("/jobs/again").status_code == 404
 
 
-def test_twenty_concurrent_submissions_of_one_id_run_one_job_and_each_gets_it(lifecycle_app: Flask) -> None:
-    def submit(_: int) -> TestResponse:
-        return CheckedClient(lifecycle_app.test_client()).post("/jobs", json={"job_id": "contended", **SMALL_JOB})
+def test_twenty_concurrent_submissions_of_one_id_run_one_job_and_each_gets_it(api: CheckedHttp) -> None:
+    def submit(_: int) -> HttpAnswer:
+        return api.post("/jobs", json={"job_id": "contended", **SMALL_JOB})
 
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(submit, range(20)))
     assert {answer.status_code for answer in answers} <= {200, 202} and len(answers) == 20
     assert len({(answer.json["submitted_at"], answer.json["parameters"]["seed"]) for answer in answers}) == 1, "one job, its seed drawn once"
-    listed = [record for record in CheckedClient(lifecycle_app.test_client()).get("/jobs?limit=1000").json["jobs"] if record["job_id"] == "contended"]
+    listed = [record for record in api.get("/jobs?limit=1000").json["jobs"] if record["job_id"] == "contended"]
     assert len(listed) == 1
 
 
-def test_a_seed_makes_the_array_bit_identical(api: CheckedClient) -> None:
+def test_a_seed_makes_the_array_bit_identical(api: CheckedHttp, lifecycle: Lifecycle) -> None:
     parameters = {"shape": [500, 300], "chunks": [100, 100], "dtype": "float64"}
     for job_id, seed in (("seed-a", 42), ("seed-b", 42), ("seed-c", 43)):
         assert api.post("/jobs", json={"job_id": job_id, "seed": seed, **parameters}).status_code == 202
-    values = {job_id: zarr.open_group(wait_for_status(api, job_id, "done")["url"], mode="r")["data"][:] for job_id in ("seed-a", "seed-b", "seed-c")}
+    values = {job_id: lifecycle.open_result(wait_for_status(api, job_id, "done")["url"])["data"][:] for job_id in ("seed-a", "seed-b", "seed-c")}
     assert values["seed-a"].dtype == np.float64
     assert np.array_equal(values["seed-a"], values["seed-b"])
     assert not np.array_equal(values["seed-a"], values["seed-c"])
@@ -142,7 +176,7 @@ def test_a_seed_makes_the_array_bit_identical(api: CheckedClient) -> None:
     assert np.array_equal(values["seed-a"], expected)
 
 
-def test_listing_is_newest_first_with_pages_and_filters(api: CheckedClient) -> None:
+def test_listing_is_newest_first_with_pages_and_filters(api: CheckedHttp) -> None:
     submitted = [f"page-{index:02d}" for index in range(55)]
     for job_id in submitted:
         assert api.post("/jobs", json={"job_id": job_id, **SMALL_JOB}).status_code == 202
@@ -186,13 +220,13 @@ def test_listing_is_newest_first_with_pages_and_filters(api: CheckedClient) -> N
         ("/submit_job/x?seed=1&seed=2", 400, "invalid_parameters"),
     ],
 )
-def test_bad_requests_name_the_problem(api: CheckedClient, path: str, status: int, code: str) -> None:
+def test_bad_requests_name_the_problem(api: CheckedHttp, path: str, status: int, code: str) -> None:
     response = api.get(path)
     assert response.status_code == status
     assert response.json["error"]["code"] == code
 
 
-def test_submit_job_takes_parameters_and_can_return_at_once(api: CheckedClient) -> None:
+def test_submit_job_takes_parameters_and_can_return_at_once(api: CheckedHttp) -> None:
     done = api.get("/submit_job/by-get?seed=5&shape=200,300&chunks=100,100&dtype=float64")
     assert done.status_code == 200
     assert (done.json["status"], done.json["parameters"]["seed"], done.json["shape"], done.json["dtype"]) == ("done", 5, [200, 300], "float64")
@@ -203,7 +237,7 @@ def test_submit_job_takes_parameters_and_can_return_at_once(api: CheckedClient) 
     assert wait_for_status(api, "by-get-later", "done")["shape"] == [10, 10]
 
 
-def test_post_without_an_id_gets_a_unique_one(api: CheckedClient) -> None:
+def test_post_without_an_id_gets_a_unique_one(api: CheckedHttp) -> None:
     first = api.post("/jobs", json=SMALL_JOB).json["job_id"]
     second = api.post("/jobs", json={}).json["job_id"]
     assert first != second
@@ -213,15 +247,15 @@ def test_post_without_an_id_gets_a_unique_one(api: CheckedClient) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "status"),
     [
-        ({"data": "seed=1", "content_type": "application/x-www-form-urlencoded"}, 415),
-        ({"data": "{not json", "content_type": "application/json"}, 400),
+        ({"data": "seed=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415),
+        ({"data": "{not json", "headers": {"Content-Type": "application/json"}}, 400),
         ({"json": [1, 2]}, 400),
         ({"json": {"job_id": 7}}, 400),
         ({"json": {"shape": [10, 10], "chunks": [20, 20]}}, 400),
         ({"json": {"size": 3}}, 400),
     ],
 )
-def test_malformed_bodies_are_rejected(api: CheckedClient, kwargs: dict, status: int) -> None:
+def test_malformed_bodies_are_rejected(api: CheckedHttp, kwargs: dict, status: int) -> None:
     response = api.post("/jobs", **kwargs)
     assert response.status_code == status
     assert response.json["error"]["message"]
