@@ -39,7 +39,7 @@ import os
 import shutil
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -71,6 +71,8 @@ class SeaweedS3(LocalS3):
     """A ``weed mini`` server: :class:`LocalS3`'s ``environ()`` and ``stop()``, which also removes its sockets in /tmp."""
 
     sockets: tuple[Path, ...] = ()
+    # The ports chosen for its listeners, by the flag that sets each (PORT_FLAGS).
+    ports: dict[str, int] = field(default_factory=dict)
 
     def stop(self) -> None:
         super().stop()
@@ -185,4 +187,4 @@ def _start(data_dir: Path, bucket: str, identities: Path, access_key: str, secre
             raise
     # weed leaves some of its gRPC sockets behind, which it makes in /tmp whatever TMPDIR says.
     sockets = tuple(Path(f"/tmp/seaweedfs-{flag.split('.')[0]}-grpc-{port}.sock") for flag, port in ports.items() if flag.endswith(".grpc"))
-    return SeaweedS3(endpoint_url, access_key, secret_key, data_dir, process, sockets=sockets)
+    return SeaweedS3(endpoint_url, access_key, secret_key, data_dir, process, sockets=sockets, ports=ports)

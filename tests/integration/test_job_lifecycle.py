@@ -11,6 +11,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import obstore
 import pytest
 import requests
 import zarr
@@ -18,7 +19,7 @@ import zarr
 from conftest import BUCKET, SEAWEED_BUCKET, serve_for_module
 from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
-from helpers import expected_objects, gateways_cluster, server_fs, wait_for, wait_for_the_stop, wait_for_the_tasks, workers_held
+from helpers import expected_objects, gateways_cluster, object_store, server_fs, wait_for, wait_for_the_stop, wait_for_the_tasks, workers_held
 from openapi_check import CheckedHttp, HttpAnswer
 from science_gateway.apps.random_array import random_chunk
 from science_gateway.region_writes import chunk_selections
@@ -41,6 +42,16 @@ class Lifecycle:
     @functools.cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
         return server_fs(self.server)
+
+    def objects(self, job_id: str) -> list[str]:
+        """The keys stored under the job's prefix, listed as the gateway lists them (obstore, no delimiter).
+
+        Not s3fs's ``exists`` or ``find``: on SeaweedFS the prefix of deleted objects stays a directory, which a
+        listing with a delimiter shows and a HEAD of ``<prefix>/`` finds (200, ``application/x-directory``), with no
+        object in it; s3fs takes it for a directory that exists.
+        """
+        bucket, _, root = self.prefix.partition("/")
+        return [entry["path"] for entry in obstore.list(object_store(self.server, bucket), prefix=f"{root}/{job_id}/").collect()]
 
     def open_result(self, url: str) -> Any:
         """A job's result, read with the server's credentials (not os.environ's)."""
@@ -117,6 +128,7 @@ def test_a_submitted_job_is_watched_to_done(api: CheckedHttp, lifecycle: Lifecyc
 
 def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: CheckedHttp, lifecycle: Lifecycle) -> None:
     def queue_two_and_cancel_one() -> None:
+        assert lifecycle.objects("big"), "the running job's metadata is stored"
         assert api.post("/jobs", json={"job_id": "waits", **SMALL_JOB}).status_code == 202
         assert api.post("/jobs", json={"job_id": "dropped", **SMALL_JOB}).status_code == 202
         assert job(api, "waits")["status"] == "queued", "one job runs at a time here"
@@ -130,9 +142,8 @@ def test_queued_and_running_jobs_are_cancelled_and_never_become_done(api: Checke
 
     assert wait_for_status(api, "waits", "done")["progress"]["chunks_written"] == 1
     assert job(api, "big")["status"] == "cancelled" and job(api, "dropped")["status"] == "cancelled"
-    fs = lifecycle.fs
-    assert not fs.exists(f"{lifecycle.prefix}/big"), "a cancelled job's metadata and chunks are removed"
-    assert not fs.exists(f"{lifecycle.prefix}/dropped")
+    assert lifecycle.objects("big") == [], "a cancelled job's metadata and chunks are removed"
+    assert lifecycle.objects("dropped") == []
 
 
 def test_a_cancelled_id_can_be_submitted_again_and_a_finished_job_deleted(api: CheckedHttp, lifecycle: Lifecycle) -> None:
@@ -140,12 +151,12 @@ def test_a_cancelled_id_can_be_submitted_again_and_a_finished_job_deleted(api: C
 
     assert api.post("/jobs", json={"job_id": "again", "seed": 3, **SMALL_JOB}).status_code == 202
     assert wait_for_status(api, "again", "done")["progress"]["chunks_written"] == 1
+    assert lifecycle.objects("again")
 
     assert api.delete("/jobs/again").status_code == 204
     assert api.get("/jobs/again").status_code == 404
-    fs = lifecycle.fs
-    assert not fs.exists(f"{lifecycle.prefix}/again")
-    assert not fs.exists(f"{lifecycle.prefix}/.jobs/again.json")
+    assert lifecycle.objects("again") == []
+    assert not lifecycle.fs.exists(f"{lifecycle.prefix}/.jobs/again.json")
     assert api.delete("/jobs/again").status_code == 404
 
 

@@ -8,13 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import obstore
 import obstore.exceptions
+import psutil
 import pytest
 from obstore.store import S3Store
 
 from conftest import BUCKET, SEAWEED_BUCKET
 from devtools.local_s3 import LocalS3
 from devtools.seaweed_s3 import SeaweedS3
-from helpers import object_store
+from helpers import object_store, wait_for
 
 ROUNDS = 20
 RACERS = 16
@@ -75,3 +76,18 @@ def test_rclones_server_has_no_conditional_writes(s3: LocalS3) -> None:
     key = f"store-facts/no-conditions/{uuid.uuid4().hex}"
     assert [create(store, key, b"first"), create(store, key, b"second")] == ["created", "created"]
     assert obstore.get(store, key).bytes().to_bytes() == b"second", "the second create replaced the first"
+
+
+def test_every_listener_of_seaweedfs_is_on_loopback_on_a_port_chosen_for_it(seaweed: SeaweedS3) -> None:
+    def listeners() -> set[tuple[str, int]]:
+        return {
+            (connection.laddr.ip, connection.laddr.port)
+            for connection in psutil.net_connections("tcp")
+            if connection.pid == seaweed.process.pid and connection.status == psutil.CONN_LISTEN
+        }
+
+    chosen = {("127.0.0.1", port) for port in seaweed.ports.values()}
+    assert len(chosen) == len(seaweed.ports) == 10
+    # The admin server starts last, after the bucket takes objects.
+    wait_for(lambda: chosen <= listeners(), 30, "every port chosen for seaweedfs to listen")
+    assert listeners() == chosen
