@@ -287,6 +287,9 @@ class JobManager:
             if previous is not None and not self._keeper.shared:
                 self._store.delete(previous.place)
             if previous is None and self._store.exists(place):
+                # On a shared store, what is there may be the run of this job that another replica submitted meanwhile.
+                if self._keeper.shared and (repeated := self._submitted_elsewhere(key, work, ttl, left_to_gateway)) is not None:
+                    return repeated, False
                 raise JobAlreadyExists(job_id, url)
             record = JobRecord(job_id, work, url, owner=owner, place=place, ttl=ttl, replica=self._keeper.replica)
             for _attempt in range(SAVE_ATTEMPTS):
@@ -296,11 +299,8 @@ class JobManager:
                 except RecordChanged:
                     # Another replica saved this id first: its job decides, as if it had been submitted here;
                     # one that has ended since (failed, cancelled, deleted) is replaced as here.
-                    standing = self._keeper.read(key)
-                    with table.lock:
-                        self._keeper.settle(key, standing)
-                        if (repeated := self._repeated(key, work, ttl, left_to_gateway)) is not None:
-                            return repeated, False
+                    if (repeated := self._submitted_elsewhere(key, work, ttl, left_to_gateway)) is not None:
+                        return repeated, False
             else:
                 raise StorageError(f"the record of job {job_id!r} changed {SAVE_ATTEMPTS} times while it was saved; submit it again")
             with table.lock:
@@ -326,6 +326,13 @@ class JobManager:
         key = JobKey(owner, validate_job_id(job_id))
         with table.lock:
             table.lock.wait_for(lambda: key not in table.reserved)
+            return self._repeated(key, work, ttl, left_to_gateway)
+
+    def _submitted_elsewhere(self, key: JobKey, work: JobWork, ttl: int | None, left_to_gateway: Collection[str]) -> JobRecord | None:
+        """The job another replica saved under this id, read now, if this submission repeats it; :class:`JobAlreadyExists` if it differs."""
+        standing = self._keeper.read(key)
+        with self._table.lock:
+            self._keeper.settle(key, standing)
             return self._repeated(key, work, ttl, left_to_gateway)
 
     def _repeated(self, key: JobKey, work: JobWork, ttl: int | None, left_to_gateway: Collection[str]) -> JobRecord | None:
@@ -397,16 +404,24 @@ class JobManager:
         """The job's record; :class:`JobNotFound` if there is none."""
         table = self._table
         self._require_loaded()
+        self._look_up(key)
         with table.lock:
-            record = table.record(key)
-            if record.status in FINISHED or self._keeper.holds(record) or key in table.reserved:
-                return replace(record)
-        # Another replica runs it: its record as that replica saved it last, not as this one last read it.
+            return replace(table.record(key))
+
+    def _look_up(self, key: JobKey) -> None:
+        """On a shared store, the job's record as stored now when another replica may have changed it since this one
+        last read it: a job it does not know (submitted elsewhere a moment ago), or one another replica runs."""
+        table = self._table
+        if not self._keeper.shared:
+            return
+        with table.lock:
+            record = table.records.get(key)
+            if key in table.reserved or (record is not None and (record.status in FINISHED or self._keeper.holds(record))):
+                return
         standing = self._keeper.read(key)
         with table.lock:
             if key not in table.reserved and key not in table.running:
                 self._keeper.settle(key, standing)
-            return replace(table.record(key))
 
     @property
     def stopping(self) -> bool:
@@ -451,6 +466,7 @@ class JobManager:
         """
         table = self._table
         self._require_loaded()
+        self._look_up(key)
         with table.lock:
             record = table.record(key)
             if record.status in FINISHED and not table.events.after(key, record, last_id):
@@ -482,6 +498,7 @@ class JobManager:
         a cancellation the store refuses is undone (:class:`StorageError`).
         """
         self._require_loaded()
+        self._look_up(key)
         return self._deletion.cancel_or_delete(key)
 
     def cancel(self, key: JobKey) -> JobRecord:
@@ -490,6 +507,7 @@ class JobManager:
         What a client that means to stop a job asks for: a job that finished meanwhile keeps its result.
         """
         self._require_loaded()
+        self._look_up(key)
         record = self._deletion.cancel_or_delete(key, delete_finished=False)
         assert record is not None  # a finished job is returned, never deleted
         return record
