@@ -280,11 +280,13 @@ def test_a_job_over_its_timeout_fails_and_its_dask_work_is_cancelled(app: Flask,
 # -- SIGTERM to gunicorn while a job runs -------------------------------------------
 
 
-def sigterm_while_running(environ: dict, tmp_path: Path, http: requests.Session, release_once: str) -> tuple[RunningGateway, requests.Response]:
+def sigterm_while_running(
+    environ: dict, tmp_path: Path, http: requests.Session, release_once: str
+) -> tuple[RunningGateway, requests.Response, requests.Response]:
     """Start a job with a caller waiting for it, held on paused workers, queue another one, send SIGTERM, and let the
     workers go on once the gateway's log says ``release_once`` (or at once when it is empty).
 
-    Return once the gateway has exited, with the waiting caller's answer.
+    Return once the gateway has exited, with the waiting caller's answer and the readiness probe's while the job was held.
     """
     gateway = start_gunicorn_gateway({**environ, **reachable_cluster(tmp_path)}, log_file=tmp_path / "first.log")
     dask_processes = descendants(gateway.process.pid)
@@ -299,9 +301,10 @@ def sigterm_while_running(environ: dict, tmp_path: Path, http: requests.Session,
             gateway.process.send_signal(signal.SIGTERM)
 
             wait_for(lambda: release_once in gateway.log(), 60, f"the gateway to log {release_once!r}")
+            draining = http.get(f"{gateway.probe_url}/readyz", timeout=30)
         assert gateway.process.wait(timeout=120) == 0, gateway.log()
         assert_all_gone(dask_processes, timeout=30)
-        return gateway, waiting.result(timeout=10)
+        return gateway, waiting.result(timeout=10), draining
 
 
 @pytest.fixture
@@ -310,8 +313,10 @@ def restart_environ(s3: LocalS3, request: pytest.FixtureRequest) -> dict[str, st
 
 
 def test_sigterm_lets_the_running_job_finish_and_keeps_the_queued_one(restart_environ: dict, results_fs, tmp_path: Path, http) -> None:
-    first, answer = sigterm_while_running(restart_environ, tmp_path, http, release_once="stopping: 1 running jobs get 540 s to finish")
+    first, answer, draining = sigterm_while_running(restart_environ, tmp_path, http, release_once="stopping: 1 running jobs get 540 s to finish")
     assert answer.status_code == 200 and answer.json()["status"] == "done"
+    # While it finishes, the Service sends new requests elsewhere.
+    assert (draining.status_code, draining.json()["error"]["code"]) == (503, "gateway_stopping")
 
     second = start_gunicorn_gateway(restart_environ, log_file=tmp_path / "second.log")
     try:
@@ -328,7 +333,7 @@ def test_sigterm_lets_the_running_job_finish_and_keeps_the_queued_one(restart_en
 
 def test_sigterm_past_the_shutdown_timeout_records_the_job_as_interrupted(restart_environ: dict, results_fs, tmp_path: Path, http) -> None:
     environ = {**restart_environ, "GATEWAY_SHUTDOWN_TIMEOUT": "0.1"}
-    first, answer = sigterm_while_running(environ, tmp_path, http, release_once="job long interrupted: the gateway is stopping")
+    first, answer, _ = sigterm_while_running(environ, tmp_path, http, release_once="job long interrupted: the gateway is stopping")
     assert (answer.status_code, answer.json()["error"]["code"]) == (503, "interrupted"), "the waiting caller is told"
 
     second = start_gunicorn_gateway(environ, log_file=tmp_path / "second.log")
