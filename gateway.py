@@ -23,7 +23,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, redirect,
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from science_gateway.admission import Places
+from science_gateway.admission import RETRY_AFTER_SECONDS, Places
 from science_gateway.apps.base import App, Output
 from science_gateway.apps.registry import Apps, load_apps
 from science_gateway.auth import ANYONE, Caller, HubCallers, NotAuthenticated
@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         result_reads=lambda: reads.places.taken,
         streams=lambda: streams.taken,
     )
-    readiness = Readiness(lambda: _check_readiness(cluster, store, metrics))
+    readiness = Readiness(lambda: _check_readiness(cluster, store, metrics), CHECKED_PARTS)
     jobs = JobManager(cluster, store, settings, metrics, apps)
     callers = HubCallers(settings) if settings.auth == "jupyterhub" else None
     browser_login = BrowserLogin(settings) if callers is not None and settings.oauth_callback_url else None
@@ -162,6 +162,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 HEALTHY = {"status": "ok"}
+# The dependencies the readiness thread checks (readiness.py); /readyz adds the job records.
+CHECKED_PARTS = ("cluster", "results_store")
 
 
 def probe_answer(gateway: GatewayServices, path: str) -> tuple[int, dict[str, Any]] | None:
@@ -172,14 +174,24 @@ def probe_answer(gateway: GatewayServices, path: str) -> tuple[int, dict[str, An
 
 
 def readiness_answer(gateway: GatewayServices) -> tuple[int, dict[str, Any]]:
-    """``/readyz``: the last background check of the cluster and the store, and whether the records are read."""
-    checked = gateway.readiness.current()
+    """``/readyz``: whether this process serves requests, with each dependency's state beside it.
+
+    ``200`` from the app's creation on, ``status`` ``ready`` when every dependency is, ``degraded`` naming
+    those that are not in ``failing`` (the reasons in ``message``): the last background check of the
+    cluster and the store, and whether the job records are read. An outage of one of them leaves the
+    process ready: each request that needs it answers ``503`` with ``Retry-After`` naming it, which a
+    notebook reads and tries again, where an unready pod leaves the Service without it, and with one
+    replica nobody gets an answer at all. ``503`` ``gateway_stopping`` from the graceful stop (SIGTERM)
+    on: the Service then sends new requests to other pods while gunicorn finishes those in flight.
+    """
     records_ready, records_reason = gateway.jobs.readiness()
-    details = {**checked, "job_records": {"ready": records_ready, "reason": records_reason}}
-    if all(part["ready"] for part in details.values()):
-        return 200, {"status": "ready", **details}
-    reasons = "; ".join(part["reason"] for part in details.values() if not part["ready"])
-    return 503, {"error": {"code": "not_ready", "message": reasons, **details}}
+    details = {**gateway.readiness.current(), "job_records": {"ready": records_ready, "reason": records_reason}, "replicas": gateway.jobs.replication()}
+    failing = [name for name, part in details.items() if not part["ready"]]
+    if gateway.jobs.stopping or gateway.readiness.closed:
+        message = "the gateway is stopping: it takes no new jobs, and finishes those running"
+        return 503, {"error": {"code": "gateway_stopping", "message": message, **details}}
+    reasons = "; ".join(f"{name}: {details[name]['reason']}" for name in failing)
+    return 200, {"status": "degraded" if failing else "ready", "failing": failing, "message": reasons, **details}
 
 
 def _check_readiness(cluster: ClusterConnection, store: ResultsStore, metrics: GatewayMetrics) -> dict[str, dict[str, Any]]:
@@ -373,7 +385,9 @@ def submit_job(job_id: str) -> Any:
         return _submitted(finished)
     if finished.status == QUEUED:
         message = f"the gateway is stopping; job {job_id!r} stays queued and runs when the gateway is back"
-        return error_response(503, "gateway_stopping", message, job=_job_json(finished))
+        response, status = error_response(503, "gateway_stopping", message, job=_job_json(finished))
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response, status
     error = finished.error or {"code": JobCancelled.code, "message": f"job {job_id!r} was cancelled"}
     return error_response(status_of(error["code"]), error["code"], error["message"], job=_job_json(finished))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.error
@@ -26,13 +27,14 @@ class RunningGateway:
         return self.log_file.read_text(errors="replace") if self.log_file else ""
 
     def wait_until_ready(self, timeout: float) -> None:
-        """Return once ``/readyz`` answers 200; fail if gunicorn exits first."""
+        """Return once ``/readyz`` says every dependency is ready (``status`` ``ready``, not only that the
+        process serves, which it answers 200 from its start); fail if gunicorn exits first."""
 
         def ready() -> bool:
             try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=5):
-                    return True
-            except (urllib.error.URLError, OSError):
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as answer:
+                    return json.load(answer).get("status") == "ready"
+            except (urllib.error.URLError, OSError, ValueError):
                 return False
 
         wait_while_running(ready, self.process, timeout, f"readiness at {self.url}/readyz")

@@ -23,7 +23,7 @@ from dask_gateway.client import GatewayServerError
 from distributed import Client, LocalCluster
 
 from .auth import why_dask_gateway_refused
-from .errors import GatewayError
+from .errors import DependencyUnavailable
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -66,10 +66,14 @@ def _stop_left_cluster(gateway: Gateway, cluster: Any, why: str) -> None:
     gateway.stop_cluster(cluster.name)
 
 
-class ClusterNotReady(GatewayError, RuntimeError):
-    """The service has no working Dask cluster at the moment; the message says why."""
+class ClusterNotReady(DependencyUnavailable, RuntimeError):
+    """The service has no working Dask cluster at the moment; the message says why.
 
-    status, code = 503, "cluster_not_ready"
+    Only what needs the cluster now is refused (a waiting ``/submit_job``, a preview to draw): a job
+    submitted without waiting is queued, and runs once a cluster is had.
+    """
+
+    code, dependency = "cluster_not_ready", "cluster"
 
 
 @dataclass(frozen=True)

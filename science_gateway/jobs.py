@@ -232,7 +232,7 @@ class JobManager:
             raise ReplicaStandby(self._standby)
         # Right after start-up the records are still being read; once a read has failed, say so at once.
         if not self._loaded.wait(0 if self._load_failed else 10):
-            raise StorageError(self._load_error)
+            raise StorageError(self._load_error, dependency="job_records")
 
     @property
     def limits(self) -> Limits:

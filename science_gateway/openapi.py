@@ -45,11 +45,21 @@ def _errors(*statuses: int) -> dict[str, Any]:
         416: "No byte of the requested range is in the object; Content-Range says its size",
         429: "Over a limit on waiting callers (all, or one owner's), queued jobs, one owner's jobs, one owner's records, stored bytes, one owner's reads or streams of events (all, or one owner's) (error.limit, error.setting; error.usage for quota_exceeded); Retry-After says when to try again",
         500: "The job failed on the cluster (job_failed), or the gateway failed unexpectedly (internal_error; its log says more)",
-        502: "The results store failed; the message names the cause",
-        503: "No working Dask cluster, not ready, the gateway is stopping, or JupyterHub cannot be asked about a token",
+        502: "The job failed because the results store failed (storage_error; error.job is its record): submit it again once the store is back",
+        503: (
+            "A shared dependency is out: the results store failed or cannot be reached (storage_error), the job records "
+            "are not read yet (storage_error), or no working Dask cluster (cluster_not_ready); error.dependency names it "
+            "(results_store, job_records, cluster) and Retry-After says when to try again; nothing is kept of the request. "
+            "Or the gateway is stopping (gateway_stopping, Retry-After), the job was interrupted by a stop (interrupted), "
+            "or JupyterHub cannot be asked about a token (auth_unavailable)"
+        ),
         504: "The job ran over GATEWAY_JOB_TIMEOUT and was cancelled",
     }
-    return {str(status): _json(meaning[status], "Error") for status in statuses}
+    return {str(status): _json(meaning[status], "Error", _RETRY_AFTER if status in (429, 503) else None) for status in statuses}
+
+
+# The seconds to wait before trying again: with every 429, and with a 503 of a dependency's outage or of a stop.
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before sending the request again", "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
 
 
 _JOB_ID = {
@@ -84,6 +94,14 @@ _RESULT_HEADERS = {
     "Accept-Ranges": {"schema": {"const": "bytes"}},
 }
 
+# The dependencies /readyz reports, each named by a 503 of its outage (error.dependency).
+DEPENDENCIES = ("cluster", "results_store", "job_records", "replicas")
+_DEPENDENCY = {
+    "type": "object",
+    "required": ["ready", "reason"],
+    "properties": {"ready": {"type": "boolean"}, "reason": {"type": "string", "description": "Why it is not ready; empty when it is"}},
+}
+
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -110,6 +128,11 @@ _SCHEMAS: dict[str, Any] = {
                         "items": {"type": "object", "required": ["pointer", "reason"], "properties": {"pointer": {"type": "string"}, "reason": {"type": "string"}}},
                     },
                     "apps": {"type": "array", "items": {"type": "string"}, "description": "With unknown_app: the apps offered"},
+                    "dependency": {
+                        "type": "string",
+                        "enum": list(DEPENDENCIES),
+                        "description": "With a 503 of a dependency's outage: the part of /readyz that is out",
+                    },
                     "job": _ref("Job"),
                 },
             }
@@ -175,8 +198,13 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Ready": {
         "type": "object",
-        "required": ["status", "cluster", "results_store", "job_records"],
-        "properties": {"status": {"const": "ready"}, "cluster": {"type": "object"}, "results_store": {"type": "object"}, "job_records": {"type": "object"}},
+        "required": ["status", "failing", "message", *DEPENDENCIES],
+        "properties": {
+            "status": {"enum": ["ready", "degraded"], "description": "degraded: a dependency is out, and the requests that need it answer 503 with Retry-After"},
+            "failing": {"type": "array", "items": {"enum": list(DEPENDENCIES)}, "description": "The dependencies that are out"},
+            "message": {"type": "string", "description": "Why each is out; empty when ready"},
+            **{name: _DEPENDENCY for name in DEPENDENCIES},
+        },
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
     "App": {
@@ -308,7 +336,7 @@ def _job_paths(prefix: str, owner: list[dict[str, Any]]) -> dict[str, Any]:
             "200": {"description": "The whole object", "headers": _RESULT_HEADERS, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             "206": {"description": "The requested bytes; Content-Range says which", "headers": _RESULT_HEADERS, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
             "304": {"description": "Unchanged since the ETag given in If-None-Match"},
-            **_errors(400, 404, 409, 416, 429, 502),
+            **_errors(400, 404, 409, 416, 429, 503),
         },
     }
     return {
@@ -322,7 +350,7 @@ def _job_paths(prefix: str, owner: list[dict[str, Any]]) -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "PNG: 600x500 pixels with title and colour bar, or the thumbnail", "headers": {"ETag": {"schema": {"type": "string"}}}, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
                     "304": {"description": "Unchanged since the ETag given in If-None-Match"},
-                    **_errors(400, 404, 409, 429, 500, 502, 503),
+                    **_errors(400, 404, 409, 429, 500, 503),
                 },
             }
         },
@@ -350,7 +378,7 @@ def _job_paths(prefix: str, owner: list[dict[str, Any]]) -> dict[str, Any]:
                         }}},
                     },
                     "204": {"description": "The job is finished and Last-Event-ID is its final event's, or later: nothing more will come"},
-                    **_errors(400, 404, 429),
+                    **_errors(400, 404, 429, 503),
                 },
             }
         },
@@ -361,18 +389,18 @@ def _job_paths(prefix: str, owner: list[dict[str, Any]]) -> dict[str, Any]:
                 "responses": {
                     "200": _json("Cancelled (or cancelled already)", "Job"),
                     "409": _json("job_finished: the job is done or failed; error.job is its record", "Error"),
-                    **_errors(400, 404, 502),
+                    **_errors(400, 404, 503),
                 },
             }
         },
         f"{prefix}/result/{{key}}": {"get": {**result, "parameters": [*job, _OBJECT_KEY]}},
         f"{prefix}/result": {"get": {**result, "summary": "The result's root: it has no object of its own (404); its objects are below it", "parameters": job}},
         prefix: {
-            "get": {"summary": "A job's record", "parameters": job, "responses": {"200": _json("The record", "Job"), **_errors(400, 404, 502)}},
+            "get": {"summary": "A job's record", "parameters": job, "responses": {"200": _json("The record", "Job"), **_errors(400, 404, 503)}},
             "delete": {
                 "summary": "Cancel a queued or running job; delete a finished job's array and record",
                 "parameters": job,
-                "responses": {"200": _json("Cancelled", "Job"), "204": {"description": "Deleted"}, **_errors(400, 404, 502)},
+                "responses": {"200": _json("Cancelled", "Job"), "204": {"description": "Deleted"}, **_errors(400, 404, 503)},
             },
         },
     }
@@ -401,12 +429,20 @@ def openapi_document(apps: Apps | None = None) -> dict[str, Any]:
                             "description": "Gateway up and running! in text/plain; in text/html, the recent jobs and a form to submit one",
                             "content": {"text/plain": {"schema": {"type": "string"}}, "text/html": {"schema": {"type": "string"}}},
                         },
-                        **_errors(502),
+                        **_errors(503),
                     },
                 }
             },
             "/healthz": {"get": {"summary": "The process is alive", "responses": {"200": _json("Alive", "Health")}}},
-            "/readyz": {"get": {"summary": "The cluster has its workers, the store answers, the records are read", "responses": {"200": _json("Ready", "Ready"), **_errors(503)}}},
+            "/readyz": {
+                "get": {
+                    "summary": "This process serves requests: ready, or degraded naming the dependencies that are out; each dependency's state",
+                    "responses": {
+                        "200": _json("Serving: status ready, or degraded with the dependencies that are out in failing", "Ready"),
+                        "503": _json("gateway_stopping: the gateway is stopping (SIGTERM) and takes no new requests; each dependency's state beside", "Error"),
+                    },
+                }
+            },
             "/metrics": {"get": {"summary": "Prometheus metrics: jobs submitted, ended by outcome, their durations, running and queued jobs, workers, S3 errors", "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/submit_job/{job_id}": {
@@ -424,7 +460,7 @@ def openapi_document(apps: Apps | None = None) -> dict[str, Any]:
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 50}},
                         {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "next_cursor of the previous page"},
                     ],
-                    "responses": {"200": _json("A page of jobs", "JobList"), **_errors(400, 502)},
+                    "responses": {"200": _json("A page of jobs", "JobList"), **_errors(400, 503)},
                 },
                 "post": {
                     "summary": "Submit a job of an app without waiting: {\"app\": ..., \"parameters\": {...}}, or the first app's parameters alone",
@@ -432,7 +468,7 @@ def openapi_document(apps: Apps | None = None) -> dict[str, Any]:
                     "responses": {
                         "200": _json("The caller's job of this id and these parameters, done already", "Job"),
                         "202": _json("Queued (or, for an id of the caller's with these parameters, that job, queued or running)", "Job", _LOCATION),
-                        **_errors(400, 404, 409, 413, 415, 429, 502, 503),
+                        **_errors(400, 404, 409, 413, 415, 429, 503),
                     },
                 },
             },
@@ -447,7 +483,7 @@ def openapi_document(apps: Apps | None = None) -> dict[str, Any]:
             "/usage": {
                 "get": {
                     "summary": "The caller's stored bytes (done, queued and running jobs) and the quota they count against",
-                    "responses": {"200": _json("Usage", "Usage"), **_errors(502)},
+                    "responses": {"200": _json("Usage", "Usage"), **_errors(503)},
                 }
             },
             **_job_paths("/jobs/{job_id}", []),

@@ -40,7 +40,7 @@ from zarr.core.common import ZarrFormat
 from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
 from . import results_objects
-from .errors import GatewayError
+from .errors import DependencyUnavailable
 from .region_writes import ARRAY_NAME, ArrayTarget
 
 if TYPE_CHECKING:
@@ -108,10 +108,22 @@ class RecordChanged(Exception):
     """A job record changed in the store since this replica read or wrote it: another replica wrote it first."""
 
 
-class StorageError(GatewayError, RuntimeError):
-    """The results store failed or cannot be reached; the message names the cause."""
+class StorageError(DependencyUnavailable, RuntimeError):
+    """The results store failed or cannot be reached; the message names the cause.
 
-    status, code = 502, "storage_error"
+    A request it fails answers ``503`` with ``Retry-After``, ``error.dependency`` ``results_store`` (or
+    ``job_records``: the records, read from the store, are not read yet): the store is shared, and its
+    outage is no fault of this gateway's nor the caller's, who tries again. A job that failed on it is
+    answered ``502`` (``recorded_status``): that failure is the job's outcome, kept in its record, not an
+    outage of now; submitting the id again runs it anew, which a blind retry should not do for the caller.
+    """
+
+    code = "storage_error"
+    recorded_status = 502
+
+    def __init__(self, message: str, dependency: str = "results_store") -> None:
+        super().__init__(message)
+        self.dependency = dependency
 
 
 def describe_storage_failure(action: str, exc: BaseException) -> str:

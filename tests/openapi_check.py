@@ -32,13 +32,17 @@ class Answer(Protocol):
     def is_json(self) -> bool: ...
     @property
     def json(self) -> Any: ...
+    @property
+    def headers(self) -> Any: ...
 
 
 def assert_matches_openapi(method: str, path: str, response: Answer) -> None:
-    """The status is documented for this operation and the JSON body fits its schema."""
+    """The status is documented for this operation, so is a Retry-After it carries, and the JSON body fits its schema."""
     operation = DOCUMENT["paths"][_route(path.split("?", 1)[0])][method.lower()]
     documented = operation["responses"].get(str(response.status_code))
     assert documented, f"{method} {path} answered {response.status_code}, which the document does not list"
+    if "Retry-After" in response.headers:
+        assert "Retry-After" in documented.get("headers", {}), f"{method} {path}'s {response.status_code} carries Retry-After, which the document does not list"
     content = documented.get("content", {})
     if "application/json" in content:
         assert response.is_json, f"{method} {path} should answer JSON"

@@ -3,9 +3,11 @@
 Retries, each within ``retry_for`` seconds from the request's first attempt (60 s by default):
 
 - **429 and 503 with ``Retry-After``**: the request is sent again after the seconds it says, for any method: the
-  gateway keeps nothing of a request it refuses with these. A ``Retry-After`` that would end past ``retry_for`` is not
+  gateway keeps nothing of a request it refuses with these (a limit reached, the gateway stopping, or an outage of
+  the results store or the cluster, ``error.dependency`` naming it). A ``Retry-After`` that would end past ``retry_for`` is not
   waited for: the error is raised at once (``TooManyRequests`` for 429), with the gateway's advice in ``retry_after``.
-- **503 without ``Retry-After``** (a gateway that is not ready yet): again after 1, 2, 4, ... up to 10 s.
+- **503 without ``Retry-After``** (a proxy's, or a hub the gateway cannot ask about the token): again after 1, 2, 4,
+  ... up to 10 s.
 - **A connection error** (refused, reset, timed out): again after 1, 2, 4, ... s, only for requests marked
   idempotent. ``GET`` is; ``POST /jobs`` is when it names its ``job_id`` (the client always does: see gateway.py);
   ``DELETE`` is not (a second ``DELETE`` of a job that the first cancelled deletes it).

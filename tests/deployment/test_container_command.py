@@ -33,7 +33,7 @@ def test_the_dockerfile_cmd_serves_a_job(s3: LocalS3, results_fs, tmp_path: Path
     try:
         wait_for_port(port, process, timeout=60)
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: requests.get(f"{url}/readyz", timeout=10).ok, 120, "readiness")
+        wait_for(lambda: requests.get(f"{url}/readyz", timeout=10).json()["status"] == "ready", 120, "every dependency ready")
         response = requests.get(f"{url}/submit_job/from-the-dockerfile-cmd", timeout=120)
         assert response.status_code == 200, response.text
         assert_complete_result(results_fs, response.json(), PREFIX)

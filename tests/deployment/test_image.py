@@ -110,8 +110,9 @@ def wait_until_ready(url: str, container: Container, timeout: float) -> None:
         if not container.state()["Running"]:
             pytest.fail(f"the container stopped: {container.logs()[-3000:]}")
         try:
-            return requests.get(f"{url}/readyz", timeout=5).status_code == 200
-        except requests.RequestException:
+            # Every dependency ready: the cluster up and the records read, not only the process serving.
+            return requests.get(f"{url}/readyz", timeout=5).json()["status"] == "ready"
+        except (requests.RequestException, ValueError):
             return False
 
     wait_for(ready, timeout=timeout, what=f"{url}/readyz", interval=0.2)

@@ -260,14 +260,15 @@ def test_the_cli_exits_4_when_no_gateway_answers_and_the_client_raises_gateway_u
 
 
 def test_the_cli_exits_4_on_a_gateway_that_answers_5xx(s3: LocalS3, tmp_path: Path) -> None:
-    """A gateway whose results bucket does not exist answers a submission 502 storage_error (a cluster it does not need)."""
+    """A gateway whose results bucket does not exist answers a submission 503 storage_error (a cluster it does not need),
+    with a Retry-After that ends past --retry-for 0: the client says so at once."""
     environ = {**os.environ, "GATEWAY_RESULTS_URL": "s3://no-such-bucket", "DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}"}
     broken = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log", ready_timeout=0)
     try:
-        done = cli("submit", "random-array", "--json", url=broken.url)
+        done = cli("submit", "random-array", "--json", "--retry-for", "0", url=broken.url)
     finally:
         stop_process(broken.process, timeout=60)
-    assert done.returncode == 4 and "502 storage_error" in done.stderr and json.loads(done.stdout)["error"]["code"] == "storage_error", done
+    assert done.returncode == 4 and "503 storage_error" in done.stderr and json.loads(done.stdout)["error"]["code"] == "storage_error", done
 
 
 def test_the_user_guides_command_lines_print_what_it_shows(served: RunningGateway) -> None:

@@ -44,6 +44,7 @@ from helpers import (
     workers_running_tasks,
 )  # fmt: skip
 from science_gateway.apps.random_array import random_chunk
+from science_gateway.errors import DEPENDENCY_RETRY_AFTER_SECONDS
 from science_gateway.jobs import JobManager
 from science_gateway.region_writes import chunk_selections
 from science_gateway.results_store import ResultsStore
@@ -146,11 +147,14 @@ def test_s3_stopping_mid_job_fails_it_naming_storage_and_the_id_can_run_again(pr
     assert stack.s3.secret_key not in str(failed)
     assert not list(stack.s3.data_dir.glob("results/outage/zarr.json")), "no completion marker"
     assert http.get(f"{gateway.url}/healthz", timeout=10).status_code == 200
-    wait_for(lambda: http.get(f"{gateway.probe_url}/readyz", timeout=30).status_code == 503, 30, "readiness to report the store")
-    not_ready = http.get(f"{gateway.probe_url}/readyz", timeout=30)
-    assert not_ready.status_code == 503 and not not_ready.json()["error"]["results_store"]["ready"]
+    degraded = wait_for(
+        lambda: not (answer := http.get(f"{gateway.probe_url}/readyz", timeout=30)).json()["results_store"]["ready"] and answer,
+        30, "readiness to report the store",
+    )  # fmt: skip
+    # The process still serves: the Service keeps sending requests, which learn that the store is out.
+    assert degraded.status_code == 200 and degraded.json()["status"] == "degraded" and "results_store" in degraded.json()["failing"]
     # A timing that must be asserted: the kubelet counts a probe slower than its timeout (deploy_gateway.yaml) as failed.
-    assert not_ready.elapsed.total_seconds() < kubelets_probe_timeout(), "a readiness probe answers within the kubelet's timeout"
+    assert degraded.elapsed.total_seconds() < kubelets_probe_timeout(), "a readiness probe answers within the kubelet's timeout"
 
     stack.restart_s3()
     gateway.wait_until_ready(60)
@@ -160,6 +164,49 @@ def test_s3_stopping_mid_job_fails_it_naming_storage_and_the_id_can_run_again(pr
     assert_values_match_the_seed(array, seed=3)
     assert objects == expected_objects(again.json())
     assert "storage" in gateway.log() and stack.s3.secret_key not in gateway.log()
+
+
+def test_with_the_store_stopped_readiness_serves_a_submission_gets_503_with_retry_after_and_jobs_go_on_once_it_is_back(
+    private_stack: PrivateStack, http: requests.Session
+) -> None:
+    """The issue's "readiness that serves": one replica, its store stopped and started again on its port and data."""
+    stack, gateway = private_stack, private_stack.gateway
+    with gateways_cluster(stack.directory) as cluster:
+        with workers_held(cluster):
+            # Begun before the outage (its record and metadata stored), its tasks held on the workers throughout.
+            submitted_and_held(stack, cluster, http, {"job_id": "before-the-outage", "seed": 5, **SMALL_JOB})
+            stack.s3.stop()
+            degraded = wait_for(
+                lambda: not (answer := http.get(f"{gateway.probe_url}/readyz", timeout=30)).json()["results_store"]["ready"] and answer,
+                30, "readiness to see the store out",
+            )  # fmt: skip
+            refused = http.post(f"{gateway.url}/jobs", json={"job_id": "during-the-outage", "seed": 6, **SMALL_JOB}, timeout=120)
+            unknown = http.get(f"{gateway.url}/jobs/during-the-outage", timeout=30)
+            held = record(gateway, "before-the-outage", http)
+            alive = http.get(f"{gateway.probe_url}/healthz", timeout=30)
+            stack.restart_s3()
+            gateway.wait_until_ready(60)
+        # The workers go on, writing to the store that is back.
+        before = wait_until_finished(gateway, "before-the-outage", http)
+
+    assert degraded.status_code == 200 and degraded.json()["status"] == "degraded" and "results_store" in degraded.json()["failing"]
+    assert alive.status_code == 200
+    assert (refused.status_code, refused.headers["Retry-After"]) == (503, str(DEPENDENCY_RETRY_AFTER_SECONDS)), refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["dependency"]) == ("storage_error", "results_store") and error["message"].startswith("results store error:")
+    assert stack.s3.secret_key not in refused.text
+    assert unknown.status_code == 404, "nothing of the refused submission is kept"
+    assert held["status"] == "running"
+    assert before["status"] == "done", before["error"]
+    assert_values_match_the_seed(stack.stored("before-the-outage")[0], seed=5)
+    # The refused submission sent again, as the client does after Retry-After, runs.
+    again = http.post(f"{gateway.url}/jobs", json={"job_id": "during-the-outage", "seed": 6, **SMALL_JOB}, timeout=60)
+    assert again.status_code == 202, again.text
+    during = wait_until_finished(gateway, "during-the-outage", http)
+    assert during["status"] == "done", during["error"]
+    array, objects = stack.stored("during-the-outage")
+    assert_values_match_the_seed(array, seed=6)
+    assert objects == expected_objects(during)
 
 
 # -- a Dask worker dies during a job ----------------------------------------------
@@ -233,11 +280,13 @@ def test_a_job_over_its_timeout_fails_and_its_dask_work_is_cancelled(app: Flask,
 # -- SIGTERM to gunicorn while a job runs -------------------------------------------
 
 
-def sigterm_while_running(environ: dict, tmp_path: Path, http: requests.Session, release_once: str) -> tuple[RunningGateway, requests.Response]:
+def sigterm_while_running(
+    environ: dict, tmp_path: Path, http: requests.Session, release_once: str
+) -> tuple[RunningGateway, requests.Response, requests.Response]:
     """Start a job with a caller waiting for it, held on paused workers, queue another one, send SIGTERM, and let the
     workers go on once the gateway's log says ``release_once`` (or at once when it is empty).
 
-    Return once the gateway has exited, with the waiting caller's answer.
+    Return once the gateway has exited, with the waiting caller's answer and the readiness probe's while the job was held.
     """
     gateway = start_gunicorn_gateway({**environ, **reachable_cluster(tmp_path)}, log_file=tmp_path / "first.log")
     dask_processes = descendants(gateway.process.pid)
@@ -252,9 +301,10 @@ def sigterm_while_running(environ: dict, tmp_path: Path, http: requests.Session,
             gateway.process.send_signal(signal.SIGTERM)
 
             wait_for(lambda: release_once in gateway.log(), 60, f"the gateway to log {release_once!r}")
+            draining = http.get(f"{gateway.probe_url}/readyz", timeout=30)
         assert gateway.process.wait(timeout=120) == 0, gateway.log()
         assert_all_gone(dask_processes, timeout=30)
-        return gateway, waiting.result(timeout=10)
+        return gateway, waiting.result(timeout=10), draining
 
 
 @pytest.fixture
@@ -263,8 +313,10 @@ def restart_environ(s3: LocalS3, request: pytest.FixtureRequest) -> dict[str, st
 
 
 def test_sigterm_lets_the_running_job_finish_and_keeps_the_queued_one(restart_environ: dict, results_fs, tmp_path: Path, http) -> None:
-    first, answer = sigterm_while_running(restart_environ, tmp_path, http, release_once="stopping: 1 running jobs get 540 s to finish")
+    first, answer, draining = sigterm_while_running(restart_environ, tmp_path, http, release_once="stopping: 1 running jobs get 540 s to finish")
     assert answer.status_code == 200 and answer.json()["status"] == "done"
+    # While it finishes, the Service sends new requests elsewhere.
+    assert (draining.status_code, draining.json()["error"]["code"]) == (503, "gateway_stopping")
 
     second = start_gunicorn_gateway(restart_environ, log_file=tmp_path / "second.log")
     try:
@@ -281,7 +333,7 @@ def test_sigterm_lets_the_running_job_finish_and_keeps_the_queued_one(restart_en
 
 def test_sigterm_past_the_shutdown_timeout_records_the_job_as_interrupted(restart_environ: dict, results_fs, tmp_path: Path, http) -> None:
     environ = {**restart_environ, "GATEWAY_SHUTDOWN_TIMEOUT": "0.1"}
-    first, answer = sigterm_while_running(environ, tmp_path, http, release_once="job long interrupted: the gateway is stopping")
+    first, answer, _ = sigterm_while_running(environ, tmp_path, http, release_once="job long interrupted: the gateway is stopping")
     assert (answer.status_code, answer.json()["error"]["code"]) == (503, "interrupted"), "the waiting caller is told"
 
     second = start_gunicorn_gateway(environ, log_file=tmp_path / "second.log")

@@ -144,7 +144,8 @@ def test_bad_ids_leave_the_bucket_unchanged(client: FlaskClient, results_fs, pat
 
 def test_readyz_reports_workers_and_store(client: FlaskClient) -> None:
     # Readiness is checked every second in the background: the first answer may predate the cluster being up.
-    response = wait_for(lambda: (answer := client.get("/readyz")).status_code == 200 and answer, 10, "the readiness check to see the cluster")
+    response = wait_for(lambda: (answer := client.get("/readyz")).json["status"] == "ready" and answer, 10, "the readiness check to see the cluster")
+    assert response.status_code == 200 and response.json["failing"] == []
     assert response.json["cluster"]["workers"] == 3
     assert response.json["results_store"] == {"ready": True, "url": f"s3://{BUCKET}", "reason": ""}
 
@@ -428,14 +429,15 @@ def test_a_missing_bucket_is_a_storage_error_without_credentials(s3: LocalS3) ->
         http = app.test_client()
         # Readiness is checked in the background every second: until the first check, the
         # answer may be the job records' loader's, which names the missing bucket too.
-        ready = wait_for(
-            lambda: (answer := http.get("/readyz")).status_code == 503 and "readiness not checked yet" not in answer.text and answer, 10, "readiness"
-        )
-        assert "s3://no-such-bucket does not exist" in ready.json["error"]["message"]
+        ready = wait_for(lambda: not (answer := http.get("/readyz")).json["results_store"]["ready"] and answer, 10, "readiness")
+        # The process serves, and says what is out.
+        assert ready.status_code == 200 and ready.json["status"] == "degraded" and "results_store" in ready.json["failing"]
+        assert "s3://no-such-bucket does not exist" in ready.json["results_store"]["reason"]
 
         response = http.get("/submit_job/nowhere")
-        assert response.status_code == 502
-        assert response.json["error"]["code"] == "storage_error"
+        # The records are read from the store, which cannot be read: try again later, the part of /readyz named.
+        assert (response.status_code, response.headers["Retry-After"]) == (503, "10")
+        assert (response.json["error"]["code"], response.json["error"]["dependency"]) == ("storage_error", "job_records")
         assert "s3://no-such-bucket" in response.json["error"]["message"]
         assert "does not exist" in response.json["error"]["message"]
         assert s3.secret_key not in response.get_data(as_text=True)
@@ -537,11 +539,11 @@ def test_a_lost_local_cluster_is_reported_and_the_next_job_gets_a_new_one(s3: Lo
 
         lost.run_on_scheduler(_close_soon)
 
-        reported = wait_for(lambda: (answer := http.get("/readyz")).status_code == 503 and "was lost" in answer.text and answer, 60, "the loss reported")
-        assert "starting a new one" in reported.json["error"]["message"]
+        reported = wait_for(lambda: "was lost" in (answer := http.get("/readyz")).text and answer, 60, "the loss reported")
+        assert reported.status_code == 200 and "cluster" in reported.json["failing"] and "starting a new one" in reported.json["message"]
         response = http.get("/submit_job/after-the-loss")
         assert response.status_code == 200, response.json
         assert_complete_result(results_fs, response.json, f"{BUCKET}/local-lost")
         assert services(app).cluster.client().scheduler.address != lost_scheduler
         # Readiness is checked every second in the background; the bound only turns a failure into a report.
-        wait_for(lambda: http.get("/readyz").status_code == 200, 60, "readiness with the new cluster")
+        wait_for(lambda: http.get("/readyz").json["status"] == "ready", 60, "readiness with the new cluster")

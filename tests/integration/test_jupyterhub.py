@@ -648,7 +648,7 @@ def refused_login(hub: JupyterHubServer, dask_gateway: DaskGatewayServer, token:
 
     def refusal() -> str:
         answer = http.get(f"{gateway.url}/readyz", timeout=30).json()
-        said = "ready" if answer.get("status") == "ready" else answer["error"]["message"]
+        said = "ready" if answer["status"] == "ready" else answer["message"]
         return said if "refused" in said or said == "ready" else ""
 
     try:

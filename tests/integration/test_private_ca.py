@@ -107,16 +107,18 @@ def test_a_store_whose_certificate_another_ca_signed_is_refused_and_nothing_is_w
     gateway = start_gunicorn_gateway(environ, log_file=tmp_path / "gateway.log", ready_timeout=0)
     try:
         def refused() -> dict | None:
-            # Before its first check, readiness names no store; and until the first read of the records has failed,
+            # Before its first check, readiness has the store not checked yet; and until the first read of the records has failed,
             # a submission is told they are not read yet, not why.
-            error = requests.get(f"{gateway.url}/readyz", timeout=30).json().get("error", {})
-            store, records = error.get("results_store", {"ready": True}), error.get("job_records", {"reason": ""})
-            return None if store["ready"] or "could not be read" not in records["reason"] else store
+            answer = requests.get(f"{gateway.url}/readyz", timeout=30)
+            assert answer.status_code == 200, "the process serves, the store refused or not"
+            store, records = answer.json()["results_store"], answer.json()["job_records"]
+            not_refused_yet = store["ready"] or store["reason"] == "not checked yet"
+            return None if not_refused_yet or "could not be read" not in records["reason"] else store
 
         store = wait_for(refused, 120, "readiness to refuse the store and the first read of the records to fail")
         assert "certificate" in store["reason"].lower(), store
         posted = requests.post(f"{gateway.url}/jobs", json={"job_id": "never-written"}, timeout=60)
-        assert (posted.status_code, posted.json()["error"]["code"]) == (502, "storage_error"), posted.text
+        assert (posted.status_code, posted.json()["error"]["code"], posted.headers["Retry-After"]) == (503, "storage_error", "10"), posted.text
         assert "certificate" in posted.json()["error"]["message"].lower(), posted.text
     finally:
         stop_process(gateway.process, timeout=60)

@@ -99,7 +99,7 @@ def readers_files(policed_s3: PolicedS3) -> fsspec.AbstractFileSystem:
 
 
 def test_the_writers_policy_lets_the_gateway_write_list_and_delete(writer: FlaskClient) -> None:
-    wait_for(lambda: writer.get("/readyz").status_code == 200, 30, "readiness, checked in the background")
+    wait_for(lambda: writer.get("/readyz").json["status"] == "ready", 30, "readiness, checked in the background")
     assert writer.get("/submit_job/under-policy").json["status"] == "done"
     assert writer.get("/submit_job/to-delete?shape=100,100").json["status"] == "done"
 

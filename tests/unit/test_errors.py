@@ -6,7 +6,7 @@ import pytest
 
 import gateway
 from devtools.processes import free_port
-from science_gateway.errors import GatewayError, status_of
+from science_gateway.errors import DEPENDENCY_RETRY_AFTER_SECONDS, GatewayError, status_of
 from science_gateway.jobs import JobNotFound
 from science_gateway.results_store import StorageError
 from science_gateway.settings import load_settings
@@ -33,10 +33,11 @@ def test_each_known_failure_has_a_code_of_its_own_and_an_error_status() -> None:
      ("job_cancelled", 409), ("a code of a later version", 500)],
 )  # fmt: skip
 def test_a_job_that_failed_while_its_caller_waited_answers_with_the_status_of_its_code(code: str, status: int) -> None:
+    # storage_error: 502, where a request the store fails now is 503: the job's failure is its recorded outcome, not an outage of now.
     assert status_of(code) == status
 
 
-def test_a_subclass_of_a_known_failure_answers_as_that_failure_and_storage_errors_are_counted(tmp_path: Path) -> None:
+def test_a_subclass_of_a_known_failure_answers_as_that_failure_and_storage_errors_are_counted_and_named(tmp_path: Path) -> None:
     class NoSuchRegion(JobNotFound):
         """A more particular kind of not found."""
 
@@ -61,4 +62,6 @@ def test_a_subclass_of_a_known_failure_answers_as_that_failure_and_storage_error
         gateway.services(app).close()
     assert response.status_code == 404
     assert response.json["error"] == {"code": "job_not_found", "message": "no region 7 in job 'x'"}
-    assert failed.status_code == 502 and failed.json["error"]["code"] == "storage_error"
+    # An outage of the store, not a fault of the gateway's: 503, try again after Retry-After, the dependency named.
+    assert (failed.status_code, failed.headers["Retry-After"]) == (503, str(DEPENDENCY_RETRY_AFTER_SECONDS))
+    assert failed.json["error"] == {"code": "storage_error", "message": "results store error: the test's store failed", "dependency": "results_store"}

@@ -8,9 +8,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from devtools.processes import free_port
-from gateway import services
+from gateway import probe_answer, services
 from helpers import running_app, wait_for
-from science_gateway.openapi import OPEN_PATHS
+from openapi_check import CheckedClient
+from science_gateway.openapi import DEPENDENCIES, OPEN_PATHS
+from science_gateway.readiness import Readiness
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +40,54 @@ def test_healthz_never_depends_on_the_cluster(http: FlaskClient) -> None:
     assert response.status_code == 200 and response.json == {"status": "ok"}
 
 
-def test_readyz_names_the_unreachable_gateway(http: FlaskClient, unready_app: Flask) -> None:
+def test_readyz_serves_and_names_the_unreachable_gateway(http: FlaskClient, unready_app: Flask) -> None:
     address = services(unready_app).settings.dask_gateway_address
     # Readiness is checked in the background: the probe says so within a second of the attempt.
-    response = wait_for(lambda: (answer := http.get("/readyz")).status_code == 503 and "cannot reach" in answer.text and answer, 30, "a failed attempt")
-    assert response.status_code == 503
-    error = response.json["error"]
-    assert error["code"] == "not_ready"
-    assert f"cannot reach Dask Gateway at {address}" in error["message"]
-    assert "DASK_GATEWAY__ADDRESS" in error["message"]
-    assert error["cluster"]["ready"] is False and error["results_store"]["ready"] is True
+    response = wait_for(lambda: "cannot reach" in (answer := http.get("/readyz")).text and answer, 30, "a failed attempt")
+    # The process serves (submissions are queued): ready for the Service, degraded for people.
+    assert response.status_code == 200
+    body = response.json
+    assert (body["status"], body["failing"]) == ("degraded", ["cluster"])
+    assert f"cannot reach Dask Gateway at {address}" in body["message"]
+    assert "DASK_GATEWAY__ADDRESS" in body["message"]
+    assert body["cluster"]["ready"] is False and body["results_store"]["ready"] is True and body["job_records"]["ready"] is True
+
+
+def test_readyz_serves_until_the_graceful_stop_with_each_dependencys_state_on_both_ports(tmp_path: Path) -> None:
+    """200 while the process serves, a dependency out or not; 503 gateway_stopping from the stop (SIGTERM) on and once closed."""
+    environ = {"DASK_GATEWAY__ADDRESS": f"http://127.0.0.1:{free_port()}", "GATEWAY_RESULTS_URL": str(tmp_path)}
+    with running_app(environ) as app:
+        gateway, http = services(app), CheckedClient(app.test_client())
+        serving = wait_for(
+            lambda: (answer := probe_answer(gateway, "/readyz"))[1]["results_store"]["ready"] and answer[1]["job_records"]["ready"] and answer,
+            30, "the first check and the records read",
+        )  # fmt: skip
+        main_port = http.get("/readyz")
+        gateway.jobs.stop_starting_jobs()
+        stopping = probe_answer(gateway, "/readyz")
+        main_port_stopping = http.get("/readyz")
+    closed = probe_answer(gateway, "/readyz")
+
+    status, body = serving
+    assert status == 200 and list(body) == ["status", "failing", "message", *DEPENDENCIES]
+    assert (body["status"], body["failing"]) == ("degraded", ["cluster"]) and body["message"].startswith("cluster: Dask cluster not ready")
+    assert all(set(body[part]) >= {"ready", "reason"} for part in DEPENDENCIES)
+    assert (main_port.status_code, main_port.json["status"]) == (200, "degraded")
+    assert stopping[0] == 503 and main_port_stopping.status_code == 503 and main_port_stopping.json == stopping[1]
+    assert stopping[1]["error"]["code"] == "gateway_stopping" and set(stopping[1]["error"]) == {"code", "message", *DEPENDENCIES}
+    assert closed[0] == 503 and closed[1]["error"]["results_store"] == {"ready": False, "reason": "the gateway is shut down"}
+    assert probe_answer(gateway, "/healthz") == (200, {"status": "ok"}), "liveness stays local"
+
+
+def test_before_its_first_check_readiness_names_each_dependency_unchecked() -> None:
+    readiness = Readiness(lambda: {}, ("cluster", "results_store"))
+    assert readiness.current() == {part: {"ready": False, "reason": "not checked yet"} for part in ("cluster", "results_store")}
 
 
 def test_a_job_without_a_cluster_is_a_json_503_and_writes_nothing(http: FlaskClient, unready_app: Flask) -> None:
     response = http.get("/submit_job/run-1")
-    assert response.status_code == 503
-    assert response.json["error"]["code"] == "cluster_not_ready"
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "10")
+    assert (response.json["error"]["code"], response.json["error"]["dependency"]) == ("cluster_not_ready", "cluster")
     # Only the replica's lease, which it holds from its start.
     assert [path.name for path in Path(services(unready_app).store.url.removeprefix("file://")).iterdir()] == [".replicas"]
 
@@ -87,8 +121,8 @@ def test_with_jupyterhub_authentication_and_no_hub_a_token_cannot_be_checked(tmp
     }
     with running_app(environ) as app:
         client = app.test_client()
-        # Open without a token: /readyz says not ready (no Dask Gateway, no hub), never 401.
-        assert {path: client.get(path).status_code for path in OPEN_PATHS} == {"/healthz": 200, "/readyz": 503, "/metrics": 200}
+        # Open without a token: /readyz serves, degraded (no Dask Gateway, no hub), never 401.
+        assert {path: client.get(path).status_code for path in OPEN_PATHS} == {"/healthz": 200, "/readyz": 200, "/metrics": 200}
         missing = client.get("/jobs")
         unchecked = client.get("/jobs", headers={"Authorization": "Bearer some-token"})
 
