@@ -68,7 +68,12 @@ def test_the_zero_to_jupyterhub_chart_is_pinned_to_the_version_the_guide_names()
     assert len(versions) == 1 and None not in versions, installs
     (version,) = versions
     hub = Z2JH_JUPYTERHUB[version]
-    assert f"zero-to-jupyterhub's `{version}`, which runs JupyterHub {hub}" in GUIDE.read_text()
+    guide = " ".join(GUIDE.read_text().split())
+    assert f"zero-to-jupyterhub's `{version}`, which runs JupyterHub {hub}" in guide
+    # The gateway's own jupyterhub, the client of the hub's API, as the guide names it beside the chart's.
+    client = pinned("jupyterhub")
+    assert f"`jupyterhub` package (`requirements.txt`: {client})" in guide
+    assert ("the test suite runs are that newer version" in guide) == (tuple(map(int, client.split("."))) > tuple(map(int, hub.split("."))))
     chart("zero-to-jupyterhub-chart")  # skips where the reference is absent
     assert f"chart appVersion {hub})" in (CHARTS / "zero-to-jupyterhub-chart" / "SOURCE.md").read_text(), "the chart the tests read"
 
