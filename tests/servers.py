@@ -334,7 +334,7 @@ def start_dask_gateway_server(
         textwrap.dedent(
             f"""
             import json, os, shutil
-            from traitlets import Dict
+            from traitlets import Dict, Unicode
             from dask_gateway_server.backends.local import LocalClusterConfig, UnsafeLocalBackend
 
             _PROPERTIES = json.loads({json.dumps({"gateway": gateway_values})!r})
@@ -358,6 +358,10 @@ def start_dask_gateway_server(
                 scheduler_extra_container_config = Dict(config=True)
                 scheduler_extra_pod_config = Dict(config=True)
                 scheduler_extra_pod_labels = Dict(config=True)
+                # The pods' image, which the gateway's clusters choose through the option `image`: recorded
+                # here (processes run from this venv, or from the server's container_image), and given to
+                # the workers as CLUSTER_IMAGE so that a test sees what a pod would run.
+                image = Unicode("", config=True)
 
             class LocalPodBackend(UnsafeLocalBackend):
                 cluster_config_class = ContainerClusterConfig
@@ -369,6 +373,7 @@ def start_dask_gateway_server(
                     for source in container.get("envFrom", []):
                         env.update(KUBERNETES_SECRETS[source["secretRef"]["name"]])
                     env.update({{item["name"]: item["value"] for item in container.get("env", [])}})
+                    env["CLUSTER_IMAGE"] = cluster.config.image
                     return env
 
                 # A stopped cluster's directory goes, with the logs of its scheduler and

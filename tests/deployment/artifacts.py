@@ -34,12 +34,18 @@ DASK_CLUSTERS_POLICY = "gateway-dask-clusters"
 def _all_manifest_documents() -> list[dict[str, Any]]:
     documents = list(yaml.safe_load_all((PROJECT / "deploy_gateway.yaml").read_text()))
     names = sorted((doc["kind"], doc["metadata"]["name"]) for doc in documents)
-    assert names == [("Deployment", "gateway"), ("NetworkPolicy", "gateway"), ("NetworkPolicy", DASK_CLUSTERS_POLICY), ("Service", "gateway-svc")]
+    assert names == [
+        ("Deployment", "gateway"),
+        ("NetworkPolicy", "gateway"),
+        ("NetworkPolicy", DASK_CLUSTERS_POLICY),
+        ("PodDisruptionBudget", "gateway"),
+        ("Service", "gateway-svc"),
+    ]
     return documents
 
 
 def manifest_documents() -> dict[str, dict[str, Any]]:
-    """deploy_gateway.yaml's documents of the gateway's pod by kind, as plain data: its Deployment, Service and NetworkPolicy."""
+    """deploy_gateway.yaml's documents of the gateway's pod by kind, as plain data: its Deployment, PodDisruptionBudget, Service and NetworkPolicy."""
     return {doc["kind"]: doc for doc in _all_manifest_documents() if doc["metadata"]["name"] != DASK_CLUSTERS_POLICY}
 
 
@@ -60,13 +66,21 @@ def manifests() -> Manifests:
     return Manifests(*(typed(documents[kind], kind) for kind in ("Deployment", "Service", "NetworkPolicy")))
 
 
+def disruption_budget() -> Any:
+    """deploy_gateway.yaml's PodDisruptionBudget as the kubernetes client's typed model."""
+    return typed(manifest_documents()["PodDisruptionBudget"], "PodDisruptionBudget")
+
+
 def helm_values() -> dict[str, Any]:
     """dask_gateway_config.yaml: the dask-gateway chart's values."""
     return yaml.safe_load((PROJECT / "dask_gateway_config.yaml").read_text())
 
 
-def options_handler() -> Any:
-    """The handler that extraConfig sets, run as the chart runs extraConfig: with ``c`` and ``get_property``."""
+def cluster_options() -> Any:
+    """``c.Backend.cluster_options`` as extraConfig sets it, run as the chart runs extraConfig: with ``c`` and ``get_property``.
+
+    A callable of the user, as Dask Gateway's backend calls it: the ``Options`` that user is offered.
+    """
     gateway = helm_values()["gateway"]
     properties = {"gateway": {key: value for key, value in gateway.items() if key != "extraConfig"}}
 
@@ -81,7 +95,19 @@ def options_handler() -> Any:
     config = Config()
     for name in sorted(gateway["extraConfig"]):
         exec(gateway["extraConfig"][name], {"c": config, "get_property": get_property})
-    return config.Backend.cluster_options.handler
+    return config.Backend.cluster_options
+
+
+def options_handler() -> Any:
+    """What Dask Gateway makes of a request's cluster options for a user: the options that user is offered, parsed
+    (unknown ones refused, defaults filled in), then the handler's settings (``Backend.process_cluster_options``)."""
+    offered = cluster_options()
+
+    def configuration(requested: dict[str, Any], user: Any) -> dict[str, Any]:
+        options = offered(user)
+        return options.get_configuration(options.parse_options(requested), user)
+
+    return configuration
 
 
 def jupyterhub_values() -> dict[str, Any]:

@@ -7,7 +7,7 @@ import pytest
 from dask_gateway_server.models import User
 from kubernetes.client import V1Pod
 
-from artifacts import chart, dask_clusters_policy, helm_values, manifests, options_handler, typed
+from artifacts import chart, cluster_options, dask_clusters_policy, helm_values, manifests, options_handler, typed
 from devtools.container_process import IMAGE_USER
 from network_policies import selects
 from science_gateway.cluster import WORKER_MALLOC_ENVIRON
@@ -54,9 +54,10 @@ def test_workers_on_kubernetes_get_the_malloc_settings_of_the_local_workers() ->
     assert collected["distributed"]["nanny"]["pre_spawn_environ"] == WORKER_MALLOC_ENVIRON
 
 
-def pods_of(identity: str) -> dict[str, dict[str, Any]]:
-    """The scheduler's and a worker's pod that dask-gateway's Kubernetes controller makes for a cluster of ``identity``:
-    the chart's values as the chart sets them, and the options handler's settings over them, as Dask Gateway applies them."""
+def pods_of(identity: str, options: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The scheduler's and a worker's pod that dask-gateway's Kubernetes controller makes for a cluster of ``identity``
+    asked for with these cluster ``options``: the chart's values as the chart sets them, and the options handler's
+    settings over them, as Dask Gateway applies them."""
     from dask_gateway_server.backends.kubernetes.backend import KubeClusterConfig
     from dask_gateway_server.backends.kubernetes.controller import KubeController
 
@@ -66,7 +67,7 @@ def pods_of(identity: str) -> dict[str, dict[str, Any]]:
         for component in ("scheduler", "worker")
         for part in ("pod", "container")
     }
-    config = KubeClusterConfig(**{**charts, **options_handler()({}, User(identity))})
+    config = KubeClusterConfig(**{**charts, **options_handler()(options or {}, User(identity))})
     controller = KubeController(api_url="http://dask-gateway-api/api", gateway_instance="dask-gateway")
     return {component: controller.make_pod("science", "c0ffee", config, is_worker=component == "worker") for component in ("scheduler", "worker")}
 
@@ -96,3 +97,55 @@ def test_users_dask_pods_are_the_charts_own() -> None:
     for pod in pods_of("alice").values():
         assert not selects(dask_clusters_policy()["spec"]["podSelector"], pod["metadata"]["labels"])
         assert "securityContext" not in pod["spec"] and "envFrom" not in pod["spec"]["containers"][0]
+
+
+GATEWAYS_SERVICE = "service:science-gateway"
+
+
+def gateways_image_repository() -> str:
+    return manifests().deployment.spec.template.spec.containers[0].image.rsplit(":", 1)[0]
+
+
+def test_the_image_option_is_offered_to_the_gateways_service_alone() -> None:
+    """Users see no option: their clusters keep Dask Gateway's default image."""
+    assert [field.field for field in cluster_options()(User(GATEWAYS_SERVICE)).fields] == ["image"]
+    for name in ("alice", "science-gateway", "service:dask-gateway"):
+        assert not cluster_options()(User(name)).fields
+        with pytest.raises(ValueError, match="Unknown fields"):
+            options_handler()({"image": f"{gateways_image_repository()}:1.0.0"}, User(name))
+
+
+@pytest.mark.parametrize("reference", [":1.0.0", ":2.0.0-rc1", "@sha256:" + "0" * 64, ":1.0.0@sha256:" + "0" * 64])
+def test_the_gateways_service_may_choose_any_image_of_its_repository(reference: str) -> None:
+    """Any tag or digest: a rolling upgrade's old and new pods each get clusters of their own image."""
+    image = gateways_image_repository() + reference
+    assert options_handler()({"image": image}, User(GATEWAYS_SERVICE))["image"] == image
+
+
+def test_without_the_option_the_gateways_clusters_keep_the_default_image() -> None:
+    assert "image" not in options_handler()({}, User(GATEWAYS_SERVICE))
+    assert "image" not in options_handler()({"image": ""}, User(GATEWAYS_SERVICE))
+
+
+@pytest.mark.parametrize(
+    "suffix", ["-evil:1.0.0", "/other:1.0.0", ":", "", ":1.0.0/../x"], ids=["a longer name", "a path below", "no tag", "no reference", "a slash in the tag"]
+)
+def test_no_other_image_is_accepted(suffix: str) -> None:
+    with pytest.raises(ValueError, match="is refused"):
+        options_handler()({"image": gateways_image_repository() + suffix}, User(GATEWAYS_SERVICE))
+    with pytest.raises(ValueError, match="is refused"):
+        options_handler()({"image": "docker.io/library/python:3.11"}, User(GATEWAYS_SERVICE))
+
+
+def test_the_gateways_pods_run_the_image_it_asks_for_and_users_pods_the_charts() -> None:
+    """Through dask-gateway's own Kubernetes controller, as for the security settings above."""
+    image = manifests().deployment.spec.template.spec.containers[0].image
+    for pod in pods_of(GATEWAYS_SERVICE, {"image": image}).values():
+        assert [container["image"] for container in pod["spec"]["containers"]] == [image]
+    from dask_gateway_server.backends.kubernetes.backend import KubeClusterConfig
+
+    # The image the chart's values (gateway.backend.image, which ours leave alone) set; here the class's default.
+    default = KubeClusterConfig.class_traits()["image"].default_value
+    assert default != image
+    for pod in pods_of("alice").values():
+        assert [container["image"] for container in pod["spec"]["containers"]] == [default]

@@ -76,7 +76,8 @@ def pod_environment(s3: LocalS3, results_prefix: str) -> dict[str, str]:
     """
     (container,) = manifests().deployment.spec.template.spec.containers
     plain = {item.name: item.value for item in container.env if item.value is not None}
-    applies = {name: value for name, value in plain.items() if not name.startswith(("DASK_GATEWAY__", "JUPYTERHUB_", "GATEWAY_AUTH"))}
+    dask_gateways = ("DASK_GATEWAY__", "GATEWAY_CLUSTER_OPTIONS")
+    applies = {name: value for name, value in plain.items() if not name.startswith((*dask_gateways, "JUPYTERHUB_", "GATEWAY_AUTH"))}
     return {**applies, "GATEWAY_RESULTS_URL": f"{applies['GATEWAY_RESULTS_URL']}/{results_prefix}", **s3.environ()}
 
 

@@ -10,7 +10,7 @@ import pytest
 from dask_gateway_server.models import User
 from flask import Flask
 
-from artifacts import dockerfile_cmd, gunicorn_settings, helm_values, jupyterhub_values, manifests, options_handler
+from artifacts import disruption_budget, dockerfile_cmd, gunicorn_settings, helm_values, jupyterhub_values, manifests, options_handler
 from devtools.container_engine import DEBIAN_BASE_IMAGE
 from devtools.processes import free_port
 from gateway import probe_answer, services
@@ -37,10 +37,39 @@ def container():
     return gateway
 
 
-def test_one_replica_replaced_not_rolled() -> None:
+def test_two_replicas_rolled_with_none_unavailable() -> None:
+    """An upgrade starts a new pod, and waits for it to be ready, before it stops an old one."""
     deployment = manifests().deployment
-    assert deployment.spec.replicas == 1
-    assert deployment.spec.strategy.type == "Recreate"
+    assert deployment.spec.replicas == 2
+    strategy = deployment.spec.strategy
+    assert strategy.type == "RollingUpdate"
+    assert (strategy.rolling_update.max_unavailable, strategy.rolling_update.max_surge) == (0, 1)
+
+
+def test_the_disruption_budget_keeps_one_of_the_gateways_pods() -> None:
+    deployment = manifests().deployment
+    budget = disruption_budget()
+    assert budget.metadata.name == deployment.metadata.name
+    assert budget.spec.min_available == 1 < deployment.spec.replicas and budget.spec.max_unavailable is None
+    selector = budget.spec.selector
+    assert not selector.match_expressions
+    assert selector.match_labels == deployment.spec.selector.match_labels, "the Deployment's pods, no more"
+    assert selector.match_labels.items() <= deployment.spec.template.metadata.labels.items()
+
+
+def test_the_replicas_spread_over_nodes_and_still_start_on_one() -> None:
+    pod = manifests().deployment.spec.template
+    (constraint,) = pod.spec.topology_spread_constraints
+    assert constraint.topology_key == "kubernetes.io/hostname" and constraint.max_skew == 1
+    assert constraint.when_unsatisfiable == "ScheduleAnyway", "a one-node cluster still runs both"
+    assert constraint.label_selector.match_labels.items() <= pod.metadata.labels.items()
+    assert constraint.match_label_keys == ["pod-template-hash"], "one version's pods spread among themselves"
+    assert pod.spec.affinity is None
+
+
+def test_each_replica_is_named_after_its_pod() -> None:
+    (replica_id,) = [variable for variable in container().env if variable.name == "GATEWAY_REPLICA_ID"]
+    assert replica_id.value is None and replica_id.value_from.field_ref.field_path == "metadata.name"
 
 
 def test_the_service_selects_the_pods_and_ports_agree() -> None:
@@ -173,10 +202,15 @@ def test_dask_gateway_settings_point_at_the_charts_service() -> None:
     assert load_settings({name: value for name, value in env.items() if value}).uses_dask_gateway
 
 
-def test_one_image_for_the_gateway_and_the_dask_cluster() -> None:
-    image = helm_values()["gateway"]["backend"]["image"]
-    assert container().image == f"{image['name']}:{image['tag']}"
-    assert image["tag"] not in ("", "latest")
+def test_one_image_for_the_gateway_and_its_dask_clusters_which_dask_gateway_accepts() -> None:
+    """The pod's image is the one its clusters ask for, and the options handler gives it to the gateway's service."""
+    image = container().image
+    env = {variable.name: variable.value for variable in container().env}
+    assert load_settings({name: value for name, value in env.items() if value}).cluster_options == {"image": image}
+    assert image.rsplit(":", 1)[1] not in ("", "latest")
+    assert "image" not in helm_values()["gateway"]["backend"], "users' clusters keep the chart's image"
+    gateways_service = f"service:{env['JUPYTERHUB_SERVICE_NAME']}"
+    assert options_handler()({"image": image}, User(gateways_service))["image"] == image
     base = re.search(r"^FROM (\S+)", (PROJECT / "Dockerfile").read_text(), flags=re.MULTILINE).group(1)
     assert base == DEBIAN_BASE_IMAGE, "the tests make this base locally"
     assert dockerfile_cmd()[:1] == ["gunicorn"]

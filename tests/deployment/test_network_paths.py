@@ -15,6 +15,8 @@ for the gateway's own clusters), and ours from the Deployment's pod template.
 from __future__ import annotations
 
 import copy
+import ipaddress
+import textwrap
 from typing import Any
 
 import pytest
@@ -346,3 +348,44 @@ def test_the_dask_pods_policy_selects_the_gateways_schedulers_and_workers_alone(
     chosen = [name for name, pod in pods.items() if pod.ip is None and selects(selector, pod.labels)]
     assert chosen == ["scheduler", "worker"]
 
+
+
+def object_store_policy() -> Policy:
+    """The policy docs/deployment.md tells an operator to add for an object store on a private address or another port."""
+    section = (PROJECT / "docs" / "deployment.md").read_text().split("**An object store on a private address or another port**", 1)[1]
+    return yaml.safe_load(textwrap.dedent(section.split("```yaml\n", 1)[1].split("```", 1)[0]))
+
+
+# Every pair of pods and addresses above, on each port any of them uses.
+PORTS = sorted({53, 80, 443, 7480, 8000, 8001, 8080, 8081, 8443, 8786, 8787, 8788, 8888, 9000, 9090})
+
+
+def allowed_hops(policies: list[tuple[Policy, str]], pods: dict[str, Endpoint]) -> set[tuple[str, str, int]]:
+    return {
+        (source, destination, port)
+        for source in pods
+        for destination in pods
+        if source != destination
+        for port in PORTS
+        if allowed(policies, pods[source], pods[destination], port)
+    }
+
+
+def test_the_object_store_policy_the_docs_show_opens_the_gateways_path_to_that_store_and_nothing_else(deployed) -> None:
+    policy = object_store_policy()
+    assert policy["metadata"]["name"] not in {manifest_documents()["NetworkPolicy"]["metadata"]["name"], dask_clusters_policy()["metadata"]["name"]}
+    ((rule,),) = [policy["spec"]["egress"]]
+    ((peer,), (port,)) = rule["to"], rule["ports"]
+    store_range, store_port = ipaddress.ip_network(peer["ipBlock"]["cidr"]), port["port"]
+    assert store_range.is_private and store_port != 443, "the case the shipped policy does not cover"
+    policies, pods = deployed
+    pods = {
+        **pods,
+        "private store": Endpoint("object store on premises", ip=str(store_range[10])),
+        "next to it": Endpoint("an address beside its range", ip=str(store_range.broadcast_address + 1)),
+    }
+    before = allowed_hops(policies, pods)
+    after = allowed_hops([*policies, (policy, NAMESPACE)], pods)
+    assert after - before == {("gateway", "private store", store_port)}
+    assert before <= after
+    assert not broken_hops(([*policies, (policy, NAMESPACE)], pods))

@@ -5,6 +5,7 @@ handler gives them, to the gateway's own clusters (as the kubelet mounts the
 Secret into worker pods): the dask-gateway-server process itself runs without them.
 """
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import numpy as np
 import psutil
 import pytest
 import requests
+import yaml
 import zarr
 from dask_gateway import BasicAuth, Gateway
 
@@ -24,7 +26,7 @@ from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import LocalS3
 from devtools.processes import stop_process
 from helpers import assert_all_gone, assert_complete_result, assert_computed_by_the_app, descendants, finished_job, new_secret, wait_for
-from servers import DaskGatewayServer, dask_gateway_login_environ, start_dask_gateway_server
+from servers import PROJECT, DaskGatewayServer, dask_gateway_login_environ, start_dask_gateway_server
 
 USER = "scientist"
 
@@ -298,3 +300,40 @@ def test_the_cluster_options_setting_reaches_dask_gateway_and_a_wrong_one_is_nam
             stop_process(served.process, timeout=90)
     finally:
         stop_process(server.process, timeout=60)
+
+
+def manifests_cluster_options() -> str:
+    """GATEWAY_CLUSTER_OPTIONS as deploy_gateway.yaml sets it for the pod: the pod's own image."""
+    (deployment,) = [doc for doc in yaml.safe_load_all((PROJECT / "deploy_gateway.yaml").read_text()) if doc["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (options,) = [item["value"] for item in container["env"] if item["name"] == "GATEWAY_CLUSTER_OPTIONS"]
+    assert json.loads(options) == {"image": container["image"]}
+    return options
+
+
+def test_the_gateways_clusters_get_the_image_the_manifest_asks_for_and_another_repositorys_is_refused(
+    dask_gateway_server: DaskGatewayServer, results_prefix: str, tmp_path: Path, http
+) -> None:
+    """The shipped values' options handler, in a real dask-gateway-server: the option reaches the cluster's settings
+    (the local backend hands the pods' image setting to the workers as CLUSTER_IMAGE), and an image of another
+    repository starts no cluster, readiness naming the refusal."""
+    options = manifests_cluster_options()
+    environ = {**gateway_environ(dask_gateway_server, dask_gateway_server.password, results_prefix), "GATEWAY_N_WORKERS": "1"}
+    served = start_gunicorn_gateway({**environ, "GATEWAY_CLUSTER_OPTIONS": options}, log_file=tmp_path / "own-image.log")
+    try:
+        [cluster] = running_clusters(dask_gateway_server)
+        assert cluster.options == json.loads(options)
+        with gateway_client(dask_gateway_server).connect(cluster.name, shutdown_on_close=False) as connected, connected.get_client() as client:
+            assert set(client.run(lambda: os.environ.get("CLUSTER_IMAGE")).values()) == {json.loads(options)["image"]}
+    finally:
+        stop_process(served.process, timeout=90)
+    wait_for(lambda: not running_clusters(dask_gateway_server), 30, "the cluster to be stopped with the gateway")
+
+    foreign = json.dumps({"image": "docker.io/library/python:3.11"})
+    served = start_gunicorn_gateway({**environ, "GATEWAY_CLUSTER_OPTIONS": foreign}, log_file=tmp_path / "foreign.log", ready_timeout=0)
+    try:
+        reason = wait_for(lambda: "is refused" in (text := http.get(f"{served.url}/readyz", timeout=30).text) and text, 60, "the refusal")
+        assert "docker.io/library/python:3.11" in reason and "registry.example.org/science-gateway:<tag>" in reason
+        assert not running_clusters(dask_gateway_server), "no cluster started with another image"
+    finally:
+        stop_process(served.process, timeout=90)
