@@ -95,7 +95,9 @@ _RESULT_HEADERS = {
 }
 
 # The dependencies /readyz reports, each named by a 503 of its outage (error.dependency).
-DEPENDENCIES = ("cluster", "results_store", "job_records", "replicas")
+DEPENDENCIES = ("cluster", "results_store", "job_records")
+# Beside them in /readyz: this replica, the others seen, and whether one runs where there may be only one.
+READINESS_PARTS = (*DEPENDENCIES, "replicas")
 _DEPENDENCY = {
     "type": "object",
     "required": ["ready", "reason"],
@@ -198,12 +200,12 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Ready": {
         "type": "object",
-        "required": ["status", "failing", "message", *DEPENDENCIES],
+        "required": ["status", "failing", "message", *READINESS_PARTS],
         "properties": {
             "status": {"enum": ["ready", "degraded"], "description": "degraded: a dependency is out, and the requests that need it answer 503 with Retry-After"},
-            "failing": {"type": "array", "items": {"enum": list(DEPENDENCIES)}, "description": "The dependencies that are out"},
+            "failing": {"type": "array", "items": {"enum": list(READINESS_PARTS)}, "description": "The dependencies that are out"},
             "message": {"type": "string", "description": "Why each is out; empty when ready"},
-            **{name: _DEPENDENCY for name in DEPENDENCIES},
+            **{name: _DEPENDENCY for name in READINESS_PARTS},
         },
     },
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},

@@ -201,7 +201,7 @@ CONTRACTED_CODES: set[str] = set()
 def test_what_a_notebook_sees_names_the_answers_dependencies_and_retry_afters_of_the_code() -> None:
     import gateway  # noqa: F401 - every module that defines a failure is imported with it
     from science_gateway.errors import GatewayError
-    from science_gateway.openapi import DEPENDENCIES
+    from science_gateway.openapi import DEPENDENCIES, READINESS_PARTS
 
     table = (PROJECT / "docs" / "operations.md").read_text().split("## What a notebook sees", 1)[1]
     rows = [line for line in table.splitlines() if line.startswith("| **")]
@@ -223,7 +223,7 @@ def test_what_a_notebook_sees_names_the_answers_dependencies_and_retry_afters_of
                 if code not in CONTRACTED_CODES:
                     assert by_code[code]("x").headers().get("Retry-After") == seconds, (code, seconds)
         for dependency in re.findall(r"`(?:failing|error\.dependency)` `(\w+)`", row):
-            assert dependency in DEPENDENCIES, dependency
+            assert dependency in READINESS_PARTS, dependency
     assert set(re.findall(r"`error\.dependency` `(\w+)`", table)) == set(DEPENDENCIES), "each dependency /readyz reports has its row"
     assert {by_code[code]("x").details()["dependency"] for code in ("storage_error", "cluster_not_ready")} == {"results_store", "cluster"}
 

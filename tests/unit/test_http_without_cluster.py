@@ -11,7 +11,7 @@ from devtools.processes import free_port
 from gateway import probe_answer, services
 from helpers import running_app, wait_for
 from openapi_check import CheckedClient
-from science_gateway.openapi import DEPENDENCIES, OPEN_PATHS
+from science_gateway.openapi import OPEN_PATHS, READINESS_PARTS
 from science_gateway.readiness import Readiness
 
 
@@ -69,12 +69,12 @@ def test_readyz_serves_until_the_graceful_stop_with_each_dependencys_state_on_bo
     closed = probe_answer(gateway, "/readyz")
 
     status, body = serving
-    assert status == 200 and list(body) == ["status", "failing", "message", *DEPENDENCIES]
+    assert status == 200 and list(body) == ["status", "failing", "message", *READINESS_PARTS]
     assert (body["status"], body["failing"]) == ("degraded", ["cluster"]) and body["message"].startswith("cluster: Dask cluster not ready")
-    assert all(set(body[part]) >= {"ready", "reason"} for part in DEPENDENCIES)
+    assert all(set(body[part]) >= {"ready", "reason"} for part in READINESS_PARTS)
     assert (main_port.status_code, main_port.json["status"]) == (200, "degraded")
     assert stopping[0] == 503 and main_port_stopping.status_code == 503 and main_port_stopping.json == stopping[1]
-    assert stopping[1]["error"]["code"] == "gateway_stopping" and set(stopping[1]["error"]) == {"code", "message", *DEPENDENCIES}
+    assert stopping[1]["error"]["code"] == "gateway_stopping" and set(stopping[1]["error"]) == {"code", "message", *READINESS_PARTS}
     assert closed[0] == 503 and closed[1]["error"]["results_store"] == {"ready": False, "reason": "the gateway is shut down"}
     assert probe_answer(gateway, "/healthz") == (200, {"status": "ok"}), "liveness stays local"
 
