@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from .apps.registry import Apps
 from .chunk_writes import ChunkWrites, JobCancelled, JobFailed
 from .cluster import ClusterConnection
 from .errors import GatewayError
 from .job_errors import INTERRUPTED
-from .job_records import CANCELLED, DONE, FAILED, RUNNING, JobKey, JobRecord, finish, now
+from .job_records import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobKey, JobRecord, finish, now
 from .job_table import JobTable
 from .job_work import runnable
 from .metrics import GatewayMetrics, job_event_fields
@@ -148,6 +149,11 @@ class JobRunner:
         if status != DONE:
             self._keeper.discard_result(record)
         with table.lock:
+            stopped_by_the_stop = status == FAILED and table.drain_deadline is not None and table.cancel_requested.get(key) is None
+        if stopped_by_the_stop and self._keeper.shared:
+            self._hand_back(record)
+            return
+        with table.lock:
             final = finish(record, status, error=error, seconds=round(time.monotonic() - started, 3))
         # Saved before it shows as finished, so that a DELETE of the finished job cannot race the save
         # (a DELETE of a job being completed waits on its reservation).
@@ -174,6 +180,19 @@ class JobRunner:
             table.cancel_requested.pop(key, None)
             table.reserved.discard(key)
             table.changed(key)
+
+    def _hand_back(self, record: JobRecord) -> None:
+        """Queue again, held by no replica, a job this stopping replica could not finish (its deadline came, or its
+        cluster refused new work as the process ended): another replica takes it over and runs it from the start."""
+        key = record.key
+        queued = replace(record, status=QUEUED, started_at=None, chunks_written=0, replica=None)
+        standing = self._keeper.save_quietly(queued)
+        logger.info("job %s handed over to the other replicas: this one is stopping", key, extra=job_event_fields(record.job_id, "handed_over", QUEUED))
+        with self._table.lock:
+            self._table.running.pop(key, None)
+            self._table.cancel_requested.pop(key, None)
+            self._table.reserved.discard(key)
+            self._keeper.settle(key, standing)
 
     def _lose(self, record: JobRecord) -> None:
         """Give up a job whose claim another replica's save came before: it stands as that replica saved it."""

@@ -19,6 +19,7 @@ lease seen there is reported in the log and by ``/readyz``, never acted on.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from dataclasses import replace
 
@@ -130,14 +131,17 @@ class RecordSync:
                 record for record in self._table.records.values()
                 if record.status in (QUEUED, RUNNING) and not replicas.is_alive(record.replica) and record.key not in self._table.reserved
             ]  # fmt: skip
+        # In no two replicas' order: replicas taking over one stopped replica's jobs seldom race for the same one.
+        random.shuffle(orphans)
         for record in orphans:
             if record.status == QUEUED:
                 taken = replace(record, replica=replicas.id)
             else:
                 taken = finish(record, FAILED, error=REPLICA_LOST, replica=replicas.id)
             standing = self._keeper.save_final(taken)
-            if standing is taken and record.status == RUNNING:
-                self._keeper.discard_result(record)
+            if standing is taken:
+                if record.status == RUNNING:
+                    self._keeper.discard_result(record)
+                logger.warning("job %s, held by %s, taken over: %s", record.key, record.replica or "no replica", taken.status)
             with self._table.lock:
                 self._keeper.settle(record.key, standing)
-            logger.warning("job %s of replica %s, which is not alive, taken over: %s", record.key, record.replica, standing.status if standing else "deleted")

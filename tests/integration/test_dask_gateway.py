@@ -152,7 +152,8 @@ def test_other_unused_clusters_of_its_identity_are_stopped_and_one_a_gateway_use
 
     first = start_gunicorn_gateway(environ, log_file=tmp_path / "first.log")
     # A second replica, or a new pod while the old one stops: the first one's cluster has its client.
-    second = start_gunicorn_gateway(environ, log_file=tmp_path / "second.log")
+    # Its records elsewhere: on rclone's store (no conditional writes) a second replica of the same records waits as a standby.
+    second = start_gunicorn_gateway({**environ, "GATEWAY_RESULTS_URL": f"{environ['GATEWAY_RESULTS_URL']}-second"}, log_file=tmp_path / "second.log")
     try:
         running = {cluster.name for cluster in running_clusters(dask_gateway_server)}
         assert older not in running and newer in running and len(running) == 2

@@ -63,8 +63,8 @@ def wait_for_status(gateway: RunningGateway, job_id: str, wanted: str, timeout: 
 
 
 def runs(job_id: str, *gateways: RunningGateway) -> int:
-    """How many times the replicas started the job: each logs each start."""
-    return sum(gateway.log().count(f"job {job_id} started") for gateway in gateways)
+    """How many runs of the job the replicas completed: each logs each (a run a stopping replica handed back never completed)."""
+    return sum(gateway.log().count(f"job {job_id} done in ") for gateway in gateways)
 
 
 @contextmanager
