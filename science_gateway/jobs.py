@@ -32,7 +32,7 @@ from .job_deletion import JobDeletion
 from .job_errors import INTERRUPTED, GatewayStopping, JobAlreadyExists, JobInterrupted, JobNotFound, ReplicaStandby
 from .job_events import JobEvent, follow
 from .job_parameters import differences, new_job_id, validate_job_id
-from .job_records import FINISHED, QUEUED, RESUBMITTABLE, JobKey, JobRecord, decode_cursor, encode_cursor, sort_key
+from .job_records import FINISHED, QUEUED, RESUBMITTABLE, RUNNING, JobKey, JobRecord, decode_cursor, encode_cursor, sort_key
 from .job_runner import JobRunner
 from .job_table import JobTable
 from .job_work import JobWork, SourceGone, SourceResult
@@ -381,7 +381,8 @@ class JobManager:
                 "delete finished jobs (DELETE /jobs/<id>) or submit again under the id of a failed or cancelled one",
                 retry_after=RECORDS_RETRY_AFTER_SECONDS,
             )  # fmt: skip
-        held = table.queue.count(owner) + len(submitting) + sum(key.owner == owner for key in table.running)
+        # From the records, not this replica's queue: jobs queued or running at other replicas count once it has read them.
+        held = sum(record.status in (QUEUED, RUNNING) for record in table.records.of_owner(owner)) + len(submitting)
         if held >= settings.max_jobs_per_owner:
             raise AdmissionRefused(
                 "too_many_jobs_of_owner", f"{owner} has {held} jobs queued or running",

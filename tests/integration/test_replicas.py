@@ -225,3 +225,34 @@ def test_a_rolling_upgrade_loses_no_job_and_runs_none_twice(replicas: Replicas) 
     for job_id, _ in accepted:
         assert wait_for_status(new, job_id, "done", timeout=180)["error"] is None
         assert runs(job_id, old, kept, new) == 1
+
+
+def test_an_owners_quota_holds_across_replicas_once_each_has_read_the_others_jobs(replicas: Replicas, measured: Callable[[str], None]) -> None:
+    """A quota of two jobs' bytes: a job accepted at one replica counts at the other once that one has read it;
+    a burst at both at once is bounded by each replica's own count (docs/operations.md, "Limits across replicas")."""
+    quota = {"GATEWAY_OWNER_QUOTA_BYTES": str(2 * 100 * 100 * 4)}
+    first, second = replicas.start("first", **quota), replicas.start("second", **quota)
+
+    def submit(gateway: RunningGateway, job_id: str) -> requests.Response:
+        return requests.post(f"{gateway.url}/jobs", json={"job_id": job_id, **SMALL_JOB}, timeout=60)
+
+    def listed(gateway: RunningGateway, job_id: str) -> bool:
+        return job_id in {job["job_id"] for job in requests.get(f"{gateway.url}/jobs", timeout=30).json()["jobs"]}
+
+    assert submit(first, "quota-1").status_code == 202
+    wait_for(lambda: listed(second, "quota-1"), 60, "the second replica to read the first's job")
+    assert submit(second, "quota-2").status_code == 202
+    wait_for(lambda: listed(first, "quota-2"), 60, "the first replica to read the second's job")
+    refused = [submit(gateway, f"quota-3-{index}") for index, gateway in enumerate((first, second))]
+    assert [(answer.status_code, answer.json()["error"]["code"]) for answer in refused] == [(429, "quota_exceeded")] * 2
+
+    # A burst at both at once, after the first two are deleted: each replica admits what its own count allows.
+    for job_id, gateway in (("quota-1", first), ("quota-2", second)):
+        wait_for_status(gateway, job_id, "done")
+        assert requests.delete(f"{gateway.url}/jobs/{job_id}", timeout=60).status_code == 204
+    wait_for(lambda: not listed(first, "quota-2") and not listed(second, "quota-1"), 60, "each replica to read the other's deletion")
+    burst = submit_at_once([first, second, first, second], [{"job_id": f"burst-{index}", **SMALL_JOB} for index in range(4)])
+    accepted = sum(answer.status_code == 202 for answer in burst)
+    assert {answer.status_code for answer in burst} <= {202, 429}
+    assert 2 <= accepted <= 4, "at most the quota at each replica"
+    measured(f"replicas: a burst of 4 jobs at 2 replicas under a 2-job quota: {accepted} admitted")
