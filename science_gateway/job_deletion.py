@@ -93,7 +93,8 @@ class JobDeletion:
         standing: JobRecord | None = record
         try:
             for _attempt in range(CANCEL_ATTEMPTS):
-                cancelled = finish(record, CANCELLED)
+                # A running job stays its holder's until its tasks have stopped: its id is not submitted again before.
+                cancelled = finish(record, CANCELLED, replica=record.replica if record.status == RUNNING else None)
                 standing = self._keeper.save_final(cancelled)
                 if standing is None or standing is cancelled or standing.status in FINISHED or self._keeper.holds(standing):
                     break

@@ -64,3 +64,13 @@ class ReplicaStandby(GatewayError, RuntimeError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class JobStillStopping(GatewayError, RuntimeError):
+    """The job was cancelled at another replica, whose tasks for it have not stopped yet: its id is not taken again before."""
+
+    status, code = 503, "job_stopping"
+    retry_after = 5
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -115,10 +115,14 @@ class JobRecord:
 
 
 def finish(record: JobRecord, status: str, **changes: Any) -> JobRecord:
-    """The record as it ends now: a result kept for ``ttl`` seconds expires that long after."""
+    """The record as it ends now: a result kept for ``ttl`` seconds expires that long after.
+
+    Held by no replica: its run has stopped (unless ``replica`` says which replica is still stopping it).
+    """
     now = datetime.now(UTC)
     expires_at = (now + timedelta(seconds=record.ttl)).isoformat(timespec="microseconds") if record.ttl else None
-    return replace(record, status=status, finished_at=now.isoformat(timespec="microseconds"), expires_at=expires_at, **changes)
+    ended = {"status": status, "finished_at": now.isoformat(timespec="microseconds"), "expires_at": expires_at, "replica": None}
+    return replace(record, **{**ended, **changes})
 
 
 def has_expired(record: JobRecord, now: datetime) -> bool:

@@ -12,7 +12,7 @@ from .chunk_writes import ChunkWrites, JobCancelled, JobFailed
 from .cluster import ClusterConnection
 from .errors import GatewayError
 from .job_errors import INTERRUPTED
-from .job_records import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobKey, JobRecord, finish, now
+from .job_records import CANCELLED, DONE, FAILED, FINISHED, QUEUED, RUNNING, JobKey, JobRecord, finish, now
 from .job_table import JobTable
 from .job_work import runnable
 from .metrics import GatewayMetrics, job_event_fields
@@ -104,6 +104,7 @@ class JobRunner:
         table = self._table
         started = time.monotonic()
         status, error = DONE, None
+        failed_for_a_known_reason = True
         key = record.key
         try:
             with table.lock:
@@ -137,7 +138,8 @@ class JobRunner:
             status = FAILED if table.stop_requested.is_set() or reason is not None else CANCELLED
             error = INTERRUPTED if table.stop_requested.is_set() else reason
         except Exception as exc:
-            if not isinstance(exc, GatewayError):
+            failed_for_a_known_reason = isinstance(exc, GatewayError)
+            if not failed_for_a_known_reason:
                 logger.exception("job %s failed unexpectedly", key)
             code = exc.code if isinstance(exc, GatewayError) else JobFailed.code
             with table.lock:
@@ -149,7 +151,12 @@ class JobRunner:
         if status != DONE:
             self._keeper.discard_result(record)
         with table.lock:
-            stopped_by_the_stop = status == FAILED and table.drain_deadline is not None and table.cancel_requested.get(key) is None
+            # Stopped at the deadline, or refused by a cluster that takes no new work as the process ends; never a job
+            # cancelled or failed for a reason of its own (its app's error, its timeout), which ends as it would have.
+            stopped_by_the_stop = (
+                status == FAILED and table.drain_deadline is not None and key not in table.cancel_requested
+                and (error is INTERRUPTED or not failed_for_a_known_reason)
+            )  # fmt: skip
         if stopped_by_the_stop and self._keeper.shared:
             self._hand_back(record)
             return
@@ -162,6 +169,9 @@ class JobRunner:
             # Another replica ended it first (its owner cancelled it there, or it was taken over as interrupted).
             if status == DONE:
                 self._keeper.discard_result(record)
+            if standing is not None and standing.status in FINISHED and standing.replica == self._keeper.replica:
+                # Its tasks have stopped and what they wrote is gone: its id may be submitted again.
+                standing = self._keeper.save_quietly(replace(standing, replica=None))
             with table.lock:
                 table.running.pop(key, None)
                 table.cancel_requested.pop(key, None)

@@ -29,7 +29,7 @@ from .apps.registry import Apps
 from .cluster import ClusterConnection
 from .hang_ups import Waiter
 from .job_deletion import JobDeletion
-from .job_errors import INTERRUPTED, GatewayStopping, JobAlreadyExists, JobInterrupted, JobNotFound, ReplicaStandby
+from .job_errors import INTERRUPTED, GatewayStopping, JobAlreadyExists, JobInterrupted, JobNotFound, JobStillStopping, ReplicaStandby
 from .job_events import JobEvent, follow
 from .job_parameters import differences, new_job_id, validate_job_id
 from .job_records import FINISHED, QUEUED, RESUBMITTABLE, RUNNING, JobKey, JobRecord, decode_cursor, encode_cursor, sort_key
@@ -167,7 +167,7 @@ class JobManager:
         replicas = self._replicas
         replicas.renew_and_observe()
         self._keeper.shared = self._store.has_conditional_writes()
-        while not self._keeper.shared and (others := replicas.others_alive()) and not self._table.stop_requested.is_set():
+        while not self._keeper.shared and (others := replicas.older_alive()) and not self._table.stop_requested.is_set():
             if self._standby is None:
                 logger.warning("replica %s holds this results store, which has no conditional writes: this one waits until it stops", ", ".join(sorted(others)))
             self._standby = (
@@ -277,6 +277,10 @@ class JobManager:
                 if not isinstance(found, SourceResult) or found.finished_at != run.finished_at:
                     raise SourceGone(f"source {run.job_id!r} was deleted or made again while the job was submitted; submit it again")
             previous = table.records.get(key)
+            stopping_at = previous.replica if previous is not None and previous.status in FINISHED else None
+            if stopping_at not in (None, self._keeper.replica) and self._replicas.is_alive(stopping_at):
+                # Its last run, cancelled here, still stops at its replica: a new run must not meet its writes.
+                raise JobStillStopping(f"job {job_id!r} was cancelled and is still stopping at replica {stopping_at}; submit it again in a few seconds")
             self._admit(owner, work, new_record=previous is None)
             # Reserved until its record is saved: a concurrent submission of this job waits for it.
             table.reserved.add(key)

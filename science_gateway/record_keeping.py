@@ -66,7 +66,7 @@ class RecordKeeper:
         records = [replace(record, replica=self.replica) if self.shared and record.replica is None else record for record in trusted.records]
         claimed = [record for record in records if record.replica == self.replica and self.shared and record.status == QUEUED]
         # Decided from the store before the table's lock is taken: a slow store must not hold up every request.
-        records = [self._ended_with_the_last_process(record) if record.status == RUNNING and self.holds(record) else record for record in records]
+        records = [self.ended_with_its_process(record, INTERRUPTED) if record.status == RUNNING and self.holds(record) else record for record in records]
         was_running = {record.key for record in trusted.records if record.status == RUNNING}
         interrupted = [record for record in records if record.key in was_running and record.status == FAILED]
         completed = [record for record in records if record.key in was_running and record.status == DONE]
@@ -110,15 +110,15 @@ class RecordKeeper:
                 table.queue.append(key, standing.owner)
         table.changed(key)
 
-    def _ended_with_the_last_process(self, record: JobRecord) -> JobRecord:
-        """How a job stored as running ended: done if its result is complete, interrupted otherwise.
+    def ended_with_its_process(self, record: JobRecord, error: dict[str, str]) -> JobRecord:
+        """How a job stored as running ended with the process that ran it: done if its result is complete, failed with ``error`` otherwise.
 
         Decided from the store, never from the record alone: deleting a complete result would lose it.
         """
         if self._store.is_complete(record.place):
             logger.warning("job %s is stored as running, and its result is complete: it is done", record.key)
             return finish(record, DONE, chunks_written=record.work.output.n_chunks)
-        return finish(record, FAILED, error=INTERRUPTED)
+        return finish(record, FAILED, error=error)
 
     def stored(self, record: JobRecord) -> dict[str, Any]:
         """The record as it is stored."""
@@ -139,13 +139,17 @@ class RecordKeeper:
     def read(self, key: JobKey) -> JobRecord | None:
         """The job's record as stored now (None if there is none, or none this service could have written), its version noted."""
         name = record_name(key.owner, key.job_id)
+        with self._table.lock:
+            known = self.versions.get(name)
         found = self._store.read_record(name)
         record = None if found is None else self.parse(name, found[0])
         with self._table.lock:
-            if found is None:
-                self.versions.pop(name, None)
-            else:
-                self.versions[name] = found[1]
+            # A save of this process meanwhile is newer than what was read.
+            if self.versions.get(name) == known:
+                if found is None:
+                    self.versions.pop(name, None)
+                else:
+                    self.versions[name] = found[1]
         return record
 
     def parse(self, name: str, content: bytes) -> JobRecord | None:
@@ -168,6 +172,9 @@ class RecordKeeper:
                 return record
             except RecordChanged:
                 standing = self.read(record.key)
+                if standing is not None and standing.to_stored() == self.stored(record):
+                    # An attempt that failed on the way back had saved it.
+                    return record
                 logger.warning("job %s was changed by another replica: it stands %s", record.key, standing.status if standing else "deleted")
                 return standing
             except StorageError:

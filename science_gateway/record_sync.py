@@ -24,7 +24,7 @@ import threading
 from dataclasses import replace
 
 from .job_errors import REPLICA_LOST
-from .job_records import FAILED, FINISHED, QUEUED, RUNNING, JobKey, JobRecord, finish
+from .job_records import FAILED, FINISHED, QUEUED, RUNNING, JobKey, JobRecord
 from .job_table import JobTable
 from .metrics import GatewayMetrics
 from .record_keeping import RecordKeeper
@@ -71,7 +71,7 @@ class RecordSync:
             self.intruders = intruders
             return
         lapsed = replicas.lapsed()
-        if not (replicas.others_alive() or lapsed or self._held_by_others()):
+        if not (replicas.others_alive() or lapsed or replicas.departed or self._held_by_others()):
             # Alone on the store: nobody else changes its records.
             return
         self.read_changes()
@@ -91,8 +91,22 @@ class RecordSync:
             known = dict(keeper.versions)
         listed = self._store.record_versions()
         for name, version in listed.items():
-            if known.get(name) != version and (found := self._store.read_record(name)) is not None:
-                self._apply(name, known.get(name), found[1], keeper.parse(name, found[0]))
+            if known.get(name) == version:
+                continue
+            try:
+                found = self._store.read_record(name)
+            except StorageError as exc:
+                # One key the client cannot read (an empty path segment) must not stop every other change being seen.
+                logger.warning("job record %r could not be read: %s", name, exc)
+                found = None
+            stored = None if found is None else keeper.parse(name, found[0])
+            if stored is None:
+                # Read once, and left as it is: a record this version cannot use is neither a job nor a deletion.
+                with self._table.lock:
+                    if keeper.versions.get(name) == known.get(name) and not any(record.record_name == name for record in self._table.records.values()):
+                        keeper.versions[name] = version
+                continue
+            self._apply(name, known.get(name), version if found is None else found[1], stored)
         for name in known.keys() - listed.keys():
             self._apply(name, known[name], None, None)
 
@@ -105,14 +119,15 @@ class RecordSync:
             # Saved here since (its version moved), or being submitted or deleted here: this process decides it.
             if keeper.versions.get(name) != seen or key is None or key in table.reserved:
                 return
+            if key in table.running:
+                # Its version left as this replica saved it: the runner's final save then finds the change and reads it.
+                if (stored is None or stored.status in FINISHED or not keeper.holds(stored)) and key not in table.cancel_requested:
+                    self._stop_here(key, stored)
+                return
             if version is None:
                 keeper.versions.pop(name, None)
             else:
                 keeper.versions[name] = version
-            if key in table.running:
-                if stored is None or stored.status in FINISHED or not keeper.holds(stored):
-                    self._stop_here(key, stored)
-                return
             keeper.settle(key, stored)
 
     def _stop_here(self, key: JobKey, stored: JobRecord | None) -> None:
@@ -137,10 +152,11 @@ class RecordSync:
             if record.status == QUEUED:
                 taken = replace(record, replica=replicas.id)
             else:
-                taken = finish(record, FAILED, error=REPLICA_LOST, replica=replicas.id)
+                # Its last save may have failed after its result was whole: then it is done.
+                taken = self._keeper.ended_with_its_process(record, REPLICA_LOST)
             standing = self._keeper.save_final(taken)
             if standing is taken:
-                if record.status == RUNNING:
+                if taken.status == FAILED:
                     self._keeper.discard_result(record)
                 logger.warning("job %s, held by %s, taken over: %s", record.key, record.replica or "no replica", taken.status)
             with self._table.lock:

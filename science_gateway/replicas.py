@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -41,6 +42,12 @@ class Replicas:
         self._renewals = 0
         self._started_at = now()
         self._seen: dict[str, _Seen] = {}
+        # The view is renewed by one thread and read by requests (/readyz, submissions).
+        self._lock = threading.Lock()
+        # Replicas whose lease objects were removed since the last look: they stopped gracefully.
+        self.departed: set[str] = set()
+        # When each other replica says it started, as its lease says (for which of two holds a store only one may).
+        self._started: dict[str, str] = {}
         # The observer's view is only as fresh as its last listing: a replica that could not list judges nobody.
         self._listed_at: float | None = None
 
@@ -54,6 +61,18 @@ class Replicas:
         content = {"replica": self.id, "renewal": self._renewals, "started_at": self._started_at}
         self._store.write_replica(self.id, json.dumps(content).encode())
         listed = self._store.replica_versions()
+        with self._lock:
+            changed = [replica for replica in listed if replica != self.id and replica not in self._started]
+            self._observe(listed)
+        for replica in changed:
+            self._started[replica] = self._store.read_replica_start(replica)
+
+    def older_alive(self) -> set[str]:
+        """The other replicas alive that started before this one (by their leases; ties by id): one of them holds a store only one may."""
+        mine = (self._started_at, self.id)
+        return {replica for replica in self.others_alive() if (self._started.get(replica, ""), replica) < mine}
+
+    def _observe(self, listed: dict[str, str]) -> None:
         moment = time.monotonic()
         if self._listed_at is not None and moment - self._listed_at > self.renew_interval * 2:
             # This observer could not look for a while: what it missed is no sign that another stopped renewing.
@@ -63,13 +82,16 @@ class Replicas:
             seen = self._seen.get(replica)
             if seen is None or seen.version != version:
                 self._seen[replica] = _Seen(version, moment)
-        for replica in set(self._seen) - set(listed):
+        self.departed = {replica for replica in set(self._seen) - set(listed) if replica != self.id}
+        for replica in self.departed:
             del self._seen[replica]
+            self._started.pop(replica, None)
 
     def others_alive(self) -> set[str]:
         """The other replicas whose leases this one has seen renewed within a lease's time."""
         moment = time.monotonic()
-        return {replica for replica, seen in self._seen.items() if replica != self.id and moment - seen.since < self.lease_seconds}
+        with self._lock:
+            return {replica for replica, seen in self._seen.items() if replica != self.id and moment - seen.since < self.lease_seconds}
 
     def is_alive(self, replica: str | None) -> bool:
         """Whether ``replica`` holds its lease (this one always does); None, a job no replica holds, is no replica."""
@@ -77,12 +99,15 @@ class Replicas:
 
     def lapsed(self) -> set[str]:
         """The other replicas whose lease objects are there, unrenewed for a lease's time."""
-        return {replica for replica in self._seen if replica != self.id} - self.others_alive()
+        with self._lock:
+            seen = {replica for replica in self._seen if replica != self.id}
+        return seen - self.others_alive()
 
     def forget(self, replica: str) -> None:
         """Remove a lapsed lease once its replica's jobs are taken over."""
         self._store.delete_replica(replica)
-        self._seen.pop(replica, None)
+        with self._lock:
+            self._seen.pop(replica, None)
         logger.info("the lease of replica %s lapsed; its jobs are taken over and it is forgotten", replica)
 
     def release(self) -> None:

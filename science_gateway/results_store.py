@@ -24,6 +24,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import secrets
 import warnings
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 from . import results_objects
 from .errors import DependencyUnavailable
 from .region_writes import ARRAY_NAME, ArrayTarget
+from .settings import REPLICA_ID_PATTERN
 
 if TYPE_CHECKING:
     from .apps.base import Output
@@ -388,13 +390,28 @@ class ResultsStore:
         self._write({f"{self._root}/{REPLICAS_PREFIX}/{replica}.json": content}, f"renewing the lease of replica {replica!r} failed")
 
     def replica_versions(self) -> dict[str, str]:
-        """Each replica with a lease object, and that object's version."""
+        """Each replica with a lease object, and that object's version; objects no replica could have written are left out."""
+        prefix = f"{self._root}/{REPLICAS_PREFIX}/"
         try:
-            listed = results_objects.versions_under(self._objects, f"{REPLICAS_PREFIX}/")
+            # With s3fs, as record_versions lists: obstore stops a whole listing at one key it cannot parse.
+            found = self._fs.find(prefix, detail=True)
         except Exception as exc:
             raise StorageError(describe_storage_failure(f"listing the replicas in {self.url} failed", exc)) from exc
-        names = {key.removeprefix(f"{REPLICAS_PREFIX}/"): version for key, version in listed.items()}
-        return {name.removesuffix(".json"): version for name, version in names.items() if name.endswith(".json") and not name.startswith(".")}
+        names = {path.removeprefix(prefix).removesuffix(".json"): str(info.get("ETag", "")) for path, info in found.items() if path.endswith(".json")}
+        return {name: version for name, version in names.items() if re.fullmatch(REPLICA_ID_PATTERN, name)}
+
+    def read_replica_start(self, replica: str) -> str:
+        """When a replica says it started, from its lease; "" if the lease is gone or says nothing usable."""
+        try:
+            found = results_objects.get_versioned(self._objects, f"{REPLICAS_PREFIX}/{replica}.json")
+        except Exception as exc:
+            raise StorageError(describe_storage_failure(f"reading the lease of replica {replica!r} failed", exc)) from exc
+        try:
+            # Untrusted, as every object in the bucket: one that says nothing usable says it started at no time.
+            started = json.loads(found[0]).get("started_at") if found else None
+        except (ValueError, AttributeError, RecursionError):
+            return ""
+        return started if isinstance(started, str) and len(started) <= 40 else ""
 
     def delete_replica(self, replica: str) -> None:
         try:

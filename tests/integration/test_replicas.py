@@ -7,15 +7,19 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import requests
+import zarr
 
 from conftest import SEAWEED_BUCKET
 from devtools.gunicorn_gateway import RunningGateway, start_gunicorn_gateway
 from devtools.processes import stop_process
 from devtools.seaweed_s3 import SeaweedS3
 from helpers import descendants, environ_on, gateways_cluster, reachable_cluster, wait_for, wait_for_the_tasks, workers_held
+from science_gateway.apps.random_array import random_chunk
+from science_gateway.region_writes import chunk_selections
 
 # Short leases, so that a dead replica's jobs are taken over within seconds.
 LEASE_SECONDS = "3"
@@ -34,10 +38,8 @@ class Replicas:
     def start(self, name: str, **settings: str) -> RunningGateway:
         directory = self.base / name
         directory.mkdir()
-        environ = environ_on(
-            self.server, f"s3://{self.prefix}", GATEWAY_REPLICA_ID=name, GATEWAY_REPLICA_LEASE_SECONDS=LEASE_SECONDS,
-            GATEWAY_N_WORKERS="1", **reachable_cluster(directory), **settings,
-        )  # fmt: skip
+        chosen = {"GATEWAY_REPLICA_ID": name, "GATEWAY_REPLICA_LEASE_SECONDS": LEASE_SECONDS, "GATEWAY_N_WORKERS": "1", **reachable_cluster(directory), **settings}
+        environ = environ_on(self.server, f"s3://{self.prefix}", **chosen)
         gateway = start_gunicorn_gateway(environ, log_file=directory / "gateway.log")
         self._stack.callback(stop_process, gateway.process, 60)
         return gateway
@@ -217,7 +219,10 @@ def test_a_rolling_upgrade_loses_no_job_and_runs_none_twice(replicas: Replicas) 
     done_submitting.set()
     for caller in callers:
         caller.join(timeout=300)
+    assert not any(caller.is_alive() for caller in callers), "a caller still submitting"
     assert not failures, failures
+    # The stop handed its queued jobs to the others: the path under test was taken.
+    assert "queued jobs handed over to the other replicas" in old.log()
     assert answers, "no answer"
     assert {code for code, _ in answers} <= UPGRADE_ANSWERS, answers
     assert all(retry_after for code, retry_after in answers if code in (429, 503)), answers
@@ -256,3 +261,48 @@ def test_an_owners_quota_holds_across_replicas_once_each_has_read_the_others_job
     assert {answer.status_code for answer in burst} <= {202, 429}
     assert 2 <= accepted <= 4, "at most the quota at each replica"
     measured(f"replicas: a burst of 4 jobs at 2 replicas under a 2-job quota: {accepted} admitted")
+
+
+@contextmanager
+def frozen(gateway: RunningGateway) -> Iterator[None]:
+    """Every process of a replica stopped (SIGSTOP) while the block runs: a replica that sees and does nothing, yet alive."""
+    processes = [psutil.Process(gateway.process.pid), *descendants(gateway.process.pid)]
+    for process in processes:
+        process.suspend()
+    try:
+        yield
+    finally:
+        for process in processes:
+            with suppress(psutil.NoSuchProcess):
+                process.resume()
+
+
+def test_a_job_cancelled_at_another_replica_is_not_run_again_until_its_holder_has_stopped_it(replicas: Replicas) -> None:
+    """Cancel at the second replica a job the first runs, then submit the id again there: 503 job_stopping until the
+    first has stopped its tasks and removed what they wrote; the new run is then the second's own, with its own values."""
+    # Leases of 30 s: the first replica, frozen for a moment, is still alive to the second throughout.
+    lease = {"GATEWAY_REPLICA_LEASE_SECONDS": "30"}
+    first, second = replicas.start("first", **lease), replicas.start("second", **lease)
+    with held(replicas, "first") as cluster:
+        assert requests.post(f"{first.url}/jobs", json={"job_id": "again", "seed": 1, **BIG_JOB}, timeout=30).status_code == 202
+        wait_for_the_tasks(cluster, "again")
+        with frozen(first):
+            cancelled = requests.delete(f"{second.url}/jobs/again", timeout=60)
+            refused = requests.post(f"{second.url}/jobs", json={"job_id": "again", "seed": 2, **BIG_JOB}, timeout=60)
+        # The first replica sees the cancel at its next look, stops the job and says so.
+        wait_for(lambda: "was ended by another replica" in first.log(), 60, "the first replica to stop the job")
+    assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")
+    assert (refused.status_code, refused.json()["error"]["code"], refused.headers["Retry-After"]) == (503, "job_stopping", "5")
+
+    def submitted_again() -> requests.Response | None:
+        answer = requests.post(f"{second.url}/jobs", json={"job_id": "again", "seed": 2, **BIG_JOB}, timeout=60)
+        return answer if answer.status_code == 202 else None
+
+    wait_for(submitted_again, 60, "the id to be taken again once the first replica has stopped its run", interval=1)
+    record = wait_for_status(second, "again", "done")
+    assert (record["parameters"]["seed"], record["progress"]["chunks_written"]) == (2, 400)
+    assert runs("again", first, second) == 1
+    options = {"key": replicas.server.access_key, "secret": replicas.server.secret_key, "endpoint_url": replicas.server.endpoint_url}
+    array = zarr.open_group(record["url"], mode="r", storage_options={**options, "skip_instance_cache": True})["data"]
+    for index, selection in enumerate(chunk_selections(array.shape, array.chunks)):
+        np.testing.assert_array_equal(array[selection], random_chunk(2, index, selection, "float32"))
