@@ -65,3 +65,15 @@ def post_worker_init(worker):
         gunicorn_handler(signum, frame)
 
     signal.signal(signal.SIGTERM, stop)
+
+
+def worker_exit(server, worker):
+    """Stop the gateway (its running jobs finish, then its cluster) before the interpreter begins to exit.
+
+    At the exit, Python shuts down its thread pools before the atexit hooks run: a job whose tasks were
+    still being sent then (one started a moment before SIGTERM) failed with "cannot schedule new futures
+    after shutdown". Here the pools still work; the atexit hook, for other servers, finds it stopped.
+    """
+    from gateway import services
+
+    services(worker.wsgi).close()

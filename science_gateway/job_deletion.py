@@ -232,6 +232,18 @@ class JobDeletion:
                 logger.info("job %s expired, and is kept while jobs read it", key)
                 return
             table.reserved.add(key)
+        if self._keeper.shared:
+            try:
+                current = self._keeper.read(key)
+            except BaseException:
+                self._release(key)
+                raise
+            if current != record:
+                # Another replica submitted its id again, or deleted it, since this one read it: not this run's time.
+                with table.lock:
+                    self._keeper.settle(key, current)
+                self._release(key)
+                return
         self._delete_reserved(record)
         self._metrics.jobs_expired.inc()
         logger.info("job %s expired and was deleted", key, extra=job_event_fields(key.job_id, "expired", record.status))

@@ -47,7 +47,11 @@ class RecordSync:
         self.intruders: set[str] = set()
 
     def keep_in_view(self, stopping: threading.Event) -> None:
-        """Renew the lease and look at the others every renewal interval until ``stopping`` is set."""
+        """Renew the lease (in a thread of its own) and look at the others every renewal interval until ``stopping`` is set.
+
+        Apart: a look that reads many records or saves slowly must not let this replica's own lease lapse.
+        """
+        threading.Thread(target=self._renew, args=(stopping,), name="replica-lease", daemon=True).start()
         while not stopping.wait(self._replicas.renew_interval):
             try:
                 self.look()
@@ -57,10 +61,19 @@ class RecordSync:
             except Exception:
                 logger.exception("the other replicas could not be looked at")
 
+    def _renew(self, stopping: threading.Event) -> None:
+        while not stopping.wait(self._replicas.renew_interval):
+            try:
+                self._replicas.renew_and_observe()
+            except StorageError as exc:
+                self._metrics.s3_errors.inc()
+                logger.error("the lease of this replica could not be renewed: %s", exc)
+            except Exception:
+                logger.exception("the lease of this replica could not be renewed")
+
     def look(self) -> None:
-        """One round: renew, read what the others changed, take over what the dead held."""
+        """One round: read what the others changed, take over what the dead held."""
         replicas = self._replicas
-        replicas.renew_and_observe()
         if not self._keeper.shared:
             intruders = replicas.others_alive()
             if intruders - self.intruders:
@@ -71,7 +84,7 @@ class RecordSync:
             self.intruders = intruders
             return
         lapsed = replicas.lapsed()
-        if not (replicas.others_alive() or lapsed or replicas.departed or self._held_by_others()):
+        if not (replicas.others_alive() or lapsed or replicas.take_departed() or self._held_by_others()):
             # Alone on the store: nobody else changes its records.
             return
         self.read_changes()

@@ -44,8 +44,8 @@ class Replicas:
         self._seen: dict[str, _Seen] = {}
         # The view is renewed by one thread and read by requests (/readyz, submissions).
         self._lock = threading.Lock()
-        # Replicas whose lease objects were removed since the last look: they stopped gracefully.
-        self.departed: set[str] = set()
+        # Replicas whose lease objects were removed since :meth:`take_departed` was last called: they stopped gracefully.
+        self._departed: set[str] = set()
         # When each other replica says it started, as its lease says (for which of two holds a store only one may).
         self._started: dict[str, str] = {}
         # The observer's view is only as fresh as its last listing: a replica that could not list judges nobody.
@@ -67,6 +67,12 @@ class Replicas:
         for replica in changed:
             self._started[replica] = self._store.read_replica_start(replica)
 
+    def take_departed(self) -> set[str]:
+        """The replicas that removed their leases since the last call."""
+        with self._lock:
+            departed, self._departed = self._departed, set()
+        return departed
+
     def older_alive(self) -> set[str]:
         """The other replicas alive that started before this one (by their leases; ties by id): one of them holds a store only one may."""
         mine = (self._started_at, self.id)
@@ -82,8 +88,9 @@ class Replicas:
             seen = self._seen.get(replica)
             if seen is None or seen.version != version:
                 self._seen[replica] = _Seen(version, moment)
-        self.departed = {replica for replica in set(self._seen) - set(listed) if replica != self.id}
-        for replica in self.departed:
+        departed = {replica for replica in set(self._seen) - set(listed) if replica != self.id}
+        self._departed |= departed
+        for replica in departed:
             del self._seen[replica]
             self._started.pop(replica, None)
 

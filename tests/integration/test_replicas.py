@@ -38,7 +38,8 @@ class Replicas:
     def start(self, name: str, **settings: str) -> RunningGateway:
         directory = self.base / name
         directory.mkdir()
-        chosen = {"GATEWAY_REPLICA_ID": name, "GATEWAY_REPLICA_LEASE_SECONDS": LEASE_SECONDS, "GATEWAY_N_WORKERS": "1", **reachable_cluster(directory), **settings}
+        chosen = {"GATEWAY_REPLICA_ID": name, "GATEWAY_REPLICA_LEASE_SECONDS": LEASE_SECONDS, "GATEWAY_N_WORKERS": "1"}
+        chosen |= {**reachable_cluster(directory), **settings}
         environ = environ_on(self.server, f"s3://{self.prefix}", **chosen)
         gateway = start_gunicorn_gateway(environ, log_file=directory / "gateway.log")
         self._stack.callback(stop_process, gateway.process, 60)
