@@ -169,7 +169,8 @@ def get_versioned(store: ObjectStore, key: str) -> tuple[bytes, str] | None:
     """The object's content and ETag; None if there is none."""
     try:
         found = obstore.get(store, key)
-    except obstore.exceptions.NotFoundError:
+    # obstore raises Python's own FileNotFoundError for a missing object.
+    except (FileNotFoundError, obstore.exceptions.NotFoundError):
         return None
     return found.bytes().to_bytes(), str(found.meta["e_tag"])
 

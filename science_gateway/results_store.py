@@ -387,7 +387,7 @@ class ResultsStore:
 
     def write_replica(self, replica: str, content: bytes) -> None:
         """Renew a replica's lease: its object under the replicas prefix."""
-        self._write({f"{self._root}/{REPLICAS_PREFIX}/{replica}.json": content}, f"renewing the lease of replica {replica!r} failed")
+        self._write({f"{self._root}/{REPLICAS_PREFIX}/{replica}.json": content}, f"renewing the lease of replica {replica!r} in {self.url} failed")
 
     def replica_versions(self) -> dict[str, str]:
         """Each replica with a lease object, and that object's version; objects no replica could have written are left out."""
@@ -405,7 +405,7 @@ class ResultsStore:
         try:
             found = results_objects.get_versioned(self._objects, f"{REPLICAS_PREFIX}/{replica}.json")
         except Exception as exc:
-            raise StorageError(describe_storage_failure(f"reading the lease of replica {replica!r} failed", exc)) from exc
+            raise StorageError(describe_storage_failure(f"reading the lease of replica {replica!r} in {self.url} failed", exc)) from exc
         try:
             # Untrusted, as every object in the bucket: one that says nothing usable says it started at no time.
             started = json.loads(found[0]).get("started_at") if found else None
@@ -419,7 +419,7 @@ class ResultsStore:
         except FileNotFoundError:
             pass
         except Exception as exc:
-            raise StorageError(describe_storage_failure(f"removing the lease of replica {replica!r} failed", exc)) from exc
+            raise StorageError(describe_storage_failure(f"removing the lease of replica {replica!r} in {self.url} failed", exc)) from exc
 
     def read_records(self, versions: dict[str, str] | None = None) -> Iterator[tuple[str, bytes]]:
         """Every stored job record as it is stored, by its name under the records prefix (:func:`record_name`).
