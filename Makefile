@@ -54,9 +54,9 @@ test-unit: $(STAMP) $(TOOLS_STAMP) $(EXAMPLE_APP_STAMP)
 # 1000 fuzzed requests per API operation, the fault tests, then the audit of
 # secrets over everything they left. 22 minutes on 2 cores, measured.
 soak: $(STAMP)
-	LOAD_JOBS=3000 FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest --timeout 7200 \
+	LOAD_JOBS=3000 FUZZ_EXAMPLES=1000 SEAWEED_RACE_ROUNDS=20 $(BIN)/python -m pytest --timeout 7200 \
 		tests/integration/test_load.py tests/integration/test_api_fuzz.py \
-		tests/integration/test_faults.py tests/integration/test_secrets_audit.py
+		tests/integration/test_faults.py tests/integration/test_seaweed_store.py tests/integration/test_secrets_audit.py
 
 # Speed and memory against the S3 floor and the plain Dask approach: prints the
 # table and targets, writes bench/results/latest.{json,png}, updates docs/contributing.md.

@@ -199,8 +199,9 @@ def workshop(served: RunningGateway, workdir: Path, quick: bool) -> list[dict]:
     """The same room of callers on a stand-in for the design before admission control and the probe port, then on today's."""
     callers, shape, chunks = (6, (1000, 1000), (100, 100)) if quick else (WORKSHOP_CALLERS, WORKSHOP_SHAPE, WORKSHOP_CHUNKS)
     print(f"workshop: {callers} callers at once, {shape[0]}x{shape[1]} jobs in {chunks[0]}x{chunks[1]} chunks", flush=True)
+    # Its records apart from today's gateway's: on this store (rclone, no conditional writes) one gateway holds a records prefix.
     previous = start_gunicorn_gateway(
-        {**os.environ, "GATEWAY_RESULTS_URL": "s3://gateway", **PREVIOUS_DESIGN_ENVIRON}, log_file=workdir / "previous-design.log"
+        {**os.environ, "GATEWAY_RESULTS_URL": "s3://gateway/previous-design", **PREVIOUS_DESIGN_ENVIRON}, log_file=workdir / "previous-design.log"
     )
     # The previous design had no probe port: the kubelet probed the main one.
     rooms = [("previous design", previous.url, previous.url), ("today", served.url, served.probe_url)]
@@ -211,7 +212,8 @@ def workshop(served: RunningGateway, workdir: Path, quick: bool) -> list[dict]:
             run = run_workshop(design, url, probe_url, ids, shape, chunks).to_json()
             runs.append(run)
             for job_id in ids:
-                shutil.rmtree(workdir / "s3" / "gateway" / job_id, ignore_errors=True)
+                for results in (workdir / "s3" / "gateway", workdir / "s3" / "gateway" / "previous-design"):
+                    shutil.rmtree(results / job_id, ignore_errors=True)
             print(
                 f"  {design}: {run['jobs_done']} done, {run['refusals']} refusals, {run['jobs_per_second']:.2f} jobs/s, "
                 f"{run['probes']} probes, p99 {run['probe_p99_seconds']:.3f} s, {run['probe_failures']} failed",

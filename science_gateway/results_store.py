@@ -415,7 +415,8 @@ class ResultsStore:
 
     def delete_replica(self, replica: str) -> None:
         try:
-            self._fs.rm(f"{self._root}/{REPLICAS_PREFIX}/{replica}.json")
+            # Through the probe's client, one attempt with short timeouts: a stop must not wait out botocore's retries on a store that is down.
+            self._probe_fs.rm(f"{self._root}/{REPLICAS_PREFIX}/{replica}.json")
         except FileNotFoundError:
             pass
         except Exception as exc:

@@ -174,7 +174,7 @@ REPLICA_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 
 def _replica_id(environ: Mapping[str, str]) -> str:
     """GATEWAY_REPLICA_ID, or the host's name and a random suffix: two processes never share one."""
-    given = environ.get("GATEWAY_REPLICA_ID", "").strip()
+    given = (environ.get("GATEWAY_REPLICA_ID") or "").strip()
     if given and not re.fullmatch(REPLICA_ID_PATTERN, given):
         raise SettingsError(f"GATEWAY_REPLICA_ID={given!r}: use letters, digits, '.', '_' and '-', at most 100")
     if given:

@@ -17,7 +17,7 @@ import requests
 import yaml
 
 from devtools.gunicorn_gateway import PROJECT
-from devtools.processes import free_port, start_process, stopped_if_start_up_fails, wait_for_port, wait_while_running
+from devtools.processes import free_port, on_a_free_port, start_process, stopped_if_start_up_fails, wait_for_port, wait_while_running
 from helpers import new_secret
 
 # configurable-http-proxy, which the Makefile installs from npm for the hub.
@@ -318,7 +318,14 @@ def start_dask_gateway_server(
     the server's ``container_label``; else from this venv. ``operator_config``
     comes last, as an operator's own configuration would.
     """
-    api_port, proxy_port = ports or (free_port(), free_port())
+    if ports is None:
+        # Both ports again if a process takes either between its choice and the server's start.
+        return on_a_free_port(
+            lambda free: start_dask_gateway_server(
+                workdir, kubernetes_secrets, password, timeout, (free, free_port()), authentication, results_writer, container_image, operator_config
+            )
+        )  # fmt: skip
+    api_port, proxy_port = ports
     container_label = f"dask-gateway-test-{api_port}"
     if container_image:
         dask = [sys.executable, str(PROJECT / "devtools" / "container_process.py"), container_image, container_label, "dask"]

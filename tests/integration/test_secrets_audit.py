@@ -28,8 +28,9 @@ SECRET = re.compile(SECRET_FORM)
 WRITTEN_TEXT = ("*.log", "*.json")
 
 
-# A spawned notebook server keeps its own token in its runtime file, in its user's home, as on any hub: its own, not a leak.
-SERVERS_OWN_RECORD = re.compile(r"/home/[^/]+/\.local/share/jupyter/runtime/jpserver-\d+\.json$")
+# A spawned notebook server keeps its own token in its runtime file, in its user's home, as on any hub, and SeaweedFS
+# its own credentials in the identities file it is started with: theirs, not a leak.
+SERVERS_OWN_RECORD = re.compile(r"/home/[^/]+/\.local/share/jupyter/runtime/jpserver-\d+\.json$|/s3-identities\.json$")
 
 
 def written_text(base: Path) -> list[Path]:
