@@ -47,7 +47,7 @@ from science_gateway.results_store import ResultsStore
 
 apps = load_apps()
 table = JobTable()
-keeper = RecordKeeper(table, ResultsStore(sys.argv[1]), GatewayMetrics(running=lambda: 0, queued=lambda: 0, workers=lambda: 0), apps)
+keeper = RecordKeeper(table, ResultsStore(sys.argv[1]), GatewayMetrics(running=lambda: 0, queued=lambda: 0, workers=lambda: 0), apps, "bench")
 before = psutil.Process().memory_info().rss
 started = time.monotonic()
 keeper.load()

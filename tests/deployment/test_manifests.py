@@ -14,7 +14,7 @@ from artifacts import disruption_budget, dockerfile_cmd, gunicorn_settings, helm
 from devtools.container_engine import DEBIAN_BASE_IMAGE
 from devtools.processes import free_port
 from gateway import probe_answer, services
-from helpers import running_app
+from helpers import running_app, wait_for
 from science_gateway.chunk_writes import STOP_TIMEOUT
 from science_gateway.probe_server import ProbeServer
 from science_gateway.settings import Settings, load_settings
@@ -106,6 +106,8 @@ def test_probes_go_to_the_probe_port_which_answers_them(app: Flask) -> None:
     assert f"0.0.0.0:{probe_port.container_port}" == Settings().probe_address, "where the probe server listens by default"
     healthcheck = re.search(r"^HEALTHCHECK .*\n.*$", (PROJECT / "Dockerfile").read_text(), flags=re.MULTILINE).group()
     assert f"'GATEWAY_PROBE_ADDRESS', ':{probe_port.container_port}'" in healthcheck and "/healthz" in healthcheck, "Docker's HEALTHCHECK too"
+    # Compared once the records are read and the store's sharing known: both answers then come from one state.
+    wait_for(lambda: probe_answer(services(app), "/readyz")[1]["job_records"]["ready"], 60, "the records to be read")
     server = ProbeServer("127.0.0.1:0", lambda path: probe_answer(services(app), path))
     server.start()
     try:
