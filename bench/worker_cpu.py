@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 import zarr
 import zarr.storage
-from distributed import Client, wait
+from distributed import Client, Future, wait
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
@@ -97,6 +97,7 @@ def measure(client: Client, bucket: str, seed: int, spec: Output, job_id: str, o
     measured = []
     for index, kind in enumerate(STORES):
         prefix = f"{job_id}-{index}"
+        tasks: list[Future]
         if kind == "generation":
             tasks = client.map(_generate_only, regions, seed=seed, shape=spec.shape, chunks=spec.chunks, dtype=spec.dtype, pure=False)
         else:

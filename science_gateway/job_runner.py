@@ -103,6 +103,8 @@ class JobRunner:
     def _run(self, record: JobRecord) -> None:
         table = self._table
         started = time.monotonic()
+        # Where its time went (metrics.JOB_PHASES), kept when it is done.
+        phases: dict[str, float] = {}
         status, error = DONE, None
         failed_for_a_known_reason = True
         key = record.key
@@ -125,12 +127,15 @@ class JobRunner:
             else:
                 self._store.begin_result(result, self._keeper.stored(record))
             client = self._cluster.client()
-            writes = ChunkWrites(client, result.target, work.app, work.plan, work.source_groups, record.job_id, min_tasks=self._settings.n_workers)
+            phases["start"] = time.monotonic() - started
+            writes = ChunkWrites(client, result.target, work.app, work.plan, work.source_groups, record.job_id)
             with table.lock:
                 table.running[key] = writes
                 if table.stop_requested.is_set() or key in table.cancel_requested:
                     writes.cancel()
             writes.wait(self._settings.job_timeout, lambda written: self._count_chunks(record, written))
+            phases |= writes.phases
+            completing = time.monotonic()
             self._complete(key, lambda: self._store.mark_complete(result))
         except JobCancelled:
             with table.lock:
@@ -180,6 +185,9 @@ class JobRunner:
             return
         # Counted and logged before it shows as finished: a caller who learns the job is done finds both.
         self._metrics.job_finished(status, final.seconds or 0.0, record.work.app)
+        if status == DONE:
+            for phase, seconds in (phases | {"completion": time.monotonic() - completing}).items():
+                self._metrics.job_phases.labels(phase).observe(seconds)
         logger.info(
             "job %s %s in %.3f s%s", key, status, final.seconds, f": {error['message']}" if error else "",
             extra=job_event_fields(record.job_id, status, status, final.seconds),

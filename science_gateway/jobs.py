@@ -259,6 +259,7 @@ class JobManager:
         the done runs it was planned with (:class:`SourceGone` otherwise).
         """
         table = self._table
+        began = time.perf_counter()
         job_id = validate_job_id(job_id) if job_id is not None else new_job_id()
         self._require_loaded()
         key = JobKey(owner, job_id)
@@ -296,6 +297,7 @@ class JobManager:
                     return repeated, False
                 raise JobAlreadyExists(job_id, url)
             record = JobRecord(job_id, work, url, owner=owner, place=place, ttl=ttl, replica=self._keeper.replica)
+            admitted = time.perf_counter()
             for _attempt in range(SAVE_ATTEMPTS):
                 try:
                     self._keeper.save(record)
@@ -317,6 +319,8 @@ class JobManager:
                 del table.submitting[key]
                 table.changed(key)
         self._metrics.jobs_submitted.labels(work.app).inc()
+        self._metrics.job_phases.labels("admission").observe(admitted - began)
+        self._metrics.job_phases.labels("records").observe(time.perf_counter() - admitted)
         logger.info("job %s submitted: %s %s", key, work.app, work.parameters, extra=job_event_fields(job_id, "submitted", QUEUED))
         return queued, True
 

@@ -17,6 +17,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 # Job durations span a 10x10 array (milliseconds) to the largest allowed (minutes).
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# A phase of the default job takes a millisecond or a few tens of them.
+PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120, 600)
+# Where a job's time goes, one observation of each per job:
+JOB_PHASES = {
+    "admission": "its submission's checks and limits, until its record is saved",
+    "records": "saving its record as queued",
+    "start": "from a runner taking it until its tasks are sent: its record as running and its array's metadata saved",
+    "scheduling": "Dask's hand-offs: its tasks' time on the cluster beyond the task that ended last",
+    "generation": "that task making its objects: the app's values, encoded",
+    "puts": "that task's PUTs that the making did not hide",
+    "completion": "its result marked complete and its record saved as done",
+}
 
 
 class GatewayMetrics:
@@ -40,6 +52,12 @@ class GatewayMetrics:
         self.job_duration = Histogram(
             "gateway_job_duration_seconds", "Running time of ended jobs, by outcome and app", ["outcome", "app"],
             buckets=DURATION_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.job_phases = Histogram(
+            "gateway_job_phase_seconds",
+            "Where jobs' time went, by phase (the first two for each job accepted, the others for each job done): "
+            + "; ".join(f"{name}: {about}" for name, about in JOB_PHASES.items()),
+            ["phase"], buckets=PHASE_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.s3_errors = Counter("gateway_s3_errors", "Failures of the results store seen by the service", registry=self.registry)
         self.runner_errors = Counter(

@@ -41,8 +41,9 @@ def test_a_followed_job_sends_its_changes_while_it_runs_and_a_stream_cut_mid_job
     url = f"{served.url}/jobs/followed/events"
     with gateways_cluster(served.log_file.parent) as cluster:
         with workers_held(cluster):
-            # One object per chunk: written by one task per worker, where a shard of the whole array is one task's.
-            assert http.post(f"{served.url}/jobs", json={"job_id": "followed", "shards": None}, timeout=30).status_code == 202
+            # 36 MB in one object per chunk: five tasks of about 8 MiB, where the default job is one task.
+            body = {"job_id": "followed", "shape": [3000, 3000], "shards": None}
+            assert http.post(f"{served.url}/jobs", json=body, timeout=30).status_code == 202
             wait_for_the_tasks(cluster, "followed")
             whole = http.get(url, stream=True, timeout=60)
             cut = http.get(url, stream=True, timeout=60)
@@ -61,10 +62,10 @@ def test_a_followed_job_sends_its_changes_while_it_runs_and_a_stream_cut_mid_job
     assert [event["id"] for event in before_the_cut + after_the_cut] == [event["id"] for event in uncut]
     ids = [int(event["id"]) for event in uncut]
     assert ids == sorted(set(ids)), "increasing, none twice"
-    # At least three tasks (one per worker), each an event as its chunks land, then the end.
+    # Five tasks, each an event as its chunks land, then the end.
     written = [chunks for status, chunks in progress(uncut) if status == "running"]
-    assert len(written) >= 4 and written == sorted(set(written)) and written[-1] == 100, progress(uncut)
-    assert progress(uncut)[-1] == ("done", 100)
+    assert len(written) >= 4 and written == sorted(set(written)) and written[-1] == 900, progress(uncut)
+    assert progress(uncut)[-1] == ("done", 900)
     assert jobs(uncut)[-1] == http.get(f"{served.url}/jobs/followed", timeout=30).json()
     # Each event as the API document describes it, to a client's parser.
     described = openapi_document()["paths"]["/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"]

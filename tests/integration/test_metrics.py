@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import BUCKET, serve_for_module
 from devtools.gunicorn_gateway import RunningGateway
 from devtools.local_s3 import LocalS3
+from science_gateway.metrics import JOB_PHASES
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,13 @@ def test_counters_move_with_real_jobs(observed: RunningGateway, http) -> None:
     assert moved("gateway_job_duration_seconds_sum", outcome="done", app="random-array") > 0
     assert after[("gateway_jobs_running", ())] == 0 and after[("gateway_jobs_queued", ())] == 0
     assert ("gateway_s3_errors_total", ()) in after
+    # Each phase once per job: the refused repeat is no job.
+    assert {phase: moved("gateway_job_phase_seconds_count", phase=phase) for phase in JOB_PHASES} == dict.fromkeys(JOB_PHASES, 2)
+    phase_seconds = {phase: moved("gateway_job_phase_seconds_sum", phase=phase) for phase in JOB_PHASES}
+    assert all(seconds >= 0 for seconds in phase_seconds.values()) and phase_seconds["puts"] > 0, phase_seconds
+    # The phases until the tasks end lie within the job's running time (from the runner taking it until it is marked complete).
+    running = sum(phase_seconds[phase] for phase in ("start", "scheduling", "generation", "puts"))
+    assert running <= moved("gateway_job_duration_seconds_sum", outcome="done", app="random-array")
 
 
 def test_each_job_event_is_one_json_log_line(observed: RunningGateway, http) -> None:

@@ -12,7 +12,7 @@ import zarr.storage
 from helpers import random_job
 from science_gateway.apps.base import Output
 from science_gateway.apps.random_array import RandomArray, expected_array
-from science_gateway.region_writes import MAX_TASK_BYTES, AppFailed, AppTask, ArrayTarget, stop_run, task_regions, write_region
+from science_gateway.region_writes import BAND_BYTES, MAX_TASK_BYTES, AppFailed, AppTask, ArrayTarget, bands, stop_run, task_regions, write_region
 from science_gateway.results_store import ResultsStore
 
 # As the gateway makes its arrays: uncompressed, zarr 3's chunk keys with "." separators.
@@ -29,7 +29,8 @@ def random_task(seed: int, target: ArrayTarget, implementation: str = RANDOM_ARR
 
 
 def write_random_region(region: tuple[slice, ...], *, run_id: str, target: ArrayTarget, seed: int) -> int:
-    return write_region(region, run_id=run_id, target=target, task=random_task(seed, target))
+    """The chunks the task wrote."""
+    return write_region(region, run_id=run_id, target=target, task=random_task(seed, target)).chunks
 
 
 @pytest.mark.parametrize(
@@ -68,6 +69,47 @@ def test_the_array_is_the_same_however_the_chunks_are_grouped_into_tasks(tmp_pat
     written = sum(write_random_region(region, run_id="run", target=target, seed=42) for region in task_regions(shape, chunks, n_tasks))
     assert written == 9
     assert np.array_equal(array[:], expected_array(42, shape, chunks, "float64"))
+
+
+@pytest.mark.parametrize(
+    ("region", "unit", "expected"),
+    [
+        # The default job's chunks: a band is a row of them (400 kB).
+        ((slice(0, 1000), slice(0, 1000)), (100, 100), [(slice(row, row + 100), slice(0, 1000)) for row in range(0, 1000, 100)]),
+        # Objects of 4 MB: one a band.
+        ((slice(1000, 2000), slice(0, 3000)), (1000, 1000), [(slice(1000, 2000), slice(column, column + 1000)) for column in range(0, 3000, 1000)]),
+        # A row of small objects wider than a band is cut, at the array's edge too.
+        (
+            (slice(0, 20), slice(0, 70000)), (10, 10),
+            [(slice(row, row + 10), slice(column, min(column + 26210, 70000))) for row in (0, 10) for column in (0, 26210, 52420)],
+        ),
+    ],
+)
+def test_a_task_makes_its_objects_in_bands_of_whole_objects_of_about_a_mebibyte(tmp_path: Path, region: tuple, unit: tuple, expected: list) -> None:
+    shape = tuple(part.stop for part in region)
+    array = zarr.create_array(zarr.storage.LocalStore(tmp_path), name="data", shape=shape, chunks=unit, dtype="float32", **GATEWAYS_LAYOUT)
+    found = bands(region, ArrayTarget(tmp_path.as_uri(), "data", array.metadata))
+    assert found == expected
+    assert all((band[1].stop - band[1].start) * (band[0].stop - band[0].start) * 4 <= max(BAND_BYTES, 4 * unit[0] * unit[1]) for band in found)
+
+
+class StoppingAfterItsFirstBand(RandomArray):
+    """An app whose first computation stops the run, as a cancel reaching the worker meanwhile does."""
+
+    def compute(self, region, parameters, output, inputs):  # type: ignore[no-untyped-def]
+        stop_run("stopped-between-bands")
+        return super().compute(region, parameters, output, inputs)
+
+
+def test_a_run_stopped_while_its_task_runs_writes_no_band_made_after_the_stop(tmp_path: Path) -> None:
+    # Rows of 10 chunks of 40 kB: a band each.
+    array = zarr.create_array(zarr.storage.LocalStore(tmp_path), name="data", shape=(300, 1000), chunks=(100, 100), dtype="float32", **GATEWAYS_LAYOUT)
+    target = ArrayTarget(tmp_path.as_uri(), "data", array.metadata)
+    task = random_task(3, target, f"{__name__}:StoppingAfterItsFirstBand")
+    written = write_region((slice(0, 300), slice(0, 1000)), run_id="stopped-between-bands", target=target, task=task)
+    assert written.chunks == 10
+    assert sorted(path.name for path in (tmp_path / "data").iterdir() if path.name != "zarr.json") == [f"c.0.{column}" for column in range(10)]
+    assert written.seconds >= written.making_seconds > 0
 
 
 def test_a_stopped_run_writes_nothing(tmp_path: Path) -> None:
@@ -128,7 +170,7 @@ class WrongShape(RandomArray):
     ("implementation", "version", "message"),
     [
         (f"{__name__}:Refusing", RandomArray.version, "app 'random-array' failed: ValueError: the model diverged at step 12"),
-        (f"{__name__}:WrongShape", RandomArray.version, "app 'random-array' returned values of shape [1, 1] and dtype float32 for a region of shape [10, 10]"),
+        (f"{__name__}:WrongShape", RandomArray.version, "app 'random-array' returned values of shape [1, 1] and dtype float32 for a region of shape [5, 10]"),
         ("not_installed_here:App", RandomArray.version, "app 'random-array' version 1.0.0 is not installed on the Dask workers (ModuleNotFoundError"),
         (RANDOM_ARRAY, "0.9.0", "the Dask workers have app 'random-array' version 1.0.0, and the gateway planned with version 0.9.0"),
     ],

@@ -42,8 +42,10 @@ def test_healthz_never_depends_on_the_cluster(http: FlaskClient) -> None:
 
 def test_readyz_serves_and_names_the_unreachable_gateway(http: FlaskClient, unready_app: Flask) -> None:
     address = services(unready_app).settings.dask_gateway_address
-    # Readiness is checked in the background: the probe says so within a second of the attempt.
-    response = wait_for(lambda: "cannot reach" in (answer := http.get("/readyz")).text and answer, 30, "a failed attempt")
+    # Readiness is checked in the background: the probe says so within a second of the attempt, and of the records' load.
+    response = wait_for(
+        lambda: "cannot reach" in (answer := http.get("/readyz")).text and answer.json["job_records"]["ready"] and answer, 30, "a failed attempt"
+    )
     # The process serves (submissions are queued): ready for the Service, degraded for people.
     assert response.status_code == 200
     body = response.json
