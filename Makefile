@@ -58,7 +58,7 @@ soak: $(STAMP)
 		tests/integration/test_load.py tests/integration/test_api_fuzz.py \
 		tests/integration/test_faults.py tests/integration/test_seaweed_store.py tests/integration/test_secrets_audit.py
 
-# Speed and memory against the S3 floor and the plain Dask approach: prints the
+# Speed and memory against floors of the same objects written with obstore, and the plain Dask approach: prints the
 # table and targets, writes bench/results/latest.{json,png}, updates docs/contributing.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,36 +1,38 @@
-"""``make bench``: start the local stack, measure floor, baseline and gateway side by side, report.
+"""``make bench``: start the local stack, measure the floors, the baseline and the gateway side by side, report.
 
 Everything runs in one go on this machine: an rclone S3 server, a 3-worker
 LocalCluster for the baseline, and the gateway under gunicorn with its own
-3-worker LocalCluster, as ``make run`` starts it. Ratios between the three,
-measured in interleaved rounds, are what the targets are about; the machine is
-shared, so absolute times are only context.
+3-worker LocalCluster, as ``make run`` starts it. Ratios between the gateway and
+its floors (the same objects written with obstore from this process, measured in
+the same run, in interleaved rounds) are what the targets are about; the machine
+is shared, so absolute times are only context.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import itertools
+import logging
 import os
 import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import dask.config
 import psutil
 from distributed import Client, LocalCluster
+from distributed.worker_memory import parse_memory_limit
 
 from bench import worker_cpu
 from bench.coarsen_row import measure_coarsen
-from bench.measure import PeakMemory, Run, count_requests, rss_megabytes, run_jobs
+from bench.measure import PeakMemory, PeakTreeMemory, ProcessCpu, Run, count_requests, is_dask_worker, rss_megabytes, run_jobs
 from bench.records_start import OWNERS, RECORDS_PER_OWNER, measure_records
 from bench.report import write_report
 from bench.result_reads import measure_reads
-from bench.workloads import Baseline, Floor, Gateway, ObstoreFloor, Shape
+from bench.workloads import Baseline, Gateway, ObstoreFloor, Shape, chunk_objects, objects_left
 from bench.workshop import PREVIOUS_DESIGN_ENVIRON, run_workshop
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
@@ -38,10 +40,17 @@ from devtools.processes import stop_process
 from science_gateway.apps.base import Output
 from science_gateway.apps.layout import auto_shards
 from science_gateway.cluster import WORKER_MALLOC_ENVIRON
+from science_gateway.results_store import RECORDS_PREFIX
+from science_gateway.settings import load_settings
 
-# The S3 buckets: one per way of writing; the gateway's sharded jobs share its bucket, the obstore floor the floor's.
+# The S3 buckets: one per way of writing; the gateway's sharded jobs share its bucket, every floor the floor's.
 BUCKETS = ("floor", "baseline", "gateway", "records")
+# Requests in flight tried for the default job's floor (128: all 101 at once), and for the large floor's 100 PUTs.
 BATCH_SIZES = (8, 16, 32, 64, 128)
+LARGE_BATCH_SIZES = (4, 8, 16, 32, 100)
+DEFAULT_SHAPE, DEFAULT_CHUNKS = (1000, 1000), (100, 100)
+# Whose CPU is read around their runs: the gateway's own workloads.
+GATEWAY_WORKLOADS = ("gateway", "sharded")
 # The room measured before the workshop work: 40 callers of 6000x6000 jobs made 9 of 53 probes fail.
 WORKSHOP_CALLERS, WORKSHOP_SHAPE, WORKSHOP_CHUNKS = 40, (6000, 6000), (1000, 1000)
 # A room of people each running the README's cell at once: the default job, waited on, no second try.
@@ -50,9 +59,17 @@ ROOM_CALLERS = 200
 READ_SHAPE, READ_CHUNKS, READ_SAMPLES = (10000, 10000), (1000, 1000), 3
 # coarsen of a source of this size and chunks (the gateway's default shards), by this factor, this many times.
 COARSEN_SHAPE, COARSEN_CHUNKS, COARSEN_FACTOR, COARSEN_SAMPLES = (10000, 10000), (1000, 1000), 10, 3
-LARGE_JOBS = [((4000, 4000), (100, 100)), ((4000, 4000), (1000, 1000)), ((10000, 10000), (100, 100)), ((10000, 10000), (1000, 1000))]
-# Also written sharded (the gateway's "auto"), against a floor of the same bytes in the same objects.
-SHARDED_LARGE_JOBS = [((10000, 10000), (100, 100))]
+# Large jobs (shape, chunks, the job's shards parameter), each against floor-large: 100 PUTs of 4 MB, the same 400 MB.
+LARGE_JOBS: list[tuple[Shape, Shape, str]] = [
+    ((10000, 10000), (1000, 1000), "none"),
+    ((10000, 10000), (1000, 1000), "auto"),
+    ((10000, 10000), (100, 100), "auto"),
+]
+LARGE_SAMPLES = 5
+LARGE_FLOOR_OBJECTS = chunk_objects((10000, 10000), (1000, 1000))
+# The scale run: 6.4 GB from one job on a gateway whose GATEWAY_MAX_ELEMENTS allows it; --quick a small stand-in.
+SCALE_SHAPE, QUICK_SCALE_SHAPE, SCALE_CHUNKS = (40000, 40000), (4000, 4000), (1000, 1000)
+SCALE_TIMEOUT = 1800
 # Written by each store implementation on the baseline's cluster, for the workers' CPU per GB.
 WORKER_CPU_JOBS = [
     Output(shape=(10000, 10000), chunks=(1000, 1000), dtype="float32"),
@@ -65,27 +82,48 @@ def job_ids(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{run}-{index}" for index in range(count)]
 
 
-def best_batch_size(floor: Floor, jobs: int) -> tuple[int, dict[int, float]]:
-    """A floor's concurrency (requests in flight) with the lowest median job time."""
-    medians: dict[int, float] = {}
-    for size in BATCH_SIZES:
-        floor.batch_size = size
-        medians[size] = run_jobs("floor", floor.run, job_ids(f"batch{size}", jobs), 1).percentile(50)
+def best_batch_size(
+    floor: ObstoreFloor, sizes: Sequence[int], jobs: int, cleanup: Callable[[str], None] | None = None
+) -> tuple[int, dict[int, float]]:
+    """A floor's concurrency (requests in flight) with the lowest median job time: its best MB/s, its bytes being fixed.
+
+    The sizes take turns, one job each, so that a slow moment of the shared machine is not one size's alone.
+    """
+    runs = {size: Run("floor", 1) for size in sizes}
+    for round_index in range(jobs):
+        for size in sizes:
+            floor.batch_size = size
+            job_id = job_ids(f"batch{size}r{round_index}", 1)[0]
+            runs[size].add(run_jobs("floor", floor.run, [job_id], 1))
+            if cleanup:
+                cleanup(job_id)
+    medians = {size: run.percentile(50) for size, run in runs.items()}
     best = min(medians, key=lambda size: medians[size])
     floor.batch_size = best
     return best, medians
 
 
 def interleaved(
-    workloads: Mapping[str, Callable[..., None]], concurrency: int, jobs: int, rounds: int, server_log: Path
-) -> dict[str, Run]:
-    """``jobs`` jobs of each workload in each of ``rounds`` rounds, the workloads taking turns."""
+    workloads: Mapping[str, Callable[..., None]], concurrency: int, jobs: int, rounds: int, server_log: Path, cpu: ProcessCpu
+) -> tuple[dict[str, Run], dict[str, dict]]:
+    """``jobs`` jobs of each workload in each of ``rounds`` rounds, the workloads taking turns.
+
+    Also the gateway's CPU seconds and its workers', read around the gateway's own runs only.
+    """
     runs = {name: Run(name, concurrency) for name in workloads}
+    spent = {name: {"jobs": 0, "gateway_cpu_seconds": 0.0, "workers_cpu_seconds": 0.0} for name in GATEWAY_WORKLOADS if name in workloads}
     for round_index in range(rounds):
         for name, run_job in workloads.items():
-            runs[name].add(run_jobs(name, run_job, job_ids(f"c{concurrency}r{round_index}", jobs), concurrency, server_log))
-            print(f"  {name:8} concurrency {concurrency} round {round_index + 1}/{rounds}: p50 {runs[name].percentile(50):.3f} s", flush=True)
-    return runs
+            before = cpu.read()
+            run = run_jobs(name, run_job, job_ids(f"c{concurrency}r{round_index}", jobs), concurrency, server_log)
+            if name in spent:
+                gateway_seconds, workers_seconds = ProcessCpu.spent(before, cpu.read())
+                spent[name]["jobs"] += len(run.latencies)
+                spent[name]["gateway_cpu_seconds"] += gateway_seconds
+                spent[name]["workers_cpu_seconds"] += workers_seconds
+            runs[name].add(run)
+            print(f"  {name:13} concurrency {concurrency} round {round_index + 1}/{rounds}: p50 {runs[name].percentile(50):.3f} s", flush=True)
+    return runs, spent
 
 
 def machine() -> dict:
@@ -121,39 +159,57 @@ def main() -> int:
         cluster = LocalCluster(n_workers=3, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
     client = Client(cluster)
     served = start_gunicorn_gateway({**os.environ, "GATEWAY_RESULTS_URL": "s3://gateway"}, log_file=workdir / "gateway.log")
+    data_dir = workdir / "s3"
     try:
         gateway_pid = psutil.Process(served.process.pid).children()[0].pid
-        floor, baseline, gateway = Floor("floor", BATCH_SIZES[0]), Baseline(client, "baseline"), Gateway(served.url)
-        obstore_floor = ObstoreFloor("floor", BATCH_SIZES[0])
-        sharded = Gateway(served.url, shards="auto")
-        workloads = {
-            "floor": floor.run, "floor-obstore": obstore_floor.run, "baseline": baseline.run, "gateway": gateway.run, "sharded": sharded.run,
-        }  # fmt: skip
+        cpu = ProcessCpu(gateway_pid)
+        baseline, gateway, sharded = Baseline(client, "baseline"), Gateway(served.url), Gateway(served.url, shards="auto")
         results: dict = {"machine": machine()}
+
+        # The floors write what the gateway's default job leaves: listed from the server's disk after one job of each kind.
+        print("the default job's objects, as the gateway leaves them", flush=True)
+        left = {}
+        for name, each in (("gateway", gateway), ("sharded", sharded)):
+            job_id = job_ids(f"{name[0]}lay", 1)[0]  # as long as the measured jobs' ids: the record holds it
+            each.run(job_id)
+            left[name] = objects_left(data_dir / "gateway", job_id)
+        results["default_job_objects"] = left
+        record = {key: size for key, size in left["gateway"].items() if key.startswith(f"{RECORDS_PREFIX}/")}
+        floor = ObstoreFloor("floor", {**chunk_objects(DEFAULT_SHAPE, DEFAULT_CHUNKS), **record}, BATCH_SIZES[0])
+        # All at once: a handful of objects.
+        floor_sharded = ObstoreFloor("floor", left["sharded"], len(left["sharded"]))
+        for name, objects in left.items():
+            print(f"  {name}: {len(objects)} objects, {sum(objects.values())} bytes: {sorted(objects.values(), reverse=True)[:4]}...", flush=True)
+        workloads = {
+            "floor": floor.run, "floor-sharded": floor_sharded.run, "baseline": baseline.run, "gateway": gateway.run, "sharded": sharded.run,
+        }  # fmt: skip
 
         print("warming up", flush=True)
         for name, run_job in workloads.items():
             run_jobs(name, run_job, job_ids("warm", 5), 1)
-        results["floor_batch_size"] = {}
-        for name, each in (("floor", floor), ("floor-obstore", obstore_floor)):
-            batch_size, batch_medians = best_batch_size(each, 3 if args.quick else 7)
-            results["floor_batch_size"][name] = {"chosen": batch_size, "p50_seconds": batch_medians}
-            print(f"{name}: {batch_size} requests in flight ({batch_medians})", flush=True)
+        batch_size, batch_medians = best_batch_size(floor, BATCH_SIZES, 3 if args.quick else 7)
+        results["floor_batch_size"] = {
+            "floor": {"chosen": batch_size, "p50_seconds": batch_medians},
+            "floor-sharded": {"chosen": floor_sharded.batch_size, "p50_seconds": {}},
+        }
+        print(f"floor: {batch_size} requests in flight ({batch_medians}); floor-sharded: all {floor_sharded.batch_size} at once", flush=True)
 
         memory_start = rss_megabytes(gateway_pid)
-        runs = [
-            *interleaved(workloads, 1, jobs_c1, rounds, s3_log).values(),
-            *interleaved(workloads, 8, jobs_c8, rounds, s3_log).values(),
-        ]
-        results["runs"] = [run.to_json() for run in runs]
+        runs_1, cpu_1 = interleaved(workloads, 1, jobs_c1, rounds, s3_log, cpu)
+        runs_8, _ = interleaved(workloads, 8, jobs_c8, rounds, s3_log, cpu)
+        results["runs"] = [run.to_json() for run in [*runs_1.values(), *runs_8.values()]]
         results["gateway_memory_mb"] = {"before": memory_start, "after": rss_megabytes(gateway_pid)}
+        results["cpu"] = {"per_default_job": cpu_1}
 
         print("counting S3 requests", flush=True)
         results["requests_per_job"] = {
             name: count_requests(s3, s3_log, run_job, job_ids(f"count-{name}", 5)) for name, run_job in workloads.items()
         }
 
-        results["large_jobs"] = [] if args.quick else large_jobs(floor, gateway, sharded, workdir / "s3")
+        if not args.quick:
+            results["large_jobs"], results["cpu"]["per_gb"], results["floor_batch_size"]["floor-large"] = large_jobs(served.url, cpu, data_dir)
+        else:
+            results["large_jobs"], results["cpu"]["per_gb"] = [], {}
 
         print("workers' CPU per GB stored, by store", flush=True)
         results["worker_cpu"] = []
@@ -185,6 +241,8 @@ def main() -> int:
         owners, per_owner = (2, 100) if args.quick else (OWNERS, RECORDS_PER_OWNER)
         print(f"a start-up reading {owners * per_owner} job records, and its floor", flush=True)
         results["records"] = measure_records("s3://records", owners, per_owner)
+        results["scale"] = scale(workdir, quick=args.quick)
+        # bench/phases.py adds results["phases"] here: the default job's time by phase, from the gateway's /metrics.
     finally:
         stop_process(served.process, timeout=120)
         client.close()
@@ -243,37 +301,110 @@ def room(served: RunningGateway, gateway_pid: int, workdir: Path, quick: bool) -
     return run
 
 
-def large_jobs(floor: Floor, gateway: Gateway, sharded: Gateway, data_dir: Path) -> list[dict]:
-    """Each large job twice by the floor and by the gateway; the objects are removed after each.
+def large_jobs(url: str, cpu: ProcessCpu, data_dir: Path) -> tuple[list[dict], dict, dict]:
+    """Each large job LARGE_SAMPLES times, each sample beside one of floor-large, the two taking turns.
 
-    For a sharded job the floor writes the same bytes in as many objects: one per shard.
+    Returns each job's and its floor's samples, the gateway's CPU seconds per GB over its large jobs, and the floor's
+    tuning. The objects are removed after each sample.
     """
-    cases: list[tuple[Shape, Shape, Shape | None]] = [(shape, chunks, None) for shape, chunks in LARGE_JOBS]
-    for shape, chunks in SHARDED_LARGE_JOBS:
-        rows, columns = auto_shards(shape, chunks, itemsize=4)
-        cases.append((shape, chunks, (rows, columns)))
+    floor = ObstoreFloor("floor", LARGE_FLOOR_OBJECTS, LARGE_BATCH_SIZES[0])
+
+    def remove(bucket: str, job_id: str) -> None:
+        # Straight from the server's disk: deleting thousands of objects over S3 would take longer than writing them.
+        shutil.rmtree(data_dir / bucket / job_id, ignore_errors=True)
+
+    print(f"floor-large: {len(LARGE_FLOOR_OBJECTS)} PUTs of 4 MB, requests in flight tried {LARGE_BATCH_SIZES}", flush=True)
+    batch_size, medians = best_batch_size(floor, LARGE_BATCH_SIZES, 3, functools.partial(remove, "floor"))
+    print(f"  floor-large: {batch_size} requests in flight ({medians})", flush=True)
+    runs = {(case, name): Run(name, 1) for case in LARGE_JOBS for name in ("floor-large", "gateway")}
+    spent = {"gigabytes": 0.0, "gateway_cpu_seconds": 0.0, "workers_cpu_seconds": 0.0}
+    for sample in range(LARGE_SAMPLES):
+        for case in LARGE_JOBS:
+            shape, chunks, shards = case
+            name = f"large-{shape[0]}-{chunks[0]}-{shards}-{sample}"
+            floor_id, gateway_id = job_ids(f"floor-{name}", 1)[0], job_ids(name, 1)[0]
+            runs[case, "floor-large"].add(run_jobs("floor-large", floor.run, [floor_id], 1))
+            remove("floor", floor_id)
+            before = cpu.read()
+            run = run_jobs("gateway", functools.partial(Gateway(url, shards).run, shape=shape, chunks=chunks), [gateway_id], 1)
+            if run.latencies:
+                gateway_seconds, workers_seconds = ProcessCpu.spent(before, cpu.read())
+                spent["gigabytes"] += shape[0] * shape[1] * 4 / 1e9
+                spent["gateway_cpu_seconds"] += gateway_seconds
+                spent["workers_cpu_seconds"] += workers_seconds
+            runs[case, "gateway"].add(run)
+            remove("gateway", gateway_id)
+        print(f"  large jobs: sample {sample + 1}/{LARGE_SAMPLES}", flush=True)
     measured = []
-    for (shape, chunks, shards), name in itertools.product(cases, ("floor", "gateway")):
-        objects = shards or chunks
-        bucket = name if name == "floor" else "gateway"
-        if name == "floor":
-            floor.run(f"large-unmeasured-{shape[0]}-{objects[0]}", shape, objects)  # makes its bytes outside the clock
-            run_job = functools.partial(floor.run, shape=shape, chunks=objects)
-        else:
-            run_job = functools.partial((sharded if shards else gateway).run, shape=shape, chunks=chunks)
-        run = Run(name, 1)
-        for job_id in job_ids(f"large-{shape[0]}-{objects[0]}", 2):
-            run.add(run_jobs(name, run_job, [job_id], 1))
-            # Straight from the server's disk: deleting thousands of objects over S3 would take longer than writing them.
-            shutil.rmtree(data_dir / bucket / job_id, ignore_errors=True)
-        megabytes = shape[0] * shape[1] * 4 / 1e6
+    for (shape, chunks, shards), name in runs:
+        run = runs[(shape, chunks, shards), name]
+        megabytes = floor.megabytes if name == "floor-large" else shape[0] * shape[1] * 4 / 1e6
         measured.append({
-            "workload": name, "shape": list(shape), "chunks": list(chunks), "shards": list(shards) if shards else None,
-            "megabytes": megabytes, "seconds": run.latencies, "failures": run.failures,
+            "workload": name, "shape": list(shape), "chunks": list(chunks), "shards": shards, "megabytes": megabytes,
+            "seconds": run.latencies, "failures": run.failures,
+            "min_seconds": run.percentile(0), "median_seconds": run.percentile(50), "max_seconds": run.percentile(100),
             "megabytes_per_second": megabytes / run.percentile(50) if run.latencies else 0.0,
         })  # fmt: skip
-        print(f"  {name:8} {shape} chunks {chunks} shards {shards}: {measured[-1]['megabytes_per_second']:.0f} MB/s", flush=True)
-    return measured
+        print(
+            f"  {name:11} {shape} chunks {chunks} shards {shards}: {run.percentile(0):.2f} / {run.percentile(50):.2f} / "
+            f"{run.percentile(100):.2f} s, {measured[-1]['megabytes_per_second']:.0f} MB/s",
+            flush=True,
+        )
+    return measured, spent, {"chosen": batch_size, "p50_seconds": medians}
+
+
+def scale(workdir: Path, quick: bool) -> dict:
+    """One job of 6.4 GB (--quick: 64 MB) on a gateway of its own whose size limit allows it: its time, and everyone's memory.
+
+    The workers' memory limit is LocalCluster's own: the gateway passes none (science_gateway/cluster.py), so each of its
+    n workers of one thread gets distributed's ``parse_memory_limit("auto", 1, n)``, this machine's memory over n.
+    """
+    shape = QUICK_SCALE_SHAPE if quick else SCALE_SHAPE
+    environ = {
+        **os.environ,
+        # Its records apart from the bench's gateway's: on this store one gateway holds a records prefix.
+        "GATEWAY_RESULTS_URL": "s3://gateway/scale",
+        "GATEWAY_MAX_ELEMENTS": str(max(shape[0] * shape[1], load_settings({}).max_elements)),
+        "GATEWAY_JOB_TIMEOUT": str(SCALE_TIMEOUT),
+    }
+    settings = load_settings(environ)
+    limit_mb = (parse_memory_limit("auto", 1, settings.n_workers, logger=logging.getLogger(__name__)) or 0) / 2**20
+    megabytes = shape[0] * shape[1] * 4 / 1e6
+    print(f"scale: {shape[0]}x{shape[1]} float32 ({megabytes / 1000:.1f} GB) in {SCALE_CHUNKS[0]}x{SCALE_CHUNKS[1]} chunks", flush=True)
+    served = start_gunicorn_gateway(environ, log_file=workdir / "scale.log")
+    job_id = job_ids("scale", 1)[0]
+    try:
+        gateway_pid = psutil.Process(served.process.pid).children()[0].pid
+        gateway = Gateway(served.url, shards="auto", timeout=SCALE_TIMEOUT + 60)
+        gateway.run(job_ids("scale-warm", 1)[0])  # the workers' first job is not the measured one
+        workers = [process for process in psutil.Process(gateway_pid).children(recursive=True) if is_dask_worker(process)]
+        workers_before = {process.pid: process.memory_info().rss / 2**20 for process in workers}
+        rss_before, cpu = rss_megabytes(gateway_pid), ProcessCpu(gateway_pid)
+        cpu_before, memory, worker_memory = cpu.read(), PeakMemory(psutil.Process(gateway_pid)), PeakTreeMemory(gateway_pid)
+        run = run_jobs("scale", functools.partial(gateway.run, shape=shape, chunks=SCALE_CHUNKS), [job_id], 1)
+        rss_peak, worker_peaks = memory.stop(), worker_memory.stop()
+        gateway_seconds, workers_seconds = ProcessCpu.spent(cpu_before, cpu.read())
+    finally:
+        stop_process(served.process, timeout=120)
+        shutil.rmtree(workdir / "s3" / "gateway" / "scale" / job_id, ignore_errors=True)
+    seconds = run.latencies[0] if run.latencies else float("nan")
+    found = {
+        "shape": list(shape), "chunks": list(SCALE_CHUNKS), "shards": "auto", "megabytes": megabytes,
+        "max_elements": int(environ["GATEWAY_MAX_ELEMENTS"]), "seconds": seconds,
+        "megabytes_per_second": megabytes / seconds if run.latencies else 0.0, "failures": run.failures,
+        "rss_mb_before": rss_before, "rss_mb_peak": rss_peak,
+        "gateway_cpu_seconds": gateway_seconds, "workers_cpu_seconds": workers_seconds,
+        "workers": [{"pid": pid, "rss_mb_before": workers_before.get(pid), "rss_mb_peak": peak} for pid, peak in sorted(worker_peaks.items())],
+        "worker_memory_limit_mb": limit_mb,
+        "worker_memory_limit_from": f'distributed.worker_memory.parse_memory_limit("auto", 1, {settings.n_workers}), as LocalCluster sets it '
+        f"for {settings.n_workers} workers when the gateway passes no memory_limit",
+    }  # fmt: skip
+    print(
+        f"  {seconds:.1f} s, {found['megabytes_per_second']:.0f} MB/s; gateway {rss_before:.0f} MB before, at most {rss_peak:.0f} MB; "
+        f"workers at most {', '.join(f'{peak:.0f}' for peak in worker_peaks.values())} MB of {limit_mb:.0f} MB each",
+        flush=True,
+    )
+    return found
 
 
 if __name__ == "__main__":

@@ -138,3 +138,78 @@ class PeakMemory:
         self._done.set()
         self._thread.join()
         return self._peak
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """A process's children, theirs and so on; those that end meanwhile are left out."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def is_dask_worker(process: psutil.Process) -> bool:
+    """A LocalCluster's worker: a process its nanny spawned with multiprocessing (not multiprocessing's resource tracker)."""
+    try:
+        return "spawn_main" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+class ProcessCpu:
+    """CPU seconds (user + system) of a gateway process and, apart, of its descendants (its Dask workers), between reads.
+
+    Each descendant is counted by its own id: one that starts meanwhile counts from its start, one that ends is left out.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self._process = psutil.Process(pid)
+
+    def read(self) -> tuple[float, dict[int, float]]:
+        children = {}
+        for child in descendants(self._process.pid):
+            try:
+                children[child.pid] = _cpu_seconds(child)
+            except psutil.Error:
+                continue
+        return _cpu_seconds(self._process), children
+
+    @staticmethod
+    def spent(before: tuple[float, dict[int, float]], after: tuple[float, dict[int, float]]) -> tuple[float, float]:
+        """The gateway's seconds and its descendants' between two reads."""
+        children = sum(seconds - before[1].get(pid, 0.0) for pid, seconds in after[1].items())
+        return after[0] - before[0], children
+
+
+class PeakTreeMemory:
+    """The most resident memory, in MB, of each Dask worker under a process, by worker id, sampled until :meth:`stop`."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._peaks: dict[int, float] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while True:
+            for process in descendants(self._pid):
+                if not is_dask_worker(process):
+                    continue
+                try:
+                    rss = process.memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+                self._peaks[process.pid] = max(self._peaks.get(process.pid, 0.0), rss)
+            if self._done.wait(SAMPLE_SECONDS):
+                return
+
+    def stop(self) -> dict[int, float]:
+        self._done.set()
+        self._thread.join()
+        return dict(self._peaks)

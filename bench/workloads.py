@@ -1,26 +1,25 @@
-"""The three ways of making one job's result that the benchmark compares.
+"""The ways of making a job's result that the benchmark compares.
 
-- floor: the job's objects (the array metadata, then the chunks as bytes,
-  concurrently) written straight to S3 from this process, with no Dask and no
-  HTTP: what the S3 server and its client library allow, with s3fs.
-- floor-obstore: the same objects written with obstore, the workers' S3 client.
+- floors: a job's objects written straight to S3 from this process with obstore (the fastest client here, and the
+  one the gateway's workers write with), bytes made before the clock, at the best number of requests in flight:
+  ``floor`` the unsharded default job's 100 chunks of 40 kB and its record; ``floor-sharded`` exactly the objects a
+  sharded default job leaves, all at once; ``floor-large`` 100 chunks of 4 MB.
 - baseline: the straightforward Dask approach, ``da.random.random`` then
   ``da.store`` into a zarr array, on a 3-worker LocalCluster like the gateway's.
 - gateway: ``GET /submit_job/<id>`` over HTTP, end to end, one object per chunk.
-- sharded: the same with the gateway's automatic Zarr 3 shards (one object for the default job).
+- sharded: the same with the gateway's automatic Zarr 3 shards (one object for the default job's array).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
 import requests
-import s3fs
 import zarr
 import zarr.storage
 from distributed import Client
@@ -28,6 +27,7 @@ from zarr.core.chunk_key_encodings import ChunkKeyEncodingParams
 from zarr.core.sync import sync
 
 from science_gateway import results_objects
+from science_gateway.results_store import RECORDS_PREFIX
 
 Shape = tuple[int, int]
 
@@ -45,61 +45,62 @@ def chunk_keys(shape: Sequence[int], chunks: Sequence[int]) -> list[str]:
     return [f"c.{row}.{column}" for row in range(grid[0]) for column in range(grid[1])]
 
 
-class Floor:
-    """Writes a job's objects with one concurrent s3fs call: ``batch_size`` requests in flight."""
-
-    def __init__(self, bucket: str, batch_size: int) -> None:
-        self._fs = s3fs.S3FileSystem(skip_instance_cache=True)
-        self._bucket = bucket
-        self.batch_size = batch_size
-        self._chunks_of: tuple[Shape, Shape] | None = None
-        self._chunks: dict[str, bytes] = {}
-
-    def _chunk_bytes(self, shape: Shape, chunks: Shape) -> dict[str, bytes]:
-        """Random bytes for every chunk, made before the clock starts: the floor measures storage, not generation.
-
-        Each chunk has bytes of its own, as in a real job: one buffer sent again and
-        again would stay in the CPU's cache and make copying and hashing it cheaper.
-        """
-        if self._chunks_of != (shape, chunks):
-            rng = np.random.default_rng(0)
-            self._chunks = {key: rng.random(chunks, dtype=np.float32).tobytes() for key in chunk_keys(shape, chunks)}
-            self._chunks_of = (shape, chunks)
-        return self._chunks
-
-    @staticmethod
-    def _metadata(shape: Shape) -> bytes:
-        return json.dumps({"zarr_format": 3, "node_type": "array", "shape": list(shape)}).encode()
-
-    def run(self, job_id: str, shape: Shape = (1000, 1000), chunks: Shape = (100, 100)) -> None:
-        objects = self._chunk_bytes(shape, chunks)
-        prefix = f"{self._bucket}/{job_id}/data"
-        # In the gateway's order: the metadata, then the chunks into the prefix it made.
-        self._fs.pipe(f"{prefix}/zarr.json", self._metadata(shape))
-        self._fs.pipe({f"{prefix}/{key}": data for key, data in objects.items()}, batch_size=self.batch_size)
+def _object_bytes(key: str, size: int, rng: np.random.Generator) -> bytes:
+    """``size`` bytes for an object: a JSON document for a ``.json`` key (a record, a metadata document), random bytes else."""
+    if key.endswith(".json"):
+        return b'{"pad":"' + b"x" * (size - 10) + b'"}' if size >= 10 else b"{}"[:size]
+    return rng.bytes(size)
 
 
-class ObstoreFloor(Floor):
-    """The same objects in the same order, written with obstore, the client the gateway's workers write with."""
+class ObstoreFloor:
+    """A job's objects written straight to S3 from this process with obstore, the workers' client: no HTTP, no Dask.
 
-    def __init__(self, bucket: str, batch_size: int) -> None:
-        super().__init__(bucket, batch_size)
+    ``objects`` are the keys (``{job}`` stands for the job's id) and their sizes in bytes. Their bytes are made once,
+    before any clock starts: the floor measures storage, not generation. Each object has bytes of its own, as in a
+    real job: one buffer sent again and again would stay in the CPU's cache and make copying it cheaper. ``batch_size``
+    PUTs are in flight at once.
+    """
+
+    def __init__(self, bucket: str, objects: Mapping[str, int], batch_size: int) -> None:
         self._store = results_objects.open_results(f"s3://{bucket}")
+        self.batch_size = batch_size
+        rng = np.random.default_rng(0)
+        self.objects = [(key, _object_bytes(key, size, rng)) for key, size in objects.items()]
 
-    def run(self, job_id: str, shape: Shape = (1000, 1000), chunks: Shape = (100, 100)) -> None:
-        objects = self._chunk_bytes(shape, chunks)
-        prefix = f"{job_id}/data"
-        sync(results_objects.put(self._store, f"{prefix}/zarr.json", self._metadata(shape)))
+    @property
+    def megabytes(self) -> float:
+        return sum(len(data) for _, data in self.objects) / 1e6
+
+    def run(self, job_id: str) -> None:
         slots = asyncio.Semaphore(self.batch_size)
 
         async def put(key: str, data: bytes) -> None:
             async with slots:
-                await results_objects.put(self._store, f"{prefix}/{key}", data)
+                await results_objects.put(self._store, key.format(job=job_id), data)
 
         async def put_all() -> None:
-            await asyncio.gather(*(put(key, data) for key, data in objects.items()))
+            await asyncio.gather(*(put(key, data) for key, data in self.objects))
 
         sync(put_all())
+
+
+def chunk_objects(shape: Shape, chunks: Shape) -> dict[str, int]:
+    """A job's chunks as one object each, where the gateway puts them: ``<job>/data/c.<row>.<column>``."""
+    return {f"{{job}}/data/{key}": chunks[0] * chunks[1] * 4 for key in chunk_keys(shape, chunks)}
+
+
+def objects_left(results_dir: Path, job_id: str) -> dict[str, int]:
+    """What a gateway job left in its results, read from the S3 server's disk: its objects under its place and its record.
+
+    Keys name the job ``{job}``, as :class:`ObstoreFloor` takes them.
+    """
+    place = results_dir / job_id
+    found = {f"{{job}}/{path.relative_to(place)}": path.stat().st_size for path in sorted(place.rglob("*")) if path.is_file()}
+    records = list((results_dir / RECORDS_PREFIX).rglob(f"{job_id}.json"))
+    if not found or len(records) != 1:
+        raise JobFailed(f"{job_id}: {len(found)} objects and {len(records)} records in {results_dir}")
+    found[f"{RECORDS_PREFIX}/{records[0].relative_to(results_dir / RECORDS_PREFIX).with_name('{job}.json')}"] = records[0].stat().st_size
+    return found
 
 
 class Baseline:
@@ -124,13 +125,14 @@ class Gateway:
     ``shards`` is the job's parameter: "none" (one object per chunk) or "auto".
     """
 
-    def __init__(self, url: str, shards: str = "none") -> None:
+    def __init__(self, url: str, shards: str = "none", timeout: float = 900) -> None:
         self._url = url
         self.shards = shards
+        self._timeout = timeout
 
     def run(self, job_id: str, shape: Shape = (1000, 1000), chunks: Shape = (100, 100)) -> None:
         params = {"shape": f"{shape[0]},{shape[1]}", "chunks": f"{chunks[0]},{chunks[1]}", "shards": self.shards}
         # A new connection per job, as a notebook's requests.get makes.
-        response = requests.get(f"{self._url}/submit_job/{job_id}", params=params, timeout=900)
+        response = requests.get(f"{self._url}/submit_job/{job_id}", params=params, timeout=self._timeout)
         if response.status_code != 200 or response.json().get("status") != "done":
             raise JobFailed(f"{job_id}: HTTP {response.status_code}: {response.text[:300]}")
