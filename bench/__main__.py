@@ -29,6 +29,7 @@ from distributed.worker_memory import parse_memory_limit
 from bench import worker_cpu
 from bench.coarsen_row import measure_coarsen
 from bench.measure import PeakMemory, PeakTreeMemory, ProcessCpu, Run, count_requests, is_dask_worker, rss_megabytes, run_jobs
+from bench.phases import breakdown_table, measure_phases
 from bench.records_start import OWNERS, RECORDS_PER_OWNER, measure_records
 from bench.report import write_report
 from bench.result_reads import measure_reads
@@ -67,6 +68,8 @@ LARGE_JOBS: list[tuple[Shape, Shape, str]] = [
 ]
 LARGE_SAMPLES = 5
 LARGE_FLOOR_OBJECTS = chunk_objects((10000, 10000), (1000, 1000))
+# Default jobs, one at a time, whose phases are averaged (gateway_job_phase_seconds).
+PHASE_JOBS = 30
 # The scale run: 6.4 GB from one job on a gateway whose GATEWAY_MAX_ELEMENTS allows it; --quick a small stand-in.
 SCALE_SHAPE, QUICK_SCALE_SHAPE, SCALE_CHUNKS = (40000, 40000), (4000, 4000), (1000, 1000)
 SCALE_TIMEOUT = 1800
@@ -142,6 +145,7 @@ def machine() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few jobs, no large jobs: a smoke run, not a measurement")
+    parser.add_argument("--phases", action="store_true", help="only where the default job's time goes, by phase, printed; nothing written")
     parser.add_argument("--output-dir", type=Path, default=PROJECT / "bench" / "results")
     parser.add_argument("--readme", type=Path, default=PROJECT / "docs" / "contributing.md", help="the document whose performance section to update")
     args = parser.parse_args()
@@ -187,6 +191,9 @@ def main() -> int:
         print("warming up", flush=True)
         for name, run_job in workloads.items():
             run_jobs(name, run_job, job_ids("warm", 5), 1)
+        if args.phases:
+            print(breakdown_table(measure_phases(served.url, gateway.run, job_ids("phases", PHASE_JOBS))))
+            return 0
         batch_size, batch_medians = best_batch_size(floor, BATCH_SIZES, 3 if args.quick else 7)
         results["floor_batch_size"] = {
             "floor": {"chosen": batch_size, "p50_seconds": batch_medians},
@@ -205,6 +212,9 @@ def main() -> int:
         results["requests_per_job"] = {
             name: count_requests(s3, s3_log, run_job, job_ids(f"count-{name}", 5)) for name, run_job in workloads.items()
         }
+
+        print("where the default job's time goes", flush=True)
+        results["phases"] = measure_phases(served.url, gateway.run, job_ids("phases", 5 if args.quick else PHASE_JOBS))
 
         if not args.quick:
             results["large_jobs"], results["cpu"]["per_gb"], results["floor_batch_size"]["floor-large"] = large_jobs(served.url, cpu, data_dir)
@@ -242,7 +252,6 @@ def main() -> int:
         print(f"a start-up reading {owners * per_owner} job records, and its floor", flush=True)
         results["records"] = measure_records("s3://records", owners, per_owner)
         results["scale"] = scale(workdir, quick=args.quick)
-        # bench/phases.py adds results["phases"] here: the default job's time by phase, from the gateway's /metrics.
     finally:
         stop_process(served.process, timeout=120)
         client.close()

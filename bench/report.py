@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench.phases import breakdown_table
+
 README_START = "<!-- bench:start -->"
 # The floors (the job's objects written with obstore from one process) each workload is compared with.
 FLOOR_OF = {"floor": "floor", "floor-sharded": "floor-sharded", "baseline": "floor", "gateway": "floor", "sharded": "floor-sharded"}
@@ -411,7 +413,8 @@ def write_report(results: dict, output_dir: Path, readme: Path | None, quick: bo
 def readme_section(results: dict, found: list[Target]) -> str:
     machine = results["machine"]
     about = f"{machine['cores']} cores ({machine['cpu']}), {machine['memory_gib']} GiB, Python {machine['python']}, {results['finished_at']}"
-    return f"Measured by `make bench` on {about}:\n\n{table(results)}\n\nTargets:\n\n" + "\n".join(t.line() for t in found)
+    phases = f"\n\n{breakdown_table(results['phases'])}" if results.get("phases") else ""
+    return f"Measured by `make bench` on {about}:\n\n{table(results)}{phases}\n\nTargets:\n\n" + "\n".join(t.line() for t in found)
 
 
 def _json_default(value: Any) -> Any:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from devtools.gunicorn_gateway import PROJECT
+from science_gateway.metrics import JOB_PHASES
 
 
 def test_a_quick_benchmark_runs_every_workload_without_a_failed_job(tmp_path: Path) -> None:
@@ -41,3 +42,6 @@ def test_a_quick_benchmark_runs_every_workload_without_a_failed_job(tmp_path: Pa
     scale = results["scale"]
     assert not scale["failures"] and scale["megabytes_per_second"] > 0, scale
     assert len(scale["workers"]) == 3 and scale["worker_memory_limit_mb"] > 0, "each worker's peak memory and its limit"
+    # The default job's time by phase, from the gateway's own histograms, with what is left to HTTP.
+    assert list(results["phases"]["phases"]) == ["http", *JOB_PHASES] and results["phases"]["jobs"] == 5
+    assert "Where the default job's time goes" in completed.stdout
