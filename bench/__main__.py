@@ -33,7 +33,7 @@ from bench.phases import breakdown_table, measure_phases
 from bench.records_start import OWNERS, RECORDS_PER_OWNER, measure_records
 from bench.report import write_report
 from bench.result_reads import measure_reads
-from bench.workloads import Baseline, Gateway, ObstoreFloor, Shape, chunk_objects, objects_left
+from bench.workloads import Baseline, Gateway, ObstoreFloor, Shape, chunk_objects, objects_left, remove_floor_objects
 from bench.workshop import PREVIOUS_DESIGN_ENVIRON, run_workshop
 from devtools.gunicorn_gateway import PROJECT, RunningGateway, start_gunicorn_gateway
 from devtools.local_s3 import start_local_s3
@@ -320,6 +320,8 @@ def large_jobs(url: str, cpu: ProcessCpu, data_dir: Path) -> tuple[list[dict], d
 
     def remove(bucket: str, job_id: str) -> None:
         # Straight from the server's disk: deleting thousands of objects over S3 would take longer than writing them.
+        if bucket == "floor":
+            remove_floor_objects(data_dir / bucket, job_id)
         shutil.rmtree(data_dir / bucket / job_id, ignore_errors=True)
 
     print(f"floor-large: {len(LARGE_FLOOR_OBJECTS)} PUTs of 4 MB, requests in flight tried {LARGE_BATCH_SIZES}", flush=True)

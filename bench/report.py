@@ -126,6 +126,7 @@ def targets(results: dict) -> list[Target]:
         *records_targets(results["records"]),
         *scale_targets(results["scale"]),
         no_failed_job(results),
+        floors_without_server_errors(results),
     ]
     return found
 
@@ -171,6 +172,12 @@ def no_failed_job(results: dict) -> Target:
     failures += sum(len(room["failures"]) for room in [*results["workshop"], results["room"]])
     failures += len(results["reads"]["failures"]) + len(results["coarsen"]["failures"]) + len(results["scale"]["failures"])
     return Target("no failed job in any run", f"{failures} failed", "none", failures == 0)
+
+
+def floors_without_server_errors(results: dict) -> Target:
+    """A floor the S3 server failed requests of (retried by the client) is slower than the server allows: no floor at all."""
+    errors = sum(run["server_errors"] for run in results["runs"] if run["workload"].startswith("floor"))
+    return Target("no S3 server error in the floors' runs (a retried request would make a floor slower)", f"{errors} errors", "none", errors == 0)
 
 
 def _workshop(results: dict, design: str) -> dict:

@@ -76,12 +76,29 @@ class ObstoreFloor:
 
         async def put(key: str, data: bytes) -> None:
             async with slots:
-                await results_objects.put(self._store, key.format(job=job_id), data)
+                await results_objects.put(self._store, floor_key(key, job_id), data)
 
         async def put_all() -> None:
             await asyncio.gather(*(put(key, data) for key, data in self.objects))
 
         sync(put_all())
+
+
+def floor_key(key: str, job_id: str) -> str:
+    """Where a floor writes a job's object: its key with the job's id, flattened into the bucket's top directory.
+
+    rclone's server keeps objects as files, and writes that create one new
+    directory at once fail or hang there and are retried (the gateway makes its
+    array's directory with one write first): a floor in directories of its own
+    had dozens of retried errors per run. A floor makes no directory at all.
+    """
+    return key.format(job=job_id).replace("/", "--")
+
+
+def remove_floor_objects(bucket_dir: Path, job_id: str) -> None:
+    """A floor job's objects, removed straight from the server's disk."""
+    for path in bucket_dir.glob(f"{job_id}--*"):
+        path.unlink()
 
 
 def chunk_objects(shape: Shape, chunks: Shape) -> dict[str, int]:

@@ -90,7 +90,6 @@ class ChunkWrites:
             for future in as_completed(self._futures, loop=self._client.loop, timeout=timeout):
                 last = future.result()
                 on_chunks_written(last.chunks)
-            del future
             # Released now, while the job is completed, not when its record is dropped: the client batches its
             # messages to the scheduler (10 ms apart at most), and a release sent just before the next job's tasks delays them.
             self._futures = []
@@ -108,7 +107,7 @@ class ChunkWrites:
             }
 
     def cancel(self) -> None:
-        """Skip every region not yet begun; :meth:`wait` then raises :class:`JobCancelled`."""
+        """Skip every region not yet begun, and every band of a running one not yet made; :meth:`wait` then raises :class:`JobCancelled`."""
         self._cancelled = True
         self._skip_regions_not_begun()
 

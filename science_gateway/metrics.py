@@ -21,10 +21,12 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 120, 600)
 # Where a job's time goes, one observation of each per job:
 JOB_PHASES = {
-    "admission": "its submission's checks and limits, until its record is saved",
+    "admission": "its submission's checks and limits and the check that its place is empty, until its record is saved",
     "records": "saving its record as queued",
-    "start": "from a runner taking it until its tasks are sent: its record as running and its array's metadata saved",
-    "scheduling": "Dask's hand-offs: its tasks' time on the cluster beyond the task that ended last",
+    "start": "from a runner taking it until its tasks are handed to Dask: its record as running and its array's metadata saved",
+    "scheduling": (
+        "Dask's part: sending its tasks and their time on the cluster beyond the task that ended last (its hand-offs, and the wait of tasks behind others)"
+    ),
     "generation": "that task making its objects: the app's values, encoded",
     "puts": "that task's PUTs that the making did not hide",
     "completion": "its result marked complete and its record saved as done",

@@ -50,10 +50,14 @@ BAND_BYTES = 2**20
 # of progress stay small whatever the job's size.
 MAX_TASK_BYTES = 8 * 2**20
 
-# Runs whose remaining regions must not be written, in this worker process. A
-# running task cannot be interrupted, so a stopped job waits for its tasks to
-# end, and those that had not begun end at once through this set.
+# Runs whose remaining regions and bands must not be written, in this worker
+# process. A task is not interrupted in the middle of a band, so a stopped job
+# waits for its running tasks to end their band, and those that had not begun end at once through this set.
 _stopped_runs: set[str] = set()
+
+
+class ObjectsNotMade(RuntimeError):
+    """Encoding a band's values into its objects failed (no store was asked anything); the cause as text, as :class:`StoreWriteFailed`."""
 
 
 class StoreWriteFailed(OSError):
@@ -251,10 +255,14 @@ class _Sources:
     def __init__(self, results_url: str, groups: dict[str, str]) -> None:
         self._results_url = results_url
         self._groups = groups
+        # Opened once a task, whose bands each read them: not a metadata GET each band.
+        self._opened: dict[str, Any] = {}
 
     def __getitem__(self, parameter: str) -> Any:
-        store = zarr.storage.ObjectStore(results_objects.open_results(self._results_url), read_only=True)
-        return _result_group(store, self._groups[parameter])[ARRAY_NAME]
+        if parameter not in self._opened:
+            store = zarr.storage.ObjectStore(results_objects.open_results(self._results_url), read_only=True)
+            self._opened[parameter] = _result_group(store, self._groups[parameter])[ARRAY_NAME]
+        return self._opened[parameter]
 
 
 def _result_group(store: zarr.storage.ObjectStore, path: str) -> zarr.Group:
@@ -331,7 +339,11 @@ def write_region(region: Selection, *, run_id: str, target: ArrayTarget, task: A
         if run_id in _stopped_runs:
             return []
         making = time.perf_counter()
-        objects = region_objects(band, _computed(band, target, task, sources), target)
+        values = _computed(band, target, task, sources)
+        try:
+            objects = region_objects(band, values, target)
+        except Exception as exc:  # noqa: BLE001 - any failure of the encoding, passed on as text
+            raise ObjectsNotMade(f"encoding region {band} of job {run_id.partition('/')[0]!r} failed: {type(exc).__name__}: {exc}") from None
         made[0] += _chunks_of(band, target)
         made[1] += time.perf_counter() - making
         return [functools.partial(results_objects.put, store, key, data) for key, data in objects]
@@ -339,8 +351,8 @@ def write_region(region: Selection, *, run_id: str, target: ArrayTarget, task: A
     failure: Exception
     try:
         sync(store_as_made([functools.partial(band_writes, band) for band in bands(region, target)]))
-    except AppFailed as exc:
-        failure = AppFailed(str(exc))
+    except (AppFailed, ObjectsNotMade) as exc:
+        failure = type(exc)(str(exc))
     except Exception as exc:  # noqa: BLE001 - any store library's error, passed on as text
         failure = StoreWriteFailed(results_objects.describe(exc))
     else:
@@ -358,34 +370,48 @@ Write = Callable[[], Awaitable[None]]
 
 async def store_as_made(batches: Sequence[Callable[[], Sequence[Write]]]) -> None:
     """Make each batch of writes (of chunks or shards) in a thread, and run its writes concurrently while the next is made;
-    once one fails, cancel the others and raise its error.
+    once a write or a making fails, begin no other, wait for those begun, and raise the first error.
 
     At most ``WRITES_IN_FLIGHT`` writes run at once, and the next batch is made
-    only once the writes of this one have their places, so a task holds no more
-    than that many objects and one band.
+    only once the writes of this one have their places, so a task holds the
+    bands of at most that many objects and the band being made.
 
     zarr's own write of a region (``array[region] = block``) gathers its chunk
     writes, and when one fails the others go on in the background, retrying
     against the store: a job failed by an S3 outage then had chunks of its old
-    seed land, once S3 was back, in the new job of the same id. A task group
-    cancels them, so that when this returns no write of the region is pending.
+    seed land, once S3 was back, in the new job of the same id. Nor does
+    cancelling a write stop it: obstore's request goes on in its own runtime
+    and its object lands after the cancel (seen with a local directory). So
+    every write begun is waited for: when this returns, no write of the task is pending.
     """
     slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
+    failures: list[Exception] = []
+    begun: set[asyncio.Task[None]] = set()
 
     async def store(write: Write) -> None:
         try:
             await write()
+        except Exception as exc:  # noqa: BLE001 - raised once every write begun has ended
+            failures.append(exc)
         finally:
             slots.release()
 
     try:
-        async with asyncio.TaskGroup() as group:
-            for make in batches:
-                for write in await asyncio.to_thread(make):
-                    await slots.acquire()
-                    group.create_task(store(write))
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None
+        for make in batches:
+            for write in await asyncio.to_thread(make):
+                await slots.acquire()
+                if failures:
+                    break
+                task = asyncio.create_task(store(write))
+                begun.add(task)
+                task.add_done_callback(begun.discard)
+            if failures:
+                break
+    finally:
+        if begun:
+            await asyncio.wait(set(begun))
+    if failures:
+        raise failures[0]
 
 
 async def store_all_or_none_pending(writes: Sequence[Write]) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,18 @@ import zarr.storage
 from helpers import random_job
 from science_gateway.apps.base import Output
 from science_gateway.apps.random_array import RandomArray, expected_array
-from science_gateway.region_writes import BAND_BYTES, MAX_TASK_BYTES, AppFailed, AppTask, ArrayTarget, bands, stop_run, task_regions, write_region
+from science_gateway.region_writes import (
+    BAND_BYTES,
+    MAX_TASK_BYTES,
+    AppFailed,
+    AppTask,
+    ArrayTarget,
+    StoreWriteFailed,
+    bands,
+    stop_run,
+    task_regions,
+    write_region,
+)  # fmt: skip
 from science_gateway.results_store import ResultsStore
 
 # As the gateway makes its arrays: uncompressed, zarr 3's chunk keys with "." separators.
@@ -182,3 +194,40 @@ def test_an_app_that_fails_on_the_worker_fails_its_task_with_a_message_naming_it
         write_region((slice(0, 10), slice(0, 10)), run_id="failing", target=target, task=random_task(1, target, implementation, version))
     assert str(failed.value).startswith(message)
     assert array.nchunks_initialized == 0, "nothing of the region is written"
+
+
+class FailingOnItsSecondBand(RandomArray):
+    """An app whose computation of rows from 100 on raises: the first band is made and written, the second fails."""
+
+    def compute(self, region, parameters, output, inputs):  # type: ignore[no-untyped-def]
+        if region[0].start >= 100:
+            raise ValueError("out of memory on the second band")
+        return super().compute(region, parameters, output, inputs)
+
+
+def written_objects(array_dir: Path) -> set[str]:
+    return {path.name for path in array_dir.iterdir() if path.name != "zarr.json"}
+
+
+def test_an_app_failing_on_a_later_band_fails_the_task_as_the_apps_failure_with_no_write_left_pending(tmp_path: Path) -> None:
+    array = zarr.create_array(zarr.storage.LocalStore(tmp_path), name="data", shape=(300, 1000), chunks=(100, 100), dtype="float32", **GATEWAYS_LAYOUT)
+    target = ArrayTarget(tmp_path.as_uri(), "data", array.metadata)
+    with pytest.raises(AppFailed, match="app 'random-array' failed: ValueError: out of memory on the second band"):
+        write_region((slice(0, 300), slice(0, 1000)), run_id="fails-later", target=target, task=random_task(4, target, f"{__name__}:FailingOnItsSecondBand"))
+    left = written_objects(tmp_path / "data")
+    assert left <= {f"c.0.{column}" for column in range(10)}, "nothing of the failed band or after it"
+    time.sleep(0.5)
+    assert written_objects(tmp_path / "data") == left, "no write of the task goes on after it failed"
+
+
+def test_a_put_that_fails_fails_the_task_as_storage_with_no_write_left_pending(tmp_path: Path) -> None:
+    array = zarr.create_array(zarr.storage.LocalStore(tmp_path), name="data", shape=(1000, 1000), chunks=(100, 100), dtype="float32", **GATEWAYS_LAYOUT)
+    # A directory where the first band's fourth chunk goes: the store refuses that one PUT.
+    (tmp_path / "data" / "c.0.3" / "in-the-way").mkdir(parents=True)
+    target = ArrayTarget(tmp_path.as_uri(), "data", array.metadata)
+    with pytest.raises(StoreWriteFailed):
+        write_region((slice(0, 1000), slice(0, 1000)), run_id="put-fails", target=target, task=random_task(4, target))
+    left = written_objects(tmp_path / "data")
+    assert len(left) < 100, "the task stopped before its last band"
+    time.sleep(0.5)
+    assert written_objects(tmp_path / "data") == left, "no write of the task goes on after it failed"
