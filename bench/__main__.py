@@ -214,7 +214,10 @@ def main() -> int:
         }
 
         print("where the default job's time goes", flush=True)
-        results["phases"] = measure_phases(served.url, gateway.run, job_ids("phases", 5 if args.quick else PHASE_JOBS))
+        try:
+            results["phases"] = measure_phases(served.url, gateway.run, job_ids("phases", 5 if args.quick else PHASE_JOBS))
+        except Exception as exc:  # noqa: BLE001 - a failed job here is reported with the others, not the end of the run
+            results["phases"] = {"failure": f"{type(exc).__name__}: {exc}"[:500]}
 
         if not args.quick:
             results["large_jobs"], results["cpu"]["per_gb"], results["floor_batch_size"]["floor-large"] = large_jobs(served.url, cpu, data_dir)

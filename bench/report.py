@@ -52,7 +52,9 @@ def targets(results: dict) -> list[Target]:
     floor_8, baseline_8, gateway_8 = (_run(results, name, 8) for name in ("floor", "baseline", "gateway"))
     latency_ratio = gateway_1["p50_seconds"] / floor_1["p50_seconds"]
     sharded_ratio = sharded_1["p50_seconds"] / floor_sharded_1["p50_seconds"]
-    throughput_share = gateway_8["jobs_per_second"] / floor_8["jobs_per_second"]
+    # The floor's best rate, at either concurrency: from one process, 8 of its jobs at once can be slower than one at a time.
+    floor_rate = max(floor_1["jobs_per_second"], floor_8["jobs_per_second"])
+    throughput_share = gateway_8["jobs_per_second"] / floor_rate
     baseline_ratio = gateway_8["jobs_per_second"] / baseline_8["jobs_per_second"]
     requests, sharded_requests = results["requests_per_job"]["gateway"], results["requests_per_job"]["sharded"]
     memory = results["memory_run"]
@@ -72,7 +74,7 @@ def targets(results: dict) -> list[Target]:
         ),
         Target(
             "unsharded default jobs at concurrency 8",
-            f"{gateway_8['jobs_per_second']:.2f} jobs/s vs floor {floor_8['jobs_per_second']:.2f} jobs/s: {100 * throughput_share:.0f} %",
+            f"{gateway_8['jobs_per_second']:.2f} jobs/s vs the floor's best {floor_rate:.2f} jobs/s: {100 * throughput_share:.0f} %",
             f">= {100 * THROUGHPUT_SHARE:.0f} %",
             throughput_share >= THROUGHPUT_SHARE,
         ),
@@ -170,6 +172,7 @@ def no_failed_job(results: dict) -> Target:
     failures = sum(len(run["failures"]) for run in results["runs"]) + len(results["memory_run"]["failures"])
     failures += sum(len(large["failures"]) for large in results["large_jobs"])
     failures += sum(len(room["failures"]) for room in [*results["workshop"], results["room"]])
+    failures += "failure" in results.get("phases", {})
     failures += len(results["reads"]["failures"]) + len(results["coarsen"]["failures"]) + len(results["scale"]["failures"])
     return Target("no failed job in any run", f"{failures} failed", "none", failures == 0)
 
@@ -420,7 +423,7 @@ def write_report(results: dict, output_dir: Path, readme: Path | None, quick: bo
 def readme_section(results: dict, found: list[Target]) -> str:
     machine = results["machine"]
     about = f"{machine['cores']} cores ({machine['cpu']}), {machine['memory_gib']} GiB, Python {machine['python']}, {results['finished_at']}"
-    phases = f"\n\n{breakdown_table(results['phases'])}" if results.get("phases") else ""
+    phases = f"\n\n{breakdown_table(results['phases'])}" if "phases" in results.get("phases", {}) else ""
     return f"Measured by `make bench` on {about}:\n\n{table(results)}{phases}\n\nTargets:\n\n" + "\n".join(t.line() for t in found)
 
 
